@@ -1,0 +1,21 @@
+"""Benchmark suites (`x0tta6bl4 bench <suite> --json`), one module per suite."""
+
+from __future__ import annotations
+
+import importlib
+
+from x0tta6bl4.bench._report import emit, report
+
+SUITES = ("mesh", "ebpf")
+
+
+def run_suite(suite: str, quick: bool = False, as_json: bool = False) -> int:
+    """Run one suite and print its report; exit status 0 whenever it ran.
+
+    Each suite module exposes ``results(quick: bool) -> list[dict]`` built with
+    :func:`x0tta6bl4.bench._report.result`.
+    """
+    module = importlib.import_module(f"x0tta6bl4.bench.{suite}")
+    doc = report(suite, module.results(quick=quick))
+    emit(doc, as_json)
+    return 0

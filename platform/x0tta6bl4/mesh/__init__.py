@@ -1,0 +1,1 @@
+"""Mesh topology, fault catalogue and MeshShard actors (vectorised node simulators)."""

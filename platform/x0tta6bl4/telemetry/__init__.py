@@ -1,0 +1,1 @@
+"""Telemetry frames, the eBPF source actor and the procfs fallback."""
