@@ -25,7 +25,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from x0tta6bl4.jobs_autonomy import main_from_args
+    from x0tta6bl4.autonomy import main_from_args
 
     return main_from_args(args)
 

@@ -101,6 +101,18 @@ class MeshControl:
         self._down = np.zeros(n, dtype=bool)
         self._sinks = np.zeros(n, dtype=bool)
 
+    # ------------------------------------------------------------ durability
+    def state(self) -> dict[str, Any]:
+        """The control plane's state without the topology and caches (for checkpoints)."""
+        skip = {"topology", "_tree", "_tree_version"}
+        return {k: v for k, v in self.__dict__.items() if k not in skip}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state` returned (same topology)."""
+        self.__dict__.update(state)
+        self._tree = None
+        self._tree_version = -1
+
     # ----------------------------------------------------------------- status
     @property
     def down(self) -> npt.NDArray[np.bool_]:

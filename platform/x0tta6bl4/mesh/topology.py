@@ -221,3 +221,17 @@ def generate(
         region_offsets=offsets,
         seed=seed,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class TopologySpec:
+    """The arguments of :func:`generate`: a topology in a few bytes, rebuilt identically anywhere."""
+
+    num_nodes: int
+    num_regions: int
+    seed: int
+    mean_degree: float = 6.0
+    gateway_fraction: float = 0.03
+
+    def build(self) -> Topology:
+        return generate(self.num_nodes, self.num_regions, self.seed, self.mean_degree, self.gateway_fraction)

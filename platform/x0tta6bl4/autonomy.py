@@ -1,0 +1,294 @@
+"""The autonomy job (`x0tta6bl4 run`, `jobs/autonomy.py`): run the mesh, inject faults, report."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from x0tta6bl4 import __version__
+from x0tta6bl4.errors import ConfigError
+from x0tta6bl4.mesh.control import ControlParams
+from x0tta6bl4.mesh.faults import Action, Fault, random_schedule
+from x0tta6bl4.mesh.pipeline import LocalMesh, Mesh, ShardedMesh, TickResult
+from x0tta6bl4.mesh.shard import MeshSpec
+from x0tta6bl4.mesh.topology import Topology, TopologySpec
+from x0tta6bl4.settings import RunConfig, config_from_args
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A validated run: topology, fault schedule and scripted actions."""
+
+    config: RunConfig
+    topology_spec: TopologySpec
+    topology: Topology
+    faults: tuple[Fault, ...]
+    actions: dict[int, tuple[Action, ...]]
+    run_id: str
+
+    @property
+    def run_dir(self) -> Path:
+        return self.config.runs_dir / self.run_id
+
+
+def plan_run(config: RunConfig) -> Plan:
+    """Build and check everything the run needs before any Ray actor starts (ConfigError on bad input)."""
+    topology_spec = TopologySpec(
+        config.nodes, config.regions, config.seed, config.mean_degree, config.gateway_fraction
+    )
+    topology = topology_spec.build()
+    faults = list(
+        random_schedule(
+            topology, config.ticks, config.seed, config.faults_per_1000_ticks, tuple(config.fault_types)
+        )
+        if config.faults_per_1000_ticks > 0
+        else []
+    )
+    for fc in config.faults:
+        faults.append(
+            Fault(len(faults), fc.type, fc.start_tick, fc.duration_ticks, fc.node, fc.peer, fc.severity)
+        )
+    for fault in faults:
+        fault.validate(topology)
+    actions: dict[int, list[Action]] = {}
+    for ac in config.actions:
+        action = Action(ac.action, ac.node, ac.peer, ac.tick, reason="scripted in the run config")
+        action.validate(topology)
+        actions.setdefault(ac.tick, []).append(action)
+    run_id = config.run_id or time.strftime("%Y%m%d-%H%M%S") + f"-s{config.seed}"
+    if "/" in run_id or run_id in ("", ".", ".."):
+        raise ConfigError(f"run id {run_id!r} must be a plain name")
+    return Plan(
+        config, topology_spec, topology, tuple(faults), {t: tuple(a) for t, a in actions.items()}, run_id
+    )
+
+
+class _Progress:
+    """Live progress: a rich bar on a terminal, plain lines otherwise (logs, `ray job logs`)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.tty = sys.stderr.isatty()
+        self._last_line = -1.0
+        self._bar: Any = None
+        if self.tty:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("[bold]mesh"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[state]}"),
+                TimeRemainingColumn(),
+                transient=False,
+            )
+            self._task = self._bar.add_task("ticks", total=total, state="")
+            self._bar.start()
+
+    def update(self, tick: int, state: str) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=tick + 1, state=state)
+            return
+        now = time.monotonic()
+        if now - self._last_line >= 2.0 or tick + 1 == self.total:
+            self._last_line = now
+            print(f"tick {tick + 1}/{self.total}  {state}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _start_hosts(config: RunConfig) -> list[Any]:
+    """EbpfSource actors, one per Ray node (procfs fallback reported by each)."""
+    if not config.ebpf:
+        return []
+    from x0tta6bl4.telemetry.source import start_sources
+
+    return list(start_sources())
+
+
+def execute(plan: Plan, on_tick: Callable[[TickResult], None] | None = None) -> dict[str, Any]:
+    """Run a planned job on Ray (or in process) and return its report (also written to disk)."""
+    from x0tta6bl4.connect import connect_ray, disconnect_ray
+
+    config = plan.config
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    spec = MeshSpec(
+        topology=plan.topology_spec,
+        seed=config.seed,
+        faults=plan.faults,
+        control=ControlParams(),
+        checkpoint_dir=str(plan.run_dir / "checkpoints"),
+        checkpoint_every_ticks=config.checkpoint_every_ticks,
+    )
+    conn = connect_ray(config.ray_address) if not config.in_process or config.ebpf else None
+    mesh: Mesh = (
+        LocalMesh(plan.topology, spec)
+        if config.in_process
+        else ShardedMesh(plan.topology, spec, keep_actors=config.keep_mesh)
+    )
+    hosts = _start_hosts(config) if conn is not None else []
+    progress = _Progress(config.ticks)
+    timeline: list[dict[str, float]] = []
+    started = time.perf_counter()
+    host_frames: list[Any] = []
+    try:
+        for _ in range(config.ticks):
+            tick = mesh.tick + 1
+            result = mesh.step(plan.actions.get(tick, ()))
+            s = result.summary_dict()
+            timeline.append(
+                {
+                    "tick": result.tick,
+                    "serviceable": s["serviceable"],
+                    "down": s["down"],
+                    "faulty_nodes": s["labelled"],
+                    "mean_latency_ms": s["latency_sum_ms"] / max(1.0, s["nodes"]),
+                    "active_faults": len(mesh.control.active_faults()),
+                }
+            )
+            if on_tick is not None:
+                on_tick(result)
+            progress.update(
+                result.tick,
+                f"serviceable {s['serviceable'] / s['nodes']:.1%}  faults {timeline[-1]['active_faults']}",
+            )
+            if hosts and tick % 10 == 0:
+                host_frames = _poll_hosts(hosts)
+            if config.tick_interval_s:
+                time.sleep(config.tick_interval_s)
+        elapsed = time.perf_counter() - started
+        host_report = _host_report(hosts, host_frames, plan.topology) if hosts else []
+        restarts = getattr(mesh, "restarts", 0)
+    finally:
+        progress.close()
+        mesh.close()
+        if conn is not None and not config.keep_mesh:
+            disconnect_ray(conn)
+    report = build_report(plan, mesh, timeline, elapsed, restarts, host_report)
+    path = plan.run_dir / "report.json"
+    path.write_text(json.dumps(report, indent=1, default=_json_default), encoding="utf-8")
+    report["path"] = str(path)
+    return report
+
+
+def _poll_hosts(hosts: list[Any]) -> list[Any]:
+    import ray
+
+    try:
+        return list(ray.get([h.poll.remote() for h in hosts], timeout=30))
+    except Exception as exc:
+        log.warning("polling host telemetry failed: %s", exc)
+        return []
+
+
+def _host_report(hosts: list[Any], frames: list[Any], topology: Topology) -> list[dict[str, Any]]:
+    import ray
+
+    statuses = ray.get([h.status.remote() for h in hosts], timeout=30)
+    gateways = np.flatnonzero(topology.gateways)
+    out = []
+    for i, status in enumerate(statuses):
+        entry = dict(status)
+        # The host joins the mesh as node N+i, linked to a gateway.
+        entry["mesh_node_id"] = topology.num_nodes + i
+        entry["linked_to_gateway"] = int(gateways[i % gateways.size])
+        if i < len(frames):
+            entry["last_frame"] = frames[i].to_dict()
+        out.append(entry)
+    return out
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def build_report(
+    plan: Plan,
+    mesh: Mesh,
+    timeline: list[dict[str, float]],
+    elapsed_s: float,
+    restarts: int,
+    hosts: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The run's report: config, topology, faults and their fate, actions, timeline, summary."""
+    config = plan.config
+    faults = [status.to_dict() for status in mesh.control.faults]
+    ended = [f for f in faults if f["ended_tick"] is not None]
+    durations = [f["ended_tick"] - f["start_tick"] for f in ended]
+    nodes = plan.topology.num_nodes
+    availability = float(np.mean([t["serviceable"] for t in timeline]) / nodes) if timeline else 0.0
+    summary = {
+        "ticks": len(timeline),
+        "faults_injected": sum(1 for f in faults if f["start_tick"] < len(timeline)),
+        "faults_ended": len(ended),
+        "faults_remediated": sum(1 for f in faults if f["remediated_by"] is not None),
+        "mttr_ticks": float(np.mean(durations)) if durations else None,
+        "availability": availability,
+        "actions": len(mesh.control.actions),
+        "shard_restarts": restarts,
+        "ticks_per_s": len(timeline) / elapsed_s if elapsed_s > 0 else None,
+        "node_ticks_per_s": nodes * len(timeline) / elapsed_s if elapsed_s > 0 else None,
+    }
+    return {
+        "run_id": plan.run_id,
+        "version": __version__,
+        "config": json.loads(config.model_dump_json()),
+        "topology": plan.topology.summary(),
+        "faults": faults,
+        "actions": [a.to_dict() for a in mesh.control.actions],
+        "timeline": timeline,
+        "summary": summary,
+        "hosts": hosts,
+        # Filled by the detection (anomaly service) and remediation (MAPE-K) stages.
+        "detection": None,
+        "remediation": None,
+    }
+
+
+def print_summary(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"run_id": report["run_id"], "path": report["path"], **report["summary"]}, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"run {report['run_id']}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    topo = report["topology"]
+    table.add_row("mesh", f"{topo['nodes']} nodes, {topo['links']} links, {topo['regions']} regions")
+    for key, value in report["summary"].items():
+        shown = f"{value:.4g}" if isinstance(value, float) else ("-" if value is None else str(value))
+        table.add_row(key.replace("_", " "), shown)
+    for host in report["hosts"]:
+        table.add_row(f"host {host.get('host', '?')}", f"source {host.get('source', '?')}")
+    table.add_row("report", report["path"])
+    Console().print(table)
+
+
+def main_from_args(args: argparse.Namespace) -> int:
+    """`x0tta6bl4 run`: validate, plan, execute, print."""
+    config = config_from_args(args)
+    plan = plan_run(config)
+    report = execute(plan)
+    print_summary(report, as_json=bool(getattr(args, "print_json", False)))
+    return 0

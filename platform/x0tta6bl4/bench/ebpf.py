@@ -1,0 +1,177 @@
+"""Suite `ebpf`: cost of the tracepoint programs on loopback TCP, event rate they sustain, events lost."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from x0tta6bl4.bench._report import result
+from x0tta6bl4.errors import X0tta6bl4Error
+from x0tta6bl4.telemetry.ebpf import EbpfPrograms
+from x0tta6bl4.telemetry.source import ebpf_blockers
+
+#: Workloads: iperf3 write size in bytes (None: iperf3's default 128 KiB writes).
+WORKLOADS: dict[str, int | None] = {"bulk": None, "small_writes": 128}
+
+
+class BenchUnavailable(X0tta6bl4Error):
+    """The suite cannot run on this host (eBPF blocked, iperf3 missing)."""
+
+
+def _log(msg: str) -> None:
+    sys.stderr.write(f"[bench ebpf] {msg}\n")
+    sys.stderr.flush()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _iperf3_server(port: int) -> Iterator[None]:
+    """An iperf3 server on 127.0.0.1:port for the duration of the block."""
+    proc = subprocess.Popen(
+        ["iperf3", "-s", "-B", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        else:
+            raise BenchUnavailable(f"iperf3 server did not listen on 127.0.0.1:{port}")
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _iperf3_run(port: int, seconds: int, length: int | None) -> float:
+    """One client run; received throughput in bytes per second."""
+    cmd = ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-J"]
+    if length is not None:
+        cmd += ["-l", str(length)]
+    for attempt in range(3):
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30)
+        doc = json.loads(out.stdout or "{}")
+        if "error" not in doc and out.returncode == 0:
+            return float(doc["end"]["sum_received"]["bits_per_second"]) / 8.0
+        # The server refuses a client while it finishes the previous test ("busy"); retry.
+        time.sleep(0.2 * (attempt + 1))
+    raise BenchUnavailable(f"iperf3 client failed: {doc.get('error', out.stderr.strip())}")
+
+
+def results(quick: bool) -> list[dict[str, Any]]:
+    """Loopback TCP throughput with vs without the programs, the event rate they traced, events lost.
+
+    Each round runs a workload once with the programs attached and once without,
+    alternating which goes first; the ratio reported is the median of the rounds'
+    with/without ratios, which cancels slow drifts of the machine's load.
+    """
+    blockers = ebpf_blockers()
+    if blockers:
+        raise BenchUnavailable(
+            "eBPF cannot load here: " + "; ".join(f"{b.reason} (fix: {b.fix})" for b in blockers)
+        )
+    if shutil.which("iperf3") is None:
+        raise BenchUnavailable("iperf3 is not installed (fix: apt-get install -y iperf3)")
+    rounds, seconds = (2, 1) if quick else (6, 3)
+    programs = EbpfPrograms.from_names(None, attach=False)
+    if programs.errors:
+        _log("programs not loaded: " + "; ".join(str(e) for e in programs.errors.values()))
+    loaded = sorted(programs.loaded)
+    rows: list[dict[str, Any]] = []
+    total_lost = 0
+    try:
+        port = _free_port()
+        with _iperf3_server(port):
+            for workload, length in WORKLOADS.items():
+                with_bps: list[float] = []
+                without_bps: list[float] = []
+                events = 0
+                traced_s = 0.0
+                for r in range(rounds):
+                    for attached in (True, False) if r % 2 == 0 else (False, True):
+                        if attached:
+                            programs.attach()
+                            programs.reset()
+                            with_bps.append(_iperf3_run(port, seconds, length))
+                            reading = programs.poll()
+                            programs.detach()
+                            events += reading.events
+                            total_lost += reading.lost
+                            traced_s += reading.interval_s
+                        else:
+                            without_bps.append(_iperf3_run(port, seconds, length))
+                    _log(
+                        f"{workload} round {r + 1}/{rounds}: with {with_bps[-1] / 1e6:.1f} MB/s, "
+                        f"without {without_bps[-1] / 1e6:.1f} MB/s"
+                    )
+                ratio = statistics.median(w / wo for w, wo in zip(with_bps, without_bps))
+                params = {
+                    "workload": workload,
+                    "write_bytes": length or 131072,
+                    "rounds": rounds,
+                    "seconds_per_run": seconds,
+                    "programs": loaded,
+                }
+                rows.append(
+                    result(
+                        "loopback_throughput_ratio",
+                        ratio,
+                        "with/without",
+                        params=params,
+                        target=("value", ">=", 0.97),
+                    )
+                )
+                rows.append(
+                    result(
+                        "loopback_throughput_bytes_per_s",
+                        statistics.median(with_bps),
+                        "B/s",
+                        params={**params, "probes": "attached"},
+                        baseline=(
+                            "loopback_throughput_without_probes_bytes_per_s",
+                            statistics.median(without_bps),
+                        ),
+                    )
+                )
+                rows.append(
+                    result(
+                        "traced_events_per_s",
+                        events / traced_s if traced_s else 0.0,
+                        "events/s",
+                        params=params,
+                        target=("value", ">=", 100000.0) if length is not None else None,
+                    )
+                )
+    finally:
+        programs.close()
+    rows.append(
+        result(
+            "lost_events",
+            float(total_lost),
+            "events",
+            params={"programs": loaded},
+            target=("value", "<=", 0.0),
+        )
+    )
+    return rows

@@ -1,0 +1,221 @@
+"""Drivers that advance the whole mesh tick by tick: sharded over Ray actors, or in one process."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from x0tta6bl4 import RAY_NAMESPACE
+from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
+from x0tta6bl4.mesh.control import MeshControl
+from x0tta6bl4.mesh.faults import Action
+from x0tta6bl4.mesh.region import SUMMARY_FIELDS, Message, empty_message
+from x0tta6bl4.mesh.shard import MeshShardActor, MeshSpec, ShardCore, StepOutput, shard_name
+from x0tta6bl4.mesh.topology import Topology
+from x0tta6bl4.telemetry.frame import TelemetryFrame
+
+
+class ShardLostError(X0tta6bl4Error):
+    """A shard died and could not be brought back to the current tick."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TickResult:
+    """What one tick of the whole mesh produced.
+
+    ``frames`` holds every region's TelemetryFrame (join them with :meth:`Mesh.frame`);
+    ``summary`` sums the regions' summary vectors (:data:`~x0tta6bl4.mesh.region.SUMMARY_FIELDS`).
+    """
+
+    tick: int
+    frames: list[TelemetryFrame]
+    summary: npt.NDArray[np.float64]
+    actions: tuple[Action, ...]
+
+    def summary_dict(self) -> dict[str, float]:
+        return dict(zip(SUMMARY_FIELDS, (float(v) for v in self.summary), strict=True))
+
+
+class Mesh(Protocol):
+    """The interface the autonomy job and the benchmarks drive."""
+
+    topology: Topology
+    control: MeshControl
+
+    @property
+    def tick(self) -> int: ...
+
+    def step(self, actions: tuple[Action, ...] = ()) -> TickResult: ...
+
+    def frame(self, result: TickResult) -> TelemetryFrame: ...
+
+    def close(self) -> None: ...
+
+
+class LocalMesh:
+    """Every region's ShardCore stepped in turn in this process: the kernel without Ray."""
+
+    def __init__(self, topology: Topology, spec: MeshSpec) -> None:
+        self.topology = topology
+        self.spec = spec
+        self.control = MeshControl(topology, list(spec.faults), spec.control)
+        self.cores = [ShardCore(topology, r, spec) for r in range(topology.num_regions)]
+        self._messages: list[Message] = [empty_message()] * topology.num_regions
+
+    @property
+    def tick(self) -> int:
+        return self.control.tick
+
+    def step(self, actions: tuple[Action, ...] = ()) -> TickResult:
+        for action in actions:
+            action.validate(self.topology)
+        tick = self.control.tick + 1
+        self.control.advance(tick, actions)
+        frames, messages, summaries = [], [], []
+        for r, core in enumerate(self.cores):
+            inbound = [m for q, m in enumerate(self._messages) if q != r]
+            frame, message, summary = core.step(tick, actions, inbound)
+            frames.append(frame)
+            messages.append(message)
+            summaries.append(summary)
+        self._messages = messages
+        return TickResult(tick, frames, np.sum(summaries, axis=0), actions)
+
+    def frame(self, result: TickResult) -> TelemetryFrame:
+        return TelemetryFrame.concat(result.frames)
+
+    def close(self) -> None:
+        for core in self.cores:
+            core.flush()
+
+
+class ShardedMesh:
+    """One detached, named MeshShard actor per region; the driver exchanges boundary messages.
+
+    Each tick the driver hands every shard the other shards' previous boundary
+    messages (small: only nodes on region borders) and collects frames, messages and
+    summaries in one round trip per shard. A shard that dies is
+    restarted by Ray from its last checkpoint; the driver replays the ticks since then
+    from the messages and actions it kept, so the run continues bit-identically.
+    """
+
+    def __init__(self, topology: Topology, spec: MeshSpec, keep_actors: bool = False) -> None:
+        import ray
+
+        if spec.checkpoint_dir is None:
+            raise ConfigError("a sharded mesh needs a checkpoint directory")
+        self.topology = topology
+        self.spec = spec
+        self.keep_actors = keep_actors
+        self.control = MeshControl(topology, list(spec.faults), spec.control)
+        self._remote = ray.remote(MeshShardActor)
+        self.actors = []
+        for r in range(topology.num_regions):
+            name = shard_name(r)
+            try:  # a shard left over from an earlier run: replace it
+                ray.kill(ray.get_actor(name, namespace=RAY_NAMESPACE))
+            except ValueError:
+                pass
+            self.actors.append(
+                self._remote.options(
+                    name=name,
+                    namespace=RAY_NAMESPACE,
+                    lifetime="detached",
+                    num_cpus=0,
+                    max_restarts=-1,
+                    max_task_retries=0,
+                ).remote(r, spec)
+            )
+        self._history = max(spec.checkpoint_every_ticks + 3, 16)
+        self._messages: dict[int, list[Message]] = {}  # tick -> message of every region
+        self._actions: dict[int, tuple[Action, ...]] = {}
+        self.restarts = 0
+
+    @property
+    def tick(self) -> int:
+        return self.control.tick
+
+    def _submit(self, region: int, tick: int, actions: tuple[Action, ...]) -> Any:
+        previous = self._messages.get(tick - 1)
+        if previous is None and tick > 0:
+            raise ShardLostError(
+                f"messages of tick {tick - 1} are no longer kept; cannot step region {region}"
+            )
+        inbound = [m for q, m in enumerate(previous or []) if q != region]
+        return self.actors[region].step.remote(tick, actions, inbound)
+
+    def step(self, actions: tuple[Action, ...] = ()) -> TickResult:
+        import ray
+
+        for action in actions:
+            action.validate(self.topology)
+        tick = self.control.tick + 1
+        self._actions[tick] = actions
+        refs = [self._submit(r, tick, actions) for r in range(len(self.actors))]
+        self.control.advance(tick, actions)
+        try:
+            outs = ray.get(refs)
+        except ray.exceptions.RayActorError:
+            outs = self._recover(tick, refs)
+        self._messages[tick] = [o[1] for o in outs]
+        for old in [t for t in self._messages if t <= tick - self._history]:
+            del self._messages[old]
+            self._actions.pop(old, None)
+        return TickResult(tick, [o[0] for o in outs], np.sum([o[2] for o in outs], axis=0), actions)
+
+    def _recover(self, tick: int, refs: list[Any]) -> list[StepOutput]:
+        """Bring every dead shard back to ``tick`` by replaying from its checkpoint."""
+        import ray
+
+        outs: list[StepOutput] = []
+        for r, ref in enumerate(refs):
+            try:
+                outs.append(ray.get(ref))
+                continue
+            except ray.exceptions.RayActorError:
+                pass
+            self.restarts += 1
+            restored = int(self._wait_alive(r)["tick"])
+            for t in range(restored + 1, tick):
+                replayed: StepOutput = ray.get(self._submit(r, t, self._actions[t]))
+                self._messages[t][r] = replayed[1]  # equal to the lost one: the kernel is deterministic
+            outs.append(ray.get(self._submit(r, tick, self._actions[tick])))
+        return outs
+
+    def _wait_alive(self, region: int, timeout_s: float = 60.0) -> dict[str, Any]:
+        import ray
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                status: dict[str, Any] = ray.get(self.actors[region].status.remote(), timeout=10)
+                return status
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                if time.monotonic() > deadline:
+                    raise ShardLostError(
+                        f"shard {region} did not come back within {timeout_s:.0f} s"
+                    ) from None
+                time.sleep(0.2)
+
+    def frame(self, result: TickResult) -> TelemetryFrame:
+        return TelemetryFrame.concat(result.frames)
+
+    def status(self) -> list[dict[str, Any]]:
+        import ray
+
+        return list(ray.get([a.status.remote() for a in self.actors]))
+
+    def close(self) -> None:
+        import ray
+
+        try:
+            ray.get([a.flush.remote() for a in self.actors], timeout=30)
+        except Exception:
+            pass
+        if not self.keep_actors:
+            for actor in self.actors:
+                ray.kill(actor)
