@@ -219,7 +219,7 @@ class MeshControl:
             self.cpu_extra[f.node] = 0.8 + 0.6 * sev
         elif f.kind == "memory_leak":
             # Reaches swapping (> 90 %) about two thirds into the fault's own duration.
-            self.leak_per_tick[f.node] = (0.6 + 0.4 * sev) / max(1.0, 0.66 * f.duration_ticks)
+            self.leak_per_tick[f.node] = (0.45 + 0.1 * sev) / max(1.0, 0.66 * f.duration_ticks)
         elif f.kind == "blackhole":
             self.blackhole[f.node] = True
 
