@@ -88,4 +88,4 @@ def emit(doc: dict[str, Any], as_json: bool) -> None:
             if tgt
             else "",
         )
-    Console().print(table)
+    Console(width=max(160, Console().width)).print(table)

@@ -22,7 +22,7 @@ from x0tta6bl4.telemetry.source import ebpf_blockers
 WORKLOADS: dict[str, int | None] = {"bulk": None, "small_writes": 128}
 
 
-class BenchUnavailable(X0tta6bl4Error):
+class BenchUnavailableError(X0tta6bl4Error):
     """The suite cannot run on this host (eBPF blocked, iperf3 missing)."""
 
 
@@ -53,7 +53,7 @@ def _iperf3_server(port: int) -> Iterator[None]:
                     break
             time.sleep(0.05)
         else:
-            raise BenchUnavailable(f"iperf3 server did not listen on 127.0.0.1:{port}")
+            raise BenchUnavailableError(f"iperf3 server did not listen on 127.0.0.1:{port}")
         yield
     finally:
         proc.terminate()
@@ -76,7 +76,7 @@ def _iperf3_run(port: int, seconds: int, length: int | None) -> float:
             return float(doc["end"]["sum_received"]["bits_per_second"]) / 8.0
         # The server refuses a client while it finishes the previous test ("busy"); retry.
         time.sleep(0.2 * (attempt + 1))
-    raise BenchUnavailable(f"iperf3 client failed: {doc.get('error', out.stderr.strip())}")
+    raise BenchUnavailableError(f"iperf3 client failed: {doc.get('error', out.stderr.strip())}")
 
 
 def results(quick: bool) -> list[dict[str, Any]]:
@@ -88,11 +88,11 @@ def results(quick: bool) -> list[dict[str, Any]]:
     """
     blockers = ebpf_blockers()
     if blockers:
-        raise BenchUnavailable(
+        raise BenchUnavailableError(
             "eBPF cannot load here: " + "; ".join(f"{b.reason} (fix: {b.fix})" for b in blockers)
         )
     if shutil.which("iperf3") is None:
-        raise BenchUnavailable("iperf3 is not installed (fix: apt-get install -y iperf3)")
+        raise BenchUnavailableError("iperf3 is not installed (fix: apt-get install -y iperf3)")
     rounds, seconds = (2, 1) if quick else (6, 3)
     programs = EbpfPrograms.from_names(None, attach=False)
     if programs.errors:
@@ -125,7 +125,7 @@ def results(quick: bool) -> list[dict[str, Any]]:
                         f"{workload} round {r + 1}/{rounds}: with {with_bps[-1] / 1e6:.1f} MB/s, "
                         f"without {without_bps[-1] / 1e6:.1f} MB/s"
                     )
-                ratio = statistics.median(w / wo for w, wo in zip(with_bps, without_bps))
+                ratio = statistics.median(w / wo for w, wo in zip(with_bps, without_bps, strict=True))
                 params = {
                     "workload": workload,
                     "write_bytes": length or 131072,

@@ -94,6 +94,7 @@ class MeshControl:
         # Routing: snapshots of its inputs, each effective convergence_ticks after the change.
         self._routing_history: list[tuple[int, _RoutingInputs]] = [(-(10**9), self._routing_inputs())]
         self._last_routing_key = self._routing_key()
+        self._routing_base = 0  # version number of _routing_history[0]
         self._tree_version = -1
         self._tree: RoutingTree | None = None
         #: Incremented whenever node or link status changes (cheap change detection for shards).
@@ -133,17 +134,21 @@ class MeshControl:
 
     def routing(self) -> tuple[int, RoutingTree]:
         """The routing tree in force at the current tick and its version number."""
-        version = 0
-        for i, (effective, _) in enumerate(self._routing_history):
-            if effective <= self.tick:
-                version = i
+        self._prune_routing_history()
+        version = self._routing_base
         if version != self._tree_version or self._tree is None:
-            inputs = self._routing_history[version][1]
+            inputs = self._routing_history[0][1]
             self._tree = routing_tree(
                 self.topology, inputs.participating, inputs.may_forward, inputs.roots, inputs.link_usable
             )
             self._tree_version = version
         return version, self._tree
+
+    def _prune_routing_history(self) -> None:
+        """Drop snapshots older than the one in force: they can never be selected again."""
+        while len(self._routing_history) > 1 and self._routing_history[1][0] <= self.tick:
+            self._routing_history.pop(0)
+            self._routing_base += 1
 
     def _routing_inputs(self) -> _RoutingInputs:
         down = self.crashed | (self.booting_until > self.tick)
@@ -164,6 +169,7 @@ class MeshControl:
         if tick != self.tick + 1:
             raise ConfigError(f"mesh control is at tick {self.tick}; cannot advance to {tick}")
         self.tick = tick
+        self._prune_routing_history()
         ending = [s for s in self.faults if s.active and self._should_end(s)]
         starting = self._by_start.get(tick, [])
         booted = bool(self._any_boot_done(tick))

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import numpy.typing as npt
 from scipy.sparse import coo_matrix, csr_matrix
-from scipy.sparse.csgraph import dijkstra
+from scipy.sparse.csgraph import breadth_first_order
 
 from x0tta6bl4.mesh.topology import Topology
 
@@ -32,6 +32,19 @@ class RoutingTree:
     def routed(self) -> BoolArray:
         """Nodes that reach a root."""
         return self.hops >= 0
+
+
+def _depths(parent: IntArray, reached: BoolArray) -> IntArray:
+    """Hops from every reached node to its root by pointer doubling (-1 where unreached)."""
+    depth = np.where(parent >= 0, 1, 0).astype(np.int64)
+    jump = parent.copy()
+    while True:
+        live = np.flatnonzero(jump >= 0)
+        if live.size == 0:
+            break
+        depth[live] += depth[jump[live]]
+        jump[live] = jump[jump[live]]
+    return np.where(reached, depth, -1)
 
 
 def routing_tree(
@@ -61,18 +74,18 @@ def routing_tree(
     src = np.concatenate([src, np.full(root_ids.shape[0], n)])
     dst = np.concatenate([dst, root_ids])
     graph = csr_matrix(coo_matrix((np.ones(src.shape[0]), (src, dst)), shape=(n + 1, n + 1)))
-    dist, pred = dijkstra(graph, directed=True, indices=n, unweighted=True, return_predecessors=True)
-    dist = dist[:n]
+    order, pred = breadth_first_order(graph, n, directed=True, return_predecessors=True)
     parent = pred[:n].astype(np.int64)
     parent[(parent == n) | (parent < 0)] = -1
-    hops = np.where(np.isfinite(dist), dist - 1, -1).astype(np.int64)
+    reached = np.zeros(n + 1, dtype=bool)
+    reached[order] = True
+    hops = _depths(parent, reached[:n])
     uplink = np.full(n, -1, dtype=np.int64)
     child = np.flatnonzero(parent >= 0)
     if child.size:
         a = np.minimum(child, parent[child])
         b = np.maximum(child, parent[child])
-        key = topology.edges[:, 0] * n + topology.edges[:, 1]
-        uplink[child] = link_ids[np.searchsorted(key, a * n + b)]
+        uplink[child] = link_ids[np.searchsorted(topology.edge_keys, a * n + b)]
     is_root = np.zeros(n, dtype=bool)
     is_root[root_ids] = True
     return RoutingTree(parent=parent, uplink=uplink, hops=hops, is_root=is_root)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -65,6 +66,12 @@ class Topology:
         self.check_node(node)
         return int(np.searchsorted(self.region_offsets, node, side="right") - 1)
 
+    @functools.cached_property
+    def edge_keys(self) -> IntArray:
+        """Sorted ``u * nodes + v`` key of every link (for id lookups by endpoint pair)."""
+        keys: IntArray = self.edges[:, 0] * self.num_nodes + self.edges[:, 1]
+        return keys
+
     def adjacency(self) -> csr_matrix:
         """Symmetric CSR adjacency whose data holds ``link id + 1`` (0 is reserved for "no link")."""
         n = self.num_nodes
@@ -88,7 +95,7 @@ class Topology:
         self.check_node(u)
         self.check_node(v)
         a, b = (u, v) if u < v else (v, u)
-        key = self.edges[:, 0] * self.num_nodes + self.edges[:, 1]
+        key = self.edge_keys
         pos = int(np.searchsorted(key, a * self.num_nodes + b))
         if pos >= key.shape[0] or key[pos] != a * self.num_nodes + b:
             raise ConfigError(f"there is no link between nodes {u} and {v}")

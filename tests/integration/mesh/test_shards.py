@@ -21,7 +21,9 @@ TICKS = 40
 
 def _spec(tmp_path, topology):
     faults = tuple(random_schedule(topology, TICKS, 11, faults_per_1000_ticks=150))
-    return MeshSpec(topology=TOPO, seed=11, faults=faults, checkpoint_dir=str(tmp_path), checkpoint_every_ticks=10)
+    return MeshSpec(
+        topology=TOPO, seed=11, faults=faults, checkpoint_dir=str(tmp_path), checkpoint_every_ticks=10
+    )
 
 
 def _actions(spec):
@@ -56,9 +58,7 @@ def test_shards_are_named_detached_actors_in_the_platform_namespace(ray_local, t
             handle = ray_local.get_actor(shard_name(r), namespace=RAY_NAMESPACE)
             assert ray_local.get(handle.status.remote())["region"] == r
         # What the dashboard shows: every shard alive, named, detached, in our namespace.
-        shards = {
-            a.name: a for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True) if a.name
-        }
+        shards = {a.name: a for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True) if a.name}
         for r in range(topology.num_regions):
             actor = shards[shard_name(r)]
             assert actor.ray_namespace == RAY_NAMESPACE

@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from tests.unit.mesh.conftest import descendants, run_mesh
+
 from x0tta6bl4.mesh.faults import FAULT_CODES, Fault
 
 START = 10
@@ -38,7 +38,9 @@ def test_node_crash_takes_node_down_breaks_paths_then_routing_reconverges(topolo
     assert (run.feature(t, "links_up")[neighbours] == baseline.feature(t, "links_up")[neighbours] - 1).all()
     t_late = START + 6  # rerouted around the dead node
     assert np.median(run.feature(t_late, "loss_ratio")[desc]) < 0.1
-    assert run.labels[t][relay] == FAULT_CODES["node_crash"] and run.labels[t].sum() == FAULT_CODES["node_crash"]
+    assert (
+        run.labels[t][relay] == FAULT_CODES["node_crash"] and run.labels[t].sum() == FAULT_CODES["node_crash"]
+    )
 
 
 def test_link_degradation_hurts_the_link_and_the_paths_over_it(tree, baseline, relay):
@@ -50,7 +52,10 @@ def test_link_degradation_hurts_the_link_and_the_paths_over_it(tree, baseline, r
     lat, base_lat = run.feature(t, "latency_mean_ms"), baseline.feature(t, "latency_mean_ms")
     assert (loss[affected] > base_loss[affected] + 0.1).all()
     assert (lat[affected] > base_lat[affected] + 20).all()
-    assert run.feature(t, "tcp_retransmits_per_s")[relay] > 3 * baseline.feature(t, "tcp_retransmits_per_s")[relay]
+    assert (
+        run.feature(t, "tcp_retransmits_per_s")[relay]
+        > 3 * baseline.feature(t, "tcp_retransmits_per_s")[relay]
+    )
     untouched = _others(loss.size, affected, [parent])
     assert np.allclose(loss[untouched], base_loss[untouched], atol=0.02)
     assert run.labels[t][relay] == run.labels[t][parent] == FAULT_CODES["link_degradation"]
@@ -64,7 +69,9 @@ def test_congestion_fills_queues_on_the_path_to_the_gateway(tree, baseline, rela
     desc = descendants(tree, relay)
     lat, base_lat = run.feature(t, "latency_mean_ms"), baseline.feature(t, "latency_mean_ms")
     assert (lat[desc] > base_lat[desc] * 1.5).all()  # every path through the hot spot slows down
-    assert run.feature(t, "packet_drops_per_s")[relay] > 10 * (baseline.feature(t, "packet_drops_per_s")[relay] + 1)
+    assert run.feature(t, "packet_drops_per_s")[relay] > 10 * (
+        baseline.feature(t, "packet_drops_per_s")[relay] + 1
+    )
     assert run.feature(t, "rx_bytes_per_s")[relay] > 5 * baseline.feature(t, "rx_bytes_per_s")[relay]
 
 
@@ -72,7 +79,10 @@ def test_cpu_exhaustion_saturates_cpu_and_slows_forwarding(tree, baseline, relay
     run = run_mesh([_fault("cpu_exhaustion", relay)])
     t = START + 3
     assert run.feature(t, "cpu_util")[relay] == pytest.approx(1.0)
-    assert run.feature(t, "runqueue_latency_p95_ms")[relay] > 20 * baseline.feature(t, "runqueue_latency_p95_ms")[relay]
+    assert (
+        run.feature(t, "runqueue_latency_p95_ms")[relay]
+        > 20 * baseline.feature(t, "runqueue_latency_p95_ms")[relay]
+    )
     desc = descendants(tree, relay)
     assert (run.feature(t, "latency_mean_ms")[desc] >= baseline.feature(t, "latency_mean_ms")[desc]).all()
     others = _others(run.frames[t].shape[0], [relay])
@@ -107,4 +117,6 @@ def test_faults_end_by_themselves_after_their_duration(baseline, relay):
     status = run.control.faults[0]
     assert status.ended_tick == START + 8 and status.remediated_by is None
     assert run.labels[START + 9].sum() == 0
-    assert run.feature(29, "cpu_util")[relay] == pytest.approx(baseline.feature(29, "cpu_util")[relay], abs=0.05)
+    assert run.feature(29, "cpu_util")[relay] == pytest.approx(
+        baseline.feature(29, "cpu_util")[relay], abs=0.05
+    )

@@ -53,12 +53,11 @@ def test_a_field_without_symbolic_table_has_no_names() -> None:
 
 
 def test_parse_format_keeps_offsets_sizes_and_arrays() -> None:
-    text = KFREE_SKB.replace(
-        "\tfield:void * skbaddr;", "\tfield:__u8 saddr[4];\toffset:40;\tsize:4;\tsigned:0;\n\tfield:void * skbaddr;"
-    )
+    saddr = "\tfield:__u8 saddr[4];\toffset:40;\tsize:4;\tsigned:0;\n"
+    text = KFREE_SKB.replace("\tfield:void * skbaddr;", saddr + "\tfield:void * skbaddr;")
     fmt = parse_format("skb", "kfree_skb", text)
     by_name = {f.name: f for f in fmt.fields}
-    assert by_name["reason"].offset == 36 and by_name["reason"].size == 4
+    assert (by_name["reason"].offset, by_name["reason"].size) == (36, 4)
     assert by_name["saddr"].array_len == 4
     assert by_name["common_pid"].signed
 
@@ -75,13 +74,16 @@ def test_rendered_struct_pads_to_the_kernels_offsets_without_kernel_type_names()
 
 
 def test_handlers_guarded_by_x0_have_are_optional() -> None:
-    src = ProgramSource("p", """
+    src = ProgramSource(
+        "p",
+        """
 X0_TP(sched, sched_switch) { return 0; }
 #ifdef X0_HAVE__tcp__tcp_send_reset
 X0_TP(tcp, tcp_send_reset) { return 0; }
 #endif
 /* X0_TP(fake, in_comment) is not a handler */
-""")
+""",
+    )
     assert src.tracepoints() == [("sched", "sched_switch", True), ("tcp", "tcp_send_reset", False)]
 
 

@@ -28,8 +28,8 @@ Tcp: RtoAlgorithm ActiveOpens EstabResets InSegs OutSegs RetransSegs OutRsts
 Tcp: 1 10 2 500 1000 7 3
 """
 
-NET_DEV = """Inter-|   Receive                                                |  Transmit
- face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+NET_DEV = """Inter-|   Receive   |  Transmit
+ face |bytes packets errs drop fifo frame compr multicast|bytes packets errs drop fifo colls carrier compr
     lo:  500 5 0 1 0 0 0 0  500 5 0 0 0 0 0 0
   eth0: 1000 10 0 2 0 0 0 0 2000 20 0 3 0 0 0 0
 """
@@ -59,7 +59,9 @@ def test_parse_cpu_times_counts_idle_and_iowait_as_not_busy() -> None:
 
 
 def test_parse_schedstat_sums_run_delay_and_timeslices() -> None:
-    text = "version 15\ntimestamp 1\ncpu0 0 0 0 0 0 0 100 2000 10\ncpu1 0 0 0 0 0 0 100 3000 30\ndomain0 3 1 2\n"
+    text = (
+        "version 15\ntimestamp 1\ncpu0 0 0 0 0 0 0 100 2000 10\ncpu1 0 0 0 0 0 0 100 3000 30\ndomain0 3 1 2\n"
+    )
     assert parse_schedstat(text) == (5000, 40)
 
 
@@ -75,18 +77,27 @@ def test_the_running_kernels_files_parse() -> None:
 def _sample(at: float, retrans: int, out_segs: int, eth_rx: int, drops: int) -> ProcfsSample:
     return ProcfsSample(
         at=at,
-        snmp={"Tcp": {"RetransSegs": retrans, "OutSegs": out_segs, "OutRsts": 0, "EstabResets": 0},
-              "Ip": {"InDiscards": drops}},
-        net_dev={"eth0": {"rx_bytes": eth_rx, "tx_bytes": 0, "rx_drop": 0, "tx_drop": 0},
-                 "lo": {"rx_bytes": 10**9, "tx_bytes": 10**9, "rx_drop": 0, "tx_drop": 0}},
-        cpu_busy=50, cpu_total=100, meminfo={"MemTotal": 1000, "MemAvailable": 250},
-        schedstat=None, links_up=2,
+        snmp={
+            "Tcp": {"RetransSegs": retrans, "OutSegs": out_segs, "OutRsts": 0, "EstabResets": 0},
+            "Ip": {"InDiscards": drops},
+        },
+        net_dev={
+            "eth0": {"rx_bytes": eth_rx, "tx_bytes": 0, "rx_drop": 0, "tx_drop": 0},
+            "lo": {"rx_bytes": 10**9, "tx_bytes": 10**9, "rx_drop": 0, "tx_drop": 0},
+        },
+        cpu_busy=50,
+        cpu_total=100,
+        meminfo={"MemTotal": 1000, "MemAvailable": 250},
+        schedstat=None,
+        links_up=2,
     )
 
 
 def test_features_between_are_exact_rates_over_the_interval() -> None:
     a = _sample(0.0, retrans=0, out_segs=0, eth_rx=0, drops=0)
-    b = dataclasses.replace(_sample(2.0, retrans=50, out_segs=1000, eth_rx=4000, drops=6), cpu_busy=80, cpu_total=200)
+    b = dataclasses.replace(
+        _sample(2.0, retrans=50, out_segs=1000, eth_rx=4000, drops=6), cpu_busy=80, cpu_total=200
+    )
     f = features_between(a, b)
     assert set(f) == set(FEATURES)
     assert f["tcp_retransmits_per_s"] == 25.0
