@@ -1,0 +1,27 @@
+# The two commands of the README: `make run` (the main job) and `make test` (the whole suite).
+# Both run scripts/setup.sh first: idempotent, under a second when nothing changed.
+VENV := .venv
+BIN := $(VENV)/bin
+RUN_ARGS ?=
+
+.PHONY: setup run test lint bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+run: setup
+	$(BIN)/x0tta6bl4 run $(RUN_ARGS)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check platform jobs tests
+	$(BIN)/ruff format --check platform jobs tests
+	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/x0tta6bl4 bench mesh --json
+
+clean:
+	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

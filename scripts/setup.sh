@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# One-time (and idempotent) set-up behind `make run` and `make test`:
+#   1. Debian packages the platform needs (BCC for eBPF, kernel headers, iproute2, iptables, iperf3),
+#      installed with apt when running as root; otherwise the missing ones are listed with the command.
+#   2. Kernel headers for BCC when the running kernel ships none (/lib/modules/$(uname -r)/build).
+#   3. tracefs mounted (eBPF tracepoints).
+#   4. The virtualenv .venv with requirements/lock.txt and the package (editable), plus a .pth that
+#      makes Debian's `bcc` importable (appended after the venv's own site-packages).
+# A stamp file makes the second run take well under a second when nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+VENV=.venv
+STAMP=$VENV/.x0tta6bl4-setup
+APT_PACKAGES=(python3-bpfcc bpfcc-tools iproute2 iptables iperf3 linux-headers-amd64)
+KREL=$(uname -r)
+
+say() { printf '[setup] %s\n' "$*" >&2; }
+
+want_hash() {
+  { cat pyproject.toml requirements/lock.txt scripts/setup.sh; echo "$KREL"; } | sha256sum | cut -d' ' -f1
+}
+
+missing_apt() {
+  local pkg missing=()
+  for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  echo "${missing[@]:-}"
+}
+
+system_setup() {
+  local missing
+  missing=$(missing_apt)
+  if [ -n "$missing" ]; then
+    if [ "$(id -u)" -eq 0 ]; then
+      say "installing Debian packages: $missing"
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+    else
+      say "missing Debian packages: $missing"
+      say "  fix: sudo apt-get update && sudo apt-get install -y $missing"
+      say "  (without them eBPF telemetry falls back to procfs; 'x0tta6bl4 doctor' explains)"
+    fi
+  fi
+  # BCC compiles against /lib/modules/$KREL/build. A kernel without its own headers
+  # (e.g. a VM kernel) uses Debian's newest installed headers instead.
+  if [ ! -e "/lib/modules/$KREL/build/include" ]; then
+    local arch common
+    arch=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1 || true)
+    common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n 1 || true)
+    if [ -n "$arch" ] && [ "$(id -u)" -eq 0 ]; then
+      say "linking kernel headers $arch for $KREL (the running kernel ships none)"
+      mkdir -p "/lib/modules/$KREL"
+      ln -sfn "$arch" "/lib/modules/$KREL/build"
+      [ -n "$common" ] && ln -sfn "$common" "/lib/modules/$KREL/source"
+    elif [ -n "$arch" ]; then
+      say "kernel $KREL has no headers; fix: sudo ln -sfn $arch /lib/modules/$KREL/build"
+    fi
+  fi
+  if [ ! -e /sys/kernel/tracing/events ] && [ "$(id -u)" -eq 0 ]; then
+    mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || say "could not mount tracefs (eBPF will fall back to procfs)"
+  fi
+}
+
+python_setup() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    say "creating $VENV"
+    "$PY" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+  fi
+  say "installing pinned Python dependencies (first run takes a few minutes)"
+  "$VENV/bin/python" -m pip install -q -r requirements/lock.txt
+  "$VENV/bin/python" -m pip install -q --no-deps -e .
+  local site
+  site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  # Debian's BCC module only: appended after the venv's packages so Debian's numpy never wins.
+  echo "/usr/lib/python3/dist-packages" > "$site/zz_debian_bcc.pth"
+}
+
+system_setup
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(want_hash)" ] && [ -x "$VENV/bin/x0tta6bl4" ]; then
+  exit 0
+fi
+python_setup
+want_hash > "$STAMP"
+say "ready: $VENV/bin/x0tta6bl4"
