@@ -110,13 +110,21 @@ class _Progress:
             self._bar.stop()
 
 
-def _start_hosts(config: RunConfig) -> list[Any]:
-    """EbpfSource actors, one per Ray node (procfs fallback reported by each)."""
+def _start_hosts(config: RunConfig, topology: Topology) -> dict[int, Any]:
+    """One EbpfSource per Ray node (procfs fallback reported by each), keyed by its mesh node id.
+
+    Real hosts join the mesh after the simulated nodes: host ``i`` is node ``N + i``.
+    """
     if not config.ebpf:
-        return []
+        return {}
+    import ray
+
     from x0tta6bl4.telemetry.source import start_sources
 
-    return list(start_sources())
+    alive = sorted(str(n["NodeID"]) for n in ray.nodes() if n.get("Alive"))
+    ids = {ray_node: topology.num_nodes + i for i, ray_node in enumerate(alive)}
+    handles = start_sources(ids)
+    return {ids[ray_node]: handle for ray_node, handle in handles.items()}
 
 
 def execute(plan: Plan, on_tick: Callable[[TickResult], None] | None = None) -> dict[str, Any]:
@@ -139,7 +147,7 @@ def execute(plan: Plan, on_tick: Callable[[TickResult], None] | None = None) -> 
         if config.in_process
         else ShardedMesh(plan.topology, spec, keep_actors=config.keep_mesh)
     )
-    hosts = _start_hosts(config) if conn is not None else []
+    hosts = _start_hosts(config, plan.topology) if conn is not None else {}
     progress = _Progress(config.ticks)
     timeline: list[dict[str, float]] = []
     started = time.perf_counter()
@@ -166,7 +174,7 @@ def execute(plan: Plan, on_tick: Callable[[TickResult], None] | None = None) -> 
                 f"serviceable {s['serviceable'] / s['nodes']:.1%}  faults {timeline[-1]['active_faults']}",
             )
             if hosts and tick % 10 == 0:
-                host_frames = _poll_hosts(hosts)
+                host_frames = _poll_hosts(list(hosts.values()))
             if config.tick_interval_s:
                 time.sleep(config.tick_interval_s)
         elapsed = time.perf_counter() - started
@@ -175,6 +183,8 @@ def execute(plan: Plan, on_tick: Callable[[TickResult], None] | None = None) -> 
     finally:
         progress.close()
         mesh.close()
+        if hosts and not config.keep_mesh:
+            _stop_hosts(list(hosts.values()))
         if conn is not None and not config.keep_mesh:
             disconnect_ray(conn)
     report = build_report(plan, mesh, timeline, elapsed, restarts, host_report)
@@ -194,16 +204,23 @@ def _poll_hosts(hosts: list[Any]) -> list[Any]:
         return []
 
 
-def _host_report(hosts: list[Any], frames: list[Any], topology: Topology) -> list[dict[str, Any]]:
+def _stop_hosts(hosts: list[Any]) -> None:
     import ray
 
-    statuses = ray.get([h.status.remote() for h in hosts], timeout=30)
+    for handle in hosts:
+        ray.kill(handle)
+
+
+def _host_report(hosts: dict[int, Any], frames: list[Any], topology: Topology) -> list[dict[str, Any]]:
+    """Each host's telemetry source, why eBPF is off (if it is), and where it joins the mesh."""
+    import ray
+
+    statuses = ray.get([h.status.remote() for h in hosts.values()], timeout=30)
     gateways = np.flatnonzero(topology.gateways)
     out = []
-    for i, status in enumerate(statuses):
+    for i, (mesh_id, status) in enumerate(zip(hosts, statuses, strict=True)):
         entry = dict(status)
-        # The host joins the mesh as node N+i, linked to a gateway.
-        entry["mesh_node_id"] = topology.num_nodes + i
+        entry["mesh_node_id"] = mesh_id
         entry["linked_to_gateway"] = int(gateways[i % gateways.size])
         if i < len(frames):
             entry["last_frame"] = frames[i].to_dict()

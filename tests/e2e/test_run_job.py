@@ -1,0 +1,127 @@
+"""`x0tta6bl4 run` end to end: a small run's report, bad input refused, and `ray job submit`."""
+
+import json
+import socket
+import subprocess
+import time
+
+import pytest
+
+from tests.e2e.conftest import BIN, REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _run(args, env, timeout=240):
+    return subprocess.run(
+        [str(BIN / "x0tta6bl4"), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_run_writes_a_report_with_faults_timeline_and_summary(tmp_path, cli_env):
+    proc = _run(
+        ["run", "--nodes", "400", "--regions", "4", "--ticks", "100", "--seed", "3",
+         "--faults-per-1000-ticks", "100", "--runs-dir", str(tmp_path), "--run-id", "small", "--json"],
+        cli_env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    printed = json.loads(proc.stdout)
+    report = json.loads((tmp_path / "small" / "report.json").read_text())
+    assert printed["path"].endswith("small/report.json")
+    assert report["topology"]["nodes"] == 400 and report["topology"]["regions"] == 4
+    assert len(report["timeline"]) == 100
+    assert report["summary"]["faults_injected"] >= 6
+    kinds = {f["kind"] for f in report["faults"]}
+    assert {"node_crash", "link_degradation", "congestion", "cpu_exhaustion", "memory_leak", "blackhole"} <= kinds
+    assert all(f["ended_tick"] is None or f["ended_tick"] > f["start_tick"] for f in report["faults"])
+    assert 0.5 < report["summary"]["availability"] <= 1.0
+    assert report["summary"]["mttr_ticks"] > 0
+    assert {"detection", "remediation", "hosts", "actions", "config"} <= report.keys()
+    assert "tick 100/100" in proc.stderr  # live progress (plain lines when not on a terminal)
+    assert (tmp_path / "small" / "checkpoints" / "region-0.ckpt").exists()
+
+
+def test_scripted_actions_from_a_yaml_config_heal_their_faults(tmp_path, cli_env):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "nodes: 300\nregions: 2\nticks: 40\nfaults_per_1000_ticks: 0\n"
+        "faults:\n  - {type: congestion, node: 20, start_tick: 5, duration_ticks: 30}\n"
+        "  - {type: cpu_exhaustion, node: 200, start_tick: 5, duration_ticks: 30}\n"
+        "actions:\n  - {action: rate_limit, node: 20, tick: 10}\n  - {action: restart_node, node: 200, tick: 10}\n"
+    )
+    proc = _run(["run", "--config", str(config), "--no-ebpf", "--runs-dir", str(tmp_path), "--run-id", "y"], cli_env)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "y" / "report.json").read_text())
+    congestion, cpu = report["faults"]
+    assert congestion["remediated_by"] == "rate_limit" and congestion["ended_tick"] == 10
+    assert cpu["remediated_by"] is None and cpu["ended_tick"] == 35  # a restart does not cure CPU exhaustion
+    assert [a["name"] for a in report["actions"]] == ["rate_limit", "restart_node"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--nodes", "0"], "nodes"),
+        (["--nodes", "10", "--regions", "20"], "regions (20) cannot exceed nodes (10)"),
+        (["--nodes", "abc"], "invalid int value"),
+        (["--config", "/nonexistent.yaml"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2_before_anything_starts(tmp_path, cli_env, args, message):
+    proc = _run(["run", *args, "--runs-dir", str(tmp_path / "runs")], cli_env, timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("faults:\n  - {type: meteor, node: 1, start_tick: 2}\n", "unknown fault type 'meteor'"),
+        ("actions:\n  - {action: pray, node: 1, tick: 2}\n", "unknown action 'pray'"),
+        ("nodes: 50\nfaults:\n  - {type: node_crash, node: 77, start_tick: 2}\n", "fault on node 77"),
+        ("nodes: 50\nfaults:\n  - {type: link_degradation, node: 0, peer: 49, start_tick: 2}\n", "no link"),
+        ("nodes: [1, 2\n", "not valid YAML"),
+        ("colour: blue\n", "colour: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_config_files_are_refused_with_the_reason(tmp_path, cli_env, yaml_text, message):
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml_text)
+    proc = _run(["run", "--config", str(config), "--runs-dir", str(tmp_path / "runs")], cli_env, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_job_runs_through_ray_job_submit_on_a_real_head(tmp_path, cli_env):
+    port, dash = _free_port(), _free_port()
+    ray = str(BIN / "ray")
+    start = subprocess.run(
+        [ray, "start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=2",
+         "--include-dashboard=true", "--disable-usage-stats"],
+        env=cli_env, capture_output=True, text=True, timeout=120,
+    )
+    assert start.returncode == 0, start.stderr
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        submit = subprocess.run(
+            [ray, "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
+             "python", "jobs/autonomy.py", "--nodes", "300", "--regions", "3", "--ticks", "30",
+             "--no-ebpf", "--runs-dir", str(tmp_path), "--run-id", "submitted"],
+            env=cli_env, capture_output=True, text=True, timeout=300,
+        )
+        assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-2000:]
+        assert "succeeded" in submit.stdout.lower()
+        report = json.loads((tmp_path / "submitted" / "report.json").read_text())
+        assert len(report["timeline"]) == 30
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=cli_env, capture_output=True, timeout=120)
+        time.sleep(1)
