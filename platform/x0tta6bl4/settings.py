@@ -166,7 +166,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
             dest=name,
             type=kind,
             default=None,
-            help=field.description if "default" in (field.description or "") else f"{field.description} (default: {default})",
+            help=field.description
+            if "default" in (field.description or "")
+            else f"{field.description} (default: {default})",
         )
     parser.add_argument(
         "--no-ebpf",

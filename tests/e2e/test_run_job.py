@@ -6,7 +6,6 @@ import subprocess
 import time
 
 import pytest
-
 from tests.e2e.conftest import BIN, REPO
 
 pytestmark = pytest.mark.slow
@@ -20,8 +19,24 @@ def _run(args, env, timeout=240):
 
 def test_run_writes_a_report_with_faults_timeline_and_summary(tmp_path, cli_env):
     proc = _run(
-        ["run", "--nodes", "400", "--regions", "4", "--ticks", "100", "--seed", "3",
-         "--faults-per-1000-ticks", "100", "--runs-dir", str(tmp_path), "--run-id", "small", "--json"],
+        [
+            "run",
+            "--nodes",
+            "400",
+            "--regions",
+            "4",
+            "--ticks",
+            "100",
+            "--seed",
+            "3",
+            "--faults-per-1000-ticks",
+            "100",
+            "--runs-dir",
+            str(tmp_path),
+            "--run-id",
+            "small",
+            "--json",
+        ],
         cli_env,
     )
     assert proc.returncode == 0, proc.stderr
@@ -32,7 +47,14 @@ def test_run_writes_a_report_with_faults_timeline_and_summary(tmp_path, cli_env)
     assert len(report["timeline"]) == 100
     assert report["summary"]["faults_injected"] >= 6
     kinds = {f["kind"] for f in report["faults"]}
-    assert {"node_crash", "link_degradation", "congestion", "cpu_exhaustion", "memory_leak", "blackhole"} <= kinds
+    assert {
+        "node_crash",
+        "link_degradation",
+        "congestion",
+        "cpu_exhaustion",
+        "memory_leak",
+        "blackhole",
+    } <= kinds
     assert all(f["ended_tick"] is None or f["ended_tick"] > f["start_tick"] for f in report["faults"])
     assert 0.5 < report["summary"]["availability"] <= 1.0
     assert report["summary"]["mttr_ticks"] > 0
@@ -49,7 +71,9 @@ def test_scripted_actions_from_a_yaml_config_heal_their_faults(tmp_path, cli_env
         "  - {type: cpu_exhaustion, node: 200, start_tick: 5, duration_ticks: 30}\n"
         "actions:\n  - {action: rate_limit, node: 20, tick: 10}\n  - {action: restart_node, node: 200, tick: 10}\n"
     )
-    proc = _run(["run", "--config", str(config), "--no-ebpf", "--runs-dir", str(tmp_path), "--run-id", "y"], cli_env)
+    proc = _run(
+        ["run", "--config", str(config), "--no-ebpf", "--runs-dir", str(tmp_path), "--run-id", "y"], cli_env
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "y" / "report.json").read_text())
     congestion, cpu = report["faults"]
@@ -105,18 +129,52 @@ def test_the_job_runs_through_ray_job_submit_on_a_real_head(tmp_path, cli_env):
     port, dash = _free_port(), _free_port()
     ray = str(BIN / "ray")
     start = subprocess.run(
-        [ray, "start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=2",
-         "--include-dashboard=true", "--disable-usage-stats"],
-        env=cli_env, capture_output=True, text=True, timeout=120,
+        [
+            ray,
+            "start",
+            "--head",
+            f"--port={port}",
+            f"--dashboard-port={dash}",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            "--disable-usage-stats",
+        ],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert start.returncode == 0, start.stderr
     address = f"http://127.0.0.1:{dash}"
     try:
         submit = subprocess.run(
-            [ray, "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
-             "python", "jobs/autonomy.py", "--nodes", "300", "--regions", "3", "--ticks", "30",
-             "--no-ebpf", "--runs-dir", str(tmp_path), "--run-id", "submitted"],
-            env=cli_env, capture_output=True, text=True, timeout=300,
+            [
+                ray,
+                "job",
+                "submit",
+                "--address",
+                address,
+                "--working-dir",
+                str(REPO),
+                "--",
+                "python",
+                "jobs/autonomy.py",
+                "--nodes",
+                "300",
+                "--regions",
+                "3",
+                "--ticks",
+                "30",
+                "--no-ebpf",
+                "--runs-dir",
+                str(tmp_path),
+                "--run-id",
+                "submitted",
+            ],
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-2000:]
         assert "succeeded" in submit.stdout.lower()

@@ -15,7 +15,7 @@ from typing import Any
 
 from x0tta6bl4.bench._report import result
 from x0tta6bl4.errors import X0tta6bl4Error
-from x0tta6bl4.telemetry.ebpf import EbpfPrograms
+from x0tta6bl4.telemetry.ebpf import EbpfPrograms, bpf_stats
 from x0tta6bl4.telemetry.source import ebpf_blockers
 
 #: Workloads: iperf3 write size in bytes (None: iperf3's default 128 KiB writes).
@@ -79,8 +79,91 @@ def _iperf3_run(port: int, seconds: int, length: int | None) -> float:
     raise BenchUnavailableError(f"iperf3 client failed: {doc.get('error', out.stderr.strip())}")
 
 
+def _compare(
+    programs: EbpfPrograms, port: int, workload: str, length: int | None, rounds: int, seconds: int
+) -> tuple[list[dict[str, Any]], int]:
+    """Throughput with vs without the programs attached for one workload; rows and events lost."""
+    with_bps: list[float] = []
+    without_bps: list[float] = []
+    events = lost = 0
+    traced_s = 0.0
+    for r in range(rounds):
+        for attached in (True, False) if r % 2 == 0 else (False, True):
+            if not attached:
+                without_bps.append(_iperf3_run(port, seconds, length))
+                continue
+            programs.attach()
+            programs.reset()
+            with_bps.append(_iperf3_run(port, seconds, length))
+            reading = programs.poll()
+            programs.detach()
+            events += reading.events
+            lost += reading.lost
+            traced_s += reading.interval_s
+        _log(
+            f"{workload} round {r + 1}/{rounds}: with {with_bps[-1] / 1e6:.1f} MB/s, "
+            f"without {without_bps[-1] / 1e6:.1f} MB/s"
+        )
+    params = {
+        "workload": workload,
+        "write_bytes": length or 131072,
+        "rounds": rounds,
+        "seconds_per_run": seconds,
+        "programs": sorted(programs.loaded),
+    }
+    ratio = statistics.median(w / wo for w, wo in zip(with_bps, without_bps, strict=True))
+    rows = [
+        result(
+            "loopback_throughput_ratio", ratio, "with/without", params=params, target=("value", ">=", 0.97)
+        ),
+        result(
+            "loopback_throughput_bytes_per_s",
+            statistics.median(with_bps),
+            "B/s",
+            params={**params, "probes": "attached"},
+            baseline=("loopback_throughput_without_probes_bytes_per_s", statistics.median(without_bps)),
+        ),
+        result(
+            "traced_events_per_s",
+            events / traced_s if traced_s else 0.0,
+            "events/s",
+            params=params,
+            # The syscall-heavy workload is the one built to drive the event rate.
+            target=("value", ">=", 100000.0) if length is not None else None,
+        ),
+    ]
+    return rows, lost
+
+
+def _probe_costs(programs: EbpfPrograms, port: int, seconds: int) -> list[dict[str, Any]]:
+    """Kernel-timed run time of each program per event, under the syscall-heavy workload.
+
+    A separate run: the kernel's timing itself costs two clock reads per program run,
+    which must not weigh on the throughput comparison.
+    """
+    with bpf_stats():
+        programs.attach()
+        before = {name: p.run_stats() for name, p in programs.loaded.items()}
+        _iperf3_run(port, seconds, WORKLOADS["small_writes"])
+        after = {name: p.run_stats() for name, p in programs.loaded.items()}
+        programs.detach()
+    rows = []
+    for name in sorted(programs.loaded):
+        runs = after[name][1] - before[name][1]
+        ns = after[name][0] - before[name][0]
+        rows.append(
+            result(
+                "probe_run_ns_per_event",
+                ns / runs if runs else 0.0,
+                "ns/event",
+                params={"program": name, "workload": "small_writes", "events": runs},
+            )
+        )
+    return rows
+
+
 def results(quick: bool) -> list[dict[str, Any]]:
-    """Loopback TCP throughput with vs without the programs, the event rate they traced, events lost.
+    """Loopback TCP throughput with vs without the programs, event rate traced, events lost, cost per event.
 
     Each round runs a workload once with the programs attached and once without,
     alternating which goes first; the ratio reported is the median of the rounds'
@@ -104,65 +187,10 @@ def results(quick: bool) -> list[dict[str, Any]]:
         port = _free_port()
         with _iperf3_server(port):
             for workload, length in WORKLOADS.items():
-                with_bps: list[float] = []
-                without_bps: list[float] = []
-                events = 0
-                traced_s = 0.0
-                for r in range(rounds):
-                    for attached in (True, False) if r % 2 == 0 else (False, True):
-                        if attached:
-                            programs.attach()
-                            programs.reset()
-                            with_bps.append(_iperf3_run(port, seconds, length))
-                            reading = programs.poll()
-                            programs.detach()
-                            events += reading.events
-                            total_lost += reading.lost
-                            traced_s += reading.interval_s
-                        else:
-                            without_bps.append(_iperf3_run(port, seconds, length))
-                    _log(
-                        f"{workload} round {r + 1}/{rounds}: with {with_bps[-1] / 1e6:.1f} MB/s, "
-                        f"without {without_bps[-1] / 1e6:.1f} MB/s"
-                    )
-                ratio = statistics.median(w / wo for w, wo in zip(with_bps, without_bps, strict=True))
-                params = {
-                    "workload": workload,
-                    "write_bytes": length or 131072,
-                    "rounds": rounds,
-                    "seconds_per_run": seconds,
-                    "programs": loaded,
-                }
-                rows.append(
-                    result(
-                        "loopback_throughput_ratio",
-                        ratio,
-                        "with/without",
-                        params=params,
-                        target=("value", ">=", 0.97),
-                    )
-                )
-                rows.append(
-                    result(
-                        "loopback_throughput_bytes_per_s",
-                        statistics.median(with_bps),
-                        "B/s",
-                        params={**params, "probes": "attached"},
-                        baseline=(
-                            "loopback_throughput_without_probes_bytes_per_s",
-                            statistics.median(without_bps),
-                        ),
-                    )
-                )
-                rows.append(
-                    result(
-                        "traced_events_per_s",
-                        events / traced_s if traced_s else 0.0,
-                        "events/s",
-                        params=params,
-                        target=("value", ">=", 100000.0) if length is not None else None,
-                    )
-                )
+                workload_rows, lost = _compare(programs, port, workload, length, rounds, seconds)
+                rows += workload_rows
+                total_lost += lost
+            rows += _probe_costs(programs, port, seconds)
     finally:
         programs.close()
     rows.append(

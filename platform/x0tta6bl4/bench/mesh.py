@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -40,10 +41,8 @@ class _PeakRss:
     def _sample(self) -> int:
         total = psutil.Process().memory_info().rss
         for pid in self.pids:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 total += psutil.Process(pid).memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
         return int(total)
 
     def _run(self) -> None:

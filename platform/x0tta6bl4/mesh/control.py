@@ -1,4 +1,4 @@
-"""The mesh's discrete state (faults, actions, node and link status, routing) that every shard evolves identically."""
+"""The mesh's discrete state (faults, actions, status, routing), evolved identically by every shard."""
 
 from __future__ import annotations
 

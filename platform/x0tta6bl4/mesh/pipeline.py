@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pickle
 import time
@@ -117,10 +118,8 @@ class ShardedMesh:
         self.actors = []
         for r in range(topology.num_regions):
             name = shard_name(r)
-            try:  # a shard left over from an earlier run: replace it
+            with contextlib.suppress(ValueError):  # a shard left over from an earlier run: replace it
                 ray.kill(ray.get_actor(name, namespace=RAY_NAMESPACE))
-            except ValueError:
-                pass
             self.actors.append(
                 self._remote.options(
                     name=name,
@@ -217,10 +216,8 @@ class ShardedMesh:
     def close(self) -> None:
         import ray
 
-        try:
+        with contextlib.suppress(Exception):
             ray.get([a.flush.remote() for a in self.actors], timeout=30)
-        except Exception:
-            pass
         if not self.keep_actors:
             for actor in self.actors:
                 ray.kill(actor)

@@ -1,0 +1,53 @@
+"""Every benchmark suite runs with --quick and prints the output contract of ../shared/BENCHMARKS.md."""
+
+import json
+import re
+import subprocess
+
+import pytest
+
+from tests.e2e.conftest import BIN, REPO
+
+pytestmark = pytest.mark.slow
+NAME = re.compile(r"^[a-z0-9]+(_[a-z0-9]+)*$")
+
+
+def validate(doc, suite):
+    assert doc["suite"] == suite
+    assert isinstance(doc["version"], str)
+    assert {"cpus", "memory_gib", "python", "ray"} <= doc["machine"].keys()
+    assert doc["results"]
+    for row in doc["results"]:
+        assert NAME.match(row["name"]), row["name"]
+        assert isinstance(row["params"], dict)
+        assert isinstance(row["value"], float)
+        assert isinstance(row["unit"], str)
+        if "baseline" in row:
+            assert NAME.match(row["baseline"]["name"])
+            assert row["ratio"] == pytest.approx(row["value"] / row["baseline"]["value"])
+        if "target" in row:
+            target = row["target"]
+            assert target["metric"] in ("value", "ratio") and target["op"] in (">=", "<=")
+            observed = row[target["metric"]]
+            assert row["met"] == (
+                observed >= target["value"] if target["op"] == ">=" else observed <= target["value"]
+            )
+
+
+def test_bench_mesh_quick_follows_the_contract(cli_env):
+    proc = subprocess.run(
+        [str(BIN / "x0tta6bl4"), "bench", "mesh", "--quick", "--json"],
+        cwd=REPO,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    validate(doc, "mesh")
+    names = {(r["name"], r["params"].get("nodes")) for r in doc["results"]}
+    assert ("pipeline_node_ticks_per_s", 2000) in names and ("kernel_node_ticks_per_s", 2000) in names
+    pipeline = next(r for r in doc["results"] if r["name"] == "pipeline_node_ticks_per_s")
+    assert pipeline["baseline"]["name"] == "kernel_node_ticks_per_s"
+    assert any(r["name"] == "peak_memory_bytes" for r in doc["results"])
