@@ -91,7 +91,7 @@ class TelemetryFrame:
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (NaN becomes None)."""
         rows = [
-            {n: (None if np.isnan(v) else float(v)) for n, v in zip(self.feature_names, row)}
+            {n: (None if np.isnan(v) else float(v)) for n, v in zip(self.feature_names, row, strict=True)}
             for row in self.features
         ]
         return {
@@ -99,7 +99,7 @@ class TelemetryFrame:
             "source": self.source,
             "region": self.region,
             "host": self.host,
-            "nodes": [{"node_id": int(i), **r} for i, r in zip(self.node_ids, rows)],
+            "nodes": [{"node_id": int(i), **r} for i, r in zip(self.node_ids, rows, strict=True)],
         }
 
     @staticmethod
