@@ -49,6 +49,10 @@ class MeshSpec:
 StepOutput = tuple[TelemetryFrame, Message, npt.NDArray[np.float64]]
 
 
+#: Ticks between metric exports of a shard (the step latency histogram samples one step of each).
+METRICS_EVERY_TICKS = 10
+
+
 def shard_name(region: int) -> str:
     """Ray actor name of a region's shard."""
     return f"mesh-shard-{region}"
@@ -173,19 +177,43 @@ class ShardCore:
 
 
 class MeshShardActor:
-    """Ray actor body: a ShardCore behind methods the driver calls."""
+    """Ray actor body: a ShardCore behind methods the driver calls; reports Ray metrics."""
 
     def __init__(self, region: int, spec: MeshSpec) -> None:
+        from x0tta6bl4.observability.metrics import mesh_metrics
+
         self.core = ShardCore(spec.topology.build(), region, spec)
+        self._metrics = mesh_metrics()
+        self._tags = {"region": str(region)}
+        self._unreported = 0
+        if self.core.restored_tick is not None:
+            self._metrics["restores"].inc(tags=self._tags)
+
+    def _observe(self, started: float, actions: tuple[Action, ...], summary: npt.NDArray[np.float64]) -> None:
+        """Export metrics every METRICS_EVERY_TICKS ticks (steps run hundreds of times a second)."""
+        m, tags = self._metrics, self._tags
+        for action in actions:
+            m["actions"].inc(tags={**tags, "action": action.name})
+        self._unreported += 1
+        if self._unreported < METRICS_EVERY_TICKS:
+            return
+        m["ticks"].inc(self._unreported, tags=tags)
+        m["step_s"].observe(time.perf_counter() - started, tags=tags)
+        m["serviceable_nodes"].set(float(summary[1]), tags=tags)
+        m["faulty_nodes"].set(float(summary[3]), tags=tags)
+        self._unreported = 0
 
     def step(self, tick: int, actions: tuple[Action, ...], inbound: list[Message]) -> StepOutput:
-        return self.core.step(tick, actions, inbound)
+        started = time.perf_counter()
+        out = self.core.step(tick, actions, inbound)
+        self._observe(started, actions, out[2])
+        return out
 
     def step_packed(self, payload: bytes) -> StepOutput:
         """:meth:`step` with its input pickled once by the driver for all shards (one cheap argument)."""
         tick, actions, messages = pickle.loads(payload)
         inbound = [m for q, m in enumerate(messages) if q != self.core.region]
-        return self.core.step(tick, actions, inbound)
+        return self.step(tick, actions, inbound)
 
     def status(self) -> dict[str, Any]:
         """Where the shard stands: region, tick, nodes, and the tick it restored from (if it restarted)."""
