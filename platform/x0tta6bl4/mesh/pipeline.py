@@ -29,12 +29,13 @@ class ShardLostError(X0tta6bl4Error):
 class TickResult:
     """What one tick of the whole mesh produced.
 
-    ``frames`` holds every region's TelemetryFrame (join them with :meth:`Mesh.frame`);
+    ``frames`` holds every region's TelemetryFrame, or None when the shards kept them
+    (fetch and join them with :meth:`Mesh.frame`);
     ``summary`` sums the regions' summary vectors (:data:`~x0tta6bl4.mesh.region.SUMMARY_FIELDS`).
     """
 
     tick: int
-    frames: list[TelemetryFrame]
+    frames: list[TelemetryFrame] | None
     summary: npt.NDArray[np.float64]
     actions: tuple[Action, ...]
 
@@ -88,6 +89,7 @@ class LocalMesh:
         return TickResult(tick, frames, np.sum(summaries, axis=0), actions)
 
     def frame(self, result: TickResult) -> TelemetryFrame:
+        assert result.frames is not None
         return TelemetryFrame.concat(result.frames)
 
     def close(self) -> None:
@@ -105,7 +107,18 @@ class ShardedMesh:
     from the messages and actions it kept, so the run continues bit-identically.
     """
 
-    def __init__(self, topology: Topology, spec: MeshSpec, keep_actors: bool = False) -> None:
+    def __init__(
+        self, topology: Topology, spec: MeshSpec, keep_actors: bool = False, fetch_frames: bool = False
+    ) -> None:
+        """Create the shard actors (replacing any left over under the same names).
+
+        Args:
+            topology: the mesh (each shard rebuilds it from ``spec.topology``).
+            spec: simulation spec; needs ``checkpoint_dir``.
+            keep_actors: leave the actors running after :meth:`close` (default False).
+            fetch_frames: bring every frame to the driver each tick (default False: frames
+                stay in the shards' recent-frame buffers until someone pulls them).
+        """
         import ray
 
         if spec.checkpoint_dir is None:
@@ -113,6 +126,7 @@ class ShardedMesh:
         self.topology = topology
         self.spec = spec
         self.keep_actors = keep_actors
+        self.fetch_frames = fetch_frames
         self.control = MeshControl(topology, list(spec.faults), spec.control)
         self._remote = ray.remote(MeshShardActor)
         self.actors = []
@@ -144,7 +158,8 @@ class ShardedMesh:
         previous = self._messages.get(tick - 1)
         if previous is None and tick > 0:
             raise ShardLostError(f"messages of tick {tick - 1} are no longer kept; cannot step tick {tick}")
-        return pickle.dumps((tick, self._actions[tick], previous or []), protocol=pickle.HIGHEST_PROTOCOL)
+        payload = (tick, self._actions[tick], previous or [], self.fetch_frames)
+        return pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
 
     def _submit(self, region: int, payload: bytes) -> Any:
         # Hundreds of steps a second: keep them out of Ray's task-event stream (the
@@ -169,7 +184,8 @@ class ShardedMesh:
         for old in [t for t in self._messages if t <= tick - self._history]:
             del self._messages[old]
             self._actions.pop(old, None)
-        return TickResult(tick, [o[0] for o in outs], np.sum([o[2] for o in outs], axis=0), actions)
+        frames = [o[0] for o in outs] if self.fetch_frames else None
+        return TickResult(tick, frames, np.sum([o[2] for o in outs], axis=0), actions)
 
     def _recover(self, tick: int, refs: list[Any]) -> list[StepOutput]:
         """Bring every dead shard back to ``tick`` by replaying from its checkpoint."""
@@ -206,7 +222,12 @@ class ShardedMesh:
                 time.sleep(0.2)
 
     def frame(self, result: TickResult) -> TelemetryFrame:
-        return TelemetryFrame.concat(result.frames)
+        """The whole mesh's frame of a tick: from the result, or pulled from the shards."""
+        import ray
+
+        if result.frames is not None:
+            return TelemetryFrame.concat(result.frames)
+        return TelemetryFrame.concat(ray.get([a.frame.remote(result.tick) for a in self.actors]))
 
     def status(self) -> list[dict[str, Any]]:
         import ray

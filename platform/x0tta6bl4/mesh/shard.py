@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -34,6 +35,7 @@ class MeshSpec:
         traffic: traffic and capacity model.
         checkpoint_dir: where shards write checkpoints and journals (None: no durability).
         checkpoint_every_ticks: ticks between checkpoints (default 10).
+        recent_frames: frames each shard keeps for consumers that pull them (default 64).
     """
 
     topology: TopologySpec
@@ -43,10 +45,12 @@ class MeshSpec:
     traffic: TrafficParams = dataclasses.field(default_factory=TrafficParams)
     checkpoint_dir: str | None = None
     checkpoint_every_ticks: int = 10
+    recent_frames: int = 64
 
 
-#: What one shard step returns: the region's frame, its boundary message, its summary vector.
-StepOutput = tuple[TelemetryFrame, Message, npt.NDArray[np.float64]]
+#: What one shard step returns: the region's frame (None when the driver did not ask for it:
+#: it stays in the shard's recent frames), its boundary message, its summary vector.
+StepOutput = tuple[TelemetryFrame | None, Message, npt.NDArray[np.float64]]
 
 
 #: Ticks between metric exports of a shard (the step latency histogram samples one step of each).
@@ -86,6 +90,7 @@ class ShardCore:
         self.control = MeshControl(topology, list(spec.faults), spec.control)
         self.sim = RegionSim(topology, region, spec.seed, spec.traffic)
         self.restored_tick: int | None = None
+        self.recent: collections.deque[TelemetryFrame] = collections.deque(maxlen=spec.recent_frames)
         self._writer: threading.Thread | None = None
         self._ckpt_dir = Path(spec.checkpoint_dir) if spec.checkpoint_dir else None
         if self._ckpt_dir is not None:
@@ -104,7 +109,9 @@ class ShardCore:
     def journal_path(self) -> Path | None:
         return self._ckpt_dir / f"region-{self.region}.journal.jsonl" if self._ckpt_dir else None
 
-    def step(self, tick: int, actions: tuple[Action, ...], inbound: list[Message]) -> StepOutput:
+    def step(
+        self, tick: int, actions: tuple[Action, ...], inbound: list[Message]
+    ) -> tuple[TelemetryFrame, Message, npt.NDArray[np.float64]]:
         """Advance to ``tick`` with the tick's actions and the other regions' last messages."""
         if tick != self.sim.tick + 1:
             raise RuntimeError(f"region {self.region} is at tick {self.sim.tick}; asked for tick {tick}")
@@ -124,7 +131,15 @@ class ShardCore:
         )
         if self._ckpt_dir is not None and (tick + 1) % self.spec.checkpoint_every_ticks == 0:
             self.checkpoint()
+        self.recent.append(frame)
         return frame, message, summary
+
+    def frame(self, tick: int) -> TelemetryFrame:
+        """A recent frame by tick (KeyError when it is older than ``recent_frames`` ticks)."""
+        for frame in reversed(self.recent):
+            if frame.tick == tick:
+                return frame
+        raise KeyError(f"region {self.region} no longer keeps the frame of tick {tick}")
 
     # ------------------------------------------------------------- durability
     def checkpoint(self) -> None:
@@ -203,17 +218,24 @@ class MeshShardActor:
         m["faulty_nodes"].set(float(summary[3]), tags=tags)
         self._unreported = 0
 
-    def step(self, tick: int, actions: tuple[Action, ...], inbound: list[Message]) -> StepOutput:
+    def step(
+        self, tick: int, actions: tuple[Action, ...], inbound: list[Message], return_frame: bool = True
+    ) -> StepOutput:
+        """Advance one tick; the frame is returned only when asked (it is always kept in ``recent``)."""
         started = time.perf_counter()
-        out = self.core.step(tick, actions, inbound)
-        self._observe(started, actions, out[2])
-        return out
+        frame, message, summary = self.core.step(tick, actions, inbound)
+        self._observe(started, actions, summary)
+        return (frame if return_frame else None), message, summary
 
     def step_packed(self, payload: bytes) -> StepOutput:
         """:meth:`step` with its input pickled once by the driver for all shards (one cheap argument)."""
-        tick, actions, messages = pickle.loads(payload)
+        tick, actions, messages, return_frame = pickle.loads(payload)
         inbound = [m for q, m in enumerate(messages) if q != self.core.region]
-        return self.step(tick, actions, inbound)
+        return self.step(tick, actions, inbound, return_frame)
+
+    def frame(self, tick: int) -> TelemetryFrame:
+        """This region's frame of a recent tick (consumers pull frames; they do not pass through the driver)."""
+        return self.core.frame(tick)
 
     def status(self) -> dict[str, Any]:
         """Where the shard stands: region, tick, nodes, and the tick it restored from (if it restarted)."""
