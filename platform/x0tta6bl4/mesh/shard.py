@@ -234,7 +234,7 @@ class MeshShardActor:
         return self.step(tick, actions, inbound, return_frame)
 
     def frame(self, tick: int) -> TelemetryFrame:
-        """This region's frame of a recent tick (consumers pull frames; they do not pass through the driver)."""
+        """This region's frame of a recent tick (consumers pull frames, not via the driver)."""
         return self.core.frame(tick)
 
     def status(self) -> dict[str, Any]:
