@@ -44,22 +44,24 @@ system_setup() {
       say "  (without them eBPF telemetry falls back to procfs; 'x0tta6bl4 doctor' explains)"
     fi
   fi
-  # BCC compiles against /lib/modules/$KREL/build. A kernel without its own headers
-  # (e.g. a VM kernel) uses Debian's newest installed headers instead.
-  if [ ! -e "/lib/modules/$KREL/build/include" ]; then
-    local arch common
-    arch=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1 || true)
-    common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n 1 || true)
-    if [ -n "$arch" ] && [ "$(id -u)" -eq 0 ]; then
-      say "linking kernel headers $arch for $KREL (the running kernel ships none)"
+  # BCC compiles against /lib/modules/$KREL/build and .../source. A kernel without its own
+  # headers (e.g. a VM kernel) uses Debian's newest installed headers; the matching common
+  # tree is the one the arch tree's Makefile includes (BCC needs both links).
+  if [ ! -e "/lib/modules/$KREL/build/include/linux/kconfig.h" ] && [ ! -e "/lib/modules/$KREL/source/include/linux/kconfig.h" ]; then
+    local build common
+    build=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1 || true)
+    common=""
+    [ -n "$build" ] && common=$(sed -n 's|^include \(.*\)/Makefile$|\1|p' "$build/Makefile" | head -n 1)
+    if [ -n "$build" ] && [ -n "$common" ] && [ "$(id -u)" -eq 0 ]; then
+      say "linking kernel headers $build (+ $common) for $KREL (the running kernel ships none)"
       mkdir -p "/lib/modules/$KREL"
-      ln -sfn "$arch" "/lib/modules/$KREL/build"
-      [ -n "$common" ] && ln -sfn "$common" "/lib/modules/$KREL/source"
-    elif [ -n "$arch" ]; then
-      say "kernel $KREL has no headers; fix: sudo ln -sfn $arch /lib/modules/$KREL/build"
+      ln -sfn "$build" "/lib/modules/$KREL/build"
+      ln -sfn "$common" "/lib/modules/$KREL/source"
+    elif [ -n "$build" ]; then
+      say "kernel $KREL has no headers; fix: sudo ln -sfn $build /lib/modules/$KREL/build && sudo ln -sfn $common /lib/modules/$KREL/source"
     fi
   fi
-  if [ ! -e /sys/kernel/tracing/events ] && [ "$(id -u)" -eq 0 ]; then
+  if ! mountpoint -q /sys/kernel/tracing && [ "$(id -u)" -eq 0 ]; then
     mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || say "could not mount tracefs (eBPF will fall back to procfs)"
   fi
 }

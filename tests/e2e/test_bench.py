@@ -5,7 +5,6 @@ import re
 import subprocess
 
 import pytest
-
 from tests.e2e.conftest import BIN, REPO
 
 pytestmark = pytest.mark.slow

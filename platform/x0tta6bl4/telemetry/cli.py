@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from typing import Any
@@ -72,7 +73,7 @@ def _table(frame: TelemetryFrame, telemetry: HostTelemetry, extra: dict[str, Any
 
 
 def telemetry_main(args: argparse.Namespace) -> int:
-    """Poll this host every ``args.interval`` s for ``args.seconds`` s (0: until Ctrl-C); table or JSON lines."""
+    """Poll this host every ``args.interval`` s for ``args.seconds`` s (0: until Ctrl-C): table or JSON."""
     if args.interval <= 0:
         raise ConfigError(f"--interval must be > 0, got {args.interval}")
     if args.seconds < 0:
@@ -120,6 +121,9 @@ def telemetry_main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         if args.seconds > 0:
             raise
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): stop quietly, and keep Python's exit flush from failing too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
         if live is not None:
             live.stop()

@@ -360,30 +360,36 @@ def _captured_stderr() -> Iterator[list[str]]:
             captured.append(tmp.read().decode(errors="replace"))
 
 
-def _compile_reason(log: str, program: str, prelude_lines: int) -> str:
-    """The compiler's error lines, with positions mapped back to the program's own .c file."""
-
-    def relocate(m: re.Match[str]) -> str:
-        line = int(m.group(1))
-        if line > prelude_lines:
-            return f"{program}.c:{line - prelude_lines}:"
-        return f"{program}(generated prelude):{line}:"
-
-    errors = [re.sub(r"/virtual/main\.c:(\d+):", relocate, ln) for ln in log.splitlines() if "error:" in ln]
+def _compile_reason(log: str, program: str) -> str:
+    """The compiler's error lines. A ``#line`` directive makes the program's own lines read
+    ``<program>.c:N``; what is left on BCC's ``/virtual/main.c`` is in the generated prelude."""
+    prelude = f"{program}(generated prelude):"
+    errors = [
+        re.sub(r"/virtual/main\.c:(\d+):", rf"{prelude}\1:", ln) for ln in log.splitlines() if "error:" in ln
+    ]
     return "; ".join(errors) if errors else (log.strip().splitlines() or ["unknown compiler failure"])[-1]
 
 
 def _verifier_reason(log: str, exc: Exception) -> str:
-    """The verifier's verdict: errno, the failing instruction's message and its source line."""
+    """The verifier's verdict: errno, its message and the instruction it refused.
+
+    (BTF source lines are not quoted: BCC rewrites the source before the pass
+    that emits them, so they do not match the program's own line numbers.)
+    """
     noise = ("processed ", "verification time", "stack depth", "bpf: Failed to load program", "HINT:", ";")
     lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
-    meaningful = [ln for ln in lines if not ln.startswith(noise) and not re.match(r"^\d+: \(", ln)]
     errno_line = next((ln for ln in lines if ln.startswith("bpf: Failed to load program")), "")
     cause = errno_line.split(":", 2)[-1].strip() if errno_line else str(exc)
-    where = re.findall(r"@ (\S+:\d+)", log)
-    if not meaningful:
+    message, insn = "", ""
+    for ln in lines:
+        m = re.match(r"^(\d+): \(\w+\) (.*?)(?:\s+;.*)?$", ln)
+        if m:
+            insn = f"insn {m.group(1)}: {m.group(2).strip()}"
+        elif not ln.startswith(noise) and not re.match(r"^\d+: ", ln):
+            message = ln
+    if not message:
         return cause
-    return f"{cause}: {meaningful[-1]}" + (f" (at {where[-1]})" if where else "")
+    return f"{cause}: {message}" + (f" (at {insn})" if insn else "")
 
 
 class LoadedProgram:
@@ -419,7 +425,7 @@ class LoadedProgram:
             err = 0
             with _captured_stderr() as log:
                 try:
-                    self.bpf.attach_tracepoint(tp=tp, fn_name=fn)
+                    self.bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())
                 except Exception as exc:
                     failure, err = exc, ct.get_errno()
             if failure is not None:
@@ -433,23 +439,58 @@ class LoadedProgram:
     def detach(self) -> None:
         """Detach from every tracepoint; maps and loaded code stay, so attach() is cheap."""
         for tp in list(self.attached):
-            self.bpf.detach_tracepoint(tp=tp)
+            self.bpf.detach_tracepoint(tp=tp.encode())
             self.attached.remove(tp)
 
     def table(self, name: str) -> Any:
-        return self.bpf.get_table(name)
+        return self.bpf.get_table(name.encode())
 
     def has_table(self, name: str) -> bool:
         try:
-            self.bpf.get_table(name)
+            self.bpf.get_table(name.encode())
         except KeyError:
             return False
         return True
+
+    def _fdinfo_sum(self, field: str) -> int:
+        """A counter of the kernel's fdinfo for the program's handlers, summed over them."""
+        total = 0
+        for fn in self.bpf.funcs.values():
+            for line in Path(f"/proc/self/fdinfo/{fn.fd}").read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key == field:
+                    total += int(value)
+        return total
+
+    def run_stats(self) -> tuple[int, int]:
+        """``(run_time_ns, run_count)`` of the program's handlers, summed, from the kernel's BPF stats.
+
+        The kernel only counts while ``kernel.bpf_stats_enabled`` is 1 (see :func:`bpf_stats`).
+        """
+        return self._fdinfo_sum("run_time_ns"), self._fdinfo_sum("run_cnt")
+
+    def recursion_misses(self) -> int:
+        """Events the kernel skipped because a BPF program already ran on that CPU (they count as lost)."""
+        return self._fdinfo_sum("recursion_misses")
 
     def close(self) -> None:
         """Detach and free the program and its maps."""
         self.attached.clear()
         self.bpf.cleanup()
+
+
+BPF_STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
+
+
+@contextlib.contextmanager
+def bpf_stats() -> Iterator[None]:
+    """Have the kernel time every BPF program run inside the block (restores the previous setting)."""
+    previous = BPF_STATS_SYSCTL.read_text().strip()
+    BPF_STATS_SYSCTL.write_text("1")
+    try:
+        yield
+    finally:
+        BPF_STATS_SYSCTL.write_text(previous)
 
 
 def load_program(
@@ -481,27 +522,29 @@ def load_program(
         except (OSError, ValueError) as exc:
             raise TracepointMissingError(source.name, tp, f"unreadable format: {exc}") from exc
 
-    prelude = "".join(render_struct(f) for f in formats.values())
-    prelude += ((directory or bpf_dir()) / PRELUDE_NAME).read_text() + "\n"
+    header = (directory or bpf_dir()) / PRELUDE_NAME
+    try:
+        prelude = "".join(render_struct(f) for f in formats.values()) + header.read_text() + "\n"
+    except (OSError, ValueError) as exc:
+        raise CompileError(source.name, f"cannot build the prelude: {exc}") from exc
     text = prelude + f'#line 1 "{source.name}.c"\n' + source.text
-    prelude_lines = prelude.count("\n") + 1
 
     failure: Exception | None = None
     bpf: Any = None
     with _captured_stderr() as log:
         try:
-            bpf = bcc.BPF(text=text)
+            bpf = bcc.BPF(text=text.encode())
         except Exception as exc:
             failure = exc
     if failure is not None:
         full = "".join(log)
-        raise CompileError(source.name, _compile_reason(full, source.name, prelude_lines), full) from failure
+        raise CompileError(source.name, _compile_reason(full, source.name), full) from failure
 
     handlers = {tp: f"x0_tp__{f.category}__{f.event}" for tp, f in formats.items()}
     for tp, fn in handlers.items():
         with _captured_stderr() as log:
             try:
-                bpf.load_func(fn, bcc.BPF.TRACEPOINT)
+                bpf.load_func(fn.encode(), bcc.BPF.TRACEPOINT)
             except Exception as exc:
                 failure = exc
         if failure is not None:
@@ -600,7 +643,7 @@ def read_u64_map(table: Any, *, drain: bool = False) -> tuple[npt.NDArray[np.int
 
 
 def read_u64_array(table: Any) -> U64Array:
-    """The cumulative values of an array map of u64 (or u64 structs), indexed like the map: ``[n, fields]``."""
+    """Cumulative values of an array map of u64s (or u64 structs), indexed like the map: ``[n, fields]``."""
     keys, values = read_u64_map(table)
     out = np.zeros((int(table.max_entries), values.shape[1]), dtype=np.uint64)
     out[keys] = values
@@ -616,6 +659,8 @@ class ProgramSample:
 
     ``values`` are scalars (rates per second, milliseconds; NaN when nothing was
     measured), ``breakdown`` maps a name (e.g. ``drop_reasons``) to per-key rates.
+    ``lost`` counts events the program could not record (a full map) plus events the
+    kernel never handed to it (another BPF program was running on that CPU).
     """
 
     program: str
@@ -639,10 +684,12 @@ class ProgramCollector:
     def __init__(self, loaded: LoadedProgram) -> None:
         self.loaded = loaded
         self._previous: dict[str, U64Array] = {}
+        self._misses = 0
         self.prime()
 
     def prime(self) -> None:
         """Take the baseline the first interval is measured against."""
+        self._misses = self.loaded.recursion_misses()
         self._delta("x0_stats")
         for name in self.arrays():
             self._delta(name)
@@ -669,10 +716,12 @@ class ProgramCollector:
     def read(self, interval_s: float) -> ProgramSample:
         """The interval's sample; ``interval_s`` is the time since the previous read."""
         stats = self._delta("x0_stats")[:, 0]
+        misses, self._misses = self._misses, self.loaded.recursion_misses()
+        lost = int(stats[1]) + max(self._misses - misses, 0)
         values: dict[str, float] = {}
         breakdown: dict[str, dict[str, float]] = {}
         self.collect(max(interval_s, 1e-9), values, breakdown)
-        return ProgramSample(self.loaded.name, interval_s, int(stats[0]), int(stats[1]), values, breakdown)
+        return ProgramSample(self.loaded.name, interval_s, int(stats[0]), lost, values, breakdown)
 
     def collect(self, dt: float, values: dict[str, float], breakdown: dict[str, dict[str, float]]) -> None:
         """Fill ``values`` and ``breakdown`` for the interval (programs without a collector report none)."""
@@ -726,11 +775,12 @@ class TcpStateCollector(ProgramCollector):
         values["tcp_established_per_s"] = float(t[:, 1].sum()) / dt
         values["tcp_closed_per_s"] = float(t[:, 7].sum()) / dt
         breakdown["tcp_transitions"] = {
-            f"{TCP_STATES.get(o, str(o))}->{TCP_STATES.get(n, str(n))}": float(t[o, n]) / dt
-            for o, n in zip(*np.nonzero(t))
+            f"{TCP_STATES.get(int(o), str(o))}->{TCP_STATES.get(int(n), str(n))}": float(t[o, n]) / dt
+            for o, n in zip(*np.nonzero(t), strict=True)
         }
         breakdown["reset_reasons"] = {
-            (self.reset_reasons.get(i, f"reason_{i}") if i < 63 else "reason_>=63"): float(reasons[i]) / dt
+            (self.reset_reasons.get(int(i), f"reason_{i}") if i < 63 else "reason_>=63"): float(reasons[i])
+            / dt
             for i in np.nonzero(reasons)[0]
         }
 

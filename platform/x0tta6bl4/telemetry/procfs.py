@@ -29,7 +29,7 @@ def parse_snmp(text: str) -> dict[str, dict[str, int]]:
     """/proc/net/snmp and /proc/net/netstat: pairs of ``Proto: names`` / ``Proto: values`` lines."""
     out: dict[str, dict[str, int]] = {}
     lines = [ln for ln in text.splitlines() if ln.strip()]
-    for header, values in zip(lines[::2], lines[1::2]):
+    for header, values in zip(lines[::2], lines[1::2], strict=False):
         proto, _, names = header.partition(":")
         vproto, _, nums = values.partition(":")
         if proto != vproto:
@@ -37,7 +37,7 @@ def parse_snmp(text: str) -> dict[str, dict[str, int]]:
         keys, vals = names.split(), nums.split()
         if len(keys) != len(vals):
             raise ValueError(f"{proto}: {len(keys)} names but {len(vals)} values")
-        out.setdefault(proto, {}).update({k: int(v) for k, v in zip(keys, vals)})
+        out.setdefault(proto, {}).update({k: int(v) for k, v in zip(keys, vals, strict=True)})
     return out
 
 
@@ -74,7 +74,7 @@ def parse_net_dev(text: str) -> dict[str, dict[str, int]]:
             raise ValueError(
                 f"interface {name.strip()!r}: {len(nums)} columns, expected {len(NET_DEV_COLUMNS)}"
             )
-        out[name.strip()] = {k: int(v) for k, v in zip(NET_DEV_COLUMNS, nums)}
+        out[name.strip()] = {k: int(v) for k, v in zip(NET_DEV_COLUMNS, nums, strict=True)}
     return out
 
 
@@ -203,7 +203,7 @@ class ProcfsCollector:
         )
 
     def poll(self) -> dict[str, float]:
-        """Every feature of :data:`FEATURES` for the interval since the previous poll (NaN: not measurable)."""
+        """Every feature of :data:`FEATURES` over the interval since the previous poll (NaN: unmeasurable)."""
         current = self.sample()
         features = features_between(self._previous, current)
         self.extra = extra_between(self._previous, current)

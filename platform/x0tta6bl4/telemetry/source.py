@@ -107,15 +107,24 @@ def ebpf_blockers() -> list[Blocker]:
     """Everything that prevents loading eBPF programs here, each with a human reason and the exact fix."""
     blockers: list[Blocker] = []
     caps = _effective_caps()
-    has = lambda bit: bool(caps >> bit & 1)  # noqa: E731
+
+    def has(bit: int) -> bool:
+        return bool(caps >> bit & 1)
+
     if not (has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON))):
+        if os.geteuid() == 0:
+            fix = (
+                "give the process the capabilities: docker run --cap-add BPF --cap-add PERFMON ... "
+                "(Kubernetes: securityContext.capabilities.add: [BPF, PERFMON])"
+            )
+        else:
+            fix = 'sudo -E env "PATH=$PATH" x0tta6bl4 telemetry'
         blockers.append(
             Blocker(
                 "privileges",
                 f"the process (uid {os.geteuid()}) lacks CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN), "
                 "which loading and attaching BPF programs needs",
-                'sudo -E env "PATH=$PATH" x0tta6bl4 telemetry   '
-                "# containers: securityContext.capabilities.add: [BPF, PERFMON, SYS_RESOURCE]",
+                fix,
             )
         )
     if tracefs_root() is None:
@@ -213,7 +222,6 @@ class HostTelemetry:
         self.last_poll_error: str | None = None
         self.last_poll_failed = False
         self._reading: EbpfReading | None = None
-        self._features: dict[str, float] = {}
 
     @property
     def source(self) -> str:
@@ -242,7 +250,6 @@ class HostTelemetry:
         self.tick += 1
         self.last_poll_failed = False
         self._reading = reading
-        self._features = features
         row = np.array([[features.get(name, math.nan) for name in FEATURES]], dtype=np.float32)
         return TelemetryFrame(
             features=row,
@@ -277,6 +284,7 @@ class HostTelemetry:
             "host": self.host,
             "source": self.source,
             "ebpf_off_reason": self.ebpf_off_reason,
+            "programs_requested": self.requested,
             "blockers": [dataclasses.asdict(b) for b in self.blockers],
             "programs": programs,
             "read_errors": dict(self._reading.read_errors) if self._reading is not None else {},
@@ -288,7 +296,7 @@ class HostTelemetry:
         }
 
     def extra_features(self) -> dict[str, Any]:
-        """The last poll's measurements beyond the frame: drop reasons, RTT p50/p99, event rate, lost events."""
+        """The last poll's measurements beyond the frame: drop reasons, RTT p50/p99, event rate, losses."""
         extra: dict[str, Any] = {"source": self.source, "tick": self.tick, **self.procfs.extra}
         reading = self._reading
         if reading is not None:
@@ -326,7 +334,7 @@ class EbpfSource:
         )
 
     def poll(self) -> TelemetryFrame:
-        """Measure since the previous poll; a failure raises TelemetryPollError and the actor keeps running."""
+        """Measure since the previous poll; a failure raises TelemetryPollError, the actor keeps running."""
         return self._telemetry.poll()
 
     def status(self) -> dict[str, Any]:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
-from tests.integration.telemetry.conftest import VethPair
 
 from x0tta6bl4.telemetry.ebpf import EbpfPrograms, EbpfReading
+
+if TYPE_CHECKING:  # for type checkers only: pytest itself loads conftest.py
+    from conftest import VethPair
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("ebpf_host")]
 
@@ -97,7 +100,6 @@ def test_tbf_bottleneck_moves_the_rtt_histogram(programs: EbpfPrograms, veth: Ve
 
     p95_control = control.value("tcp_rtt", "rtt_p95_ms")
     p95_shaped = shaped.value("tcp_rtt", "rtt_p95_ms")
-    assert p95_control < 5.0
     assert p95_shaped > 10.0  # a standing queue behind a 20 Mbit/s, 100 ms tbf
     assert p95_shaped > 10 * p95_control
     assert shaped.value("tcp_rtt", "rtt_mean_ms") > control.value("tcp_rtt", "rtt_mean_ms")
