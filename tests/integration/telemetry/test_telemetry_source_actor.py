@@ -23,13 +23,9 @@ pytestmark = [pytest.mark.ray, pytest.mark.root, pytest.mark.usefixtures("ebpf_h
 
 
 @pytest.fixture(scope="module")
-def ray_node(ebpf_host: None) -> Iterator[str]:
-    """One local Ray for the module; yields this node's id."""
-    ray.init(num_cpus=2, include_dashboard=False)
-    try:
-        yield str(ray.get_runtime_context().get_node_id())
-    finally:
-        ray.shutdown()
+def ray_node(ebpf_host: None, ray_local: Any) -> str:
+    """The integration tests' shared local Ray; this node's id."""
+    return str(ray.get_runtime_context().get_node_id())
 
 
 @pytest.fixture(scope="module")
