@@ -31,23 +31,32 @@ static __always_inline struct io_bytes *nb_cgroup_slot(void)
     return by_cgroup.lookup(&cg);
 }
 
+/* Count one socket call of n bytes in the host totals and the caller's cgroup. */
+static __always_inline void nb_account(u64 n, bool tx)
+{
+    X0_EVENT();
+    u32 zero = 0;
+    struct io_bytes *slots[2] = {totals.lookup(&zero), nb_cgroup_slot()};
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        struct io_bytes *b = slots[i];
+        if (!b)
+            continue;
+        if (tx) {
+            b->tx_bytes += n;
+            b->tx_calls += 1;
+        } else {
+            b->rx_bytes += n;
+            b->rx_calls += 1;
+        }
+    }
+}
+
 X0_TP(sock, sock_send_length)
 {
     if ((args->family != AF_INET_NUM && args->family != AF_INET6_NUM) || args->ret <= 0)
         return 0;
-    X0_EVENT();
-    u64 n = (u64)args->ret;
-    u32 zero = 0;
-    struct io_bytes *t = totals.lookup(&zero);
-    if (t) {
-        t->tx_bytes += n;
-        t->tx_calls += 1;
-    }
-    struct io_bytes *b = nb_cgroup_slot();
-    if (b) {
-        b->tx_bytes += n;
-        b->tx_calls += 1;
-    }
+    nb_account((u64)args->ret, true);
     return 0;
 }
 
@@ -56,18 +65,6 @@ X0_TP(sock, sock_recv_length)
     if ((args->family != AF_INET_NUM && args->family != AF_INET6_NUM) || args->ret <= 0 ||
         (args->flags & MSG_PEEK_FLAG))
         return 0;
-    X0_EVENT();
-    u64 n = (u64)args->ret;
-    u32 zero = 0;
-    struct io_bytes *t = totals.lookup(&zero);
-    if (t) {
-        t->rx_bytes += n;
-        t->rx_calls += 1;
-    }
-    struct io_bytes *b = nb_cgroup_slot();
-    if (b) {
-        b->rx_bytes += n;
-        b->rx_calls += 1;
-    }
+    nb_account((u64)args->ret, false);
     return 0;
 }
