@@ -1,4 +1,4 @@
-"""The ``x0tta6bl4`` command line: run, bench, telemetry, doctor."""
+"""The ``x0tta6bl4`` command line: run, bench, telemetry, doctor, models."""
 
 from __future__ import annotations
 
@@ -48,6 +48,12 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return doctor_main(args)
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    from x0tta6bl4.models.cli import models_main
+
+    return models_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used by the README's option table)."""
     parser = _Parser(prog="x0tta6bl4", description="Self-healing mesh platform on Ray.")
@@ -78,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     doc = sub.add_parser("doctor", help="explain whether eBPF telemetry can run here and how to fix it")
     doc.set_defaults(handler=_cmd_doctor)
+    from x0tta6bl4.models.cli import add_models_arguments
+
+    models = sub.add_parser("models", help="list, inspect and promote versions in the model registry")
+    add_models_arguments(models)
+    models.set_defaults(handler=_cmd_models)
+
     return parser
 
 

@@ -197,6 +197,7 @@ class MeshShardActor:
     def __init__(self, region: int, spec: MeshSpec) -> None:
         from x0tta6bl4.observability.metrics import mesh_metrics
 
+        self.spec = spec
         self.core = ShardCore(spec.topology.build(), region, spec)
         self._metrics = mesh_metrics()
         self._tags = {"region": str(region)}
@@ -236,6 +237,14 @@ class MeshShardActor:
     def frame(self, tick: int) -> TelemetryFrame:
         """This region's frame of a recent tick (consumers pull frames, not via the driver)."""
         return self.core.frame(tick)
+
+    def frames(self, first_tick: int = 0) -> list[TelemetryFrame]:
+        """Every kept frame from ``first_tick`` on, oldest first (training windows for this region)."""
+        return [f for f in self.core.recent if f.tick >= first_tick]
+
+    def topology_spec(self) -> TopologySpec:
+        """How this shard's topology was generated (consumers rebuild the same graph from it)."""
+        return self.spec.topology
 
     def status(self) -> dict[str, Any]:
         """Where the shard stands: region, tick, nodes, and the tick it restored from (if it restarted)."""

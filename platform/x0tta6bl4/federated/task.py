@@ -1,0 +1,168 @@
+"""What one federated client does: load its region's windows from the MeshShard actor, train, evaluate."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from x0tta6bl4 import RAY_NAMESPACE
+from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
+from x0tta6bl4.mesh.shard import shard_name
+from x0tta6bl4.mesh.topology import Topology, TopologySpec
+from x0tta6bl4.models import lora
+from x0tta6bl4.models.data import GraphSeries, series_from_frames
+from x0tta6bl4.models.evaluate import detection_metrics
+from x0tta6bl4.models.graphsage import DetectorSpec, GraphSAGEDetector
+from x0tta6bl4.models.training import train_detector
+
+#: Training phases: full-model rounds (pre-training), then adapter-only rounds.
+PHASES = ("full", "lora")
+
+
+class RegionDataError(X0tta6bl4Error):
+    """A region's shard is missing, or has no windows to train on."""
+
+
+@functools.lru_cache(maxsize=4)
+def _topology(spec: TopologySpec) -> Topology:
+    return spec.build()
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_region(region: int, spec_json: str) -> GraphSeries:
+    return load_region_series(region, DetectorSpec.model_validate_json(spec_json))
+
+
+def load_region_series(region: int, spec: DetectorSpec, namespace: str = RAY_NAMESPACE) -> GraphSeries:
+    """Pull every kept frame of ``region`` from its named MeshShard actor and build the region's series.
+
+    Runs inside a Flower ClientApp (a Ray worker of the training job's own driver); the
+    shard belongs to whoever started the mesh and is looked up by name. The graph is the
+    region's nodes and the links among them.
+    """
+    import ray
+
+    try:
+        shard = ray.get_actor(shard_name(region), namespace=namespace)
+    except ValueError as exc:
+        raise RegionDataError(
+            f"no MeshShard actor {shard_name(region)!r} in namespace {namespace!r}: start the mesh first"
+        ) from exc
+    frames, topology_spec = ray.get([shard.frames.remote(), shard.topology_spec.remote()])
+    if len(frames) <= spec.window.warmup_ticks:
+        raise RegionDataError(
+            f"region {region} has {len(frames)} frames; training needs more than the "
+            f"{spec.window.warmup_ticks}-tick warm-up"
+        )
+    topology = _topology(topology_spec)
+    nodes = np.asarray(topology.region_nodes(region), dtype=np.int64)
+    return series_from_frames(spec.window, topology, frames, nodes)
+
+
+def region_series(region: int, spec: DetectorSpec) -> GraphSeries:
+    """:func:`load_region_series`, cached per process (a client trains on the same windows every round)."""
+    return _cached_region(region, spec.model_dump_json())
+
+
+def new_detector(spec: DetectorSpec, seed: int = 0) -> GraphSAGEDetector:
+    import torch
+
+    torch.manual_seed(seed)
+    return GraphSAGEDetector(spec)
+
+
+def fit(
+    spec: DetectorSpec,
+    series: GraphSeries,
+    phase: str,
+    arrays: Mapping[str, np.ndarray],
+    config: Mapping[str, Any],
+    base: Mapping[str, np.ndarray] | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """One round of local training; returns the updated arrays of the phase and metrics.
+
+    Args:
+        spec: detector spec.
+        series: the client's region.
+        phase: ``"full"`` (``arrays`` = every weight) or ``"lora"`` (``arrays`` = adapters
+            only; ``base`` = the pre-trained full weights they adapt).
+        arrays: the global arrays of this round.
+        config: ``local_epochs`` (int), ``proximal_mu`` (float, FedProx; 0 = FedAvg),
+            ``seed`` (int; vary per round and region).
+        base: full weights, needed in the ``lora`` phase.
+    """
+    if phase not in PHASES:
+        raise ConfigError(f"unknown training phase {phase!r} (known: {', '.join(PHASES)})")
+    detector = GraphSAGEDetector(spec)
+    train = spec.train.model_copy(update={"seed": int(config.get("seed", 0))})
+    epochs = int(config.get("local_epochs", 1))
+    mu = float(config.get("proximal_mu", 0.0))
+    if phase == "full":
+        lora.load_full_arrays(detector, arrays)
+        reference = {k: _tensor(v) for k, v in arrays.items()}
+        metrics = train_detector(
+            detector, [series], train, epochs=epochs, proximal_mu=mu, reference=reference
+        )
+        return lora.full_arrays(detector), metrics
+    if base is None:
+        raise ConfigError("the lora phase needs the pre-trained base weights")
+    lora.load_full_arrays(detector, base)
+    model = lora.with_adapters(detector, spec.lora)
+    lora.load_adapter_arrays(model, arrays)
+    metrics = train_detector(model, [series], train, epochs=epochs)
+    return lora.adapter_arrays(model), metrics
+
+
+def detector_from(
+    spec: DetectorSpec,
+    phase: str,
+    arrays: Mapping[str, np.ndarray],
+    base: Mapping[str, np.ndarray] | None = None,
+) -> Any:
+    """The model a client or the server scores with: plain detector, or base plus adapters."""
+    detector = GraphSAGEDetector(spec)
+    if phase == "full":
+        lora.load_full_arrays(detector, arrays)
+        return detector
+    if base is None:
+        raise ConfigError("the lora phase needs the pre-trained base weights")
+    lora.load_full_arrays(detector, base)
+    model = lora.with_adapters(detector, spec.lora)
+    lora.load_adapter_arrays(model, arrays)
+    return model
+
+
+def evaluate(model: Any, series: GraphSeries) -> dict[str, float]:
+    """Score a series; with simulator labels also AUPRC/AUROC/best F1 (labels are for evaluation only)."""
+    from x0tta6bl4.models.training import score_series
+
+    scores = score_series(model, series)
+    out: dict[str, float] = {"mean_score": float(np.mean(scores)), "node_ticks": float(scores.size)}
+    if series.labels is not None:
+        labels = series.labels[list(series.valid_ticks)]
+        if (labels > 0).any() and (labels == 0).any():
+            m = detection_metrics(scores, labels)
+            out.update({k: float(m[k]) for k in ("auprc", "auroc", "best_f1")})  # type: ignore[arg-type]
+    return out
+
+
+def initial_arrays(
+    spec: DetectorSpec, phase: str, seed: int = 0, base: Mapping[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
+    """The arrays the server starts a phase from: a fresh detector, or fresh adapters on ``base``."""
+    detector = new_detector(spec, seed)
+    if phase == "full":
+        return lora.full_arrays(detector)
+    if base is None:
+        raise ConfigError("the lora phase needs the pre-trained base weights")
+    lora.load_full_arrays(detector, base)
+    return lora.adapter_arrays(lora.with_adapters(detector, spec.lora))
+
+
+def _tensor(v: np.ndarray) -> Any:
+    import torch
+
+    return torch.from_numpy(np.asarray(v))

@@ -1,0 +1,1 @@
+"""Models: GraphSAGE detector, LoRA adapters, embedder loader and the versioned model registry."""

@@ -1,0 +1,744 @@
+"""Versioned model registry on any fsspec URI: write, verify, promote and hot-swap model versions."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import numpy as np
+import yaml
+
+from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REGISTRY = "models/registry"
+REGISTRY_ENV = "X0TTA6BL4_REGISTRY"
+
+WEIGHTS = "weights.safetensors"
+SPEC = "spec.yaml"
+METRICS = "metrics.json"
+CARD = "MODEL_CARD.md"
+MANIFEST = "manifest.json"
+PROMOTED = "PROMOTED.json"
+RESERVED_FILES = frozenset({WEIGHTS, SPEC, METRICS, CARD, MANIFEST})
+MANIFEST_FORMAT = 1
+
+_MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_VERSION_RE = re.compile(r"^v(\d{4,})-(\d{8}T\d{6})$")
+_CHUNK = 8 << 20
+
+T = TypeVar("T")
+
+
+class RegistryError(X0tta6bl4Error):
+    """The model registry cannot do what was asked (unknown version, nothing promoted, I/O failure)."""
+
+
+class CorruptVersionError(RegistryError):
+    """A stored version does not match its manifest: missing file, hash mismatch, unreadable weights."""
+
+
+class VersionMismatchError(RegistryError):
+    """A stored version is intact but not what the caller expects (model name, tensor shapes, spec)."""
+
+
+class RegistryNotWritableError(RegistryError):
+    """The registry location cannot be written; raised before training starts, naming the OS reason."""
+
+
+def default_registry_uri() -> str:
+    """The registry URI to use when none is given: ``$X0TTA6BL4_REGISTRY``, else ``models/registry``."""
+    return os.environ.get(REGISTRY_ENV) or DEFAULT_REGISTRY
+
+
+def check_model_name(model: str) -> str:
+    """Return ``model`` if it is a usable model name (letters, digits, ``_.-``), else raise ConfigError."""
+    if not isinstance(model, str) or not _MODEL_RE.match(model):
+        raise ConfigError(
+            f"invalid model name {model!r}: use 1-128 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return model
+
+
+def check_version_id(version: str) -> str:
+    """Return ``version`` if it has the registry's form ``v0001-20260101T120000``, else raise ConfigError."""
+    if not isinstance(version, str) or not _VERSION_RE.match(version):
+        raise ConfigError(f"invalid version id {version!r}: expected the form v0001-20260101T120000")
+    return version
+
+
+def _version_key(version: str) -> tuple[int, str]:
+    """Sort key of a version id: its number, then its timestamp (string order breaks at v10000)."""
+    match = _VERSION_RE.match(version)
+    if match is None:  # pragma: no cover - callers filter with the same pattern
+        raise ConfigError(f"invalid version id {version!r}")
+    return int(match.group(1)), match.group(2)
+
+
+def _json_safe(value: Any) -> Any:
+    """Plain JSON values: numpy scalars/arrays become Python ones, NaN/inf become null, keys strings."""
+    if isinstance(value, np.generic | np.ndarray):
+        value = value.tolist()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if value is None or isinstance(value, str | int | bool):
+        return value
+    raise ConfigError(f"value {value!r} of type {type(value).__name__} cannot be stored as JSON")
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars/arrays become Python values, recursively, so specs from training code dump as YAML."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _check_relpath(relpath: str) -> str:
+    """An extra file's path: relative, POSIX, no ``..``, not one of the registry's own file names."""
+    parts = PurePosixPath(relpath).parts if isinstance(relpath, str) else ()
+    if (
+        not parts
+        or relpath.startswith("/")
+        or "\\" in relpath
+        or any(p in ("", ".", "..") for p in parts)
+        or "/".join(parts) != relpath
+    ):
+        raise ConfigError(f"invalid extra file path {relpath!r}: use a relative POSIX path without '..'")
+    if relpath in RESERVED_FILES:
+        raise ConfigError(f"extra file {relpath!r} clashes with the registry's own {relpath}")
+    return relpath
+
+
+def _cpu_tensors(tensors: Mapping[str, torch.Tensor | np.ndarray[Any, Any]]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors safetensors can store; numpy arrays are copied, shared storage is cloned."""
+    import torch
+
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, value in tensors.items():
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"tensor names must be non-empty strings, got {name!r}")
+        if isinstance(value, np.ndarray):
+            try:
+                tensor = torch.from_numpy(np.array(value, order="C", copy=True))
+            except TypeError as exc:
+                raise ConfigError(f"tensor {name!r}: numpy dtype {value.dtype} is not supported") from exc
+        elif isinstance(value, torch.Tensor):
+            tensor = value.detach().to("cpu")
+        else:
+            raise ConfigError(f"tensor {name!r} is a {type(value).__name__}, not a torch.Tensor or ndarray")
+        ptr = tensor.untyped_storage().data_ptr()
+        if not tensor.is_contiguous() or (ptr and ptr in seen):
+            tensor = tensor.clone(memory_format=torch.contiguous_format)
+        seen.add(tensor.untyped_storage().data_ptr())
+        out[name] = tensor
+    return out
+
+
+def _dtype_name(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelVersion:
+    """One complete (manifest-committed) version of a model in the registry.
+
+    Attributes:
+        model: Model name, e.g. ``graphsage``.
+        version: Version id ``v{N:04d}-{yyyymmddThhmmss}`` (UTC).
+        uri: fsspec URI of the version's directory.
+        created_at: When the version was written (UTC).
+        metrics: Training/evaluation metrics recorded with it (from the manifest).
+        parent: The version it was trained from, if any (free-form, e.g. another model's version).
+    """
+
+    model: str
+    version: str
+    uri: str
+    created_at: dt.datetime
+    metrics: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+    parent: str | None = None
+
+    @property
+    def number(self) -> int:
+        """The version's sequence number N."""
+        return _version_key(self.version)[0]
+
+    def __str__(self) -> str:
+        return f"{self.model}/{self.version}"
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A verified version: tensors, spec, metrics and card in memory; extra files read on demand.
+
+    Attributes:
+        version: The version that was loaded.
+        tensors: Weights by name, on CPU.
+        spec: The model spec (``spec.yaml``).
+        metrics: The recorded metrics (``metrics.json``).
+        card: The model card (``MODEL_CARD.md``).
+        files: Relative paths of the extra files stored with the version.
+    """
+
+    version: ModelVersion
+    tensors: dict[str, torch.Tensor]
+    spec: dict[str, Any]
+    metrics: dict[str, Any]
+    card: str
+    files: tuple[str, ...]
+    _registry: ModelRegistry = dataclasses.field(repr=False)
+    _manifest: dict[str, Any] = dataclasses.field(repr=False)
+
+    def read_file(self, relpath: str) -> bytes:
+        """Read one file of the version, checked again against the manifest's sha256.
+
+        Args:
+            relpath: Path relative to the version directory, as given in ``extra_files`` at write time.
+
+        Raises:
+            RegistryError: ``relpath`` is not part of the version.
+            CorruptVersionError: The file is missing or its content changed since it was written.
+        """
+        if relpath not in self._manifest["files"]:
+            raise RegistryError(
+                f"{self.version} has no file {relpath!r}; files: {', '.join(sorted(self._manifest['files']))}"
+            )
+        return self._registry._read_verified(
+            self.version.model, self.version.version, self._manifest, relpath
+        )
+
+    def extract_files(self, dest: str | os.PathLike[str], prefix: str = "") -> Path:
+        """Copy the extra files under ``prefix`` into local directory ``dest`` (e.g. for a loader that
+        needs a directory, like sentence-transformers), each verified against the manifest.
+
+        Args:
+            dest: Local directory to write into (created if missing).
+            prefix: Only files whose relative path starts with this are copied; it is stripped.
+
+        Returns:
+            ``dest`` as a Path.
+        """
+        root = Path(dest)
+        wanted = [f for f in self.files if f.startswith(prefix)]
+        if not wanted:
+            raise RegistryError(f"{self.version} has no extra files under {prefix!r}")
+        for relpath in wanted:
+            target = root / relpath[len(prefix) :].lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(self.read_file(relpath))
+        return root
+
+
+class ModelRegistry:
+    """Model versions under ``<uri>/<model>/<version>/`` on local disk or any fsspec filesystem.
+
+    A version is committed by its ``manifest.json``, written last (object stores have no atomic
+    rename); directories without one are incomplete and ignored. Every load checks every file's
+    sha256 against the manifest, so a corrupt or swapped version is refused rather than served.
+    Promotion writes ``<model>/PROMOTED.json``, which Serve reads. One writer per model is expected
+    (the training driver); on local disk version directories are also reserved exclusively.
+    """
+
+    def __init__(self, uri: str | os.PathLike[str] = DEFAULT_REGISTRY) -> None:
+        """Open (not create) the registry at ``uri``: a local path or any fsspec URL (``s3://``, ...).
+
+        Raises:
+            ConfigError: The URI's protocol is unknown or its fsspec backend is not installed.
+        """
+        import fsspec.core
+        from fsspec.implementations.local import LocalFileSystem
+
+        self.uri = os.fspath(uri)
+        try:
+            self._fs, path = fsspec.core.url_to_fs(self.uri)
+        except (ImportError, ValueError) as exc:
+            raise ConfigError(f"model registry {self.uri!r}: {exc}") from exc
+        self._root: str = path.rstrip("/") or "/"
+        self._local = isinstance(self._fs, LocalFileSystem)
+
+    def __repr__(self) -> str:
+        return f"ModelRegistry({self.uri!r})"
+
+    # ----------------------------------------------------------------- paths and raw I/O
+
+    def _path(self, *parts: str) -> str:
+        return "/".join([self._root.rstrip("/"), *parts])
+
+    def _url(self, path: str) -> str:
+        return self.uri if path == self._root else str(self._fs.unstrip_protocol(path))
+
+    def _put(self, path: str, data: bytes, *, atomic: bool = False) -> None:
+        """Write one file; ``atomic`` on local disk writes a temporary file and renames it."""
+        parent = path.rsplit("/", 1)[0]
+        self._fs.makedirs(parent, exist_ok=True)
+        if atomic and self._local:
+            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+            self._fs.pipe_file(tmp, data)
+            os.replace(tmp, path)
+        else:
+            self._fs.pipe_file(path, data)
+
+    def _ls_dirs(self, path: str) -> list[str]:
+        """Names of the sub-directories of ``path`` (empty if it does not exist or is not a directory)."""
+        self._fs.invalidate_cache(path)
+        try:
+            entries = self._fs.ls(path, detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            raise RegistryError(f"cannot list {self._url(path)}: {exc}") from exc
+        return [
+            str(e["name"]).rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory"
+        ]
+
+    # ----------------------------------------------------------------- writing
+
+    def check_writable(self) -> None:
+        """Write and delete a probe file at the registry root, so training fails before it starts.
+
+        Raises:
+            RegistryNotWritableError: Naming the registry URI and the OS (or object store) reason.
+        """
+        probe = self._path(f".write-probe-{uuid.uuid4().hex}")
+        try:
+            self._put(probe, b"x0tta6bl4 registry write probe\n")
+            self._fs.rm_file(probe)
+        except Exception as exc:  # any backend failure means "not writable"; report it as one line
+            reason = f"{type(exc).__name__}: {exc}"
+            raise RegistryNotWritableError(
+                f"model registry {self.uri} is not writable ({reason}); "
+                "choose a writable registry path or URI"
+            ) from exc
+
+    def _reserve(self, model: str) -> tuple[str, str]:
+        """Pick the next version id (N = highest existing, complete or not, + 1) and claim its directory."""
+        existing = [d for d in self._ls_dirs(self._path(model)) if _VERSION_RE.match(d)]
+        number = max((_version_key(d)[0] for d in existing), default=0) + 1
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+        for _ in range(1000):
+            version = f"v{number:04d}-{stamp}"
+            vdir = self._path(model, version)
+            if self._local:
+                os.makedirs(self._path(model), exist_ok=True)
+                try:
+                    os.mkdir(vdir)  # exclusive: a concurrent writer gets FileExistsError
+                except FileExistsError:
+                    number += 1
+                    continue
+                return version, vdir
+            if not self._fs.exists(vdir):
+                return version, vdir
+            number += 1
+        raise RegistryError(f"could not reserve a new version of {model} in {self.uri}")  # pragma: no cover
+
+    def write_version(
+        self,
+        model: str,
+        tensors: Mapping[str, torch.Tensor | np.ndarray[Any, Any]],
+        spec: Mapping[str, Any],
+        metrics: Mapping[str, Any],
+        card: str,
+        parent: str | None = None,
+        extra_files: Mapping[str, bytes] | None = None,
+    ) -> ModelVersion:
+        """Store a new version: weights, spec, metrics, card, extra files, then the manifest (commit).
+
+        Everything is serialised before the first write, so bad input leaves nothing behind.
+
+        Args:
+            model: Model name (letters, digits, ``_.-``).
+            tensors: Weights by name (torch tensors on any device, or numpy arrays).
+            spec: The model spec, stored as ``spec.yaml`` (YAML-safe values; numpy scalars are converted).
+            metrics: Training/evaluation metrics, stored as ``metrics.json`` (NaN/inf become null).
+            card: Short model card in Markdown.
+            parent: The version this one was trained from, if any.
+            extra_files: More files by relative POSIX path (e.g. a merged sentence-transformers model).
+
+        Returns:
+            The committed version.
+
+        Raises:
+            ConfigError: Invalid names, paths or values that cannot be serialised.
+            RegistryNotWritableError: A write failed; the incomplete version stays invisible.
+        """
+        from safetensors.torch import save as save_safetensors
+
+        check_model_name(model)
+        cpu = _cpu_tensors(tensors)
+        try:
+            spec_bytes = yaml.safe_dump(_plain(dict(spec)), sort_keys=False, allow_unicode=True).encode()
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"spec of {model} cannot be stored as YAML: {exc}") from exc
+        clean_metrics = _json_safe(dict(metrics))
+        files: dict[str, bytes] = {
+            WEIGHTS: save_safetensors(cpu, metadata={"model": model}),
+            SPEC: spec_bytes,
+            METRICS: (json.dumps(clean_metrics, indent=2, sort_keys=True) + "\n").encode(),
+            CARD: (card if card.endswith("\n") else card + "\n").encode(),
+        }
+        for relpath, data in (extra_files or {}).items():
+            if not isinstance(data, bytes | bytearray | memoryview):
+                raise ConfigError(f"extra file {relpath!r} must be bytes, got {type(data).__name__}")
+            files[_check_relpath(relpath)] = bytes(data)
+
+        try:
+            version, vdir = self._reserve(model)
+            created = dt.datetime.now(dt.UTC).replace(microsecond=0)
+            manifest = {
+                "format": MANIFEST_FORMAT,
+                "model": model,
+                "version": version,
+                "created_at": created.isoformat(),
+                "parent": parent,
+                "metrics": clean_metrics,
+                "tensors": {n: {"shape": list(t.shape), "dtype": _dtype_name(t)} for n, t in cpu.items()},
+                "files": {p: {"sha256": _sha256(d), "size": len(d)} for p, d in sorted(files.items())},
+            }
+            for relpath, data in files.items():
+                self._put(f"{vdir}/{relpath}", data)
+            self._put(f"{vdir}/{MANIFEST}", json.dumps(manifest, indent=2).encode(), atomic=True)
+        except RegistryError:
+            raise
+        except OSError as exc:
+            raise RegistryNotWritableError(
+                f"could not write a new version of {model} to {self.uri}: {exc}; "
+                "the incomplete version has no manifest and is ignored"
+            ) from exc
+        written = ModelVersion(model, version, self._url(vdir), created, clean_metrics, parent)
+        log.info("registry: wrote %s (%d tensors, %d files)", written, len(cpu), len(files))
+        return written
+
+    # ----------------------------------------------------------------- reading
+
+    def _manifest(self, model: str, version: str) -> dict[str, Any]:
+        """Read and sanity-check a version's manifest."""
+        vdir = self._path(model, version)
+        where = f"{model} version {version} ({self._url(vdir)})"
+        try:
+            raw = self._fs.cat_file(f"{vdir}/{MANIFEST}")
+        except FileNotFoundError:
+            if self._fs.exists(vdir):
+                raise CorruptVersionError(
+                    f"{where} is incomplete: {MANIFEST} is missing (the write was interrupted or is "
+                    "still running)"
+                ) from None
+            known = ", ".join(v.version for v in self.versions(model)) or "none"
+            raise RegistryError(f"model {model} has no version {version} (versions: {known})") from None
+        except OSError as exc:
+            raise RegistryError(f"cannot read {where}: {exc}") from exc
+        try:
+            manifest: dict[str, Any] = json.loads(raw)
+            files = manifest["files"]
+            ok = (
+                isinstance(manifest, dict)
+                and isinstance(files, dict)
+                and all(isinstance(f, dict) and {"sha256", "size"} <= f.keys() for f in files.values())
+                and isinstance(manifest["tensors"], dict)
+                and isinstance(manifest["version"], str)
+                and isinstance(manifest["model"], str)
+            )
+            dt.datetime.fromisoformat(manifest["created_at"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptVersionError(f"{where}: {MANIFEST} is unreadable ({exc})") from exc
+        if not ok:
+            raise CorruptVersionError(f"{where}: {MANIFEST} is malformed")
+        if manifest["model"] != model:
+            raise VersionMismatchError(f"{where}: its manifest says it is model {manifest['model']!r}")
+        if manifest["version"] != version:
+            raise VersionMismatchError(f"{where}: its manifest says it is version {manifest['version']!r}")
+        missing = RESERVED_FILES - {MANIFEST} - files.keys()
+        if missing:
+            raise CorruptVersionError(f"{where}: {MANIFEST} does not list {', '.join(sorted(missing))}")
+        return manifest
+
+    def _version_from(self, model: str, version: str, manifest: Mapping[str, Any]) -> ModelVersion:
+        return ModelVersion(
+            model=model,
+            version=version,
+            uri=self._url(self._path(model, version)),
+            created_at=dt.datetime.fromisoformat(manifest["created_at"]),
+            metrics=dict(manifest.get("metrics") or {}),
+            parent=manifest.get("parent"),
+        )
+
+    def _read_verified(self, model: str, version: str, manifest: Mapping[str, Any], relpath: str) -> bytes:
+        """Read one file of a version and check its size and sha256 against the manifest."""
+        path = self._path(model, version, relpath)
+        where = f"{model} version {version}"
+        try:
+            data = bytes(self._fs.cat_file(path))
+        except FileNotFoundError:
+            raise CorruptVersionError(f"{where} is corrupt: {relpath} is missing") from None
+        except OSError as exc:
+            raise RegistryError(f"cannot read {relpath} of {where}: {exc}") from exc
+        self._check_digest(where, relpath, manifest, len(data), _sha256(data))
+        return data
+
+    def _verify_streamed(self, model: str, version: str, manifest: Mapping[str, Any], relpath: str) -> None:
+        """Check a (possibly large) file's sha256 without keeping it in memory."""
+        path = self._path(model, version, relpath)
+        where = f"{model} version {version}"
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with self._fs.open(path, "rb") as fh:
+                while chunk := fh.read(_CHUNK):
+                    digest.update(chunk)
+                    size += len(chunk)
+        except FileNotFoundError:
+            raise CorruptVersionError(f"{where} is corrupt: {relpath} is missing") from None
+        except OSError as exc:
+            raise RegistryError(f"cannot read {relpath} of {where}: {exc}") from exc
+        self._check_digest(where, relpath, manifest, size, digest.hexdigest())
+
+    @staticmethod
+    def _check_digest(where: str, relpath: str, manifest: Mapping[str, Any], size: int, sha: str) -> None:
+        expected = manifest["files"][relpath]
+        if size != expected["size"]:
+            raise CorruptVersionError(
+                f"{where} is corrupt: {relpath} has {size} bytes, the manifest says {expected['size']}"
+            )
+        if sha != expected["sha256"]:
+            raise CorruptVersionError(
+                f"{where} is corrupt: {relpath} sha256 {sha[:16]}… does not match the manifest's "
+                f"{str(expected['sha256'])[:16]}…"
+            )
+
+    def models(self) -> list[str]:
+        """Names of the models that have a directory in the registry, sorted."""
+        return sorted(d for d in self._ls_dirs(self._root) if _MODEL_RE.match(d))
+
+    def versions(self, model: str) -> list[ModelVersion]:
+        """Complete versions of ``model``, oldest first; incomplete or unreadable ones are skipped."""
+        check_model_name(model)
+        found: list[ModelVersion] = []
+        for name in sorted(
+            (d for d in self._ls_dirs(self._path(model)) if _VERSION_RE.match(d)), key=_version_key
+        ):
+            try:
+                found.append(self._version_from(model, name, self._manifest(model, name)))
+            except CorruptVersionError as exc:
+                log.debug("registry: skipping %s/%s: %s", model, name, exc)
+            except VersionMismatchError as exc:
+                log.warning("registry: skipping %s/%s: %s", model, name, exc)
+        return found
+
+    def latest(self, model: str) -> ModelVersion | None:
+        """The newest complete version of ``model``, or None if there is none."""
+        found = self.versions(model)
+        return found[-1] if found else None
+
+    def get(self, model: str, version: str) -> ModelVersion:
+        """One version's record (manifest read, files not verified).
+
+        Raises:
+            RegistryError: No such version. CorruptVersionError: incomplete or unreadable manifest.
+        """
+        check_model_name(model)
+        check_version_id(version)
+        return self._version_from(model, version, self._manifest(model, version))
+
+    def promoted_id(self, model: str) -> str | None:
+        """The promoted version id of ``model`` (None if none), without checking that version."""
+        check_model_name(model)
+        path = self._path(model, PROMOTED)
+        try:
+            record = json.loads(self._fs.cat_file(path))
+            version = record["version"]
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise RegistryError(f"cannot read {self._url(path)}: {exc}") from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptVersionError(f"{self._url(path)} is unreadable ({exc})") from exc
+        if not isinstance(version, str) or not _VERSION_RE.match(version):
+            raise CorruptVersionError(f"{self._url(path)} names no valid version ({version!r})")
+        return version
+
+    def promoted(self, model: str) -> ModelVersion | None:
+        """The version Serve should use for ``model``, or None if none has been promoted."""
+        check_model_name(model)
+        version = self.promoted_id(model)
+        return None if version is None else self.get(model, version)
+
+    def promote(self, model: str, version: str) -> None:
+        """Make ``version`` the one Serve loads, after verifying every file of it.
+
+        Raises:
+            RegistryError: Unknown version, or PROMOTED.json cannot be written.
+            CorruptVersionError / VersionMismatchError: The version fails verification.
+        """
+        self.load(model, version)
+        try:
+            previous = self.promoted_id(model)
+        except CorruptVersionError:
+            previous = None
+        record = {
+            "version": version,
+            "promoted_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+            "previous": previous,
+        }
+        try:
+            self._put(self._path(model, PROMOTED), json.dumps(record, indent=2).encode(), atomic=True)
+        except OSError as exc:
+            raise RegistryNotWritableError(f"cannot promote {model} {version} in {self.uri}: {exc}") from exc
+        log.info("registry: promoted %s/%s (was %s)", model, version, previous)
+
+    def load(
+        self,
+        model: str,
+        version: str | None = None,
+        *,
+        expect_tensors: Mapping[str, tuple[int, ...]] | None = None,
+        expect_spec: Mapping[str, Any] | None = None,
+    ) -> LoadedModel:
+        """Load and verify a version: every file's sha256, the weights' header, and the expectations.
+
+        Args:
+            model: Model name.
+            version: Version id; None loads the promoted version.
+            expect_tensors: Tensors that must exist with exactly these shapes (others are allowed).
+            expect_spec: Spec entries that must exist with exactly these values.
+
+        Raises:
+            RegistryError: Unknown version, or None given and nothing promoted.
+            CorruptVersionError: Missing file, hash/size mismatch, unreadable weights or spec.
+            VersionMismatchError: Wrong model name, tensor shape or spec value.
+        """
+        from safetensors.torch import load as load_safetensors
+
+        check_model_name(model)
+        if version is None:
+            version = self.promoted_id(model)
+            if version is None:
+                latest = self.latest(model)
+                hint = latest.version if latest else "VERSION"
+                raise RegistryError(
+                    f"model {model} has no promoted version in {self.uri}; promote one with "
+                    f"`x0tta6bl4 models promote {model} {hint} --registry {self.uri}`"
+                )
+        check_version_id(version)
+        manifest = self._manifest(model, version)
+        mv = self._version_from(model, version, manifest)
+        where = f"{model} version {version}"
+
+        core = {
+            name: self._read_verified(model, version, manifest, name)
+            for name in sorted(RESERVED_FILES - {MANIFEST})
+        }
+        extra = tuple(sorted(p for p in manifest["files"] if p not in RESERVED_FILES))
+        for relpath in extra:
+            self._verify_streamed(model, version, manifest, relpath)
+
+        try:
+            tensors = load_safetensors(core[WEIGHTS])
+        except Exception as exc:  # safetensors raises its own SafetensorError (not an OSError)
+            raise CorruptVersionError(f"{where} is corrupt: {WEIGHTS} is unreadable ({exc})") from exc
+        stored = {n: {"shape": list(t.shape), "dtype": _dtype_name(t)} for n, t in tensors.items()}
+        if stored != manifest["tensors"]:
+            raise CorruptVersionError(
+                f"{where} is corrupt: the tensors in {WEIGHTS} differ from the manifest"
+            )
+        try:
+            spec = yaml.safe_load(core[SPEC]) or {}
+            metrics = json.loads(core[METRICS])
+            card = core[CARD].decode()
+        except (yaml.YAMLError, ValueError) as exc:
+            raise CorruptVersionError(f"{where} is corrupt: {exc}") from exc
+        if not isinstance(spec, dict) or not isinstance(metrics, dict):
+            raise CorruptVersionError(f"{where} is corrupt: {SPEC} and {METRICS} must hold mappings")
+
+        problems: list[str] = []
+        for name, shape in (expect_tensors or {}).items():
+            if name not in tensors:
+                problems.append(f"tensor {name} missing")
+            elif tuple(tensors[name].shape) != tuple(shape):
+                problems.append(
+                    f"tensor {name} has shape {tuple(tensors[name].shape)}, expected {tuple(shape)}"
+                )
+        for key, value in (expect_spec or {}).items():
+            if key not in spec:
+                problems.append(f"spec has no {key!r}")
+            elif spec[key] != value:
+                problems.append(f"spec {key}={spec[key]!r}, expected {value!r}")
+        if problems:
+            raise VersionMismatchError(
+                f"{where} does not match what the caller expects: {'; '.join(problems)}"
+            )
+
+        return LoadedModel(mv, tensors, spec, metrics, card, extra, self, manifest)
+
+
+class HotSwap(Generic[T]):
+    """Holds the object in use (e.g. a loaded model) and swaps it only when the new one loads cleanly.
+
+    Serve calls :meth:`try_swap` when a new version is promoted; if loading raises a RegistryError
+    (corrupt, mismatched, missing) the previous object stays in use and the error is kept for health
+    reporting.
+    """
+
+    def __init__(self, initial: T | None = None, *, name: str = "model") -> None:
+        """Start with ``initial`` (or nothing) in use; ``name`` labels log lines."""
+        self._current = initial
+        self._name = name
+        self._lock = threading.Lock()
+        self.last_error: str | None = None
+
+    @property
+    def current(self) -> T | None:
+        """The object in use, or None before the first successful load."""
+        return self._current
+
+    def get(self) -> T:
+        """The object in use; raises RegistryError if nothing has loaded yet."""
+        current = self._current
+        if current is None:
+            detail = f": {self.last_error}" if self.last_error else ""
+            raise RegistryError(f"no {self._name} loaded yet{detail}")
+        return current
+
+    def try_swap(self, loader: Callable[[], T]) -> bool:
+        """Run ``loader`` and put its result in use; on RegistryError keep the previous object.
+
+        Returns:
+            True if swapped, False if the loader failed (the error is logged and kept in ``last_error``).
+        """
+        try:
+            candidate = loader()
+        except RegistryError as exc:
+            self.last_error = str(exc)
+            log.error("%s: keeping the previous version in use: %s", self._name, exc)
+            return False
+        with self._lock:
+            self._current = candidate
+            self.last_error = None
+        return True
