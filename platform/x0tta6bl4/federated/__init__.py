@@ -1,0 +1,1 @@
+"""Federated training with Flower: one ClientApp per mesh region, FedAvg/FedProx, then LoRA rounds."""
