@@ -1,0 +1,119 @@
+"""GraphSAGE detector: spec validation, masking, self-supervised training, LoRA adapters, metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from x0tta6bl4.errors import ConfigError
+from x0tta6bl4.models import lora
+from x0tta6bl4.models.data import GraphSeries, ScenarioSpec, simulate
+from x0tta6bl4.models.evaluate import detection_metrics, zscore_scores
+from x0tta6bl4.models.graphsage import DetectorSpec, GraphSAGEDetector, mask_groups
+from x0tta6bl4.models.training import score_series, train_detector
+
+SPEC = DetectorSpec.load()
+QUICK = SPEC.train.model_copy(update={"epochs": 2, "steps_per_epoch": 8})
+
+
+@pytest.fixture(scope="module")
+def series() -> GraphSeries:
+    return simulate(ScenarioSpec(nodes=300, regions=2, ticks=70, seed=4), SPEC.window)[0]
+
+
+def test_spec_with_an_unknown_field_names_it() -> None:
+    with pytest.raises(ConfigError, match="hidden_chanels"):
+        DetectorSpec.parse({"hidden_chanels": 32})
+
+
+def test_spec_with_impossible_shapes_is_refused(tmp_path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("hidden_channels: 4\n")
+    with pytest.raises(ConfigError, match="cannot carry"):
+        DetectorSpec.load(path)
+
+
+def test_mask_groups_never_put_neighbours_together(series: GraphSeries) -> None:
+    groups = mask_groups(series.edge_index, series.num_nodes)
+    src, dst = series.edge_index
+    assert (groups[src] != groups[dst]).all()
+    assert groups.max() < 12
+
+
+def test_a_masked_node_is_reconstructed_without_its_own_input(series: GraphSeries) -> None:
+    model = GraphSAGEDetector(SPEC).eval()
+    x, _ = series.tensors(series.valid_ticks[0])
+    edges = series.edge_tensor()
+    mask = torch.zeros(series.num_nodes, dtype=torch.bool)
+    mask[7] = True
+    changed = x.clone()
+    changed[7] += 100.0
+    with torch.no_grad():
+        assert torch.equal(model(x, edges, mask)[7], model(changed, edges, mask)[7])
+        assert not torch.equal(model(x, edges)[7], model(changed, edges)[7])
+
+
+def test_reset_parameters_restores_an_untrained_model(series: GraphSeries) -> None:
+    model = GraphSAGEDetector(SPEC)
+    train_detector(model, [series], QUICK)
+    assert not torch.equal(model.error_scale, torch.ones_like(model.error_scale))
+    model.reset_parameters()
+    assert torch.equal(model.error_scale, torch.ones_like(model.error_scale))
+
+
+def test_training_uses_no_labels_and_lowers_the_loss(series: GraphSeries) -> None:
+    unlabelled = series.subgraph(np.arange(series.num_nodes))
+    unlabelled.labels = None
+    model = GraphSAGEDetector(SPEC)
+    losses: list[float] = []
+    train_detector(
+        model, [unlabelled], QUICK.model_copy(update={"epochs": 4}), progress=lambda e, l: losses.append(l)
+    )
+    assert losses[-1] < losses[0]
+    scores = score_series(model, series)
+    assert scores.shape == (len(series.valid_ticks), series.num_nodes) and np.isfinite(scores).all()
+
+
+def test_training_on_a_series_shorter_than_the_warm_up_is_refused() -> None:
+    short = simulate(
+        ScenarioSpec(nodes=100, regions=1, ticks=SPEC.window.warmup_ticks + 1, seed=1), SPEC.window
+    )[0]
+    short.inputs.levels = short.inputs.levels[:-2]
+    short.inputs.z = short.inputs.z[:-2]
+    with pytest.raises(ConfigError, match="warm-up"):
+        train_detector(GraphSAGEDetector(SPEC), [short], QUICK)
+
+
+def test_adapters_are_a_small_fraction_of_the_model_and_merge_exactly(series: GraphSeries) -> None:
+    model = GraphSAGEDetector(SPEC)
+    adapted = lora.with_adapters(model, SPEC.lora)
+    train_detector(adapted, [series], QUICK)
+    adapters, full = lora.adapter_arrays(adapted), lora.full_arrays(model)
+    assert lora.num_bytes(adapters) <= 0.10 * lora.num_bytes(full)
+    assert all("lora_" in k for k in adapters if k != "error_scale")
+    np.testing.assert_allclose(
+        score_series(adapted, series), score_series(lora.merged(adapted), series), atol=5e-3
+    )
+
+
+def test_weights_of_another_shape_are_refused_by_name() -> None:
+    arrays = lora.full_arrays(GraphSAGEDetector(SPEC.model_copy(update={"hidden_channels": 32})))
+    with pytest.raises(ConfigError, match="shape"):
+        lora.load_full_arrays(GraphSAGEDetector(SPEC), arrays)
+
+
+def test_metrics_of_a_perfect_and_a_useless_score() -> None:
+    labels = np.zeros((10, 50), dtype=np.int8)
+    labels[3:6, 4] = 3  # congestion
+    labels[2:9, 9] = 6  # blackhole
+    perfect = detection_metrics(labels.astype(float), labels)
+    assert perfect["best_f1"] == pytest.approx(1.0) and perfect["auprc"] == pytest.approx(1.0)
+    assert set(perfect["by_fault"]) == {"congestion", "blackhole"}
+    useless = detection_metrics(np.random.default_rng(0).random(labels.shape), labels)
+    assert useless["auprc"] < 0.2
+
+
+def test_the_zscore_baseline_scores_every_valid_node_tick(series: GraphSeries) -> None:
+    scores = zscore_scores(series)
+    assert scores.shape == (len(series.valid_ticks), series.num_nodes) and (scores >= 0).all()
