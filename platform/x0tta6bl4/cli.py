@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"x0tta6bl4 {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    from x0tta6bl4.bench import SUITES
     from x0tta6bl4.settings import add_run_arguments
 
     run = sub.add_parser("run", help="run the autonomy job on a local or existing Ray cluster")
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_cmd_run)
 
     bench = sub.add_parser("bench", help="run a benchmark suite")
-    bench.add_argument("suite", choices=["mesh", "ebpf"], help="which suite")
+    bench.add_argument("suite", choices=list(SUITES), help="which suite")
     bench.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     bench.add_argument("--quick", action="store_true", help="reduced sizes (used by the tests)")
     bench.set_defaults(handler=_cmd_bench)

@@ -6,7 +6,7 @@ import importlib
 
 from x0tta6bl4.bench._report import emit, report
 
-SUITES = ("mesh", "ebpf")
+SUITES = ("mesh", "ebpf", "federated")
 
 
 def run_suite(suite: str, quick: bool = False, as_json: bool = False) -> int:
