@@ -1,0 +1,142 @@
+"""The experiment notebooks run end to end at a small size and report sane results.
+
+Each notebook reads its size from ``X0_NB_*`` environment variables; the test shrinks
+them, runs every cell in a fresh kernel of this virtualenv's Python (nbclient), then
+appends one cell that prints the notebook's ``results`` dictionary as JSON.
+"""
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+nbclient = pytest.importorskip("nbclient")
+nbformat = pytest.importorskip("nbformat")
+kernelspec = pytest.importorskip("ipykernel.kernelspec")
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+SMALL = {
+    "X0_NB_NODES": "300",
+    "X0_NB_TICKS": "80",
+    "X0_NB_EPOCHS": "1",
+    "X0_NB_ROUNDS": "2",
+    "X0_NB_TRAIN_SCENARIOS": "2",
+    # One intra-op thread: on a busy 2-core machine two torch threads spin against
+    # each other and make these small runs many times slower.
+    "X0_NB_THREADS": "1",
+}
+MARKER = "X0_NB_RESULTS="
+PROBE = f"""
+import json as _json, sys as _sys
+print({MARKER!r} + _json.dumps({{"results": results, "prefix": _sys.prefix}}, default=float))
+"""
+
+
+@pytest.fixture
+def kernel_env(tmp_path, monkeypatch):
+    """A "python3" kernelspec that runs this interpreter, first on JUPYTER_PATH; small sizes."""
+    kernels = tmp_path / "jupyter" / "kernels"
+    kernelspec.write_kernel_spec(path=str(kernels / "python3"))
+    spec = json.loads((kernels / "python3" / "kernel.json").read_text())
+    assert spec["argv"][0] == sys.executable
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+    for key, value in SMALL.items():
+        monkeypatch.setenv(key, value)
+    work = tmp_path / "work"
+    work.mkdir()
+    return work
+
+
+def execute(name, cwd):
+    """Run a notebook plus the probe cell; returns the executed notebook, its results and seconds taken."""
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(PROBE))
+    client = nbclient.NotebookClient(
+        nb,
+        kernel_name="python3",
+        timeout=300,
+        startup_timeout=180,
+        resources={"metadata": {"path": str(cwd)}},
+    )
+    started = time.perf_counter()
+    client.execute()
+    seconds = time.perf_counter() - started
+    errors = [
+        (i, o.get("ename"), o.get("evalue"))
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "code"
+        for o in c.outputs
+        if o.output_type == "error"
+    ]
+    assert not errors, errors
+    assert all(c.execution_count for c in nb.cells if c.cell_type == "code"), "a code cell did not run"
+    text = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.output_type == "stream")
+    line = next(ln for ln in text.splitlines() if ln.startswith(MARKER))
+    doc = json.loads(line[len(MARKER) :])
+    assert doc["prefix"] == sys.prefix, "the notebook ran in another Python environment"
+    print(f"{name}: {seconds:.1f} s")
+    return nb, doc["results"], seconds
+
+
+def images(nb):
+    return sum(
+        1
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if o.output_type in ("display_data", "execute_result") and "image/png" in o.get("data", {})
+    )
+
+
+def is_auprc(value):
+    return isinstance(value, float) and math.isfinite(value) and 0.0 <= value <= 1.0
+
+
+@pytest.mark.parametrize("name", ["01_graphsage_anomaly.ipynb", "02_federated_lora.ipynb"])
+def test_notebook_is_saved_clean(name):
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(not c.outputs and c.execution_count is None for c in code)
+    assert "X0_NB_NODES" in code[0].source and "X0_NB_TICKS" in code[0].source
+
+
+@pytest.mark.slow
+def test_graphsage_notebook_runs_small(kernel_env):
+    nb, results, _ = execute("01_graphsage_anomaly.ipynb", kernel_env)
+    assert results["sizes"]["nodes"] == 300 and results["sizes"]["epochs"] == 1
+    models = results["models"]
+    assert set(models) == {"GraphSAGE", "MLP (no graph)", "z-score", "IsolationForest"}
+    for name, m in models.items():
+        assert is_auprc(m["auprc"]), (name, m)
+        assert 0.0 <= m["auroc"] <= 1.0 and 0.0 <= m["best_f1"] <= 1.0, (name, m)
+        assert m["by_fault"], name
+        for fault, v in m["by_fault"].items():
+            assert is_auprc(v["auprc"]) and 0.0 <= v["recall"] <= 1.0, (name, fault, v)
+    assert 0.0 < results["base_rate"] < 1.0
+    # loss curve, score histograms, per-fault bars, PR curves
+    assert images(nb) >= 4
+
+
+@pytest.mark.slow
+def test_federated_notebook_runs_small(kernel_env):
+    nb, results, _ = execute("02_federated_lora.ipynb", kernel_env)
+    assert results["sizes"]["nodes"] == 300 and results["sizes"]["rounds"] == 2
+    for key in ("fedavg_auprc", "fedprox_auprc", "lora_auprc"):
+        assert len(results[key]) == 2, key
+        assert all(is_auprc(v) for v in results[key]), (key, results[key])
+    assert is_auprc(results["central"]["auprc"])
+    sizes = results["bytes"]
+    assert 0 < sizes["lora"] < sizes["full"]
+    assert sizes["ratio"] == pytest.approx(sizes["full"] / sizes["lora"])
+    personal = results["personalisation"]
+    assert len(personal) == 4
+    scored = [v for r in personal.values() for v in (r["before"], r["after"]) if v is not None]
+    assert scored and all(is_auprc(v) for v in scored)
+    # AUPRC per round, bytes per round, personalisation bars
+    assert images(nb) >= 3
