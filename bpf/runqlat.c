@@ -8,9 +8,10 @@ BPF_PERCPU_ARRAY(runq_hist, u64, X0_LOG2_SLOTS);
 /* runq_total[0]: sum of waits in microseconds, runq_total[1]: number of waits. */
 BPF_PERCPU_ARRAY(runq_total, u64, 2);
 
-/* prev_state bits below 0x100 are the TASK_REPORT states; none set means the task
- * was still runnable (preempted), 0x100 (TASK_REPORT_MAX) marks the preemption. */
-#define RQ_TASK_REPORT_MASK 0xff
+X0_KFIELD(task_pid, task_struct, pid, s32);
+
+/* Wakeups fire from interrupts and softirqs (timers, network), switches on every context
+ * switch: as raw tracepoints they are never skipped for another program running on the CPU. */
 
 static __always_inline void rq_enqueue(u32 pid)
 {
@@ -21,35 +22,42 @@ static __always_inline void rq_enqueue(u32 pid)
         X0_LOST();
 }
 
-X0_TP(sched, sched_wakeup)
+X0_RAW_TP(sched, sched_wakeup, (struct task_struct *p))
 {
-    rq_enqueue(args->pid);
+    rq_enqueue((u32)X0_KREAD(task_pid, p));
     X0_EVENT();
     return 0;
 }
 
-X0_TP(sched, sched_wakeup_new)
+X0_RAW_TP(sched, sched_wakeup_new, (struct task_struct *p))
 {
-    rq_enqueue(args->pid);
+    rq_enqueue((u32)X0_KREAD(task_pid, p));
     X0_EVENT();
     return 0;
 }
 
-X0_TP(sched, sched_switch)
+/* prev_state is prev->__state as __schedule() read it: TASK_RUNNING (0) or preemption means
+ * prev stays runnable and starts waiting (the classic tracepoint's prev_state reports the same
+ * as "no TASK_REPORT bit set"). Kernels before 5.18 do not pass prev_state. */
+X0_RAW_TP(sched, sched_switch,
+          (bool preempt, struct task_struct *prev, struct task_struct *next, unsigned int prev_state))
 {
+#ifndef X0_ARG__sched__sched_switch__prev_state
+#error "runqlat needs sched_switch's prev_state argument (Linux 5.18 or later)"
+#endif
     X0_EVENT();
-    if ((args->prev_state & RQ_TASK_REPORT_MASK) == 0)
-        rq_enqueue(args->prev_pid);
+    if (preempt || prev_state == 0)
+        rq_enqueue((u32)X0_KREAD(task_pid, prev));
 
-    u32 next = args->next_pid;
-    if (next == 0)
+    u32 next_pid = (u32)X0_KREAD(task_pid, next);
+    if (next_pid == 0)
         return 0;
-    u64 *start = enqueued_at.lookup(&next);
+    u64 *start = enqueued_at.lookup(&next_pid);
     if (!start)
         return 0;
     u64 now = bpf_ktime_get_ns();
     u64 wait_us = now > *start ? (now - *start) / 1000 : 0;
-    enqueued_at.delete(&next);
+    enqueued_at.delete(&next_pid);
 
     u32 slot = x0_log2_slot(wait_us);
     if (slot >= X0_LOG2_SLOTS)

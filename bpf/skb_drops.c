@@ -1,19 +1,17 @@
-/* skb_drops: packets the kernel dropped (skb:kfree_skb), counted per enum skb_drop_reason. */
+/* skb_drops: packets the kernel dropped (raw skb:kfree_skb), counted per enum skb_drop_reason. */
 
-/* drops[reason]; slot 255 collects reasons >= 255. Reason names come from the
- * running kernel's format file (print fmt __print_symbolic), read by user space. */
+/* drops[reason]; slot 255 collects reasons >= 255. Reason names come from the running
+ * kernel's format file (print fmt __print_symbolic), read by user space. */
 BPF_PERCPU_ARRAY(drops, u64, 256);
 
-X0_TP(skb, kfree_skb)
+/* Drops happen in softirq and hard-irq-disabled paths: a raw tracepoint is never skipped
+ * because another program happens to run on the CPU. Kernels before 5.17 pass no reason. */
+X0_RAW_TP(skb, kfree_skb, (struct sk_buff *skb, void *location, enum skb_drop_reason reason))
 {
-#ifdef X0_FIELD__skb__kfree_skb__reason
-    u32 reason = args->reason;
-#else
-    u32 reason = 0;
-#endif
-    if (reason > 255)
-        reason = 255;
-    u64 *v = drops.lookup(&reason);
+    u32 r = (u32)reason;
+    if (r > 255)
+        r = 255;
+    u64 *v = drops.lookup(&r);
     if (v)
         *v += 1;
     X0_EVENT();

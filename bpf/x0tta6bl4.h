@@ -1,19 +1,46 @@
-/* Shared prelude of x0tta6bl4's eBPF programs (BCC): probe macro, event/lost counters, log2 slots.
+/* Shared prelude of x0tta6bl4's eBPF programs (BCC): probe macros, event/lost counters, log2 slots.
  *
  * The loader (platform/x0tta6bl4/telemetry/ebpf.py) compiles each program as
- *   <generated tracepoint structs> + this file + <program>.c
- * For every tracepoint a program names with X0_TP(cat, ev) it reads
+ *   <generated declarations> + this file + <program>.c
+ * so programs never depend on the (older) kernel headers' struct layouts.
+ *
+ * Classic tracepoints, X0_TP(cat, ev): the loader reads
  * /sys/kernel/tracing/events/<cat>/<ev>/format of the running kernel and emits
  *   struct x0_tp__<cat>__<ev>            the record, laid out at the kernel's offsets
  *   #define X0_HAVE__<cat>__<ev>         when the tracepoint exists
  *   #define X0_FIELD__<cat>__<ev>__<f>   for every field f of the record
- * so programs never depend on the (older) kernel headers' struct layouts. A handler
- * wrapped in #ifdef X0_HAVE__<cat>__<ev> is optional; every other one is required.
+ *
+ * Raw tracepoints, X0_RAW_TP(cat, ev, (type name, ...)): the handler gets the tracepoint's
+ * TP_PROTO arguments, declared by the program and checked against the kernel's BTF
+ * (btf_trace_<ev>); pointers arrive as const void *, integers by size and sign. They run
+ * behind a per-program recursion guard, where classic tracepoints share one per-CPU guard
+ * (bpf_prog_active) with every other tracing program: a classic handler interrupted by an
+ * event of another one makes the kernel skip that event. Declared trailing arguments an
+ * older kernel does not pass arrive as 0; X0_ARG__<cat>__<ev>__<name> marks the ones it passes.
+ *
+ * Kernel struct members, X0_KFIELD(alias, struct, member.path, ctype) at file scope: the
+ * loader finds the member's offset in the kernel's BTF (refusing a size or sign other than
+ * ctype's) and emits X0_KOFF__<alias> and the reader X0_KREAD(alias, ptr) (bpf_probe_read_kernel).
+ *
+ * A handler wrapped in #ifdef X0_HAVE__<cat>__<ev> is optional; every other one is required.
  */
 #ifndef X0TTA6BL4_BPF_H
 #define X0TTA6BL4_BPF_H
 
 #define X0_TP(cat, ev) int x0_tp__##cat##__##ev(struct x0_tp__##cat##__##ev *args)
+
+#define X0_RAW_TP(cat, ev, signature)                                                        \
+    static __always_inline int x0_rawbody__##cat##__##ev(X0_RAW_PARAMS__##cat##__##ev);      \
+    int x0_raw__##cat##__##ev(struct bpf_raw_tracepoint_args *ctx)                           \
+    {                                                                                        \
+        return x0_rawbody__##cat##__##ev(X0_RAW_VALUES__##cat##__##ev);                      \
+    }                                                                                        \
+    static __always_inline int x0_rawbody__##cat##__##ev(X0_RAW_PARAMS__##cat##__##ev)
+
+/* Fails the build when the loader emitted no offset for the field. */
+#define X0_KFIELD(alias, st, path, ctype) \
+    _Static_assert(X0_KOFF__##alias >= 0, "kernel field " #st "." #path)
+#define X0_KREAD(alias, ptr) x0_kread__##alias(ptr)
 
 /* x0_stats[0]: events handled by this program; x0_stats[1]: events it had to drop
  * (a full map). Both only grow; user space reports per-interval deltas. */

@@ -6,9 +6,11 @@ import contextlib
 import ctypes as ct
 import dataclasses
 import errno
+import functools
 import math
 import os
 import re
+import struct
 import sys
 import tempfile
 import time
@@ -270,6 +272,277 @@ def render_struct(fmt: TracepointFormat) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ------------------------------------------------------------------------------------------ kernel BTF
+
+#: The running kernel's type information; raw tracepoint prototypes and struct layouts come from it.
+BTF_VMLINUX = Path("/sys/kernel/btf/vmlinux")
+
+# BTF kinds (include/uapi/linux/btf.h) and the bytes each one's record carries after its 12-byte header.
+_BTF_INT, _BTF_PTR, _BTF_ARRAY, _BTF_STRUCT, _BTF_UNION, _BTF_ENUM, _BTF_FWD, _BTF_TYPEDEF = range(1, 9)
+_BTF_VOLATILE, _BTF_CONST, _BTF_RESTRICT, _BTF_FUNC, _BTF_FUNC_PROTO = range(9, 14)
+_BTF_TYPE_TAG, _BTF_ENUM64 = 18, 19
+_BTF_EXTRA_FIXED = {_BTF_INT: 4, _BTF_ARRAY: 12, 14: 4, 17: 4}  # INT, ARRAY, VAR, DECL_TAG
+_BTF_EXTRA_PER_ITEM = {  # per member, enumerator, parameter, DATASEC variable
+    _BTF_STRUCT: 12,
+    _BTF_UNION: 12,
+    _BTF_ENUM: 8,
+    _BTF_FUNC_PROTO: 8,
+    15: 12,
+    _BTF_ENUM64: 12,
+}
+#: Qualifiers and tags a type resolves through to reach the type it qualifies.
+_BTF_QUALIFIERS = (_BTF_VOLATILE, _BTF_CONST, _BTF_RESTRICT, _BTF_TYPE_TAG)
+
+
+@dataclasses.dataclass(frozen=True)
+class BtfScalar:
+    """A value as the kernel stores it: C type name (qualifiers dropped), size in bytes, signedness."""
+
+    type_name: str
+    size: int
+    signed: bool
+    pointer: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class BtfMember:
+    """A scalar member of a kernel struct: byte offset from the start of the struct, and its value."""
+
+    struct_name: str
+    path: str
+    offset: int
+    struct_size: int
+    value: BtfScalar
+
+
+class KernelBtf:
+    """Just enough of a BTF blob (/sys/kernel/btf/vmlinux) to resolve raw tracepoint prototypes and
+    scalar struct members at the running kernel's offsets (kernel headers may be of another version)."""
+
+    def __init__(self, data: bytes) -> None:
+        magic, _version, _flags, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from(
+            "<HBBIIIII", data, 0
+        )
+        if magic != 0xEB9F:
+            raise ValueError(f"not BTF (magic {magic:#x})")
+        self._data = data
+        self._strs = data[hdr_len + str_off : hdr_len + str_off + str_len]
+        #: type id -> (record offset in data, name offset, info, size-or-type); id 0 is void
+        self._types: list[tuple[int, int, int, int]] = [(0, 0, 0, 0)]
+        self._by_name: dict[tuple[int, int], int] = {}
+        pos, end = hdr_len + type_off, hdr_len + type_off + type_len
+        while pos < end:
+            name_off, info, size_or_type = struct.unpack_from("<III", data, pos)
+            kind, vlen = info >> 24 & 0x1F, info & 0xFFFF
+            if name_off:
+                self._by_name.setdefault((name_off, kind), len(self._types))
+            self._types.append((pos, name_off, info, size_or_type))
+            pos += 12 + _BTF_EXTRA_FIXED.get(kind, 0) + _BTF_EXTRA_PER_ITEM.get(kind, 0) * vlen
+
+    def _str(self, off: int) -> str:
+        return self._strs[off : self._strs.index(b"\0", off)].decode()
+
+    def find(self, name: str, kind: int) -> int | None:
+        """The id of the type ``name`` of ``kind``; None when there is none."""
+        needle = b"\0" + name.encode() + b"\0"
+        off = self._strs.find(needle)
+        while off >= 0:  # vmlinux strings are deduplicated, so this normally runs once
+            tid = self._by_name.get((off + 1, kind))
+            if tid is not None:
+                return tid
+            off = self._strs.find(needle, off + 1)
+        return None
+
+    def _kind(self, tid: int) -> int:
+        return self._types[tid][2] >> 24 & 0x1F
+
+    def _items(self, tid: int, width: int) -> list[tuple[int, ...]]:
+        pos, _, info, _ = self._types[tid]
+        fmt = "<III" if width == 12 else "<II"
+        return [struct.unpack_from(fmt, self._data, pos + 12 + width * i) for i in range(info & 0xFFFF)]
+
+    def _strip(self, tid: int) -> int:
+        while self._kind(tid) in _BTF_QUALIFIERS:
+            tid = self._types[tid][3]
+        return tid
+
+    def type_name(self, tid: int) -> str:
+        """C spelling of a type without qualifiers, pointers as ``T*`` (``struct sock*``, ``void*``)."""
+        tid = self._strip(tid)
+        if tid == 0:
+            return "void"
+        kind, name = self._kind(tid), self._str(self._types[tid][1])
+        if kind == _BTF_PTR:
+            return self.type_name(self._types[tid][3]) + "*"
+        prefix = {_BTF_STRUCT: "struct ", _BTF_UNION: "union ", _BTF_ENUM: "enum ", _BTF_ENUM64: "enum "}
+        return prefix.get(kind, "") + name
+
+    def scalar(self, tid: int) -> BtfScalar | None:
+        """How a value of type ``tid`` is stored; None for aggregates, bitfield-only ints and void."""
+        name = self.type_name(tid)
+        tid = self._strip_typedefs(tid)
+        pos, _, info, size = self._types[tid]
+        kind = self._kind(tid)
+        if kind == _BTF_PTR:
+            return BtfScalar(name, 8, False, pointer=True)
+        if kind in (_BTF_ENUM, _BTF_ENUM64):
+            return BtfScalar(name, size, bool(info >> 31))
+        if kind == _BTF_INT:
+            (enc,) = struct.unpack_from("<I", self._data, pos + 12)
+            if enc & 0xFF != size * 8 or enc >> 16 & 0xFF:
+                return None
+            return BtfScalar(name, size, bool(enc >> 24 & 1))
+        return None
+
+    def tracepoint_args(self, event: str) -> list[BtfScalar] | None:
+        """The arguments a raw tracepoint passes (its TP_PROTO), from the kernel's ``btf_trace_<event>``
+        typedef; None when the kernel has no such tracepoint."""
+        tid = self.find(f"btf_trace_{event}", _BTF_TYPEDEF)
+        if tid is None:
+            return None
+        ptr = self._strip(self._types[tid][3])
+        proto = self._strip(self._types[ptr][3]) if self._kind(ptr) == _BTF_PTR else 0
+        if self._kind(proto) != _BTF_FUNC_PROTO:
+            raise ValueError(f"btf_trace_{event} is not a pointer to a function prototype")
+        args: list[BtfScalar] = []
+        for _, arg_type in self._items(proto, 8)[1:]:  # the first argument is the tracepoint's __data
+            value = self.scalar(arg_type)
+            if value is None:
+                raise ValueError(f"raw tracepoint {event} passes {self.type_name(arg_type)} by value")
+            args.append(value)
+        return args
+
+    def member(self, struct_name: str, path: str) -> BtfMember:
+        """The scalar at ``struct_name.path`` (C member syntax; anonymous structs/unions are transparent).
+
+        Raises:
+            LookupError: no such struct or member, or the member is a bitfield or not a scalar.
+        """
+        tid = self.find(struct_name, _BTF_STRUCT) or self.find(struct_name, _BTF_UNION)
+        if tid is None:
+            raise LookupError(f"the kernel has no struct {struct_name}")
+        where, offset_bits, cur = f"struct {struct_name}", 0, tid
+        for part in path.split("."):
+            found = self._find_member(cur, part)
+            if found is None:
+                raise LookupError(f"{where} has no member {part!r}")
+            bits, cur, bitfield = found
+            if bitfield:
+                raise LookupError(f"{where}.{part} is a bitfield")
+            offset_bits += bits
+            where = f"{where}.{part}"
+        value = self.scalar(cur)
+        if value is None or offset_bits % 8:
+            raise LookupError(f"{where} is not a scalar at a byte offset ({self.type_name(cur)})")
+        return BtfMember(struct_name, path, offset_bits // 8, self._types[tid][3], value)
+
+    def _find_member(self, tid: int, name: str) -> tuple[int, int, bool] | None:
+        """``(bit offset, type id, is a bitfield)`` of member ``name`` of the struct/union ``tid``,
+        looking into anonymous members as C does; None when there is none (or ``tid`` is no aggregate)."""
+        tid = self._strip_typedefs(tid)
+        if self._kind(tid) not in (_BTF_STRUCT, _BTF_UNION):
+            return None
+        kind_flag = bool(self._types[tid][2] >> 31)  # member offsets carry a bitfield size
+        for name_off, mtype, moff in self._items(tid, 12):
+            bits, bitfield = (moff & 0xFFFFFF, moff >> 24 != 0) if kind_flag else (moff, False)
+            if name_off == 0:
+                inner = self._find_member(mtype, name)
+                if inner is not None:
+                    return bits + inner[0], inner[1], inner[2]
+            elif self._str(name_off) == name:
+                return bits, mtype, bitfield
+        return None
+
+    def _strip_typedefs(self, tid: int) -> int:
+        tid = self._strip(tid)
+        while self._kind(tid) == _BTF_TYPEDEF:
+            tid = self._strip(self._types[tid][3])
+        return tid
+
+
+@functools.cache
+def running_btf() -> KernelBtf:
+    """The running kernel's BTF, parsed once per process; OSError/ValueError when it has none."""
+    return KernelBtf(BTF_VMLINUX.read_bytes())
+
+
+def _c_scalar(value: BtfScalar) -> str:
+    """The C type a program sees a kernel value as: pointers as ``const void *`` (never dereferenced
+    directly: the kernel headers' layouts may not be the running kernel's), integers by size and sign."""
+    if value.pointer:
+        return "const void *"
+    return ("s" if value.signed else "u") + _C_SCALAR[value.size]
+
+
+def _normal_type(decl: str) -> str:
+    """A C type spelled as :meth:`KernelBtf.type_name` spells it (no qualifiers, ``T*``)."""
+    decl = re.sub(r"\b(?:const|volatile)\b", " ", decl)
+    return re.sub(r"\s*\*\s*", "*", " ".join(decl.split())).strip()
+
+
+def render_raw_tracepoint(
+    category: str, event: str, params: Sequence[tuple[str, str]], args: Sequence[BtfScalar]
+) -> str:
+    """C declarations of one raw tracepoint handler's parameters, checked against the kernel's TP_PROTO.
+
+    ``params`` are the ``(type, name)`` pairs the program declares; each must have the type the
+    kernel passes at that position. The kernel may pass more arguments than declared (they are
+    ignored); declared trailing arguments an older kernel does not pass arrive as 0, and only
+    the ones it passes get ``X0_ARG__<cat>__<ev>__<name>``.
+
+    Raises:
+        ValueError: a declared argument whose type is not the kernel's.
+    """
+    tag = f"{category}__{event}"
+    decls, values, lines = [], [], [f"#define X0_HAVE__{tag} 1"]
+    for i, (ptype, pname) in enumerate(params):
+        if i >= len(args):
+            decls.append(f"u64 {pname}")
+            values.append("0")
+            continue
+        if _normal_type(ptype) != args[i].type_name:
+            raise ValueError(
+                f"{category}:{event} passes {args[i].type_name} as argument {i + 1} on this kernel, "
+                f"the program declares {ptype} {pname}"
+            )
+        ctype = _c_scalar(args[i])
+        decls.append(f"{ctype} {pname}")
+        values.append(f"({ctype})ctx->args[{i}]")
+        lines.append(f"#define X0_ARG__{tag}__{pname} 1")
+    lines.append(f"#define X0_RAW_PARAMS__{tag} {', '.join(decls) or 'void'}")
+    lines.append(f"#define X0_RAW_VALUES__{tag} {', '.join(values)}")
+    return "\n".join(lines) + "\n"
+
+
+def render_kernel_field(alias: str, member: BtfMember, ctype: str) -> str:
+    """A reader for one kernel struct member at the running kernel's offset (from BTF), and its checks.
+
+    The program names the C type it expects (``u8`` ... ``s64``; ``u64`` for a pointer); a field
+    whose size or signedness differs on this kernel is refused here, and static assertions pin
+    the offset inside the struct, so a layout change fails the build instead of reading garbage.
+
+    Raises:
+        ValueError: ``ctype`` is not the member's type on this kernel.
+    """
+    where = f"{member.struct_name}.{member.path}"
+    expected = "u64" if member.value.pointer else _c_scalar(member.value)
+    if ctype != expected:
+        raise ValueError(
+            f"{where} is {member.value.type_name} ({expected}) on this kernel, the program reads {ctype}"
+        )
+    return (
+        f"#define X0_KOFF__{alias} {member.offset}\n"
+        f"static __always_inline {ctype} x0_kread__{alias}(const void *base)\n"
+        "{\n"
+        f"    {ctype} v = 0;\n"
+        f"    bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + X0_KOFF__{alias});\n"
+        "    return v;\n"
+        "}\n"
+        f"_Static_assert(X0_KOFF__{alias} + sizeof({ctype}) <= {member.struct_size}, "
+        f'"{where} lies outside struct {member.struct_name} ({member.struct_size} bytes per BTF)");\n'
+    )
+
+
 # ----------------------------------------------------------------------------------- program sources
 
 
@@ -289,15 +562,41 @@ class ProgramSource:
     text: str
     path: Path | None = None
 
+    def _code(self) -> str:
+        return re.sub(r"/\*.*?\*/|//[^\n]*", "", self.text, flags=re.S)
+
     def tracepoints(self) -> list[tuple[str, str, bool]]:
-        """``(category, event, required)`` of every ``X0_TP(cat, ev)`` handler in the source."""
-        code = re.sub(r"/\*.*?\*/|//[^\n]*", "", self.text, flags=re.S)
+        """``(category, event, required)`` of every ``X0_TP(cat, ev)`` and ``X0_RAW_TP(cat, ev, (args))``."""
+        code = self._code()
         found: list[tuple[str, str, bool]] = []
-        for cat, ev in re.findall(r"\bX0_TP\(\s*(\w+)\s*,\s*(\w+)\s*\)", code):
+        for cat, ev in re.findall(r"\bX0_(?:RAW_)?TP\(\s*(\w+)\s*,\s*(\w+)\s*[,)]", code):
             guard = re.search(rf"#\s*if(?:def\s+|\s+defined\s*\(?\s*)X0_HAVE__{cat}__{ev}\b", code)
             if (cat, ev) not in [(c, e) for c, e, _ in found]:
                 found.append((cat, ev, guard is None))
         return found
+
+    def raw_tracepoints(self) -> dict[str, list[tuple[str, str]]]:
+        """``"cat:ev"`` -> the ``(type, name)`` arguments each ``X0_RAW_TP(cat, ev, (args))`` declares."""
+        out: dict[str, list[tuple[str, str]]] = {}
+        for cat, ev, sig in _RAW_TP_RE.findall(self._code()):
+            params = []
+            for decl in (d.strip() for d in sig.split(",")):
+                if not decl or decl == "void":
+                    continue
+                m = re.match(r"^(.*?)\s*\b([A-Za-z_]\w*)$", decl)
+                if not m or not m.group(1):
+                    raise ValueError(f"{cat}:{ev}: cannot parse argument declaration {decl!r}")
+                params.append((m.group(1), m.group(2)))
+            out[f"{cat}:{ev}"] = params
+        return out
+
+    def kernel_fields(self) -> list[tuple[str, str, str, str]]:
+        """``(alias, struct, member path, C type)`` of every ``X0_KFIELD(...)`` declaration."""
+        return _KFIELD_RE.findall(self._code())
+
+
+_RAW_TP_RE = re.compile(r"\bX0_RAW_TP\(\s*(\w+)\s*,\s*(\w+)\s*,\s*\(([^()]*)\)\s*\)")
+_KFIELD_RE = re.compile(r"\bX0_KFIELD\(\s*(\w+)\s*,\s*(\w+)\s*,\s*([\w.]+)\s*,\s*(\w+)\s*\)")
 
 
 def program_sources(names: Sequence[str] | None = None, directory: Path | None = None) -> list[ProgramSource]:
@@ -405,6 +704,7 @@ class LoadedProgram:
         handlers: dict[str, str],
         formats: dict[str, TracepointFormat],
         skipped: list[str],
+        raw: set[str] | None = None,
     ) -> None:
         self.name = source.name
         self.source = source
@@ -414,6 +714,8 @@ class LoadedProgram:
         self.formats = formats
         #: optional tracepoints this kernel lacks (their handlers were compiled out)
         self.skipped_tracepoints = skipped
+        #: tracepoints whose handler is a raw tracepoint program (per-program recursion guard)
+        self.raw_tracepoints = raw or set()
         self.attached: list[str] = []
 
     def attach(self) -> None:
@@ -425,7 +727,10 @@ class LoadedProgram:
             err = 0
             with _captured_stderr() as log:
                 try:
-                    self.bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())
+                    if tp in self.raw_tracepoints:
+                        self.bpf.attach_raw_tracepoint(tp=tp.split(":", 1)[1].encode(), fn_name=fn.encode())
+                    else:
+                        self.bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())
                 except Exception as exc:
                     failure, err = exc, ct.get_errno()
             if failure is not None:
@@ -439,7 +744,10 @@ class LoadedProgram:
     def detach(self) -> None:
         """Detach from every tracepoint; maps and loaded code stay, so attach() is cheap."""
         for tp in list(self.attached):
-            self.bpf.detach_tracepoint(tp=tp.encode())
+            if tp in self.raw_tracepoints:
+                self.bpf.detach_raw_tracepoint(tp=tp.split(":", 1)[1].encode())
+            else:
+                self.bpf.detach_tracepoint(tp=tp.encode())
             self.attached.remove(tp)
 
     def table(self, name: str) -> Any:
@@ -470,7 +778,12 @@ class LoadedProgram:
         return self._fdinfo_sum("run_time_ns"), self._fdinfo_sum("run_cnt")
 
     def recursion_misses(self) -> int:
-        """Events the kernel skipped because a BPF program already ran on that CPU (they count as lost)."""
+        """Events the kernel skipped because a BPF program already ran on that CPU (they count as lost).
+
+        fdinfo's ``recursion_misses`` is the program's ``misses`` counter: for classic tracepoints
+        any tracing program running on the CPU (the shared ``bpf_prog_active``), for raw
+        tracepoints only this same program re-entered (its own ``prog->active``).
+        """
         return self._fdinfo_sum("recursion_misses")
 
     def close(self) -> None:
@@ -493,10 +806,51 @@ def bpf_stats() -> Iterator[None]:
         BPF_STATS_SYSCTL.write_text(previous)
 
 
+def _raw_tracepoint_args(program: str, tp: str) -> list[BtfScalar] | None:
+    """The arguments the kernel passes to raw tracepoint ``tp``; None when it has no such tracepoint."""
+    try:
+        return running_btf().tracepoint_args(tp.split(":", 1)[1])
+    except (OSError, ValueError) as exc:
+        raise CompileError(program, f"{tp}: cannot read the kernel's BTF ({BTF_VMLINUX}): {exc}") from exc
+
+
+def _prelude(
+    source: ProgramSource,
+    formats: dict[str, TracepointFormat],
+    raw_args: dict[str, list[BtfScalar]],
+    header: Path,
+) -> str:
+    """Everything compiled before the program's own text: record structs of its classic tracepoints,
+    argument declarations of its raw ones, readers of the kernel fields it names, then the shared header.
+
+    Raises:
+        CompileError: a declaration that does not match the running kernel.
+    """
+    raw = source.raw_tracepoints()
+    parts = [render_struct(f) for tp, f in formats.items() if tp not in raw]
+    try:
+        for tp, args in raw_args.items():
+            cat, ev = tp.split(":", 1)
+            parts.append(render_raw_tracepoint(cat, ev, raw[tp], args))
+        fields = source.kernel_fields()
+        if fields:
+            btf = running_btf()
+            for alias, struct_name, path, ctype in fields:
+                parts.append(render_kernel_field(alias, btf.member(struct_name, path), ctype))
+        parts.append(header.read_text() + "\n")
+    except (OSError, ValueError, LookupError) as exc:
+        raise CompileError(source.name, f"cannot build the prelude: {exc}") from exc
+    return "".join(parts)
+
+
 def load_program(
     source: ProgramSource, *, attach: bool = True, tracefs: Path | None = None, directory: Path | None = None
 ) -> LoadedProgram:
     """Compile, verify and (by default) attach one program.
+
+    Classic tracepoints (``X0_TP``) take their record layout from tracefs; raw tracepoints
+    (``X0_RAW_TP``) take their arguments, and ``X0_KFIELD`` struct members their offsets,
+    from the running kernel's BTF.
 
     Raises:
         BccUnavailableError, TracepointMissingError, CompileError, VerifierError, AttachError:
@@ -508,11 +862,30 @@ def load_program(
         raise TracepointMissingError(source.name, "*", "tracefs is not mounted at /sys/kernel/tracing")
     tracepoints = source.tracepoints()
     if not tracepoints:
-        raise CompileError(source.name, "the source defines no X0_TP(category, event) handler")
+        raise CompileError(
+            source.name, "the source defines no X0_TP(cat, ev) or X0_RAW_TP(cat, ev, (args)) handler"
+        )
+    try:
+        raw = source.raw_tracepoints()
+    except ValueError as exc:
+        raise CompileError(source.name, str(exc)) from exc
     formats: dict[str, TracepointFormat] = {}
+    raw_args: dict[str, list[BtfScalar]] = {}
     skipped: list[str] = []
     for cat, ev, required in tracepoints:
         tp = f"{cat}:{ev}"
+        if tp in raw:
+            args = _raw_tracepoint_args(source.name, tp)
+            if args is None:
+                if required:
+                    raise TracepointMissingError(source.name, tp, "no such raw tracepoint in the kernel BTF")
+                skipped.append(tp)
+                continue
+            raw_args[tp] = args
+            # The format file still names the values (drop and reset reasons) for user space.
+            with contextlib.suppress(OSError, ValueError):
+                formats[tp] = read_format(cat, ev, root)
+            continue
         try:
             formats[tp] = read_format(cat, ev, root)
         except FileNotFoundError:
@@ -522,11 +895,7 @@ def load_program(
         except (OSError, ValueError) as exc:
             raise TracepointMissingError(source.name, tp, f"unreadable format: {exc}") from exc
 
-    header = (directory or bpf_dir()) / PRELUDE_NAME
-    try:
-        prelude = "".join(render_struct(f) for f in formats.values()) + header.read_text() + "\n"
-    except (OSError, ValueError) as exc:
-        raise CompileError(source.name, f"cannot build the prelude: {exc}") from exc
+    prelude = _prelude(source, formats, raw_args, (directory or bpf_dir()) / PRELUDE_NAME)
     text = prelude + f'#line 1 "{source.name}.c"\n' + source.text
 
     failure: Exception | None = None
@@ -540,11 +909,13 @@ def load_program(
         full = "".join(log)
         raise CompileError(source.name, _compile_reason(full, source.name), full) from failure
 
-    handlers = {tp: f"x0_tp__{f.category}__{f.event}" for tp, f in formats.items()}
+    handlers = {tp: f"x0_raw__{tp.replace(':', '__')}" for tp in raw_args}
+    handlers.update({tp: f"x0_tp__{f.category}__{f.event}" for tp, f in formats.items() if tp not in raw})
     for tp, fn in handlers.items():
+        prog_type = bcc.BPF.RAW_TRACEPOINT if tp in raw_args else bcc.BPF.TRACEPOINT
         with _captured_stderr() as log:
             try:
-                bpf.load_func(fn.encode(), bcc.BPF.TRACEPOINT)
+                bpf.load_func(fn.encode(), prog_type)
             except Exception as exc:
                 failure = exc
         if failure is not None:
@@ -553,7 +924,7 @@ def load_program(
             raise VerifierError(
                 source.name, f"{fn} ({tp}): {_verifier_reason(full, failure)}", full
             ) from failure
-    program = LoadedProgram(source, bpf, handlers, formats, skipped)
+    program = LoadedProgram(source, bpf, handlers, formats, skipped, raw=set(raw_args))
     if attach:
         try:
             program.attach()
@@ -660,7 +1031,9 @@ class ProgramSample:
     ``values`` are scalars (rates per second, milliseconds; NaN when nothing was
     measured), ``breakdown`` maps a name (e.g. ``drop_reasons``) to per-key rates.
     ``lost`` counts events the program could not record (a full map) plus events the
-    kernel never handed to it (another BPF program was running on that CPU).
+    kernel never handed to it (``missed``: the kernel's per-program miss counter, a BPF
+    program, this one for raw tracepoints, any tracing one for classic ones, already
+    running on that CPU).
     """
 
     program: str
@@ -669,6 +1042,12 @@ class ProgramSample:
     lost: int
     values: dict[str, float]
     breakdown: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    missed: int = 0
+
+    @property
+    def map_full(self) -> int:
+        """Lost events the program itself counted (a map was full)."""
+        return self.lost - self.missed
 
 
 class ProgramCollector:
@@ -717,11 +1096,13 @@ class ProgramCollector:
         """The interval's sample; ``interval_s`` is the time since the previous read."""
         stats = self._delta("x0_stats")[:, 0]
         misses, self._misses = self._misses, self.loaded.recursion_misses()
-        lost = int(stats[1]) + max(self._misses - misses, 0)
+        missed = max(self._misses - misses, 0)
         values: dict[str, float] = {}
         breakdown: dict[str, dict[str, float]] = {}
         self.collect(max(interval_s, 1e-9), values, breakdown)
-        return ProgramSample(self.loaded.name, interval_s, int(stats[0]), lost, values, breakdown)
+        return ProgramSample(
+            self.loaded.name, interval_s, int(stats[0]), int(stats[1]) + missed, values, breakdown, missed
+        )
 
     def collect(self, dt: float, values: dict[str, float], breakdown: dict[str, dict[str, float]]) -> None:
         """Fill ``values`` and ``breakdown`` for the interval (programs without a collector report none)."""

@@ -135,6 +135,15 @@ def ebpf_blockers() -> list[Blocker]:
                 "mount -t tracefs nodev /sys/kernel/tracing",
             )
         )
+    if not Path("/sys/kernel/btf/vmlinux").is_file():
+        blockers.append(
+            Blocker(
+                "btf",
+                "the kernel exposes no BTF (/sys/kernel/btf/vmlinux): the raw-tracepoint programs take "
+                "their argument types and struct offsets from it",
+                "run a kernel built with CONFIG_DEBUG_INFO_BTF=y (every current distribution kernel is)",
+            )
+        )
     if importlib.util.find_spec("bcc") is None:
         pth = Path(sysconfig.get_paths()["purelib"]) / "zz_debian_bcc.pth"
         link = f"echo {DEBIAN_BCC_DIR} > {pth}"
