@@ -1,4 +1,4 @@
-"""The ``x0tta6bl4`` command line: run, bench, telemetry, doctor, models."""
+"""The ``x0tta6bl4`` command line: run, train, bench, telemetry, doctor, models."""
 
 from __future__ import annotations
 
@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list, inspect and promote versions in the model registry")
     add_models_arguments(models)
     models.set_defaults(handler=_cmd_models)
+
+    from x0tta6bl4.federated.cli import add_train_command
+
+    add_train_command(sub)
 
     return parser
 

@@ -50,3 +50,26 @@ def test_bench_mesh_quick_follows_the_contract(cli_env):
     pipeline = next(r for r in doc["results"] if r["name"] == "pipeline_node_ticks_per_s")
     assert pipeline["baseline"]["name"] == "kernel_node_ticks_per_s"
     assert any(r["name"] == "peak_memory_bytes" for r in doc["results"])
+
+
+def test_bench_federated_quick_reports_every_figure_the_issue_names(cli_env):
+    proc = subprocess.run(
+        [str(BIN / "x0tta6bl4"), "bench", "federated", "--quick", "--json"],
+        cwd=REPO,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    validate(doc, "federated")
+    rows = {r["name"]: r for r in doc["results"]}
+    assert rows["federated_auprc"]["baseline"]["name"] == "centralised_auprc"
+    assert rows["lora_bytes_per_round"]["baseline"]["name"] == "full_model_bytes_per_round"
+    assert rows["lora_bytes_per_round"]["value"] < rows["lora_bytes_per_round"]["baseline"]["value"]
+    faults = {r["params"]["fault_type"] for r in doc["results"] if r["name"] == "graphsage_auprc"}
+    assert {"all", "congestion", "blackhole"} <= faults
+    assert rows["embedder_recall_at_3"]["baseline"]["name"] == "embedder_recall_at_3_before_lora"
+    for name in ("best_f1", "detector_node_scores_per_s", "round_wall_s", "round_local_train_s"):
+        assert 0 <= rows[name]["value"] < float("inf")

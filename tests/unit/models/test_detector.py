@@ -68,7 +68,10 @@ def test_training_uses_no_labels_and_lowers_the_loss(series: GraphSeries) -> Non
     model = GraphSAGEDetector(SPEC)
     losses: list[float] = []
     train_detector(
-        model, [unlabelled], QUICK.model_copy(update={"epochs": 4}), progress=lambda _epoch, loss: losses.append(loss)
+        model,
+        [unlabelled],
+        QUICK.model_copy(update={"epochs": 4}),
+        progress=lambda _epoch, loss: losses.append(loss),
     )
     assert losses[-1] < losses[0]
     scores = score_series(model, series)

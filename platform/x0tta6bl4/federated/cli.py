@@ -1,0 +1,81 @@
+"""`x0tta6bl4 train`: federated GraphSAGE + LoRA training over the mesh regions with Flower."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
+from x0tta6bl4.federated.config import add_train_arguments, config_from_args
+from x0tta6bl4.models.registry import RegistryError
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+HELP = "federated training of the anomaly detector (Flower, one client per mesh region)"
+
+
+def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``train`` command to the top-level parser's subparsers.
+
+    Args:
+        subparsers: the object ``ArgumentParser.add_subparsers`` returned.
+    """
+    parser: argparse.ArgumentParser = subparsers.add_parser("train", help=HELP, description=HELP)
+    add_train_arguments(parser)
+    parser.set_defaults(handler=train_cli)
+    return parser
+
+
+def train_cli(args: argparse.Namespace) -> int:
+    """Validate, train, write the registry version, print the report.
+
+    Bad input (ConfigError, RegistryError) propagates to the caller, which prints one line
+    and exits 2; a run that fails once started (too few client replies) prints one line and
+    returns 1.
+    """
+    config = config_from_args(args)  # before the heavy imports (torch, flwr): bad flags fail fast
+    from x0tta6bl4.federated.run import print_result, train_main
+
+    try:
+        result = train_main(config)
+    except (ConfigError, RegistryError):
+        raise
+    except X0tta6bl4Error as exc:
+        from x0tta6bl4.federated.server_app import TooFewRepliesError  # imports flwr: only when needed
+
+        if not isinstance(exc, TooFewRepliesError):
+            raise
+        sys.stderr.write(f"x0tta6bl4 train: failed: {exc}\n")
+        return EXIT_FAILED
+    print_result(result, as_json=bool(getattr(args, "print_json", False)))
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one readable line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.exit(EXIT_USAGE)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Standalone entry point (``python -m x0tta6bl4.federated.cli``, ``jobs/train_federated.py``)."""
+    parser = _Parser(prog="x0tta6bl4 train", description=HELP)
+    add_train_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return train_cli(args)
+    except X0tta6bl4Error as exc:
+        sys.stderr.write(f"x0tta6bl4: error: {exc}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("x0tta6bl4: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

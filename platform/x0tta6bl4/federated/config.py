@@ -1,0 +1,215 @@
+"""Federated training configuration: one pydantic model, used by the CLI flags, YAML files and the job."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from x0tta6bl4.errors import ConfigError
+from x0tta6bl4.models.registry import default_registry_uri
+
+#: The packaged detector spec (the same file as models.graphsage.DEFAULT_SPEC_PATH, named here
+#: without importing torch, so bad flags are refused in a fraction of a second).
+DEFAULT_SPEC_PATH = Path(__file__).resolve().parent.parent / "models" / "graphsage.yaml"
+
+#: Server-side aggregation strategies (Flower ``flwr.serverapp.strategy``).
+STRATEGIES = ("fedavg", "fedprox")
+
+
+class TrainConfig(BaseModel):
+    """Everything `x0tta6bl4 train` takes; every field has a documented default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    nodes: int = Field(default=2000, ge=2, description="mesh nodes simulated to produce training windows")
+    regions: int = Field(default=4, ge=1, description="mesh regions = MeshShard actors = Flower clients")
+    ticks: int = Field(
+        default=240, gt=0, description="ticks the mesh runs; each tick after the warm-up is a training window"
+    )
+    seed: int = Field(default=1, ge=0, description="seed of topology, traffic, faults and initial weights")
+    faults_per_1000_ticks: float = Field(
+        default=150.0, ge=0, description="random faults per 1,000 ticks in the training mesh"
+    )
+    rounds: int = Field(default=5, ge=1, description="federated rounds that train the full model")
+    lora_rounds: int = Field(
+        default=3, ge=0, description="federated rounds that train only LoRA adapters (0: skip that phase)"
+    )
+    local_epochs: int = Field(default=1, ge=1, description="local epochs each client trains per round")
+    strategy: Literal["fedavg", "fedprox"] = Field(
+        default="fedavg", description="aggregation of the full-model rounds: fedavg or fedprox"
+    )
+    proximal_mu: float = Field(
+        default=0.01, ge=0, description="FedProx proximal coefficient mu (used only with strategy fedprox)"
+    )
+    # Fields without a default here get one derived from other fields (see _derived_defaults).
+    min_clients: int = Field(
+        ge=1,
+        description="successful client replies a round needs; fewer fails the run (default: regions - 1)",
+    )
+    round_timeout_s: float = Field(
+        default=600.0, gt=0, description="seconds the server waits for the replies of one round"
+    )
+    spec: Path = Field(
+        default=DEFAULT_SPEC_PATH, description="detector spec YAML (default: the packaged graphsage.yaml)"
+    )
+    registry: str = Field(
+        default_factory=default_registry_uri,
+        description="model registry path or fsspec URI (default: $X0TTA6BL4_REGISTRY, else models/registry)",
+    )
+    promote: bool = Field(default=False, description="promote the new version so Serve loads it")
+    eval_seed: int = Field(
+        ge=0, description="seed of the held-out evaluation scenario (default: seed + 1000)"
+    )
+    eval_nodes: int = Field(ge=2, description="nodes of the held-out scenario (default: nodes)")
+    eval_ticks: int = Field(gt=0, description="ticks of the held-out scenario (default: ticks)")
+    ray_address: str | None = Field(
+        default=None,
+        description="Ray cluster to join (default: RAY_ADDRESS, a running cluster, or a new local one)",
+    )
+    client_cpus: float = Field(
+        default=1.0,
+        gt=0,
+        description="CPUs per Flower client actor (client_resources); the pool is total cluster CPUs / this",
+    )
+    runs_dir: Path = Field(
+        default=Path("runs"), description="where runs/<run-id>/ keeps the shards' checkpoints"
+    )
+    run_id: str | None = Field(default=None, description="run id (default: train-<time stamp>-s<seed>)")
+    keep_mesh: bool = Field(default=False, description="leave the shard actors running after training")
+    crash_region: int | None = Field(
+        default=None,
+        ge=0,
+        description="testing aid (default: none): this region's client raises in overall round 2",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived_defaults(cls, data: Any) -> Any:
+        """Defaults that depend on other fields (min_clients, eval_seed, eval_nodes, eval_ticks)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+
+        derived: dict[str, tuple[str, Callable[[int], int]]] = {
+            "min_clients": ("regions", lambda regions: max(1, regions - 1)),
+            "eval_seed": ("seed", lambda seed: seed + 1000),
+            "eval_nodes": ("nodes", lambda nodes: nodes),
+            "eval_ticks": ("ticks", lambda ticks: ticks),
+        }
+        for name, (source, rule) in derived.items():
+            base = data.get(source)
+            if base is None:
+                base = cls.model_fields[source].get_default(call_default_factory=True)
+            if data.get(name) is None and isinstance(base, int) and not isinstance(base, bool):
+                data[name] = rule(base)
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.regions > self.nodes:
+            raise ValueError(f"regions ({self.regions}) cannot exceed nodes ({self.nodes})")
+        if self.regions > self.eval_nodes:
+            raise ValueError(f"regions ({self.regions}) cannot exceed eval_nodes ({self.eval_nodes})")
+        if self.min_clients > self.regions:
+            raise ValueError(
+                f"min_clients ({self.min_clients}) cannot exceed regions ({self.regions}): "
+                "a round could never get enough replies"
+            )
+        if self.crash_region is not None and self.crash_region >= self.regions:
+            raise ValueError(f"crash_region {self.crash_region} is not a region (0..{self.regions - 1})")
+        if self.run_id is not None and ("/" in self.run_id or self.run_id in ("", ".", "..")):
+            raise ValueError(f"run id {self.run_id!r} must be a plain name")
+        return self
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"{where}: {msg}" if where else msg
+
+
+def load_train_config(path: Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    """YAML file (optional) + command-line overrides -> validated config, or ConfigError.
+
+    Args:
+        path: YAML file holding any TrainConfig fields, or None.
+        overrides: values from flags; None means "not given" and keeps the file's or default value.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of options")
+        data.update(loaded)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_first_error(exc)) from None
+
+
+#: Fields given as ``--name VALUE`` flags (booleans are switches, see add_train_arguments).
+_VALUE_FIELDS = tuple(
+    name for name, field in TrainConfig.model_fields.items() if field.annotation is not bool
+)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `x0tta6bl4 train`, generated from TrainConfig so defaults and docs never drift."""
+    parser.add_argument(
+        "--config", type=Path, default=None, help="YAML file with any TrainConfig fields (flags win)"
+    )
+    for name in _VALUE_FIELDS:
+        field = TrainConfig.model_fields[name]
+        kind: Any = field.annotation if field.annotation in (int, float) else str
+        if name == "crash_region":
+            kind = int
+        description = field.description or ""
+        if "default" not in description:
+            description += f" (default: {field.get_default(call_default_factory=True)})"
+        parser.add_argument(
+            "--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=description
+        )
+    parser.add_argument(
+        "--promote",
+        dest="promote",
+        action="store_const",
+        const=True,
+        default=None,
+        help="promote the new version so Serve loads it (default: do not)",
+    )
+    parser.add_argument(
+        "--keep-mesh",
+        dest="keep_mesh",
+        action="store_const",
+        const=True,
+        default=None,
+        help="leave the shard actors running after training (default: remove them)",
+    )
+    parser.add_argument(
+        "--json",
+        dest="print_json",
+        action="store_true",
+        help="print the registry version and its metrics as JSON instead of a table",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The validated TrainConfig of parsed `x0tta6bl4 train` arguments (ConfigError on bad input)."""
+    overrides = {name: getattr(args, name, None) for name in (*_VALUE_FIELDS, "promote", "keep_mesh")}
+    return load_train_config(getattr(args, "config", None), overrides)

@@ -1,0 +1,1 @@
+"""Retrieval-augmented remediation: runbook corpus, labelled incidents, index and retriever."""

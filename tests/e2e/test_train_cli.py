@@ -1,0 +1,37 @@
+"""`x0tta6bl4 train` refuses bad input with one line and exit status 2, before Ray or the mesh start."""
+
+import subprocess
+import sys
+
+import pytest
+from tests.e2e.conftest import REPO
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--strategy", "fedsgd"], "strategy: Input should be 'fedavg' or 'fedprox'"),
+        (["--regions", "2", "--min-clients", "3"], "min_clients (3) cannot exceed regions (2)"),
+        (["--registry", "{tmp}/a-file/registry"], "is not writable"),
+    ],
+    ids=["unknown-strategy", "min-clients-above-regions", "unwritable-registry"],
+)
+def test_bad_input_is_one_line_and_exit_2_before_ray_starts(args, expected, tmp_path, cli_env):
+    (tmp_path / "a-file").write_text("a file where the registry directory would go\n")
+    args = [a.format(tmp=tmp_path) for a in args]
+    # Any attempt to reach Ray would fail differently (and slowly): nothing listens there.
+    args += ["--ray-address", "127.0.0.1:9", "--runs-dir", str(tmp_path / "runs")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "x0tta6bl4.federated.cli", *args],
+        env=cli_env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("x0tta6bl4: error: "), proc.stderr
+    assert expected in lines[0]
+    assert proc.stdout == ""
+    assert not (tmp_path / "runs").exists()  # no mesh was started
