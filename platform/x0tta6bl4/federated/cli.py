@@ -64,17 +64,9 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Standalone entry point (``python -m x0tta6bl4.federated.cli``, ``jobs/train_federated.py``)."""
-    parser = _Parser(prog="x0tta6bl4 train", description=HELP)
-    add_train_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return train_cli(args)
-    except X0tta6bl4Error as exc:
-        sys.stderr.write(f"x0tta6bl4: error: {exc}\n")
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        sys.stderr.write("x0tta6bl4: interrupted\n")
-        return 130
+    from x0tta6bl4.cli import main as cli_main
+
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # pragma: no cover
