@@ -265,10 +265,16 @@ def _embedder(quick: bool) -> list[dict[str, Any]]:
     Each region fine-tunes the shared adapters on its own (incident, runbook) pairs; the
     adapters are averaged by pair count after every round (FedAvg), and only they travel.
     """
-    from x0tta6bl4.models.embedder import EmbedderLoRA, retrieval_recall_at_k, training_pairs
+    from x0tta6bl4.models.embedder import (
+        EmbedderLoRA,
+        retrieval_recall_at_k,
+        runbook_passages,
+        training_pairs,
+    )
     from x0tta6bl4.rag.corpus import load_incidents, load_runbooks
 
     runbooks = load_runbooks()
+    negatives = runbook_passages(runbooks)  # every batch also ranks all runbooks
     test = load_incidents("test")
     regions = sorted({i.region for i in load_incidents("train")})
     rounds = 1 if quick else 2
@@ -283,7 +289,13 @@ def _embedder(quick: bool) -> list[dict[str, Any]]:
         for region in regions[:2] if quick else regions:
             embedder.load_adapter_state(state)
             pairs = training_pairs(load_incidents("train", region), runbooks)
-            embedder.fit(pairs[:16] if quick else pairs, epochs=1, seed=100 * rnd + region)
+            embedder.fit(
+                pairs[:16] if quick else pairs,
+                epochs=1,
+                lr=1e-3,
+                seed=100 * rnd + region,
+                negatives=negatives,
+            )
             states.append(embedder.adapter_state())
             weights.append(float(len(pairs)))
         total = sum(weights)
