@@ -236,8 +236,9 @@ def _federated(spec: DetectorSpec, size: dict[str, Any]) -> list[dict[str, Any]]
         rows += [
             result("round_wall_s", float(np.mean([r["round_s"] for r in mine])), "s", p),
             result("round_local_train_s", float(np.mean([r["local_train_s"] for r in mine])), "s", p),
-            result("round_federation_overhead_s",
-                   float(np.mean([r["round_s"] - r["local_train_s"] for r in mine])), "s", p),
+            # Transport, serialisation, scheduling, aggregation of the training half of the round.
+            result("round_federation_overhead_s", float(np.mean([r["overhead_s"] for r in mine])), "s", p),
+            result("round_evaluation_s", float(np.mean([r["eval_s"] for r in mine])), "s", p),
         ]  # fmt: skip
     # Steady-state traffic: the last round of each phase (the first LoRA round also ships the base
     # weights once to every client; that one-time cost is reported separately).
