@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from x0tta6bl4.errors import ConfigError
 from x0tta6bl4.mesh.faults import ACTIONS, FAULT_TYPES, check_action, check_fault_type
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class FaultConfig(BaseModel):
@@ -114,8 +116,11 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {msg}" if where else msg
 
 
-def load_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
-    """YAML file (optional) + command-line overrides -> validated config, or ConfigError."""
+def load_options(model: type[M], path: Path | None, overrides: dict[str, Any]) -> M:
+    """YAML file (optional) + command-line overrides -> a validated ``model``, or ConfigError.
+
+    Overrides that are None were not given and keep the file's or the default value.
+    """
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -133,9 +138,14 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
         data.update(loaded)
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
-        return RunConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_first_error(exc)) from None
+
+
+def load_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
+    """The run's config from a YAML file (optional) and command-line overrides."""
+    return load_options(RunConfig, path, overrides)
 
 
 _CLI_FIELDS = (

@@ -7,11 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from x0tta6bl4.errors import ConfigError
 from x0tta6bl4.models.registry import default_registry_uri
+from x0tta6bl4.settings import load_options
 
 #: The packaged detector spec (the same file as models.graphsage.DEFAULT_SPEC_PATH, named here
 #: without importing torch, so bad flags are refused in a fraction of a second).
@@ -127,40 +126,9 @@ class TrainConfig(BaseModel):
         return self
 
 
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"])
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    return f"{where}: {msg}" if where else msg
-
-
 def load_train_config(path: Path | None, overrides: dict[str, Any]) -> TrainConfig:
-    """YAML file (optional) + command-line overrides -> validated config, or ConfigError.
-
-    Args:
-        path: YAML file holding any TrainConfig fields, or None.
-        overrides: values from flags; None means "not given" and keeps the file's or default value.
-    """
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" (line {mark.line + 1})" if mark is not None else ""
-            raise ConfigError(f"config file {path} is not valid YAML{where}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of options")
-        data.update(loaded)
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_first_error(exc)) from None
+    """The training config from a YAML file (optional) and command-line overrides (None = not given)."""
+    return load_options(TrainConfig, path, overrides)
 
 
 #: Fields given as ``--name VALUE`` flags (booleans are switches, see add_train_arguments).

@@ -18,6 +18,7 @@ import numpy as np
 from x0tta6bl4 import RAY_NAMESPACE, __version__
 from x0tta6bl4.errors import ConfigError
 from x0tta6bl4.federated.config import TrainConfig
+from x0tta6bl4.jsonsafe import json_safe
 from x0tta6bl4.mesh.faults import Fault, random_schedule
 from x0tta6bl4.mesh.topology import Topology, TopologySpec
 from x0tta6bl4.models.registry import ModelRegistry, check_model_name
@@ -244,19 +245,6 @@ def _federate(plan: TrainPlan, conn_address: str, mesh: ShardedMesh) -> Federati
     return outcome
 
 
-def _json_safe(value: Any) -> Any:
-    """Plain JSON values (NaN and inf become None), so printed JSON equals the stored metrics.json."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _heldout(plan: TrainPlan, outcome: FederationOutcome) -> tuple[GraphSAGEDetector, dict[str, Any]]:
     """Score the final global model, the pre-trained model and each region's personalised model.
 
@@ -341,7 +329,7 @@ def build_metrics(
         "platform_version": __version__,
         "config": json.loads(plan.config.model_dump_json()),
     }
-    return dict(_json_safe(metrics))
+    return dict(json_safe(metrics))
 
 
 def model_card(plan: TrainPlan, metrics: Mapping[str, Any]) -> str:

@@ -7,7 +7,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import threading
@@ -20,6 +19,7 @@ import numpy as np
 import yaml
 
 from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
+from x0tta6bl4.jsonsafe import json_safe
 
 if TYPE_CHECKING:
     import torch
@@ -92,18 +92,11 @@ def _version_key(version: str) -> tuple[int, str]:
 
 
 def _json_safe(value: Any) -> Any:
-    """Plain JSON values: numpy scalars/arrays become Python ones, NaN/inf become null, keys strings."""
-    if isinstance(value, np.generic | np.ndarray):
-        value = value.tolist()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if value is None or isinstance(value, str | int | bool):
-        return value
-    raise ConfigError(f"value {value!r} of type {type(value).__name__} cannot be stored as JSON")
+    """Plain JSON values; a value JSON cannot hold is a ConfigError (refused before writing)."""
+    try:
+        return json_safe(value, strict=True)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _plain(value: Any) -> Any:

@@ -11,20 +11,10 @@ import time
 from typing import Any
 
 from x0tta6bl4.errors import ConfigError
+from x0tta6bl4.jsonsafe import json_safe
 from x0tta6bl4.telemetry.ebpf import EbpfError, load_program, parse_program_list, program_sources
 from x0tta6bl4.telemetry.frame import FEATURES, TelemetryFrame
 from x0tta6bl4.telemetry.source import HostTelemetry, TelemetryPollError, ebpf_blockers
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/inf become null, recursively, so every line is strict JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def _fmt(value: float) -> str:
@@ -114,7 +104,7 @@ def telemetry_main(args: argparse.Namespace) -> int:
                     "features": {k: v for k, v in row.items() if k != "node_id"},
                     "extra": extra,
                 }
-                sys.stdout.write(json.dumps(_json_safe(line), allow_nan=False) + "\n")
+                sys.stdout.write(json.dumps(json_safe(line), allow_nan=False) + "\n")
                 sys.stdout.flush()
             elif live is not None:
                 live.update(_table(frame, telemetry, extra), refresh=True)
