@@ -149,13 +149,6 @@ def score_series(model: nn.Module, series: GraphSeries, ticks: Sequence[int] | N
 def _errors(
     model: nn.Module, detector: GraphSAGEDetector, x: Tensor, y: Tensor, edges: Tensor, groups: Tensor
 ) -> Tensor:
-    if model is detector:
-        return detector.errors(x, y, edges, groups)
-    # A peft wrapper: same passes, through the wrapper so the adapters apply.
-    if not detector.spec.graph:
-        return (model(x, edges) - y) ** 2  # type: ignore[no-any-return]
-    out = torch.empty_like(y)
-    for g in range(int(groups.max()) + 1):
-        mask = groups == g
-        out[mask] = model(x, edges, mask)[mask]
-    return (out - y) ** 2
+    # peft replaces the adapted layers inside the detector in place, so the detector's own
+    # passes apply the adapters too.
+    return detector.errors(x, y, edges, groups)

@@ -54,6 +54,26 @@ def test_a_masked_node_is_reconstructed_without_its_own_input(series: GraphSerie
         assert not torch.equal(model(x, edges)[7], model(changed, edges)[7])
 
 
+@pytest.mark.parametrize("adapted", [False, True])
+def test_leave_one_out_equals_masking_each_node_on_its_own(series: GraphSeries, adapted: bool) -> None:
+    torch.manual_seed(1)
+    model: torch.nn.Module = GraphSAGEDetector(SPEC).eval()
+    if adapted:  # adapters with non-zero B, so they change the output
+        model = lora.with_adapters(model, SPEC.lora)  # type: ignore[arg-type]
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.data.normal_()
+    detector = model.get_base_model() if adapted else model  # type: ignore[operator]
+    x, _ = series.tensors(series.valid_ticks[0])
+    edges = series.edge_tensor()
+    with torch.no_grad():
+        fast = detector.leave_one_out(x, edges)
+        for node in (0, 17, series.num_nodes - 1):
+            mask = torch.zeros(series.num_nodes, dtype=torch.bool)
+            mask[node] = True
+            torch.testing.assert_close(fast[node], model(x, edges, mask)[node], atol=1e-5, rtol=1e-5)
+
+
 def test_reset_parameters_restores_an_untrained_model(series: GraphSeries) -> None:
     model = GraphSAGEDetector(SPEC)
     train_detector(model, [series], QUICK)
