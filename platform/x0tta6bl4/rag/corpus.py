@@ -295,30 +295,43 @@ def chunk_runbook(rb: Runbook, max_words: int = 120, overlap_words: int = 20) ->
     Raises:
         ConfigError: the bounds are inconsistent or too small for the title and heading.
     """
+    return [
+        Chunk(
+            runbook_id=rb.id, index=i, text=text, fault_type=rb.fault_type, action=rb.action, heading=heading
+        )
+        for i, (heading, text) in enumerate(chunk_text(rb.title, rb.body, max_words, overlap_words, rb.id))
+    ]
+
+
+def chunk_text(
+    title: str, body: str, max_words: int = 120, overlap_words: int = 20, name: str = "<text>"
+) -> list[tuple[str, str]]:
+    """``(heading, chunk text)`` pairs of a titled Markdown body, as :func:`chunk_runbook` cuts them.
+
+    Args:
+        title: prepended (with the section heading) to every chunk.
+        body: Markdown text.
+        max_words: upper bound of words per chunk text.
+        overlap_words: words repeated from the end of the previous chunk of the same section.
+        name: what to call the document in error messages.
+
+    Raises:
+        ConfigError: the bounds are inconsistent or too small for the title and heading.
+    """
     if overlap_words < 0 or max_words <= 0:
         raise ConfigError(f"max_words must be > 0 and overlap_words >= 0, got {max_words}, {overlap_words}")
-    chunks: list[Chunk] = []
-    for heading, paras in _sections(rb.body):
+    chunks: list[tuple[str, str]] = []
+    for heading, paras in _sections(body):
         if not paras:
             continue
-        prefix = f"{rb.title} — {heading}:" if heading else f"{rb.title}:"
+        prefix = f"{title} — {heading}:" if heading else f"{title}:"
         budget = max_words - len(prefix.split())
         if budget <= overlap_words:
             raise ConfigError(
                 f"max_words={max_words} leaves {budget} words after the title and heading of "
-                f"{rb.id!r} section {heading!r}; it must exceed overlap_words={overlap_words}"
+                f"{name!r} section {heading!r}; it must exceed overlap_words={overlap_words}"
             )
-        for body in _pack(paras, budget, overlap_words):
-            chunks.append(
-                Chunk(
-                    runbook_id=rb.id,
-                    index=len(chunks),
-                    text=f"{prefix}\n{body}",
-                    fault_type=rb.fault_type,
-                    action=rb.action,
-                    heading=heading,
-                )
-            )
+        chunks.extend((heading, f"{prefix}\n{text}") for text in _pack(paras, budget, overlap_words))
     return chunks
 
 
