@@ -81,6 +81,11 @@ def _per_feature(spec: WindowSpec, table: dict[str, float], log_default: float, 
     return np.asarray(out, dtype=np.float32)
 
 
+def level_scale(spec: WindowSpec) -> F32:
+    """Per-feature divisor that brings transformed levels to roughly unit range."""
+    return _per_feature(spec, _LEVEL_SCALE, _DEFAULT_LOG_SCALE, 1.0)
+
+
 def transform(spec: WindowSpec, features: F32) -> F32:
     """Raw feature values to scaled levels (log1p where the feature spans decades). NaN stays NaN.
 
@@ -148,7 +153,7 @@ class SeriesInputs:
     def __init__(self, spec: WindowSpec, levels: F32) -> None:
         self.spec = spec
         self.levels = levels
-        self._scale = _per_feature(spec, _LEVEL_SCALE, _DEFAULT_LOG_SCALE, 1.0)
+        self._scale = level_scale(spec)
         baseline = Baseline(spec, levels.shape[1])
         self.z = (
             np.stack([baseline.update(levels[t]) for t in range(levels.shape[0])])
@@ -193,7 +198,7 @@ class StreamingInputs:
 
     def __init__(self, spec: WindowSpec) -> None:
         self.spec = spec
-        self._scale = _per_feature(spec, _LEVEL_SCALE, _DEFAULT_LOG_SCALE, 1.0)
+        self._scale = level_scale(spec)
         self._baseline: Baseline | None = None
         self._z: collections.deque[F32] = collections.deque(maxlen=spec.history_ticks)
         self.ticks = 0

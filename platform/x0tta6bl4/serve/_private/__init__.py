@@ -1,0 +1,1 @@
+"""Serve internals: request decoding and validation, body limits, error mapping."""

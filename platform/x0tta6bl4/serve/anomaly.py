@@ -1,0 +1,223 @@
+"""The anomaly scoring deployment: batched GraphSAGE scoring of graph snapshots, hot model/threshold swaps."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import threading
+from typing import Any
+
+import numpy as np
+import torch
+from ray import serve
+
+from x0tta6bl4.models.bootstrap import ensure_promoted, load_detector
+from x0tta6bl4.models.graphsage import GraphSAGEDetector
+from x0tta6bl4.models.inference import GraphInputs, RollingInputs, score_graphs, symmetric_edges, window_inputs
+from x0tta6bl4.models.registry import HotSwap, LoadedModel, ModelRegistry, RegistryError
+from x0tta6bl4.serve._private.snapshot import Limits, RequestError, Snapshot, check_stream_id, parse_body
+from x0tta6bl4.serve.config import AnomalyConfig, AnomalyUserConfig
+
+log = logging.getLogger(__name__)
+
+#: Threshold used when neither the config nor the model's metrics give one.
+FALLBACK_THRESHOLD = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ServedModel:
+    """A loaded detector version and what it says about itself."""
+
+    detector: GraphSAGEDetector
+    loaded: LoadedModel
+
+    @property
+    def version(self) -> str:
+        return self.loaded.version.version
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return tuple(self.detector.spec.window.feature_names)
+
+    @property
+    def suggested_threshold(self) -> float:
+        value = self.loaded.metrics.get("score_threshold")
+        return float(value) if isinstance(value, int | float) else FALLBACK_THRESHOLD
+
+
+@dataclasses.dataclass(frozen=True)
+class _Thresholds:
+    default: float
+    per_node: dict[str, float]
+    version: int
+
+    def for_nodes(self, node_ids: list[int | str]) -> np.ndarray:
+        out = np.full(len(node_ids), self.default, dtype=np.float32)
+        if self.per_node:
+            for i, node in enumerate(node_ids):
+                value = self.per_node.get(str(node))
+                if value is not None:
+                    out[i] = value
+        return out
+
+
+class AnomalyScorer:
+    """Scores snapshots against the served detector (the deployment's logic, usable without Serve).
+
+    Args:
+        config: the deployment's configuration.
+    """
+
+    def __init__(self, config: AnomalyConfig) -> None:
+        self.config = config
+        self.registry = ModelRegistry(config.registry)
+        self.model: HotSwap[ServedModel] = HotSwap(name="anomaly detector")
+        self._user: AnomalyUserConfig | None = None
+        self._thresholds = _Thresholds(FALLBACK_THRESHOLD, {}, 0)
+        self._lock = threading.Lock()
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.config.max_nodes, self.config.max_ticks, self.config.max_edges)
+
+    def apply(self, user: AnomalyUserConfig) -> None:
+        """Apply a user_config: load the requested version if it changed, then the thresholds.
+
+        A version that fails to load leaves the previous one serving (its error is reported by
+        :meth:`describe`); with nothing loaded yet the error is raised.
+        """
+        previous = self._user
+        if previous == user and self.model.current is not None:
+            return  # Serve re-sends the initial user_config after the constructor applied it
+        if previous is None or user.model_version != previous.model_version or self.model.current is None:
+            swapped = self.model.try_swap(lambda: self._load(user.model_version))
+            if not swapped and self.model.current is None:
+                raise RegistryError(self.model.last_error or "no detector could be loaded")
+        served = self.model.get()
+        with self._lock:
+            t = user.thresholds
+            default = t.default if t.default is not None else served.suggested_threshold
+            self._thresholds = _Thresholds(float(default), dict(t.per_node), self._thresholds.version + 1)
+            self._user = user
+        log.info("anomaly: serving %s, default threshold %.3g, %d per-node", served.version, default, len(t.per_node))
+
+    def _load(self, version: str | None) -> ServedModel:
+        detector, loaded = load_detector(self.registry, version)
+        return ServedModel(detector, loaded)
+
+    def inputs(self, snapshot: Snapshot, stream: RollingInputs | None, spec_window: Any) -> tuple[GraphInputs, bool, int]:
+        """Detector inputs of a snapshot (through its stream's state when it has one)."""
+        if stream is None:
+            x, y, warm = window_inputs(spec_window, snapshot.window)
+            ticks = len(snapshot.window)
+        else:
+            key = snapshot.node_key()
+            for tick in snapshot.window:
+                x, y = stream.push(tick, key)
+            warm, ticks = stream.warm, stream.ticks
+        return GraphInputs(x, y, symmetric_edges(snapshot.pairs, snapshot.num_nodes)), warm, ticks
+
+    def score_many(self, items: list[tuple[Snapshot, RollingInputs | None]]) -> list[dict[str, Any]]:
+        """Score several snapshots in one pass; one ScoreResponse dict each."""
+        served = self.model.get()
+        thresholds = self._thresholds
+        prepared = [self.inputs(s, stream, served.detector.spec.window) for s, stream in items]
+        scores = score_graphs(served.detector, [p[0] for p in prepared])
+        out = []
+        for (snapshot, _), (_, warm, ticks), s in zip(items, prepared, scores):
+            limit = thresholds.for_nodes(snapshot.node_ids)
+            above = np.nonzero(s > limit)[0]
+            above = above[np.argsort(-s[above])]
+            out.append(
+                {
+                    "model_version": served.version,
+                    "scores": s.tolist(),
+                    "alarms": [
+                        {"node_id": snapshot.node_ids[i], "score": float(s[i]), "threshold": float(limit[i])} for i in above
+                    ],
+                    "warm": warm,
+                    "window_ticks": ticks,
+                    "thresholds_version": thresholds.version,
+                }
+            )
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """What is served (the ``GET /v1/anomaly/model`` body)."""
+        served = self.model.get()
+        mv = served.loaded.version
+        spec = served.detector.spec
+        return {
+            "model": mv.model,
+            "version": mv.version,
+            "created_at": mv.created_at.isoformat(),
+            "feature_names": list(served.features),
+            "warmup_ticks": spec.window.warmup_ticks,
+            "spec": spec.to_dict(),
+            "metrics": {k: v for k, v in served.loaded.metrics.items() if not isinstance(v, list | dict)},
+            "default_threshold": self._thresholds.default,
+            "per_node_thresholds": len(self._thresholds.per_node),
+            "thresholds_version": self._thresholds.version,
+            "last_load_error": self.model.last_error,
+        }
+
+
+@serve.deployment(
+    name="AnomalyDetector",
+    ray_actor_options={"num_cpus": 0.5},
+    health_check_period_s=10.0,
+    health_check_timeout_s=30.0,
+    graceful_shutdown_timeout_s=10.0,
+)
+class AnomalyDetector:
+    """Serve deployment around :class:`AnomalyScorer`: batches snapshots, keeps live streams' baselines."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        torch.set_num_threads(1)  # replicas share the node's cores with the proxy and each other
+        self.config = AnomalyConfig.model_validate(config)
+        self.scorer = AnomalyScorer(self.config)
+        if self.config.bootstrap and self.config.user.model_version is None:
+            ensure_promoted(self.scorer.registry)
+        self.scorer.apply(self.config.user)
+        self._batched.set_max_batch_size(self.config.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Serve's user_config hook: a new model version or thresholds, applied in place.
+
+        Loading runs off the event loop, so requests keep being answered by the old version.
+        """
+        await asyncio.to_thread(self.scorer.apply, AnomalyUserConfig.model_validate(user_config))
+
+    def check_health(self) -> None:
+        """Unhealthy only when no detector is loaded (a refused new version keeps the old one serving)."""
+        self.scorer.model.get()
+
+    @serve.multiplexed(max_num_models_per_replica=64)
+    async def _stream(self, stream_id: str) -> RollingInputs:
+        # Multiplexing routes a stream's calls to the replica that holds its baselines.
+        return RollingInputs(self.scorer.model.get().detector.spec.window)
+
+    async def score(self, body: bytes, media_type: str = "application/json", stream_id: str | None = None) -> tuple[int, dict[str, Any]]:
+        """Parse, check and score one request body (batched with concurrent ones).
+
+        Returns:
+            ``(200, ScoreResponse)`` or ``(4xx, ErrorBody)``: bad input is an answer, never a crash.
+        """
+        try:
+            served = self.scorer.model.get()
+            snapshot = parse_body(body, media_type, served.features, self.scorer.limits)
+            stream = await self._stream(check_stream_id(stream_id)) if stream_id else None
+        except RequestError as exc:
+            return exc.status, exc.body()
+        result: dict[str, Any] = await self._batched((snapshot, stream))
+        return 200, result
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def _batched(self, items: list[tuple[Snapshot, RollingInputs | None]]) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.scorer.score_many, items)
+
+    def describe(self) -> dict[str, Any]:
+        """The ``GET /v1/anomaly/model`` body."""
+        return self.scorer.describe()

@@ -1,0 +1,93 @@
+"""Configuration of the Serve applications: pydantic models with described fields, units in names."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from x0tta6bl4.models.registry import default_registry_uri
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Thresholds(_Config):
+    """Alarm thresholds on the anomaly score (the MAPE-K controller learns and pushes these)."""
+
+    default: float | None = Field(
+        default=None,
+        description="threshold for nodes without their own; None = the model's recorded score_threshold",
+    )
+    per_node: dict[str, float] = Field(default_factory=dict, description="threshold by node id (as a string)")
+
+
+class AnomalyUserConfig(_Config):
+    """What may change while the anomaly app runs (Serve ``user_config``: applied without a restart)."""
+
+    model_version: str | None = Field(default=None, description="registry version to serve; None = the promoted one")
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+
+
+class AnomalyConfig(_Config):
+    """The anomaly scoring deployment."""
+
+    registry: str = Field(default_factory=default_registry_uri, description="model registry path or fsspec URI")
+    num_replicas: int = Field(default=1, ge=1, description="scoring replicas")
+    max_nodes: int = Field(default=20_000, gt=0, description="largest snapshot accepted, in nodes")
+    max_edges: int = Field(default=400_000, gt=0, description="largest snapshot accepted, in links")
+    max_ticks: int = Field(default=64, gt=0, description="longest window accepted, in ticks")
+    max_batch_size: int = Field(default=16, ge=1, description="snapshots scored together in one pass")
+    batch_wait_timeout_s: float = Field(default=0.002, ge=0, description="how long a batch waits to fill")
+    max_ongoing_requests: int = Field(default=64, ge=1, description="requests in flight per replica")
+    user: AnomalyUserConfig = Field(default_factory=AnomalyUserConfig, description="initial user_config")
+    bootstrap: bool = Field(
+        default=True, description="train and promote a small bootstrap detector when the registry has none promoted"
+    )
+
+
+class RagConfig(_Config):
+    """The runbook retrieval deployment."""
+
+    num_replicas: int = Field(default=1, ge=1, description="retrieval replicas (they share data_dir)")
+    max_batch_size: int = Field(default=32, ge=1, description="queries embedded together in one pass")
+    batch_wait_timeout_s: float = Field(default=0.01, ge=0, description="how long a batch waits to fill")
+    max_ongoing_requests: int = Field(default=128, ge=1, description="requests in flight per replica")
+    retriever: dict[str, Any] = Field(
+        default_factory=dict, description="x0tta6bl4.rag.retriever.RetrieverConfig fields (data_dir, ef, cache, ...)"
+    )
+
+
+class HttpConfig(_Config):
+    """The HTTP ingress: where it listens and what it accepts."""
+
+    host: str = Field(default="127.0.0.1", description="address the Serve proxy binds")
+    port: int = Field(default=8000, ge=1, le=65535, description="HTTP port")
+    request_timeout_s: float = Field(default=30.0, gt=0, description="end-to-end timeout of one request")
+    score_max_bytes: int = Field(default=64 << 20, gt=0, description="largest /v1/anomaly/score body")
+    query_max_bytes: int = Field(default=64 << 10, gt=0, description="largest /v1/rag/query body")
+    batch_max_bytes: int = Field(default=4 << 20, gt=0, description="largest /v1/rag/batch body")
+    documents_max_bytes: int = Field(default=8 << 20, gt=0, description="largest /v1/rag/documents body")
+    max_batch_queries: int = Field(default=256, ge=1, description="queries per /v1/rag/batch call")
+
+
+class ServeConfig(_Config):
+    """Everything ``x0tta6bl4 serve``, ``serve run`` and the main job deploy."""
+
+    app_name: str = Field(default="x0tta6bl4", description="Serve application name")
+    route_prefix: str = Field(default="/", description="route prefix of the application")
+    anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
+    rag: RagConfig = Field(default_factory=RagConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+
+    def resolved(self) -> ServeConfig:
+        """A copy whose local paths are absolute (replicas may run in another working directory)."""
+        out = self.model_copy(deep=True)
+        if "://" not in out.anomaly.registry:
+            out.anomaly.registry = str(Path(out.anomaly.registry).expanduser().resolve())
+        data_dir = out.rag.retriever.get("data_dir") or os.environ.get("X0TTA6BL4_RAG_DIR") or ".x0tta6bl4/rag"
+        out.rag.retriever["data_dir"] = str(Path(data_dir).expanduser().resolve())
+        return out

@@ -1,0 +1,187 @@
+"""The HTTP ingress: a FastAPI app (OpenAPI at /docs) in front of the anomaly and RAG deployments."""
+
+
+import asyncio
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from x0tta6bl4 import __version__
+from x0tta6bl4.serve._private.limits import BodyLimitMiddleware, BodyTooLarge
+from x0tta6bl4.serve._private.snapshot import NPZ_MEDIA_TYPE, RequestError
+from x0tta6bl4.serve.config import HttpConfig
+from x0tta6bl4.serve.schemas import (
+    ErrorBody,
+    IngestAnswer,
+    ModelInfo,
+    RagAnswer,
+    RagBatch,
+    RagBatchAnswer,
+    RagDocuments,
+    RagQuery,
+    ScoreRequest,
+    ScoreResponse,
+)
+
+log = logging.getLogger(__name__)
+
+SCORE_PATH = "/v1/anomaly/score"
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in (
+        (400, "malformed body"),
+        (413, "body or snapshot too large"),
+        (415, "unsupported media type"),
+        (422, "well-formed but invalid input"),
+        (503, "model not loaded"),
+        (504, "timed out"),
+    )
+}
+
+api = FastAPI(
+    title="x0tta6bl4",
+    version=__version__,
+    description="Anomaly scoring of mesh graph snapshots (GraphSAGE) and retrieval over remediation runbooks.",
+)
+api.add_middleware(BodyLimitMiddleware, default_bytes=HttpConfig().documents_max_bytes)
+
+
+def _error(status: int, kind: str, message: str, details: list[dict[str, Any]] | None = None) -> JSONResponse:
+    return JSONResponse({"error": kind, "message": message, "details": details or []}, status_code=status)
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return _error(400, "malformed_json", "request body is not valid JSON")
+    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid"}
+    where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+    details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors[:20]]
+    return _error(422, "invalid_request", f"{where}: {first.get('msg')}", details)
+
+
+@api.exception_handler(RequestError)
+async def _refused(request: Request, exc: RequestError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+@api.exception_handler(BodyTooLarge)
+async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+    return _error(413, "payload_too_large", "request body is larger than this route accepts")
+
+
+def _score_openapi() -> dict[str, Any]:
+    schema = ScoreRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": schema},
+                NPZ_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    }
+
+
+@serve.deployment(
+    name="Gateway",
+    ray_actor_options={"num_cpus": 0.5},
+    max_ongoing_requests=256,
+    health_check_period_s=10.0,
+    health_check_timeout_s=30.0,
+)
+@serve.ingress(api)
+class Gateway:
+    """Routes HTTP requests to the anomaly and RAG deployments through their handles."""
+
+    def __init__(self, anomaly: DeploymentHandle, rag: DeploymentHandle, http: dict[str, Any]) -> None:
+        self.anomaly = anomaly
+        self.rag = rag
+        self.http = HttpConfig.model_validate(http)
+        api.state.body_limits_bytes = {
+            SCORE_PATH: self.http.score_max_bytes,
+            "/v1/rag/query": self.http.query_max_bytes,
+            "/v1/rag/batch": self.http.batch_max_bytes,
+            "/v1/rag/documents": self.http.documents_max_bytes,
+        }
+
+    async def _call(self, response: Any) -> tuple[int, dict[str, Any]]:
+        try:
+            result: tuple[int, dict[str, Any]] = await asyncio.wait_for(response, self.http.request_timeout_s)
+        except TimeoutError:
+            response.cancel()
+            return 504, {"error": "timeout", "message": f"no answer within {self.http.request_timeout_s} s", "details": []}
+        return result
+
+    @api.post(
+        SCORE_PATH,
+        response_model=ScoreResponse,
+        responses=_ERRORS,
+        openapi_extra=_score_openapi(),
+        summary="Score every node of a graph snapshot",
+    )
+    async def score(
+        self,
+        request: Request,
+        stream_id: str | None = Query(
+            default=None,
+            pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
+            description="live stream name: the service keeps the stream's baselines, so one tick per call suffices",
+        ),
+    ) -> JSONResponse:
+        """Scores per node and the alarms under the current thresholds. JSON or npz (`application/x-npz`)."""
+        body = await request.body()
+        media_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        handle = self.anomaly.options(multiplexed_model_id=stream_id) if stream_id else self.anomaly
+        status, payload = await self._call(handle.score.remote(body, media_type, stream_id))
+        return JSONResponse(payload, status_code=status)
+
+    @api.get("/v1/anomaly/model", response_model=ModelInfo, responses=_ERRORS, summary="Describe the served detector")
+    async def model(self) -> dict[str, Any]:
+        info: dict[str, Any] = await self.anomaly.describe.remote()
+        return info
+
+    @api.post("/v1/rag/query", response_model=RagAnswer, responses=_ERRORS, summary="Runbook passages for one incident")
+    async def rag_query(self, query: RagQuery) -> JSONResponse:
+        status, payload = await self._call(self.rag.query.remote(query.query, query.k))
+        return JSONResponse(payload, status_code=status)
+
+    @api.post("/v1/rag/batch", response_model=RagBatchAnswer, responses=_ERRORS, summary="Answer many incidents")
+    async def rag_batch(self, batch: RagBatch) -> JSONResponse:
+        if len(batch.queries) > self.http.max_batch_queries:
+            raise RequestError(f"{len(batch.queries)} queries is more than one batch takes ({self.http.max_batch_queries})", status=413, kind="payload_too_large")
+        calls = [self.rag.query.remote(q.query, q.k) for q in batch.queries]
+        results = await asyncio.gather(*(self._call(c) for c in calls))
+        for status, payload in results:
+            if status != 200:
+                return JSONResponse(payload, status_code=status)
+        return JSONResponse({"answers": [payload for _, payload in results]})
+
+    @api.post(
+        "/v1/rag/documents",
+        response_model=IngestAnswer,
+        responses=_ERRORS,
+        status_code=201,
+        summary="Add runbooks (durable before the answer)",
+    )
+    async def rag_documents(self, docs: RagDocuments) -> JSONResponse:
+        status, payload = await self._call(self.rag.ingest.remote([d.model_dump() for d in docs.documents]))
+        return JSONResponse(payload, status_code=201 if status == 200 else status)
+
+    @api.get("/v1/rag/stats", responses=_ERRORS, summary="Index, corpus and cache statistics")
+    async def rag_stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = await self.rag.stats.remote()
+        return stats
+
+    @api.get("/healthz", summary="Liveness: the gateway and both backends answer")
+    async def healthz(self) -> dict[str, Any]:
+        info = await self.anomaly.describe.remote()
+        stats = await self.rag.stats.remote()
+        return {"status": "ok", "model_version": info["version"], "documents": stats.get("documents")}
