@@ -1,4 +1,4 @@
-"""The ``x0tta6bl4`` command line: run, train, bench, telemetry, doctor, models."""
+"""The ``x0tta6bl4`` command line: run, train, serve, bench, telemetry, doctor, models."""
 
 from __future__ import annotations
 
@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     from x0tta6bl4.federated.cli import add_train_command
 
     add_train_command(sub)
+
+    from x0tta6bl4.serve.cli import add_serve_command
+
+    add_serve_command(sub)
 
     return parser
 

@@ -6,7 +6,7 @@ import importlib
 
 from x0tta6bl4.bench._report import emit, report
 
-SUITES = ("mesh", "ebpf", "federated")
+SUITES = ("mesh", "ebpf", "federated", "serve")
 
 
 def run_suite(suite: str, quick: bool = False, as_json: bool = False) -> int:

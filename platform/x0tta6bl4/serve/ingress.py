@@ -43,6 +43,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     )
 }
 
+_CACHE = Query(default=True, description="false: neither read nor fill the semantic cache (fresh retrieval)")
+
 api = FastAPI(
     title="x0tta6bl4",
     version=__version__,
@@ -149,15 +151,15 @@ class Gateway:
         return info
 
     @api.post("/v1/rag/query", response_model=RagAnswer, responses=_ERRORS, summary="Runbook passages for one incident")
-    async def rag_query(self, query: RagQuery) -> JSONResponse:
-        status, payload = await self._call(self.rag.query.remote(query.query, query.k))
+    async def rag_query(self, query: RagQuery, cache: bool = _CACHE) -> JSONResponse:
+        status, payload = await self._call(self.rag.query.remote(query.query, query.k, cache))
         return JSONResponse(payload, status_code=status)
 
     @api.post("/v1/rag/batch", response_model=RagBatchAnswer, responses=_ERRORS, summary="Answer many incidents")
-    async def rag_batch(self, batch: RagBatch) -> JSONResponse:
+    async def rag_batch(self, batch: RagBatch, cache: bool = _CACHE) -> JSONResponse:
         if len(batch.queries) > self.http.max_batch_queries:
             raise RequestError(f"{len(batch.queries)} queries is more than one batch takes ({self.http.max_batch_queries})", status=413, kind="payload_too_large")
-        calls = [self.rag.query.remote(q.query, q.k) for q in batch.queries]
+        calls = [self.rag.query.remote(q.query, q.k, cache) for q in batch.queries]
         results = await asyncio.gather(*(self._call(c) for c in calls))
         for status, payload in results:
             if status != 200:

@@ -51,30 +51,34 @@ class RunbookRetriever:
         """The index answers a lookup (raises if the replica lost it)."""
         self.retriever.stats()
 
-    async def query(self, text: str, k: int = 3) -> Answer:
-        """Passages, fault type and action for one incident, or a 4xx refusal."""
+    async def query(self, text: str, k: int = 3, use_cache: bool = True) -> Answer:
+        """Passages, fault type and action for one incident, or a 4xx refusal.
+
+        Exact repeats come from the cache here, without waiting for a batch.
+        """
         try:
             self.retriever.check_query(text, k)
         except X0tta6bl4Error as exc:
             return _refusal(exc)
-        cached = self.retriever.cached(text, k)
-        if cached is not None:
-            return 200, cached.to_dict()
-        answer: Answer = await self._batched((text, k))
+        if use_cache:
+            cached = self.retriever.cached(text, k)
+            if cached is not None:
+                return 200, cached.to_dict()
+        answer: Answer = await self._batched((text, k, use_cache))
         return answer
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def _batched(self, items: list[tuple[str, int]]) -> list[Answer]:
+    async def _batched(self, items: list[tuple[str, int, bool]]) -> list[Answer]:
         return await asyncio.to_thread(self._answer_all, items)
 
-    def _answer_all(self, items: list[tuple[str, int]]) -> list[Answer]:
-        by_k: dict[int, list[int]] = defaultdict(list)
-        for i, (_, k) in enumerate(items):
-            by_k[k].append(i)
+    def _answer_all(self, items: list[tuple[str, int, bool]]) -> list[Answer]:
+        groups: dict[tuple[int, bool], list[int]] = defaultdict(list)
+        for i, (_, k, use_cache) in enumerate(items):
+            groups[(k, use_cache)].append(i)
         out: list[Answer] = [(500, {})] * len(items)
-        for k, positions in by_k.items():
+        for (k, use_cache), positions in groups.items():
             try:
-                results = self.retriever.query_batch([items[i][0] for i in positions], k)
+                results = self.retriever.query_batch([items[i][0] for i in positions], k, use_cache=use_cache)
             except X0tta6bl4Error as exc:
                 for i in positions:
                     out[i] = _refusal(exc)

@@ -1,0 +1,97 @@
+"""Closed-loop HTTP load: N concurrent clients posting bodies for a fixed time, in a separate process."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+async def _drive(
+    url: str, bodies: Sequence[bytes], content_type: str, concurrency: int, duration_s: float, warmup_s: float
+) -> dict[str, Any]:
+    import aiohttp
+
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=120)
+    headers = {"content-type": content_type}
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        start = time.perf_counter()
+        measure_from = start + warmup_s
+        stop = measure_from + duration_s
+
+        async def client(i: int) -> None:
+            j = i
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= stop:
+                    return
+                async with session.post(url, data=bodies[j % len(bodies)], headers=headers) as resp:
+                    await resp.read()
+                    status = resp.status
+                t1 = time.perf_counter()
+                if t0 >= measure_from:
+                    latencies.append(t1 - t0)
+                    statuses[status] = statuses.get(status, 0) + 1
+                j += concurrency
+
+        await asyncio.gather(*(client(i) for i in range(concurrency)))
+        elapsed = time.perf_counter() - measure_from
+    lat = np.asarray(latencies) * 1000.0
+    ok = statuses.get(200, 0) + statuses.get(201, 0)
+    return {
+        "requests_per_s": ok / elapsed if elapsed > 0 else 0.0,
+        "p50_ms": float(np.percentile(lat, 50)) if lat.size else float("nan"),
+        "p95_ms": float(np.percentile(lat, 95)) if lat.size else float("nan"),
+        "requests": int(lat.size),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+    }
+
+
+def _child(conn: Any, args: tuple[Any, ...]) -> None:
+    try:
+        conn.send(asyncio.run(_drive(*args)))
+    except BaseException as exc:  # report, never hang the parent
+        conn.send({"error": repr(exc)})
+    finally:
+        conn.close()
+
+
+def run_load(
+    url: str,
+    bodies: Sequence[bytes],
+    *,
+    content_type: str = "application/json",
+    concurrency: int = 32,
+    duration_s: float = 10.0,
+    warmup_s: float = 2.0,
+) -> dict[str, Any]:
+    """Post ``bodies`` (round robin) to ``url`` from ``concurrency`` clients for ``duration_s`` seconds.
+
+    The clients run in a child process, so the caller's interpreter does not slow them.
+
+    Returns:
+        ``requests_per_s`` (answered 2xx per second), ``p50_ms``, ``p95_ms``, ``requests``, ``statuses``.
+
+    Raises:
+        RuntimeError: the load process failed.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(child, (url, list(bodies), content_type, concurrency, duration_s, warmup_s)))
+    proc.start()
+    child.close()
+    if not parent.poll(duration_s + warmup_s + 180):
+        proc.kill()
+        raise RuntimeError(f"load against {url} did not finish")
+    out: dict[str, Any] = parent.recv()
+    proc.join(10)
+    if "error" in out:
+        raise RuntimeError(f"load against {url} failed: {out['error']}")
+    return out

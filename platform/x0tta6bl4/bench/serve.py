@@ -1,0 +1,272 @@
+"""Serve benchmark: anomaly and RAG endpoints against a no-op ceiling fed the same bodies, hnswlib vs exact."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from x0tta6bl4.bench._load import run_load
+from x0tta6bl4.bench._report import result
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_NODES = 1000
+CONCURRENCY = 32
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(f"bench serve: {message}\n")
+    sys.stderr.flush()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def snapshot_bodies(nodes: int, count: int, seed: int = 11) -> tuple[list[bytes], list[bytes]]:
+    """``count`` real 1-tick snapshots of a simulated mesh, as JSON and as npz bodies."""
+    from x0tta6bl4.mesh.pipeline import LocalMesh
+    from x0tta6bl4.mesh.shard import MeshSpec
+    from x0tta6bl4.mesh.topology import TopologySpec
+    from x0tta6bl4.serve._private.snapshot import encode_npz
+
+    topo_spec = TopologySpec(nodes, 1, seed=seed)
+    topology = topo_spec.build()
+    mesh = LocalMesh(topology, MeshSpec(topo_spec, seed=seed))
+    frames = [mesh.frame(mesh.step()) for _ in range(count)]
+    mesh.close()
+    pairs = topology.edges.astype(np.int64)
+    json_bodies, npz_bodies = [], []
+    for frame in frames:
+        ids = [int(i) for i in frame.node_ids]
+        values = np.round(frame.features.astype(np.float64), 6)
+        json_bodies.append(
+            json.dumps(
+                {"node_ids": ids, "feature_names": list(frame.feature_names), "features": values.tolist(), "edges": pairs.tolist()}
+            ).encode()
+        )
+        npz_bodies.append(encode_npz(frame.node_ids, frame.feature_names, frame.features, pairs))
+    return json_bodies, npz_bodies
+
+
+def _query_texts(count: int, seed: int) -> list[str]:
+    """Distinct incident-like texts (never repeated, so none is a cache hit)."""
+    from x0tta6bl4.rag.corpus import load_incidents
+
+    incidents = [i.text for i in load_incidents()]
+    rng = np.random.default_rng(seed)
+    out = []
+    for j in range(count):
+        base = incidents[int(rng.integers(len(incidents)))]
+        out.append(f"{base} [ticket {seed}-{j}, node {int(rng.integers(100000))}, {int(rng.integers(1, 60))} min ago]")
+    return out
+
+
+def _ceiling_app() -> Any:
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+    from ray import serve
+
+    from x0tta6bl4.serve._private.snapshot import Limits, RequestError, parse_body
+    from x0tta6bl4.serve.schemas import RagQuery
+    from x0tta6bl4.telemetry.frame import FEATURES
+
+    api = FastAPI()
+
+    @serve.deployment(name="Ceiling", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=256)
+    @serve.ingress(api)
+    class Ceiling:
+        """Parses the body exactly as the real endpoint does, then answers at once."""
+
+        @api.post("/score")
+        async def score(self, request: Request) -> JSONResponse:
+            body = await request.body()
+            media = request.headers.get("content-type", "application/json").split(";")[0].strip()
+            try:
+                snap = parse_body(body, media, FEATURES, Limits(100_000, 64, 1_000_000))
+            except RequestError as exc:
+                return JSONResponse(exc.body(), status_code=exc.status)
+            return JSONResponse({"nodes": snap.num_nodes})
+
+        @api.post("/rag")
+        async def rag(self, query: RagQuery) -> dict[str, Any]:
+            return {"k": query.k}
+
+    return Ceiling.bind()
+
+
+def _serve_results(quick: bool) -> list[dict[str, Any]]:
+    import ray
+    from ray import serve
+
+    from x0tta6bl4.models.bootstrap import BootstrapConfig, bootstrap_detector
+    from x0tta6bl4.models.registry import ModelRegistry
+    from x0tta6bl4.serve.app import build_app
+    from x0tta6bl4.serve.config import ServeConfig
+
+    duration = 3.0 if quick else 15.0
+    warmup = 1.0 if quick else 3.0
+    nodes = 300 if quick else SNAPSHOT_NODES
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="x0-bench-serve-") as tmp:
+        registry = ModelRegistry(Path(tmp) / "registry")
+        _say("training a bootstrap detector")
+        bootstrap_detector(registry, BootstrapConfig(nodes=300, ticks=80, epochs=2) if quick else None)
+        port = _free_port()
+        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            config = ServeConfig.model_validate(
+                {
+                    "anomaly": {"registry": str(registry.uri), "bootstrap": False},
+                    "rag": {"retriever": {"data_dir": str(Path(tmp) / "rag")}},
+                }
+            )
+            _say("deploying the application and the ceiling")
+            serve.run(build_app(config), name="x0tta6bl4", route_prefix="/")
+            serve.run(_ceiling_app(), name="ceiling", route_prefix="/ceiling")
+            base = f"http://127.0.0.1:{port}"
+            json_bodies, npz_bodies = snapshot_bodies(nodes, 8)
+            common = {"concurrency": CONCURRENCY, "duration_s": duration, "warmup_s": warmup}
+            for media, bodies, label in (
+                ("application/json", json_bodies, "json"),
+                ("application/x-npz", npz_bodies, "npz"),
+            ):
+                _say(f"anomaly {label}: ceiling, then endpoint ({duration:.0f} s each)")
+                ceiling = run_load(f"{base}/ceiling/score", bodies, content_type=media, **common)
+                served = run_load(f"{base}/v1/anomaly/score", bodies, content_type=media, **common)
+                params = {"nodes": nodes, "encoding": label, "concurrency": CONCURRENCY, "body_bytes": len(bodies[0])}
+                rows.append(
+                    result(
+                        "anomaly_requests_per_s",
+                        served["requests_per_s"],
+                        "requests/s",
+                        params,
+                        baseline=("noop_ceiling_requests_per_s", ceiling["requests_per_s"]),
+                        target=("ratio", ">=", 0.7),
+                    )
+                )
+                rows.append(result("anomaly_latency_p50_ms", served["p50_ms"], "ms", params))
+                rows.append(result("anomaly_latency_p95_ms", served["p95_ms"], "ms", params))
+            rows.extend(_rag_rows(base, quick, common))
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+    return rows
+
+
+def _rag_rows(base: str, quick: bool, common: dict[str, Any]) -> list[dict[str, Any]]:
+    import requests
+
+    from x0tta6bl4.models.embedder import load_embedder
+
+    n_unique = 400 if quick else 4000
+    texts = _query_texts(n_unique, seed=int(time.time()) % 100000)
+    uncached = [json.dumps({"query": t, "k": 3}).encode() for t in texts]
+    _say("RAG: in-process embedding throughput")
+    import torch
+
+    torch.set_num_threads(1)
+    model = load_embedder()
+    sample = texts[: 128 if quick else 512]
+    model.encode(sample[:32], batch_size=32)
+    t0 = time.perf_counter()
+    model.encode(sample, batch_size=32)
+    embed_qps = len(sample) / (time.perf_counter() - t0)
+    del model
+    _say("RAG: uncached queries (no-cache), cached queries, ceiling")
+    rows = []
+    served = run_load(f"{base}/v1/rag/query?cache=false", uncached, **common)
+    rows.append(
+        result(
+            "rag_uncached_queries_per_s",
+            served["requests_per_s"],
+            "queries/s",
+            {"concurrency": CONCURRENCY, "k": 3, "embed_threads": 1},
+            baseline=("in_process_embedding_per_s", embed_qps),
+            target=("ratio", ">=", 0.8),
+        )
+    )
+    rows.append(result("rag_uncached_latency_p95_ms", served["p95_ms"], "ms", {"concurrency": CONCURRENCY}))
+    hot = uncached[:64]
+    for body in hot:  # fill the cache
+        requests.post(f"{base}/v1/rag/query", data=body, headers={"content-type": "application/json"}, timeout=60)
+    ceiling = run_load(f"{base}/ceiling/rag", hot, **common)
+    cached = run_load(f"{base}/v1/rag/query", hot, **common)
+    rows.append(
+        result(
+            "rag_cached_queries_per_s",
+            cached["requests_per_s"],
+            "queries/s",
+            {"concurrency": CONCURRENCY, "distinct_queries": len(hot)},
+            baseline=("noop_ceiling_requests_per_s", ceiling["requests_per_s"]),
+            target=("ratio", ">=", 0.7),
+        )
+    )
+    stats = requests.get(f"{base}/v1/rag/stats", timeout=30).json()
+    cache = stats.get("cache", {})
+    rows.append(result("rag_cache_hit_ratio", float(cache.get("hit_rate", float("nan"))), "ratio", {"phase": "whole run"}))
+    rows.extend(_recall_rows(base))
+    return rows
+
+
+def _recall_rows(base: str) -> list[dict[str, Any]]:
+    import requests
+
+    from x0tta6bl4.rag.corpus import load_incidents
+
+    incidents = load_incidents(split="test")
+    body = {"queries": [{"query": i.text, "k": 3} for i in incidents]}
+    resp = requests.post(f"{base}/v1/rag/batch?cache=false", json=body, timeout=300)
+    resp.raise_for_status()
+    hits, rr = 0, 0.0
+    for incident, answer in zip(incidents, resp.json()["answers"]):
+        faults = [p["fault_type"] for p in answer["passages"]]
+        if incident.fault_type in faults:
+            hits += 1
+            rr += 1.0 / (faults.index(incident.fault_type) + 1)
+    params = {"incidents": len(incidents), "k": 3, "through": "POST /v1/rag/batch"}
+    return [
+        result("rag_recall_at_3", hits / len(incidents), "fraction", params, target=("value", ">=", 0.9)),
+        result("rag_mrr", rr / len(incidents), "fraction", params),
+    ]
+
+
+def _hnsw_rows(quick: bool) -> list[dict[str, Any]]:
+    from x0tta6bl4.rag.hnsw_bench import hnsw_vs_exact, real_embeddings
+
+    n = 5_000 if quick else 100_000
+    _say(f"hnswlib vs exact search on {n} real MiniLM embeddings (cached after the first run)")
+    matrix = real_embeddings(n, seed=0)
+    out = hnsw_vs_exact(matrix, num_queries=200 if quick else 1000, k=10)
+    params = {"vectors": n, "k": 10, **{k: out[k] for k in ("m", "ef_construction", "ef") if k in out}}
+    return [
+        result(
+            "hnsw_queries_per_s",
+            out["hnsw_queries_per_s"],
+            "queries/s",
+            params,
+            baseline=("exact_queries_per_s", out["exact_queries_per_s"]),
+            target=("ratio", ">=", 10.0),
+        ),
+        result("hnsw_recall_at_10", out["recall_at_10"], "fraction", params, target=("value", ">=", 0.98)),
+    ]
+
+
+def results(quick: bool = False) -> list[dict[str, Any]]:
+    """Every figure of the serve suite (see ../shared/BENCHMARKS.md)."""
+    os.environ.setdefault("RAY_SERVE_RUN_SYNC_IN_THREADPOOL", "1")
+    rows = _serve_results(quick)
+    rows.extend(_hnsw_rows(quick))
+    return rows
