@@ -275,6 +275,7 @@ class Retriever:
     """
 
     def __init__(self, config: RetrieverConfig, model: Any, fingerprint: str) -> None:
+        """An empty retriever; use :meth:`open`, which loads or builds the store."""
         self.config = config
         self._model = model
         self._fingerprint = fingerprint
@@ -356,19 +357,23 @@ class Retriever:
         return self.config.data_dir / name
 
     def _load_or_build(self) -> None:
-        """Replace the in-memory state by the store on disk, rebuilt when stale (store lock held)."""
+        """Replace the in-memory state by the store on disk, rebuilt when stale (store lock held).
+
+        The new state is prepared aside and swapped in at once, so queries never see a half state.
+        """
         ingested, torn = self._read_documents()
         docs = {d.id: d for d in [*_packaged_documents(), *ingested]}
         loaded = None if torn else self._try_load(docs)
+        if loaded is None:
+            index, records, vectors = self._rebuild(docs, ingested)
+        else:
+            index, records = loaded
+            vectors = index.get_vectors(np.arange(len(records)))
+        index.ef = self.config.ef
         with self._lock.write():
             self._reset(docs)
-            if loaded is not None:
-                index, records = loaded
-                self._index = index
-                self._index.ef = self.config.ef
-                self._append_chunks(records, index.get_vectors(np.arange(len(records))))
-        if loaded is None:
-            self._rebuild(ingested)
+            self._index = index
+            self._append_chunks(records, vectors)
         self._documents_size = self._documents_file_size()
         self.cache.clear()
 
@@ -390,14 +395,18 @@ class Retriever:
             return None
         return index, records
 
-    def _rebuild(self, ingested: list[Document]) -> None:
+    def _rebuild(
+        self, docs: Mapping[str, Document], ingested: list[Document]
+    ) -> tuple[VectorIndex, list[_ChunkRecord], F32]:
+        """Chunk, embed and index ``docs``, and write the whole store (``store.json`` last)."""
         cfg = self.config
-        records = [r for d in self._docs.values() for r in self._chunk_document(d)]
+        records = [r for d in docs.values() for r in self._chunk_document(d)]
         vectors = self.embed([r.text for r in records])
         index = VectorIndex(EMBEDDING_DIM, cfg.m, cfg.ef_construction, cfg.ef, capacity=max(len(records), 1))
         index.add(vectors, np.arange(len(records)))
         try:
-            self.config.data_dir.mkdir(parents=True, exist_ok=True)
+            cfg.data_dir.mkdir(parents=True, exist_ok=True)
+            self._path("store.json").unlink(missing_ok=True)  # a crash from here on means: rebuild
             write_atomic(
                 self._path("documents.jsonl"), "".join(json.dumps(_doc_json(d)) + "\n" for d in ingested)
             )
@@ -406,10 +415,8 @@ class Retriever:
             store = {"store_version": STORE_VERSION, "fingerprint": self._fingerprint}
             write_atomic(self._path("store.json"), json.dumps(store, indent=2) + "\n")
         except (OSError, IndexStoreError) as exc:
-            raise RetrievalStoreError(f"cannot write the store in {self.config.data_dir}: {exc}") from None
-        with self._lock.write():
-            self._index = index
-            self._append_chunks(records, vectors)
+            raise RetrievalStoreError(f"cannot write the store in {cfg.data_dir}: {exc}") from None
+        return index, records, vectors
 
     def _read_documents(self) -> tuple[list[Document], bool]:
         """Ingested documents, and whether a torn last line (a crashed ingest) was dropped."""
