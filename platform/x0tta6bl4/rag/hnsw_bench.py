@@ -231,8 +231,8 @@ def ef_sweep(
                 "ef": float(ef),
                 "batch_size": float(batch_size),
                 "build_s": build_s,
-                "hnsw_qps": hnsw_qps,
-                "exact_qps": exact_qps,
+                "hnsw_queries_per_s": hnsw_qps,
+                "exact_queries_per_s": exact_qps,
                 "speedup": hnsw_qps / exact_qps,
                 "recall_at_k": float(recall),
             }
@@ -269,7 +269,8 @@ def hnsw_vs_exact(
 
     Returns:
         ``n`` (indexed vectors), ``dim``, ``num_queries``, ``k``, ``m``, ``ef_construction``, ``ef``,
-        ``batch_size``, ``build_s``, ``hnsw_qps``, ``exact_qps``, ``speedup`` and ``recall_at_k``.
+        ``batch_size``, ``build_s``, ``hnsw_queries_per_s``, ``exact_queries_per_s``, ``speedup``
+        (their ratio) and ``recall_at_k``.
 
     Shapes:
         matrix: ``[n, d]``.

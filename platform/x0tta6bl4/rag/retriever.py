@@ -501,7 +501,7 @@ class Retriever:
         )
         return np.asarray(out, dtype=np.float32).reshape(len(texts), EMBEDDING_DIM)
 
-    def validate_query(self, text: Any, k: Any) -> None:
+    def check_query(self, text: Any, k: Any) -> None:
         """Check one query before it is batched.
 
         Raises:
@@ -525,7 +525,23 @@ class Retriever:
         """
         return self.query_batch([text], k)[0]
 
-    def query_batch(self, texts: Sequence[str], k: int | Sequence[int] = 3) -> list[QueryResult]:
+    def cached(self, text: str, k: int = 3) -> QueryResult | None:
+        """The cached result of exactly this query (after case/whitespace normalisation), without embedding.
+
+        Raises:
+            RetrievalInputError: an invalid query or ``k``.
+        """
+        self.check_query(text, k)
+        hit: QueryResult | None = self.cache.get_exact(CacheKey.of(text, int(k)))
+        if hit is None:
+            return None
+        with self._stats_lock:
+            self._queries += 1
+        return dataclasses.replace(hit, cached=True)
+
+    def query_batch(
+        self, texts: Sequence[str], k: int | Sequence[int] = 3, use_cache: bool = True
+    ) -> list[QueryResult]:
         """Answer many queries with one embedder call.
 
         Exact cache hits are answered without embedding; the misses are embedded together,
@@ -534,6 +550,7 @@ class Retriever:
         Args:
             texts: incident descriptions.
             k: runbooks per query, one value for all or one per query.
+            use_cache: look up and store results in the cache (False: always search).
 
         Returns:
             One result per text, in order.
@@ -546,16 +563,16 @@ class Retriever:
         if len(ks) != len(texts):
             raise RetrievalInputError(f"got {len(ks)} values of k for {len(texts)} queries")
         for text, kk in zip(texts, ks, strict=True):
-            self.validate_query(text, kk)
+            self.check_query(text, kk)
         keys = [CacheKey.of(t, int(kk)) for t, kk in zip(texts, ks, strict=True)]
-        cached: list[QueryResult | None] = [self.cache.get_exact(key) for key in keys]
+        cached: list[QueryResult | None] = [self.cache.get_exact(key) if use_cache else None for key in keys]
         results = [None if r is None else dataclasses.replace(r, cached=True) for r in cached]
         todo = [i for i, r in enumerate(results) if r is None]
         if todo:
             vectors = self.embed([texts[i] for i in todo])
             rows: list[int] = []
             for row, i in enumerate(todo):
-                hit: QueryResult | None = self.cache.get_similar(keys[i], vectors[row])
+                hit: QueryResult | None = self.cache.get_similar(keys[i], vectors[row]) if use_cache else None
                 if hit is None:
                     rows.append(row)
                 else:
@@ -564,7 +581,8 @@ class Retriever:
                 vectors[rows], [int(ks[todo[r]]) for r in rows], [texts[todo[r]] for r in rows]
             )
             for row, result in zip(rows, found, strict=True):
-                self.cache.put(keys[todo[row]], vectors[row], result)
+                if use_cache:
+                    self.cache.put(keys[todo[row]], vectors[row], result)
                 results[todo[row]] = result
         with self._stats_lock:
             self._queries += len(texts)
@@ -644,7 +662,7 @@ class Retriever:
         )
 
     # ------------------------------------------------------------------ ingest
-    def ingest(self, documents: Sequence[str | Mapping[str, Any]]) -> list[str]:
+    def ingest(self, documents: Sequence[str | Mapping[str, Any]]) -> dict[str, Any]:
         """Add documents durably: they are on disk (fsynced) and in the index before this returns.
 
         A document is runbook Markdown with front matter (see :func:`~x0tta6bl4.rag.corpus.parse_runbook`)
@@ -656,7 +674,8 @@ class Retriever:
             documents: the documents; all are validated before any is stored.
 
         Returns:
-            The documents' ids, in order.
+            ``documents``: the documents' ids, in order; ``added``: how many were new;
+            ``chunks``: chunks added to the index.
 
         Raises:
             RetrievalInputError: no documents, an invalid one (empty or too long text, bad front
@@ -682,7 +701,7 @@ class Retriever:
                 elif old.digest != doc.digest:
                     raise RetrievalInputError(f"document id {doc.id!r} is taken by a different document")
             if not new:
-                return ids
+                return {"documents": ids, "added": 0, "chunks": 0}
             records = [r for d in new for r in self._chunk_document(d)]
             vectors = self.embed([r.text for r in records])
             start = len(self._chunks)
@@ -705,7 +724,7 @@ class Retriever:
                 raise RetrievalStoreError(str(exc)) from None
             self._documents_size = self._documents_file_size()
             self.cache.clear()
-        return ids
+        return {"documents": ids, "added": len(new), "chunks": len(records)}
 
     def _parse_document(self, raw: str | Mapping[str, Any], i: int) -> Document:
         limit = self.config.max_document_chars

@@ -160,11 +160,19 @@ def test_query_batch_embeds_misses_in_one_call_and_serves_repeats_from_the_cache
     assert all(r.cached for r in again) and [r.passages for r in again] == [r.passages for r in first]
     similar = retriever.query("node 4 unreachable; neighbours lost a link!", 3)  # semantic hit
     assert counting.calls == 2 and similar.cached and similar.passages == first[0].passages
+    assert retriever.cached(texts[1].title(), 3).cached and counting.calls == 2
+    assert retriever.cached("never asked", 3) is None
+    uncached = retriever.query_batch(texts[:1], 3, use_cache=False)[0]
+    assert not uncached.cached and counting.calls == 3
+    # Batch padding moves scores in the 7th digit at most: same runbooks, same sections.
+    assert [(p.runbook_id, p.section) for p in uncached.passages] == [
+        (p.runbook_id, p.section) for p in first[0].passages
+    ]
     other_k = retriever.query(texts[0], 2)
     assert not other_k.cached and len(other_k.passages) == 2
     stats = retriever.stats()
-    assert stats["queries_served"] == 8
-    assert stats["cache"]["hits_exact"] == 3 and stats["cache"]["hits_semantic"] == 1
+    assert stats["queries_served"] == 10
+    assert stats["cache"]["hits_exact"] == 4 and stats["cache"]["hits_semantic"] == 1
     assert stats["cache"]["misses"] == 4
 
 
@@ -177,7 +185,9 @@ def test_per_query_k_in_one_batch(shared):
 
 def test_ingest_is_durable_and_retrievable_after_reopen(fresh, model):
     retriever, _ = fresh
-    ids = retriever.ingest([SOLAR_DOC, RUNBOOK_MD])
+    added = retriever.ingest([SOLAR_DOC, RUNBOOK_MD])
+    ids = added["documents"]
+    assert added["added"] == 2 and added["chunks"] == 3
     assert ids[1] == "fan-failure" and ids[0].startswith("solar-brown-out")
     query = "relay browns out every evening at sunset, battery below cut-off voltage"
     assert retriever.query(query, 3).passages[0].runbook_id == ids[0]
@@ -198,10 +208,10 @@ def test_ingest_clears_the_cache_and_is_idempotent_per_id(fresh):
     retriever, _ = fresh
     retriever.query("solar battery browns out", 3)
     doc = {**SOLAR_DOC, "id": "solar", "fault_type": "node_crash"}
-    assert retriever.ingest([doc]) == ["solar"]
+    assert retriever.ingest([doc]) == {"documents": ["solar"], "added": 1, "chunks": 2}
     assert len(retriever.cache) == 0
     chunks = retriever.stats()["chunks"]
-    assert retriever.ingest([doc]) == ["solar"]  # same content: no-op
+    assert retriever.ingest([doc]) == {"documents": ["solar"], "added": 0, "chunks": 0}  # same content
     assert retriever.stats()["chunks"] == chunks
     hit = retriever.query("solar battery browns out", 3)
     assert hit.passages[0].runbook_id == "solar" and hit.passages[0].action == "restart_node"  # healed_by
@@ -251,6 +261,10 @@ def test_invalid_queries_raise_a_typed_error(shared, text, k, message):
     with pytest.raises(RetrievalInputError, match=message) as info:
         shared.query_batch(["fine", text], k)
     assert isinstance(info.value, ConfigError)
+    with pytest.raises(RetrievalInputError, match=message):
+        shared.check_query(text, k)
+    with pytest.raises(RetrievalInputError, match=message):
+        shared.cached(text, k)
 
 
 @pytest.mark.parametrize(
