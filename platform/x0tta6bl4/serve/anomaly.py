@@ -85,14 +85,20 @@ class AnomalyScorer:
         """Apply a user_config: load the requested version if it changed, then the thresholds.
 
         A version that fails to load leaves the previous one serving (its error is reported by
-        :meth:`describe`); with nothing loaded yet the error is raised.
+        :meth:`describe`); a replica with nothing loaded yet falls back to the promoted version,
+        and raises only when that fails too.
         """
         previous = self._user
         if previous == user and self.model.current is not None:
-            return  # Serve re-sends the initial user_config after the constructor applied it
+            return  # nothing changed
         if previous is None or user.model_version != previous.model_version or self.model.current is None:
             swapped = self.model.try_swap(lambda: self._load(user.model_version))
-            if not swapped and self.model.current is None:
+            if not swapped and self.model.current is None and user.model_version is not None:
+                # A new replica has no previous version to keep: serve the promoted one instead.
+                refused = self.model.last_error
+                if self.model.try_swap(lambda: self._load(None)):
+                    self.model.last_error = refused
+            if self.model.current is None:
                 raise RegistryError(self.model.last_error or "no detector could be loaded")
         served = self.model.get()
         with self._lock:
@@ -177,18 +183,19 @@ class AnomalyDetector:
         torch.set_num_threads(1)  # replicas share the node's cores with the proxy and each other
         self.config = AnomalyConfig.model_validate(config)
         self.scorer = AnomalyScorer(self.config)
-        if self.config.bootstrap and self.config.user.model_version is None:
-            ensure_promoted(self.scorer.registry)
-        self.scorer.apply(self.config.user)
         self._batched.set_max_batch_size(self.config.max_batch_size)
         self._batched.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Serve's user_config hook: a new model version or thresholds, applied in place.
+        """Serve's user_config hook: the model version and thresholds, applied in place.
 
-        Loading runs off the event loop, so requests keep being answered by the old version.
+        Serve calls it once after the constructor and again on every user_config change;
+        loading runs off the event loop, so requests keep being answered meanwhile.
         """
-        await asyncio.to_thread(self.scorer.apply, AnomalyUserConfig.model_validate(user_config))
+        user = AnomalyUserConfig.model_validate(user_config)
+        if self.config.bootstrap and user.model_version is None and self.scorer.model.current is None:
+            await asyncio.to_thread(ensure_promoted, self.scorer.registry)
+        await asyncio.to_thread(self.scorer.apply, user)
 
     def check_health(self) -> None:
         """Unhealthy only when no detector is loaded (a refused new version keeps the old one serving)."""

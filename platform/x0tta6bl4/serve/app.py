@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from ray.serve import Application
 
+from x0tta6bl4 import __version__
 from x0tta6bl4.serve.anomaly import AnomalyDetector
 from x0tta6bl4.serve.config import ServeConfig
 from x0tta6bl4.serve.ingress import Gateway
@@ -20,15 +23,29 @@ def build_app(args: dict[str, Any] | ServeConfig | None = None) -> Application:
     """
     config = (args if isinstance(args, ServeConfig) else ServeConfig.model_validate(args or {})).resolved()
     a, r = config.anomaly, config.rag
+    anomaly_args = a.model_dump(mode="json", exclude={"user"})
     anomaly = AnomalyDetector.options(
+        version=code_version(anomaly_args),
         num_replicas=a.num_replicas,
         max_ongoing_requests=a.max_ongoing_requests,
-        user_config=a.user.model_dump(mode="json"),
-    ).bind(a.model_dump(mode="json"))
-    rag = RunbookRetriever.options(num_replicas=r.num_replicas, max_ongoing_requests=r.max_ongoing_requests).bind(
-        r.model_dump(mode="json")
-    )
-    return Gateway.bind(anomaly, rag, config.http.model_dump(mode="json"))
+        user_config=a.user.model_dump(mode="json"),  # changes here reach running replicas in place
+    ).bind(anomaly_args)
+    rag_args = r.model_dump(mode="json")
+    rag = RunbookRetriever.options(
+        version=code_version(rag_args), num_replicas=r.num_replicas, max_ongoing_requests=r.max_ongoing_requests
+    ).bind(rag_args)
+    http_args = config.http.model_dump(mode="json")
+    return Gateway.options(version=code_version(http_args)).bind(anomaly, rag, http_args)
+
+
+def code_version(init_args: dict[str, Any]) -> str:
+    """A deployment version that changes with the package and the constructor's arguments only.
+
+    Serve restarts replicas when the version changes and otherwise updates them in place, so a
+    redeploy that only changes ``user_config`` (thresholds, model version) drops nothing.
+    """
+    digest = hashlib.sha256(json.dumps([__version__, init_args], sort_keys=True).encode()).hexdigest()
+    return f"{__version__}-{digest[:12]}"
 
 
 #: The default application (``serve run x0tta6bl4.serve.app:app``).

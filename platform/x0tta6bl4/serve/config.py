@@ -33,7 +33,7 @@ class AnomalyUserConfig(_Config):
 
 
 class AnomalyConfig(_Config):
-    """The anomaly scoring deployment."""
+    """The anomaly scoring deployment (``user`` is its Serve user_config; the rest restarts replicas)."""
 
     registry: str = Field(default_factory=default_registry_uri, description="model registry path or fsspec URI")
     num_replicas: int = Field(default=1, ge=1, description="scoring replicas")

@@ -19,8 +19,12 @@ Answer = tuple[int, dict[str, Any]]
 
 
 def _refusal(exc: Exception) -> Answer:
-    status = int(getattr(exc, "status", 422))
-    return status, {"error": getattr(exc, "kind", "invalid_request"), "message": str(exc), "details": []}
+    """Bad input is a 422; a store that cannot be read or written is the service's fault (503)."""
+    from x0tta6bl4.errors import ConfigError
+
+    if isinstance(exc, ConfigError):
+        return 422, {"error": "invalid_request", "message": str(exc), "details": []}
+    return 503, {"error": "store_unavailable", "message": str(exc), "details": []}
 
 
 @serve.deployment(
@@ -94,7 +98,7 @@ class RunbookRetriever:
         except X0tta6bl4Error as exc:
             return _refusal(exc)
         stats = self.retriever.stats()
-        return 200, {"documents": added["documents"], "chunks": added["chunks"], "total_documents": stats["documents"]}
+        return 200, {"documents": added["added"], "chunks": added["chunks"], "total_documents": stats["documents"]}
 
     def stats(self) -> dict[str, Any]:
         """Corpus, index and cache statistics."""

@@ -1,0 +1,112 @@
+"""The RAG app over HTTP: answers with actions, the cache, bad input as 4xx JSON, durable ingest across restarts."""
+
+from __future__ import annotations
+
+import requests
+
+INCIDENT = "node 412 stopped answering pings, its neighbours lost their links to it and traffic rerouted"
+NEW_RUNBOOK = {
+    "title": "Solar storm radio interference",
+    "text": (
+        "When a geomagnetic solar storm hits, long 5 GHz radio links show bursty errors on every node at once. "
+        "Do not restart nodes. Lower the modulation rate and wait for the storm to pass; reroute the longest links."
+    ),
+    "fault_type": "link_degradation",
+    "action": "reroute",
+}
+
+
+def rag(base: str, path: str, body: object, **params: str) -> requests.Response:
+    return requests.post(f"{base}/v1/rag/{path}", json=body, params=params, timeout=120)
+
+
+def test_a_query_returns_ranked_runbooks_and_a_remediation(deployed) -> None:
+    resp = rag(deployed.base, "query", {"query": INCIDENT, "k": 3})
+    assert resp.status_code == 200, resp.text
+    doc = resp.json()
+    assert len(doc["passages"]) == 3
+    scores = [p["score"] for p in doc["passages"]]
+    assert scores == sorted(scores, reverse=True)
+    assert len({p["runbook_id"] for p in doc["passages"]}) == 3
+    assert doc["fault_type"] == "node_crash" and doc["action"] == "restart_node"
+
+
+def test_a_repeated_query_comes_from_the_cache_unless_asked_not_to(deployed) -> None:
+    body = {"query": "queue depth climbing on gateway uplink, drops rising at peak hour", "k": 2}
+    first = rag(deployed.base, "query", body).json()
+    second = rag(deployed.base, "query", body).json()
+    fresh = rag(deployed.base, "query", body, cache="false").json()
+    assert second["cached"] is True and fresh["cached"] is False
+    assert [p["runbook_id"] for p in second["passages"]] == [p["runbook_id"] for p in first["passages"]]
+    stats = requests.get(f"{deployed.base}/v1/rag/stats", timeout=30).json()
+    assert stats["cache"]["hits_exact"] >= 1 and 0 < stats["cache"]["hit_rate"] <= 1
+
+
+def test_a_batch_is_answered_in_order(deployed) -> None:
+    queries = [{"query": INCIDENT, "k": 1}, {"query": "memory keeps growing until the node swaps", "k": 2}]
+    resp = rag(deployed.base, "batch", {"queries": queries})
+    assert resp.status_code == 200, resp.text
+    answers = resp.json()["answers"]
+    assert [len(a["passages"]) for a in answers] == [1, 2]
+    assert answers[1]["fault_type"] == "memory_leak"
+
+
+def test_bad_queries_are_4xx_json(deployed) -> None:
+    cases = [
+        ({"query": "", "k": 3}, 422),
+        ({"query": "x", "k": 0}, 422),
+        ({"query": "x", "k": 1000}, 422),
+        ({"k": 3}, 422),
+        ({"query": "x" * 5000, "k": 3}, 422),
+        ({"query": "x", "k": 3, "unexpected": True}, 422),
+    ]
+    for body, status in cases:
+        resp = rag(deployed.base, "query", body)
+        assert resp.status_code == status, (body, resp.text)
+        assert resp.json()["message"]
+    raw = requests.post(
+        f"{deployed.base}/v1/rag/query", data=b'{"query": ', headers={"content-type": "application/json"}, timeout=30
+    )
+    assert raw.status_code == 400 and raw.json()["error"] == "malformed_json"
+    big = requests.post(
+        f"{deployed.base}/v1/rag/query",
+        data=b'{"query": "' + b"y" * (deployed.config.http.query_max_bytes + 10) + b'"}',
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert big.status_code == 413
+    assert rag(deployed.base, "batch", {"queries": []}).status_code == 422
+    assert rag(deployed.base, "query", {"query": INCIDENT, "k": 3}).status_code == 200
+
+
+def test_ingested_documents_are_retrievable_and_survive_an_application_restart(deployed) -> None:
+    from ray import serve
+
+    before = requests.get(f"{deployed.base}/v1/rag/stats", timeout=30).json()["documents"]
+    resp = rag(deployed.base, "documents", {"documents": [NEW_RUNBOOK]})
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["documents"] == 1 and resp.json()["total_documents"] == before + 1
+    query = {"query": "geomagnetic solar storm making radio links bursty everywhere", "k": 3}
+    top = rag(deployed.base, "query", query, cache="false").json()["passages"][0]
+    assert top["runbook_title"] == NEW_RUNBOOK["title"]
+
+    serve.delete("x0tta6bl4")
+    deployed.redeploy(deployed.config)
+    after = rag(deployed.base, "query", query, cache="false").json()
+    assert after["passages"][0]["runbook_title"] == NEW_RUNBOOK["title"]
+    assert requests.get(f"{deployed.base}/v1/rag/stats", timeout=30).json()["documents"] == before + 1
+
+
+def test_bad_documents_are_refused_and_nothing_is_stored(deployed) -> None:
+    before = requests.get(f"{deployed.base}/v1/rag/stats", timeout=30).json()["documents"]
+    assert rag(deployed.base, "documents", {"documents": [{"text": "   "}]}).status_code == 422
+    assert rag(deployed.base, "documents", {"documents": []}).status_code == 422
+    assert requests.get(f"{deployed.base}/v1/rag/stats", timeout=30).json()["documents"] == before
+
+
+def test_health_and_openapi_are_served(deployed) -> None:
+    health = requests.get(f"{deployed.base}/healthz", timeout=30).json()
+    assert health["status"] == "ok" and health["model_version"]
+    spec = requests.get(f"{deployed.base}/openapi.json", timeout=30).json()
+    assert {"/v1/anomaly/score", "/v1/rag/query", "/v1/rag/batch", "/v1/rag/documents", "/v1/rag/stats"} <= set(spec["paths"])
+    assert requests.get(f"{deployed.base}/docs", timeout=30).status_code == 200
