@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import sys
+from collections.abc import Iterator
 
 from x0tta6bl4.bench._report import emit, report
 
@@ -16,6 +20,20 @@ def run_suite(suite: str, quick: bool = False, as_json: bool = False) -> int:
     :func:`x0tta6bl4.bench._report.result`.
     """
     module = importlib.import_module(f"x0tta6bl4.bench.{suite}")
-    doc = report(suite, module.results(quick=quick))
+    with _stdout_to_stderr():  # Ray and libraries print to stdout; the report alone goes there
+        doc = report(suite, module.results(quick=quick))
     emit(doc, as_json)
     return 0
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

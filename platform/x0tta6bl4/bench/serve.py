@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from x0tta6bl4.bench._ceiling import Ceiling
 from x0tta6bl4.bench._load import run_load
 from x0tta6bl4.bench._report import result
 
@@ -73,39 +74,6 @@ def _query_texts(count: int, seed: int) -> list[str]:
     return out
 
 
-def _ceiling_app() -> Any:
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
-    from ray import serve
-
-    from x0tta6bl4.serve._private.snapshot import Limits, RequestError, parse_body
-    from x0tta6bl4.serve.schemas import RagQuery
-    from x0tta6bl4.telemetry.frame import FEATURES
-
-    api = FastAPI()
-
-    @serve.deployment(name="Ceiling", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=256)
-    @serve.ingress(api)
-    class Ceiling:
-        """Parses the body exactly as the real endpoint does, then answers at once."""
-
-        @api.post("/score")
-        async def score(self, request: Request) -> JSONResponse:
-            body = await request.body()
-            media = request.headers.get("content-type", "application/json").split(";")[0].strip()
-            try:
-                snap = parse_body(body, media, FEATURES, Limits(100_000, 64, 1_000_000))
-            except RequestError as exc:
-                return JSONResponse(exc.body(), status_code=exc.status)
-            return JSONResponse({"nodes": snap.num_nodes})
-
-        @api.post("/rag")
-        async def rag(self, query: RagQuery) -> dict[str, Any]:
-            return {"k": query.k}
-
-    return Ceiling.bind()
-
-
 def _serve_results(quick: bool) -> list[dict[str, Any]]:
     import ray
     from ray import serve
@@ -135,7 +103,7 @@ def _serve_results(quick: bool) -> list[dict[str, Any]]:
             )
             _say("deploying the application and the ceiling")
             serve.run(build_app(config), name="x0tta6bl4", route_prefix="/")
-            serve.run(_ceiling_app(), name="ceiling", route_prefix="/ceiling")
+            serve.run(Ceiling.bind(), name="ceiling", route_prefix="/ceiling")
             base = f"http://127.0.0.1:{port}"
             json_bodies, npz_bodies = snapshot_bodies(nodes, 8)
             common = {"concurrency": CONCURRENCY, "duration_s": duration, "warmup_s": warmup}

@@ -210,17 +210,19 @@ class GraphSAGEDetector(nn.Module):
 
         def mean_in(values: Tensor) -> Tensor:
             total = torch.zeros(n, values.shape[1], dtype=x.dtype, device=x.device).index_add_(0, dst, values)
-            return total * inv_deg[:, None]
+            return total.mul_(inv_deg[:, None])
 
         # Layer 1 with nothing masked, and the masked node's own first-layer state.
-        a1 = conv1.lin_l(mean_in(h0[src]))
+        a1 = conv1.lin_l(mean_in(h0.index_select(0, src)))
         r1 = conv1.lin_r(h0)
         h1_self = torch.relu(a1 + conv1.lin_r(m0)) + m0
         # Masking i shifts a neighbour j's aggregate by (m0 - h0_i) / deg_j; lin_l minus its
         # value at zero is its linear part (with or without adapters).
         shift = conv1.lin_l(m0 - h0) - conv1.lin_l(torch.zeros_like(m0))  # [n, h], by masked node
         # Edge src -> dst: the neighbour src's state when dst is the masked node.
-        h1_nb = torch.relu(a1[src] + r1[src] + shift[dst] * inv_deg[src, None]) + h0[src]
+        h1_nb = (a1 + r1).index_select(0, src)
+        h1_nb.addcmul_(shift.index_select(0, dst), inv_deg.index_select(0, src)[:, None]).relu_()
+        h1_nb += h0.index_select(0, src)
         h2 = torch.relu(conv2.lin_l(mean_in(h1_nb)) + conv2.lin_r(h1_self)) + h1_self
         return self.dec_out(torch.relu(self.dec_hidden(h2)))  # type: ignore[no-any-return]
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
+import hashlib
+import json
 import logging
 import threading
 from typing import Any
@@ -16,10 +19,13 @@ from x0tta6bl4.models.bootstrap import ensure_promoted, load_detector
 from x0tta6bl4.models.graphsage import GraphSAGEDetector
 from x0tta6bl4.models.inference import GraphInputs, RollingInputs, score_graphs, symmetric_edges, window_inputs
 from x0tta6bl4.models.registry import HotSwap, LoadedModel, ModelRegistry, RegistryError
-from x0tta6bl4.serve._private.snapshot import Limits, RequestError, Snapshot, check_stream_id, parse_body
+from x0tta6bl4.serve._private.snapshot import Limits, RequestError, Snapshot, check_stream_id
 from x0tta6bl4.serve.config import AnomalyConfig, AnomalyUserConfig
 
 log = logging.getLogger(__name__)
+
+#: Distinct topologies whose symmetric edge index a replica keeps.
+EDGE_CACHE_SIZE = 32
 
 #: Threshold used when neither the config nor the model's metrics give one.
 FALLBACK_THRESHOLD = 10.0
@@ -76,6 +82,7 @@ class AnomalyScorer:
         self._user: AnomalyUserConfig | None = None
         self._thresholds = _Thresholds(FALLBACK_THRESHOLD, {}, 0)
         self._lock = threading.Lock()
+        self._edge_cache: collections.OrderedDict[tuple[int, bytes], np.ndarray] = collections.OrderedDict()
 
     @property
     def limits(self) -> Limits:
@@ -122,7 +129,22 @@ class AnomalyScorer:
             for tick in snapshot.window:
                 x, y = stream.push(tick, key)
             warm, ticks = stream.warm, stream.ticks
-        return GraphInputs(x, y, symmetric_edges(snapshot.pairs, snapshot.num_nodes)), warm, ticks
+        return GraphInputs(x, y, self._edges(snapshot)), warm, ticks
+
+    def _edges(self, snapshot: Snapshot) -> np.ndarray:
+        """Both directions of the snapshot's links; meshes repeat their topology, so cached by content."""
+        key = (snapshot.num_nodes, hashlib.blake2b(snapshot.pairs.tobytes(), digest_size=16).digest())
+        with self._lock:
+            edges = self._edge_cache.get(key)
+            if edges is not None:
+                self._edge_cache.move_to_end(key)
+                return edges
+        edges = symmetric_edges(snapshot.pairs, snapshot.num_nodes)
+        with self._lock:
+            self._edge_cache[key] = edges
+            while len(self._edge_cache) > EDGE_CACHE_SIZE:
+                self._edge_cache.popitem(last=False)
+        return edges
 
     def score_many(self, items: list[tuple[Snapshot, RollingInputs | None]]) -> list[dict[str, Any]]:
         """Score several snapshots in one pass; one ScoreResponse dict each."""
@@ -206,24 +228,41 @@ class AnomalyDetector:
         # Multiplexing routes a stream's calls to the replica that holds its baselines.
         return RollingInputs(self.scorer.model.get().detector.spec.window)
 
-    async def score(self, body: bytes, media_type: str = "application/json", stream_id: str | None = None) -> tuple[int, dict[str, Any]]:
-        """Parse, check and score one request body (batched with concurrent ones).
+    def contract(self) -> tuple[tuple[str, ...], Limits]:
+        """The feature order and limits the gateway checks snapshots against before sending them."""
+        return self.scorer.model.get().features, self.scorer.limits
+
+    async def score(
+        self, snapshot: Snapshot, features: tuple[str, ...], stream_id: str | None = None
+    ) -> tuple[int, dict[str, Any] | bytes]:
+        """Score one checked snapshot (batched with concurrent ones).
+
+        Args:
+            snapshot: parsed and checked by the gateway against ``features``.
+            features: the column order the gateway used; when the served model now expects
+                another, the answer is 409 ``model_changed`` and the gateway re-parses.
+            stream_id: live stream whose baselines to use and update.
 
         Returns:
-            ``(200, ScoreResponse)`` or ``(4xx, ErrorBody)``: bad input is an answer, never a crash.
+            ``(200, ScoreResponse as JSON bytes)`` (encoded here, so the gateway passes them on
+            untouched) or ``(4xx, ErrorBody)``: bad input is an answer, never a crash.
         """
         try:
             served = self.scorer.model.get()
-            snapshot = parse_body(body, media_type, served.features, self.scorer.limits)
+            if tuple(features) != served.features:
+                raise RequestError("the served model's features changed; re-check the snapshot", status=409, kind="model_changed")
             stream = await self._stream(check_stream_id(stream_id)) if stream_id else None
         except RequestError as exc:
             return exc.status, exc.body()
-        result: dict[str, Any] = await self._batched((snapshot, stream))
+        result: bytes = await self._batched((snapshot, stream))
         return 200, result
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
-    async def _batched(self, items: list[tuple[Snapshot, RollingInputs | None]]) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self.scorer.score_many, items)
+    async def _batched(self, items: list[tuple[Snapshot, RollingInputs | None]]) -> list[bytes]:
+        return await asyncio.to_thread(self._score_encoded, items)
+
+    def _score_encoded(self, items: list[tuple[Snapshot, RollingInputs | None]]) -> list[bytes]:
+        return [json.dumps(r, separators=(",", ":")).encode() for r in self.scorer.score_many(items)]
 
     def describe(self) -> dict[str, Any]:
         """The ``GET /v1/anomaly/model`` body."""

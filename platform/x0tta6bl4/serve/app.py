@@ -23,19 +23,24 @@ def build_app(args: dict[str, Any] | ServeConfig | None = None) -> Application:
     """
     config = (args if isinstance(args, ServeConfig) else ServeConfig.model_validate(args or {})).resolved()
     a, r = config.anomaly, config.rag
+    logging = {"enable_access_log": config.access_log, "log_level": config.log_level}
     anomaly_args = a.model_dump(mode="json", exclude={"user"})
     anomaly = AnomalyDetector.options(
         version=code_version(anomaly_args),
         num_replicas=a.num_replicas,
         max_ongoing_requests=a.max_ongoing_requests,
         user_config=a.user.model_dump(mode="json"),  # changes here reach running replicas in place
+        logging_config=logging,
     ).bind(anomaly_args)
     rag_args = r.model_dump(mode="json")
     rag = RunbookRetriever.options(
-        version=code_version(rag_args), num_replicas=r.num_replicas, max_ongoing_requests=r.max_ongoing_requests
+        version=code_version(rag_args),
+        num_replicas=r.num_replicas,
+        max_ongoing_requests=r.max_ongoing_requests,
+        logging_config=logging,
     ).bind(rag_args)
     http_args = config.http.model_dump(mode="json")
-    return Gateway.options(version=code_version(http_args)).bind(anomaly, rag, http_args)
+    return Gateway.options(version=code_version(http_args), logging_config=logging).bind(anomaly, rag, http_args)
 
 
 def code_version(init_args: dict[str, Any]) -> str:

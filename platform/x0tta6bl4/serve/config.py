@@ -78,6 +78,10 @@ class ServeConfig(_Config):
     """Everything ``x0tta6bl4 serve``, ``serve run`` and the main job deploy."""
 
     app_name: str = Field(default="x0tta6bl4", description="Serve application name")
+    access_log: bool = Field(
+        default=False, description="log every request in the replicas' logs (costs CPU per request; off by default)"
+    )
+    log_level: str = Field(default="INFO", description="replica log level (DEBUG, INFO, WARNING, ERROR)")
     route_prefix: str = Field(default="/", description="route prefix of the application")
     anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
     rag: RagConfig = Field(default_factory=RagConfig)

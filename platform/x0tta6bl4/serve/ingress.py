@@ -7,13 +7,13 @@ from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from x0tta6bl4 import __version__
 from x0tta6bl4.serve._private.limits import BodyLimitMiddleware, BodyTooLarge
-from x0tta6bl4.serve._private.snapshot import NPZ_MEDIA_TYPE, RequestError
+from x0tta6bl4.serve._private.snapshot import NPZ_MEDIA_TYPE, Limits, RequestError, parse_body
 from x0tta6bl4.serve.config import HttpConfig
 from x0tta6bl4.serve.schemas import (
     ErrorBody,
@@ -104,9 +104,12 @@ class Gateway:
     """Routes HTTP requests to the anomaly and RAG deployments through their handles."""
 
     def __init__(self, anomaly: DeploymentHandle, rag: DeploymentHandle, http: dict[str, Any]) -> None:
-        self.anomaly = anomaly
-        self.rag = rag
+        # Arguments and results go straight to the replicas over gRPC instead of through the
+        # object store (about a third less CPU per request here).
+        self.anomaly = anomaly.options(_by_reference=False)
+        self.rag = rag.options(_by_reference=False)
         self.http = HttpConfig.model_validate(http)
+        self._contract_cache: tuple[tuple[str, ...], Limits] | None = None
         api.state.body_limits_bytes = {
             SCORE_PATH: self.http.score_max_bytes,
             "/v1/rag/query": self.http.query_max_bytes,
@@ -114,9 +117,9 @@ class Gateway:
             "/v1/rag/documents": self.http.documents_max_bytes,
         }
 
-    async def _call(self, response: Any) -> tuple[int, dict[str, Any]]:
+    async def _call(self, response: Any) -> tuple[int, Any]:
         try:
-            result: tuple[int, dict[str, Any]] = await asyncio.wait_for(response, self.http.request_timeout_s)
+            result: tuple[int, Any] = await asyncio.wait_for(response, self.http.request_timeout_s)
         except TimeoutError:
             response.cancel()
             return 504, {"error": "timeout", "message": f"no answer within {self.http.request_timeout_s} s", "details": []}
@@ -137,13 +140,27 @@ class Gateway:
             pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
             description="live stream name: the service keeps the stream's baselines, so one tick per call suffices",
         ),
-    ) -> JSONResponse:
+    ) -> Response:
         """Scores per node and the alarms under the current thresholds. JSON or npz (`application/x-npz`)."""
         body = await request.body()
         media_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
         handle = self.anomaly.options(multiplexed_model_id=stream_id) if stream_id else self.anomaly
-        status, payload = await self._call(handle.score.remote(body, media_type, stream_id))
+        for _attempt in range(2):
+            features, limits = await self._contract()
+            # Parsed here, so the detector receives compact arrays rather than the raw body.
+            snapshot = parse_body(body, media_type, features, limits)
+            status, payload = await self._call(handle.score.remote(snapshot, features, stream_id))
+            if status != 409:
+                break
+            self._contract_cache = None  # a new model version with other features: fetch and re-check
+        if isinstance(payload, bytes):  # already JSON, encoded by the detector
+            return Response(payload, status_code=status, media_type="application/json")
         return JSONResponse(payload, status_code=status)
+
+    async def _contract(self) -> tuple[tuple[str, ...], Limits]:
+        if self._contract_cache is None:
+            self._contract_cache = await self.anomaly.contract.remote()
+        return self._contract_cache
 
     @api.get("/v1/anomaly/model", response_model=ModelInfo, responses=_ERRORS, summary="Describe the served detector")
     async def model(self) -> dict[str, Any]:

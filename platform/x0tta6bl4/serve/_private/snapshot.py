@@ -18,6 +18,7 @@ from x0tta6bl4.serve.schemas import ScoreRequest
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
+I32 = npt.NDArray[np.int32]
 
 #: Media type of the compact binary encoding: a numpy ``.npz`` archive (no pickles).
 NPZ_MEDIA_TYPE = "application/x-npz"
@@ -56,12 +57,13 @@ class Snapshot:
 
     Shapes:
         window: ``[ticks, nodes, features]`` raw values, NaN = not measured;
-        pairs: ``[edges, 2]`` node indices (undirected, unique, no self-loops).
+        pairs: ``[edges, 2]`` int32 node indices, undirected as sent (int32 keeps the snapshot
+        small on its way to the detector replica).
     """
 
     node_ids: list[int | str]
     window: F32
-    pairs: I64
+    pairs: I32
 
     @property
     def num_nodes(self) -> int:
@@ -91,7 +93,7 @@ def parse_json(body: bytes, features: Sequence[str], limits: Limits) -> Snapshot
         window = np.asarray(req.features, dtype=np.float32)
     except ValueError as exc:  # ragged rows
         raise RequestError(f"features: rows of different lengths ({exc})") from exc
-    return check(list(req.node_ids), list(req.feature_names), window, list(req.edges), features, limits)
+    return check(list(req.node_ids), list(req.feature_names), window, req.edges, features, limits)
 
 
 def parse_npz(body: bytes, features: Sequence[str], limits: Limits) -> Snapshot:
@@ -118,7 +120,7 @@ def parse_npz(body: bytes, features: Sequence[str], limits: Limits) -> Snapshot:
         raise RequestError(f"npz: edges must have shape [edges, 2], got {list(edges.shape)}")
     return check(
         node_ids_arr.tolist(), names_arr.tolist(), values.astype(np.float32, copy=False),
-        [tuple(e) for e in edges.tolist()], features, limits, nan_is_missing=True,
+        edges, features, limits, nan_is_missing=True,
     )
 
 
@@ -126,7 +128,7 @@ def check(
     node_ids: list[Any],
     names: list[str],
     window: F32,
-    edges: list[tuple[Any, Any]],
+    edges: list[tuple[Any, Any]] | npt.NDArray[Any],
     features: Sequence[str],
     limits: Limits,
     *,
@@ -138,7 +140,9 @@ def check(
         raise RequestError("node_ids is empty: a snapshot needs at least one node")
     if n > limits.max_nodes:
         raise RequestError(f"{n} nodes is more than this service accepts ({limits.max_nodes})", status=413, kind="payload_too_large")
-    if len(set(node_ids)) != n:
+    int_ids = _as_int_ids(node_ids)
+    unique = len(np.unique(int_ids)) == n if int_ids is not None else len(set(node_ids)) == n
+    if not unique:
         seen: set[Any] = set()
         dup = next(i for i in node_ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
         raise RequestError(f"node_ids must be unique; {dup!r} appears more than once")
@@ -166,12 +170,38 @@ def check(
     window = window[:, :, [names.index(f) for f in features]]
     if len(edges) > limits.max_edges:
         raise RequestError(f"{len(edges)} edges is more than this service accepts ({limits.max_edges})", status=413, kind="payload_too_large")
+    pairs = _edge_indices(node_ids, int_ids, edges)
+    return Snapshot(node_ids=node_ids, window=np.ascontiguousarray(window), pairs=pairs)
+
+
+def _as_int_ids(node_ids: list[Any]) -> I64 | None:
+    """The ids as an int64 array when every one is an integer (the fast path), else None."""
+    if not all(type(i) is int for i in node_ids):
+        return None
+    try:
+        return np.asarray(node_ids, dtype=np.int64)
+    except OverflowError:
+        return None
+
+
+def _edge_indices(node_ids: list[Any], int_ids: I64 | None, edges: Any) -> I32:
+    """Edges given by node id -> row indices ``[edges, 2]``; an unknown id is a 422 naming it."""
+    if int_ids is not None:
+        flat = np.asarray(edges, dtype=object if len(edges) == 0 else None).reshape(-1)
+        if flat.size == 0 or flat.dtype.kind in "iu":
+            flat = flat.astype(np.int64)
+            order = np.argsort(int_ids)
+            pos = np.searchsorted(int_ids, flat, sorter=order).clip(0, max(len(int_ids) - 1, 0))
+            idx = order[pos] if len(int_ids) else pos
+            bad = int_ids[idx] != flat if flat.size else np.zeros(0, dtype=bool)
+            if bad.any():
+                raise RequestError(f"edges name node {int(flat[np.argmax(bad)])!r}, which is not in node_ids")
+            return idx.reshape(-1, 2).astype(np.int32)
     index = {node: i for i, node in enumerate(node_ids)}
     try:
-        pairs = np.array([(index[a], index[b]) for a, b in edges], dtype=np.int64).reshape(-1, 2)
+        return np.array([(index[a], index[b]) for a, b in edges], dtype=np.int32).reshape(-1, 2)
     except KeyError as exc:
         raise RequestError(f"edges name node {exc.args[0]!r}, which is not in node_ids") from exc
-    return Snapshot(node_ids=node_ids, window=np.ascontiguousarray(window), pairs=pairs)
 
 
 def encode_npz(
