@@ -73,3 +73,30 @@ def test_bench_federated_quick_reports_every_figure_the_issue_names(cli_env):
     assert rows["embedder_recall_at_3"]["baseline"]["name"] == "embedder_recall_at_3_before_lora"
     for name in ("best_f1", "detector_node_scores_per_s", "round_wall_s", "round_local_train_s"):
         assert 0 <= rows[name]["value"] < float("inf")
+
+
+def test_bench_serve_quick_reports_every_figure_the_issue_names(cli_env):
+    proc = subprocess.run(
+        [str(BIN / "x0tta6bl4"), "bench", "serve", "--quick", "--json"],
+        cwd=REPO,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    validate(doc, "serve")
+    rows = {(r["name"], r["params"].get("encoding")): r for r in doc["results"]}
+    for encoding in ("json", "npz"):
+        row = rows[("anomaly_requests_per_s", encoding)]
+        assert row["baseline"]["name"] == "noop_ceiling_requests_per_s" and row["value"] > 0
+        assert (
+            rows[("anomaly_latency_p95_ms", encoding)]["value"]
+            >= rows[("anomaly_latency_p50_ms", encoding)]["value"]
+        )
+    assert rows[("rag_uncached_queries_per_s", None)]["baseline"]["name"] == "in_process_embedding_per_s"
+    assert rows[("rag_cached_queries_per_s", None)]["baseline"]["name"] == "noop_ceiling_requests_per_s"
+    assert rows[("hnsw_queries_per_s", None)]["baseline"]["name"] == "exact_queries_per_s"
+    assert 0.9 <= rows[("hnsw_recall_at_10", None)]["value"] <= 1.0
+    assert rows[("rag_recall_at_3", None)]["value"] >= 0.9

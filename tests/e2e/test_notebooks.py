@@ -27,6 +27,9 @@ SMALL = {
     # One intra-op thread: on a busy 2-core machine two torch threads spin against
     # each other and make these small runs many times slower.
     "X0_NB_THREADS": "1",
+    "X0_NB_VECTORS": "1500",
+    "X0_NB_QUERIES": "40",
+    "X0_NB_CHUNK_SIZES": "60,120",
 }
 MARKER = "X0_NB_RESULTS="
 PROBE = f"""
@@ -96,14 +99,21 @@ def is_auprc(value):
     return isinstance(value, float) and math.isfinite(value) and 0.0 <= value <= 1.0
 
 
-@pytest.mark.parametrize("name", ["01_graphsage_anomaly.ipynb", "02_federated_lora.ipynb"])
-def test_notebook_is_saved_clean(name):
+@pytest.mark.parametrize(
+    ("name", "size_var"),
+    [
+        ("01_graphsage_anomaly.ipynb", "X0_NB_NODES"),
+        ("02_federated_lora.ipynb", "X0_NB_NODES"),
+        ("03_rag.ipynb", "X0_NB_VECTORS"),
+    ],
+)
+def test_notebook_is_saved_clean(name, size_var):
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     nbformat.validate(nb)
     assert nb.metadata["kernelspec"]["name"] == "python3"
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code and all(not c.outputs and c.execution_count is None for c in code)
-    assert "X0_NB_NODES" in code[0].source and "X0_NB_TICKS" in code[0].source
+    assert size_var in code[0].source
 
 
 @pytest.mark.slow
@@ -140,3 +150,19 @@ def test_federated_notebook_runs_small(kernel_env):
     assert scored and all(is_auprc(v) for v in scored)
     # AUPRC per round, bytes per round, personalisation bars
     assert images(nb) >= 3
+
+
+@pytest.mark.slow
+def test_rag_notebook_runs_small(kernel_env):
+    nb, results, _ = execute("03_rag.ipynb", kernel_env)
+    assert results["sizes"] == {"vectors": 1500, "queries": 40, "chunk_sizes": [60, 120]}
+    assert 0.0 <= results["mrr"] <= results["recall_at_3"] <= 1.0
+    sweep = results["ef_sweep"]
+    assert [r["ef"] for r in sweep] == [8, 16, 32, 64, 128]
+    assert all(0.0 <= r["recall_at_k"] <= 1.0 for r in sweep)
+    assert sweep[-1]["recall_at_k"] >= sweep[0]["recall_at_k"]  # a wider beam never finds less here
+    rows = results["cache_thresholds"]
+    assert [r["hit_rate"] for r in rows] == sorted((r["hit_rate"] for r in rows), reverse=True)
+    assert [r["chunk_words"] for r in results["chunk_sizes"]] == [60, 120]
+    # recall per fault, ef sweep, cache thresholds, chunk sizes
+    assert images(nb) >= 4

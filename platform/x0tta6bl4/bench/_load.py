@@ -84,7 +84,9 @@ def run_load(
     """
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, (url, list(bodies), content_type, concurrency, duration_s, warmup_s)))
+    proc = ctx.Process(
+        target=_child, args=(child, (url, list(bodies), content_type, concurrency, duration_s, warmup_s))
+    )
     proc.start()
     child.close()
     if not parent.poll(duration_s + warmup_s + 180):

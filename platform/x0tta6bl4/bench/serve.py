@@ -1,4 +1,4 @@
-"""Serve benchmark: anomaly and RAG endpoints against a no-op ceiling fed the same bodies, hnswlib vs exact."""
+"""Serve benchmark: anomaly and RAG endpoints vs a no-op ceiling fed the same bodies; hnswlib vs exact."""
 
 from __future__ import annotations
 
@@ -54,7 +54,12 @@ def snapshot_bodies(nodes: int, count: int, seed: int = 11) -> tuple[list[bytes]
         values = np.round(frame.features.astype(np.float64), 6)
         json_bodies.append(
             json.dumps(
-                {"node_ids": ids, "feature_names": list(frame.feature_names), "features": values.tolist(), "edges": pairs.tolist()}
+                {
+                    "node_ids": ids,
+                    "feature_names": list(frame.feature_names),
+                    "features": values.tolist(),
+                    "edges": pairs.tolist(),
+                }
             ).encode()
         )
         npz_bodies.append(encode_npz(frame.node_ids, frame.feature_names, frame.features, pairs))
@@ -70,7 +75,10 @@ def _query_texts(count: int, seed: int) -> list[str]:
     out = []
     for j in range(count):
         base = incidents[int(rng.integers(len(incidents)))]
-        out.append(f"{base} [ticket {seed}-{j}, node {int(rng.integers(100000))}, {int(rng.integers(1, 60))} min ago]")
+        out.append(
+            f"{base} [ticket {seed}-{j}, node {int(rng.integers(100000))}, "
+            f"{int(rng.integers(1, 60))} min ago]"
+        )
     return out
 
 
@@ -114,7 +122,12 @@ def _serve_results(quick: bool) -> list[dict[str, Any]]:
                 _say(f"anomaly {label}: ceiling, then endpoint ({duration:.0f} s each)")
                 ceiling = run_load(f"{base}/ceiling/score", bodies, content_type=media, **common)
                 served = run_load(f"{base}/v1/anomaly/score", bodies, content_type=media, **common)
-                params = {"nodes": nodes, "encoding": label, "concurrency": CONCURRENCY, "body_bytes": len(bodies[0])}
+                params = {
+                    "nodes": nodes,
+                    "encoding": label,
+                    "concurrency": CONCURRENCY,
+                    "body_bytes": len(bodies[0]),
+                }
                 rows.append(
                     result(
                         "anomaly_requests_per_s",
@@ -169,7 +182,9 @@ def _rag_rows(base: str, quick: bool, common: dict[str, Any]) -> list[dict[str, 
     rows.append(result("rag_uncached_latency_p95_ms", served["p95_ms"], "ms", {"concurrency": CONCURRENCY}))
     hot = uncached[:64]
     for body in hot:  # fill the cache
-        requests.post(f"{base}/v1/rag/query", data=body, headers={"content-type": "application/json"}, timeout=60)
+        requests.post(
+            f"{base}/v1/rag/query", data=body, headers={"content-type": "application/json"}, timeout=60
+        )
     ceiling = run_load(f"{base}/ceiling/rag", hot, **common)
     cached = run_load(f"{base}/v1/rag/query", hot, **common)
     rows.append(
@@ -184,7 +199,11 @@ def _rag_rows(base: str, quick: bool, common: dict[str, Any]) -> list[dict[str, 
     )
     stats = requests.get(f"{base}/v1/rag/stats", timeout=30).json()
     cache = stats.get("cache", {})
-    rows.append(result("rag_cache_hit_ratio", float(cache.get("hit_rate", float("nan"))), "ratio", {"phase": "whole run"}))
+    rows.append(
+        result(
+            "rag_cache_hit_ratio", float(cache.get("hit_rate", float("nan"))), "ratio", {"phase": "whole run"}
+        )
+    )
     rows.extend(_recall_rows(base))
     return rows
 
@@ -199,7 +218,7 @@ def _recall_rows(base: str) -> list[dict[str, Any]]:
     resp = requests.post(f"{base}/v1/rag/batch?cache=false", json=body, timeout=300)
     resp.raise_for_status()
     hits, rr = 0, 0.0
-    for incident, answer in zip(incidents, resp.json()["answers"]):
+    for incident, answer in zip(incidents, resp.json()["answers"], strict=False):
         faults = [p["fault_type"] for p in answer["passages"]]
         if incident.fault_type in faults:
             hits += 1

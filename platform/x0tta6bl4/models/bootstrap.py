@@ -29,12 +29,14 @@ class BootstrapConfig(BaseModel):
 
 
 def score_threshold(scores: np.ndarray, labels: np.ndarray | None = None) -> float:
-    """A suggested alarm threshold: a high quantile of the scores (of healthy node-ticks when labels exist)."""
+    """A suggested alarm threshold: a high quantile of the scores (of healthy node-ticks if labelled)."""
     values = scores[labels == 0] if labels is not None else scores
     return float(np.quantile(values, THRESHOLD_QUANTILE))
 
 
-def bootstrap_detector(registry: ModelRegistry, config: BootstrapConfig | None = None, *, promote: bool = True) -> ModelVersion:
+def bootstrap_detector(
+    registry: ModelRegistry, config: BootstrapConfig | None = None, *, promote: bool = True
+) -> ModelVersion:
     """Train a detector centrally on one simulated scenario, write it to ``registry`` and promote it.
 
     Labels are used only to pick the healthy scores the suggested threshold comes from
@@ -52,7 +54,9 @@ def bootstrap_detector(registry: ModelRegistry, config: BootstrapConfig | None =
     spec = DetectorSpec.load()
     registry.check_writable()
     started = time.perf_counter()
-    series, _ = simulate(ScenarioSpec(nodes=cfg.nodes, regions=1, ticks=cfg.ticks, seed=cfg.seed), spec.window)
+    series, _ = simulate(
+        ScenarioSpec(nodes=cfg.nodes, regions=1, ticks=cfg.ticks, seed=cfg.seed), spec.window
+    )
     detector = GraphSAGEDetector(spec)
     train = spec.train.model_copy(update={"epochs": cfg.epochs, "seed": cfg.seed})
     stats = train_detector(detector, [series], train)
@@ -91,7 +95,9 @@ def ensure_promoted(registry: ModelRegistry, config: BootstrapConfig | None = No
     return bootstrap_detector(registry, config)
 
 
-def load_detector(registry: ModelRegistry, version: str | None = None) -> tuple[GraphSAGEDetector, LoadedModel]:
+def load_detector(
+    registry: ModelRegistry, version: str | None = None
+) -> tuple[GraphSAGEDetector, LoadedModel]:
     """Load a detector version (None = the promoted one), verified, in eval mode.
 
     Raises:

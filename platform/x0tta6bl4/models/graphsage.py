@@ -205,7 +205,9 @@ class GraphSAGEDetector(nn.Module):
         ones = torch.ones(n, 1, dtype=x.dtype, device=x.device)
         h0 = torch.relu(self.lin_in(torch.cat([x, torch.zeros_like(ones)], dim=1)))
         m0 = torch.relu(self.lin_in(torch.cat([torch.zeros_like(x[:1]), ones[:1]], dim=1)))  # [1, h]
-        deg = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, dst, torch.ones_like(dst, dtype=x.dtype))
+        deg = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(
+            0, dst, torch.ones_like(dst, dtype=x.dtype)
+        )
         inv_deg = 1.0 / deg.clamp_min(1.0)
 
         def mean_in(values: Tensor) -> Tensor:

@@ -53,7 +53,11 @@ class RollingInputs:
         Shapes:
             features: ``[nodes, num_features]``; returns ``[nodes, input_dim]``, ``[nodes, target_dim]``.
         """
-        if self._baseline is None or node_key != self.node_key or self._baseline.mean.shape[0] != len(features):
+        if (
+            self._baseline is None
+            or node_key != self.node_key
+            or self._baseline.mean.shape[0] != len(features)
+        ):
             self.reset()
             self._baseline = Baseline(self.spec, len(features))
             self.node_key = node_key
@@ -101,7 +105,7 @@ class GraphInputs:
 
 
 def symmetric_edges(pairs: I64, num_nodes: int) -> I64:
-    """Undirected index pairs ``[edges, 2]`` to a deduplicated ``[2, 2 * edges]`` index, self-loops dropped."""
+    """Undirected index pairs ``[edges, 2]`` to a deduplicated ``[2, 2 * edges]`` index, no self-loops."""
     if pairs.size == 0:
         return np.zeros((2, 0), dtype=np.int64)
     a, b = pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
@@ -131,9 +135,13 @@ def score_graphs(model: nn.Module, graphs: Sequence[GraphInputs]) -> list[F32]:
     offsets = np.cumsum([0, *sizes[:-1]])
     x = torch.from_numpy(np.concatenate([g.inputs for g in graphs]))
     y = torch.from_numpy(np.concatenate([g.targets for g in graphs]))
-    edges = torch.from_numpy(np.concatenate([g.edge_index + off for g, off in zip(graphs, offsets)], axis=1))
+    edges = torch.from_numpy(
+        np.concatenate([g.edge_index + off for g, off in zip(graphs, offsets, strict=False)], axis=1)
+    )
     needs_groups = inner.spec.graph and not (inner.spec.num_layers == 2 and inner.spec.aggr == "mean")
-    groups = torch.from_numpy(mask_groups(edges.numpy(), len(x)) if needs_groups else np.zeros(len(x), np.int64))
+    groups = torch.from_numpy(
+        mask_groups(edges.numpy(), len(x)) if needs_groups else np.zeros(len(x), np.int64)
+    )
     inner.eval()
     errors = inner.errors(x, y, edges, groups)
     contrast = edges if inner.spec.graph else edges[:, :0]

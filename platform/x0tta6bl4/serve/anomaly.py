@@ -17,7 +17,13 @@ from ray import serve
 
 from x0tta6bl4.models.bootstrap import ensure_promoted, load_detector
 from x0tta6bl4.models.graphsage import GraphSAGEDetector
-from x0tta6bl4.models.inference import GraphInputs, RollingInputs, score_graphs, symmetric_edges, window_inputs
+from x0tta6bl4.models.inference import (
+    GraphInputs,
+    RollingInputs,
+    score_graphs,
+    symmetric_edges,
+    window_inputs,
+)
 from x0tta6bl4.models.registry import HotSwap, LoadedModel, ModelRegistry, RegistryError
 from x0tta6bl4.serve._private.snapshot import Limits, RequestError, Snapshot, check_stream_id
 from x0tta6bl4.serve.config import AnomalyConfig, AnomalyUserConfig
@@ -113,13 +119,20 @@ class AnomalyScorer:
             default = t.default if t.default is not None else served.suggested_threshold
             self._thresholds = _Thresholds(float(default), dict(t.per_node), self._thresholds.version + 1)
             self._user = user
-        log.info("anomaly: serving %s, default threshold %.3g, %d per-node", served.version, default, len(t.per_node))
+        log.info(
+            "anomaly: serving %s, default threshold %.3g, %d per-node",
+            served.version,
+            default,
+            len(t.per_node),
+        )
 
     def _load(self, version: str | None) -> ServedModel:
         detector, loaded = load_detector(self.registry, version)
         return ServedModel(detector, loaded)
 
-    def inputs(self, snapshot: Snapshot, stream: RollingInputs | None, spec_window: Any) -> tuple[GraphInputs, bool, int]:
+    def inputs(
+        self, snapshot: Snapshot, stream: RollingInputs | None, spec_window: Any
+    ) -> tuple[GraphInputs, bool, int]:
         """Detector inputs of a snapshot (through its stream's state when it has one)."""
         if stream is None:
             x, y, warm = window_inputs(spec_window, snapshot.window)
@@ -153,7 +166,7 @@ class AnomalyScorer:
         prepared = [self.inputs(s, stream, served.detector.spec.window) for s, stream in items]
         scores = score_graphs(served.detector, [p[0] for p in prepared])
         out = []
-        for (snapshot, _), (_, warm, ticks), s in zip(items, prepared, scores):
+        for (snapshot, _), (_, warm, ticks), s in zip(items, prepared, scores, strict=False):
             limit = thresholds.for_nodes(snapshot.node_ids)
             above = np.nonzero(s > limit)[0]
             above = above[np.argsort(-s[above])]
@@ -162,7 +175,8 @@ class AnomalyScorer:
                     "model_version": served.version,
                     "scores": s.tolist(),
                     "alarms": [
-                        {"node_id": snapshot.node_ids[i], "score": float(s[i]), "threshold": float(limit[i])} for i in above
+                        {"node_id": snapshot.node_ids[i], "score": float(s[i]), "threshold": float(limit[i])}
+                        for i in above
                     ],
                     "warm": warm,
                     "window_ticks": ticks,
@@ -250,7 +264,11 @@ class AnomalyDetector:
         try:
             served = self.scorer.model.get()
             if tuple(features) != served.features:
-                raise RequestError("the served model's features changed; re-check the snapshot", status=409, kind="model_changed")
+                raise RequestError(
+                    "the served model's features changed; re-check the snapshot",
+                    status=409,
+                    kind="model_changed",
+                )
             stream = await self._stream(check_stream_id(stream_id)) if stream_id else None
         except RequestError as exc:
             return exc.status, exc.body()

@@ -1,4 +1,4 @@
-"""Building the Serve application: ``serve run x0tta6bl4.serve.app:app``, ``serve deploy``, the CLI, the job."""
+"""The Serve application, built for ``serve run x0tta6bl4.serve.app:app``, ``serve deploy`` and the CLI."""
 
 from __future__ import annotations
 
@@ -40,7 +40,9 @@ def build_app(args: dict[str, Any] | ServeConfig | None = None) -> Application:
         logging_config=logging,
     ).bind(rag_args)
     http_args = config.http.model_dump(mode="json")
-    return Gateway.options(version=code_version(http_args), logging_config=logging).bind(anomaly, rag, http_args)
+    return Gateway.options(version=code_version(http_args), logging_config=logging).bind(
+        anomaly, rag, http_args
+    )
 
 
 def code_version(init_args: dict[str, Any]) -> str:

@@ -14,7 +14,6 @@ if TYPE_CHECKING:
     from x0tta6bl4.serve.config import ServeConfig
 
 
-
 def add_serve_command(sub: Any) -> None:
     """Register ``serve`` on the top-level subparsers."""
     p = sub.add_parser(
@@ -25,12 +24,24 @@ def add_serve_command(sub: Any) -> None:
     p.add_argument("--config", type=Path, help="YAML file with ServeConfig fields (anomaly, rag, http, ...)")
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="HTTP port (default 8000)")
-    p.add_argument("--registry", help="model registry path or fsspec URI (default $X0TTA6BL4_REGISTRY or models/registry)")
+    p.add_argument(
+        "--registry",
+        help="model registry path or fsspec URI (default $X0TTA6BL4_REGISTRY or models/registry)",
+    )
     p.add_argument("--model-version", help="detector version to serve (default: the promoted one)")
-    p.add_argument("--rag-dir", help="where the runbook index and ingested documents live (default .x0tta6bl4/rag)")
-    p.add_argument("--no-bootstrap", action="store_true", help="fail instead of training a bootstrap detector")
-    p.add_argument("--ray-address", help="Ray cluster to deploy on (default: RAY_ADDRESS, a local `ray start`, or a new local Ray)")
-    p.add_argument("--seconds", type=float, default=0.0, help="stop after this many seconds (default 0 = until Ctrl-C)")
+    p.add_argument(
+        "--rag-dir", help="where the runbook index and ingested documents live (default .x0tta6bl4/rag)"
+    )
+    p.add_argument(
+        "--no-bootstrap", action="store_true", help="fail instead of training a bootstrap detector"
+    )
+    p.add_argument(
+        "--ray-address",
+        help="Ray cluster to deploy on (default: RAY_ADDRESS, a local `ray start`, or a new local Ray)",
+    )
+    p.add_argument(
+        "--seconds", type=float, default=0.0, help="stop after this many seconds (default 0 = until Ctrl-C)"
+    )
     p.set_defaults(handler=serve_main)
 
 
@@ -77,7 +88,9 @@ def serve_main(args: argparse.Namespace) -> int:
         else:
             version = registry.promoted(registry_model_name())
             if version is None:
-                raise ConfigError(f"no promoted detector in {registry.uri}; run `x0tta6bl4 train` or drop --no-bootstrap")
+                raise ConfigError(
+                    f"no promoted detector in {registry.uri}; run `x0tta6bl4 train` or drop --no-bootstrap"
+                )
         _say(f"detector {version}")
     else:
         registry.get(registry_model_name(), config.anomaly.user.model_version)
@@ -91,7 +104,13 @@ def serve_main(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        serve.start(http_options={"host": config.http.host, "port": config.http.port, "request_timeout_s": config.http.request_timeout_s})
+        serve.start(
+            http_options={
+                "host": config.http.host,
+                "port": config.http.port,
+                "request_timeout_s": config.http.request_timeout_s,
+            }
+        )
         _say("deploying (loading the detector and the runbook index)...")
         serve.run(build_app(config), name=config.app_name, route_prefix=config.route_prefix)
         url = f"http://{config.http.host}:{config.http.port}{config.route_prefix.rstrip('/')}"

@@ -28,14 +28,18 @@ class Thresholds(_Config):
 class AnomalyUserConfig(_Config):
     """What may change while the anomaly app runs (Serve ``user_config``: applied without a restart)."""
 
-    model_version: str | None = Field(default=None, description="registry version to serve; None = the promoted one")
+    model_version: str | None = Field(
+        default=None, description="registry version to serve; None = the promoted one"
+    )
     thresholds: Thresholds = Field(default_factory=Thresholds)
 
 
 class AnomalyConfig(_Config):
     """The anomaly scoring deployment (``user`` is its Serve user_config; the rest restarts replicas)."""
 
-    registry: str = Field(default_factory=default_registry_uri, description="model registry path or fsspec URI")
+    registry: str = Field(
+        default_factory=default_registry_uri, description="model registry path or fsspec URI"
+    )
     num_replicas: int = Field(default=1, ge=1, description="scoring replicas")
     max_nodes: int = Field(default=20_000, gt=0, description="largest snapshot accepted, in nodes")
     max_edges: int = Field(default=400_000, gt=0, description="largest snapshot accepted, in links")
@@ -45,7 +49,8 @@ class AnomalyConfig(_Config):
     max_ongoing_requests: int = Field(default=64, ge=1, description="requests in flight per replica")
     user: AnomalyUserConfig = Field(default_factory=AnomalyUserConfig, description="initial user_config")
     bootstrap: bool = Field(
-        default=True, description="train and promote a small bootstrap detector when the registry has none promoted"
+        default=True,
+        description="train and promote a small bootstrap detector when the registry has none promoted",
     )
 
 
@@ -57,7 +62,8 @@ class RagConfig(_Config):
     batch_wait_timeout_s: float = Field(default=0.01, ge=0, description="how long a batch waits to fill")
     max_ongoing_requests: int = Field(default=128, ge=1, description="requests in flight per replica")
     retriever: dict[str, Any] = Field(
-        default_factory=dict, description="x0tta6bl4.rag.retriever.RetrieverConfig fields (data_dir, ef, cache, ...)"
+        default_factory=dict,
+        description="x0tta6bl4.rag.retriever.RetrieverConfig fields (data_dir, ef, cache, ...)",
     )
 
 
@@ -79,7 +85,8 @@ class ServeConfig(_Config):
 
     app_name: str = Field(default="x0tta6bl4", description="Serve application name")
     access_log: bool = Field(
-        default=False, description="log every request in the replicas' logs (costs CPU per request; off by default)"
+        default=False,
+        description="log every request in the replicas' logs (costs CPU per request; off by default)",
     )
     log_level: str = Field(default="INFO", description="replica log level (DEBUG, INFO, WARNING, ERROR)")
     route_prefix: str = Field(default="/", description="route prefix of the application")
@@ -92,6 +99,8 @@ class ServeConfig(_Config):
         out = self.model_copy(deep=True)
         if "://" not in out.anomaly.registry:
             out.anomaly.registry = str(Path(out.anomaly.registry).expanduser().resolve())
-        data_dir = out.rag.retriever.get("data_dir") or os.environ.get("X0TTA6BL4_RAG_DIR") or ".x0tta6bl4/rag"
+        data_dir = (
+            out.rag.retriever.get("data_dir") or os.environ.get("X0TTA6BL4_RAG_DIR") or ".x0tta6bl4/rag"
+        )
         out.rag.retriever["data_dir"] = str(Path(data_dir).expanduser().resolve())
         return out

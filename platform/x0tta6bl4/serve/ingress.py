@@ -1,6 +1,5 @@
 """The HTTP ingress: a FastAPI app (OpenAPI at /docs) in front of the anomaly and RAG deployments."""
 
-
 import asyncio
 import logging
 from typing import Any
@@ -12,7 +11,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from x0tta6bl4 import __version__
-from x0tta6bl4.serve._private.limits import BodyLimitMiddleware, BodyTooLarge
+from x0tta6bl4.serve._private.limits import BodyLimitMiddleware, BodyTooLargeError
 from x0tta6bl4.serve._private.snapshot import NPZ_MEDIA_TYPE, Limits, RequestError, parse_body
 from x0tta6bl4.serve.config import HttpConfig
 from x0tta6bl4.serve.schemas import (
@@ -48,7 +47,7 @@ _CACHE = Query(default=True, description="false: neither read nor fill the seman
 api = FastAPI(
     title="x0tta6bl4",
     version=__version__,
-    description="Anomaly scoring of mesh graph snapshots (GraphSAGE) and retrieval over remediation runbooks.",
+    description="Anomaly scoring of mesh graph snapshots (GraphSAGE) and retrieval over runbooks.",
 )
 api.add_middleware(BodyLimitMiddleware, default_bytes=HttpConfig().documents_max_bytes)
 
@@ -64,7 +63,9 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
         return _error(400, "malformed_json", "request body is not valid JSON")
     first = errors[0] if errors else {"loc": ("body",), "msg": "invalid"}
     where = ".".join(str(p) for p in first.get("loc", ())) or "body"
-    details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors[:20]]
+    details = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors[:20]
+    ]
     return _error(422, "invalid_request", f"{where}: {first.get('msg')}", details)
 
 
@@ -73,8 +74,8 @@ async def _refused(request: Request, exc: RequestError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status)
 
 
-@api.exception_handler(BodyTooLarge)
-async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+@api.exception_handler(BodyTooLargeError)
+async def _too_large(request: Request, exc: BodyTooLargeError) -> JSONResponse:
     return _error(413, "payload_too_large", "request body is larger than this route accepts")
 
 
@@ -122,7 +123,11 @@ class Gateway:
             result: tuple[int, Any] = await asyncio.wait_for(response, self.http.request_timeout_s)
         except TimeoutError:
             response.cancel()
-            return 504, {"error": "timeout", "message": f"no answer within {self.http.request_timeout_s} s", "details": []}
+            return 504, {
+                "error": "timeout",
+                "message": f"no answer within {self.http.request_timeout_s} s",
+                "details": [],
+            }
         return result
 
     @api.post(
@@ -138,7 +143,7 @@ class Gateway:
         stream_id: str | None = Query(
             default=None,
             pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
-            description="live stream name: the service keeps the stream's baselines, so one tick per call suffices",
+            description="live stream name: its baselines are kept between calls (one tick per call suffices)",
         ),
     ) -> Response:
         """Scores per node and the alarms under the current thresholds. JSON or npz (`application/x-npz`)."""
@@ -162,20 +167,36 @@ class Gateway:
             self._contract_cache = await self.anomaly.contract.remote()
         return self._contract_cache
 
-    @api.get("/v1/anomaly/model", response_model=ModelInfo, responses=_ERRORS, summary="Describe the served detector")
+    @api.get(
+        "/v1/anomaly/model",
+        response_model=ModelInfo,
+        responses=_ERRORS,
+        summary="Describe the served detector",
+    )
     async def model(self) -> dict[str, Any]:
         info: dict[str, Any] = await self.anomaly.describe.remote()
         return info
 
-    @api.post("/v1/rag/query", response_model=RagAnswer, responses=_ERRORS, summary="Runbook passages for one incident")
+    @api.post(
+        "/v1/rag/query",
+        response_model=RagAnswer,
+        responses=_ERRORS,
+        summary="Runbook passages for one incident",
+    )
     async def rag_query(self, query: RagQuery, cache: bool = _CACHE) -> JSONResponse:
         status, payload = await self._call(self.rag.query.remote(query.query, query.k, cache))
         return JSONResponse(payload, status_code=status)
 
-    @api.post("/v1/rag/batch", response_model=RagBatchAnswer, responses=_ERRORS, summary="Answer many incidents")
+    @api.post(
+        "/v1/rag/batch", response_model=RagBatchAnswer, responses=_ERRORS, summary="Answer many incidents"
+    )
     async def rag_batch(self, batch: RagBatch, cache: bool = _CACHE) -> JSONResponse:
         if len(batch.queries) > self.http.max_batch_queries:
-            raise RequestError(f"{len(batch.queries)} queries is more than one batch takes ({self.http.max_batch_queries})", status=413, kind="payload_too_large")
+            raise RequestError(
+                f"{len(batch.queries)} queries is more than one batch takes ({self.http.max_batch_queries})",
+                status=413,
+                kind="payload_too_large",
+            )
         calls = [self.rag.query.remote(q.query, q.k, cache) for q in batch.queries]
         results = await asyncio.gather(*(self._call(c) for c in calls))
         for status, payload in results:

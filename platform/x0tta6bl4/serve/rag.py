@@ -1,4 +1,4 @@
-"""The runbook retrieval deployment: batched query embedding, hnswlib search, semantic cache, durable ingest."""
+"""The runbook retrieval deployment: batched embedding, hnswlib search, semantic cache, durable ingest."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ class RunbookRetriever:
                 for i in positions:
                     out[i] = _refusal(exc)
                 continue
-            for i, result in zip(positions, results):
+            for i, result in zip(positions, results, strict=False):
                 out[i] = (200, result.to_dict())
         return out
 
@@ -98,7 +98,11 @@ class RunbookRetriever:
         except X0tta6bl4Error as exc:
             return _refusal(exc)
         stats = self.retriever.stats()
-        return 200, {"documents": added["added"], "chunks": added["chunks"], "total_documents": stats["documents"]}
+        return 200, {
+            "documents": added["added"],
+            "chunks": added["chunks"],
+            "total_documents": stats["documents"],
+        }
 
     def stats(self) -> dict[str, Any]:
         """Corpus, index and cache statistics."""

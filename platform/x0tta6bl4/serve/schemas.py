@@ -17,7 +17,9 @@ class _Body(BaseModel):
 class ScoreRequest(_Body):
     """One graph snapshot: who the nodes are, what they measured, how they are linked."""
 
-    node_ids: list[NodeId] = Field(description="node identifiers, unique; rows of `features` follow this order")
+    node_ids: list[NodeId] = Field(
+        description="node identifiers, unique; rows of `features` follow this order"
+    )
     feature_names: list[str] = Field(
         description="column names of `features`; exactly the detector's features, in any order"
     )
@@ -47,7 +49,7 @@ class ScoreResponse(BaseModel):
     scores: list[float] = Field(description="one score per node, in request order")
     alarms: list[Alarm] = Field(description="nodes above their threshold, highest score first")
     warm: bool = Field(
-        description="true once the window or stream covered the baseline warm-up; before that scores are rough"
+        description="true once the window or stream covered the baseline warm-up (before: rough scores)"
     )
     window_ticks: int = Field(description="ticks of history behind these scores")
     thresholds_version: int = Field(description="increments whenever new thresholds are applied")
@@ -110,7 +112,9 @@ class RagBatchAnswer(BaseModel):
 class RagDocument(_Body):
     """A runbook to add: markdown with front matter, or plain text with its metadata here."""
 
-    text: str = Field(min_length=1, description="runbook markdown (front matter optional when title is given)")
+    text: str = Field(
+        min_length=1, description="runbook markdown (front matter optional when title is given)"
+    )
     title: str | None = Field(default=None, max_length=200)
     fault_type: str | None = Field(default=None, max_length=64)
     action: str | None = Field(default=None, max_length=64)

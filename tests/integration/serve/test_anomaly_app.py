@@ -22,7 +22,9 @@ def bodies() -> tuple[list[bytes], list[bytes]]:
 
 
 def post_score(base: str, body: bytes, media: str = "application/json", **params: str) -> requests.Response:
-    return requests.post(f"{base}/v1/anomaly/score", data=body, headers={"content-type": media}, params=params, timeout=60)
+    return requests.post(
+        f"{base}/v1/anomaly/score", data=body, headers={"content-type": media}, params=params, timeout=60
+    )
 
 
 def test_json_and_npz_snapshots_get_the_same_scores(deployed, bodies) -> None:
@@ -33,13 +35,18 @@ def test_json_and_npz_snapshots_get_the_same_scores(deployed, bodies) -> None:
     ra, rb = a.json(), b.json()
     assert len(ra["scores"]) == NODES
     np.testing.assert_allclose(ra["scores"], rb["scores"], rtol=1e-4, atol=1e-4)
-    assert ra["model_version"] == requests.get(f"{deployed.base}/v1/anomaly/model", timeout=30).json()["version"]
+    assert (
+        ra["model_version"] == requests.get(f"{deployed.base}/v1/anomaly/model", timeout=30).json()["version"]
+    )
     assert ra["warm"] is False and ra["window_ticks"] == 1
 
 
 def test_a_stream_keeps_its_baselines_between_calls(deployed, bodies) -> None:
     json_bodies, _ = bodies
-    ticks = [post_score(deployed.base, json_bodies[i % 3], stream_id="it-stream").json()["window_ticks"] for i in range(4)]
+    ticks = [
+        post_score(deployed.base, json_bodies[i % 3], stream_id="it-stream").json()["window_ticks"]
+        for i in range(4)
+    ]
     assert ticks == [1, 2, 3, 4]
 
 
@@ -48,19 +55,34 @@ def test_alarms_follow_the_thresholds(deployed, bodies) -> None:
     scores = np.asarray(doc["scores"])
     for alarm in doc["alarms"]:
         assert alarm["score"] > alarm["threshold"]
-    assert len(doc["alarms"]) == int((scores > doc["alarms"][0]["threshold"]).sum()) if doc["alarms"] else True
+    assert (
+        len(doc["alarms"]) == int((scores > doc["alarms"][0]["threshold"]).sum()) if doc["alarms"] else True
+    )
 
 
 BAD = [
     (b'{"node_ids": [1, 2', "application/json", 400),
-    (json.dumps({"node_ids": [1], "feature_names": ["cpu"], "features": [[0.1]]}).encode(), "application/json", 422),
     (
-        json.dumps({"node_ids": [1, 2], "feature_names": list(FEATURES), "features": [[0.1] * 13] * 2, "edges": [[1, 9]]}).encode(),
+        json.dumps({"node_ids": [1], "feature_names": ["cpu"], "features": [[0.1]]}).encode(),
         "application/json",
         422,
     ),
     (
-        json.dumps({"node_ids": [1], "feature_names": list(FEATURES), "features": [[0.1] * 13]}).replace("0.1", "NaN", 1).encode(),
+        json.dumps(
+            {
+                "node_ids": [1, 2],
+                "feature_names": list(FEATURES),
+                "features": [[0.1] * 13] * 2,
+                "edges": [[1, 9]],
+            }
+        ).encode(),
+        "application/json",
+        422,
+    ),
+    (
+        json.dumps({"node_ids": [1], "feature_names": list(FEATURES), "features": [[0.1] * 13]})
+        .replace("0.1", "NaN", 1)
+        .encode(),
         "application/json",
         422,
     ),
@@ -70,7 +92,9 @@ BAD = [
 
 
 @pytest.mark.parametrize(("body", "media", "status"), BAD)
-def test_bad_snapshots_are_4xx_json_and_the_replica_keeps_serving(deployed, bodies, body, media, status) -> None:
+def test_bad_snapshots_are_4xx_json_and_the_replica_keeps_serving(
+    deployed, bodies, body, media, status
+) -> None:
     resp = post_score(deployed.base, body, media)
     assert resp.status_code == status, resp.text
     doc = resp.json()
@@ -81,7 +105,10 @@ def test_bad_snapshots_are_4xx_json_and_the_replica_keeps_serving(deployed, bodi
 def test_an_oversized_body_is_refused_before_it_is_read(deployed) -> None:
     limit = deployed.config.http.score_max_bytes
     resp = requests.post(
-        f"{deployed.base}/v1/anomaly/score", data=b"x" * (limit + 1), headers={"content-type": "application/json"}, timeout=60
+        f"{deployed.base}/v1/anomaly/score",
+        data=b"x" * (limit + 1),
+        headers={"content-type": "application/json"},
+        timeout=60,
     )
     assert resp.status_code == 413 and resp.json()["error"] == "payload_too_large"
 
@@ -95,7 +122,11 @@ def test_new_thresholds_and_a_new_version_arrive_without_dropping_requests(deplo
     from x0tta6bl4.models.registry import ModelRegistry
 
     before = requests.get(f"{deployed.base}/v1/anomaly/model", timeout=30).json()
-    newer = bootstrap_detector(ModelRegistry(deployed.registry_uri), BootstrapConfig(nodes=200, ticks=60, epochs=1, seed=3), promote=False)
+    newer = bootstrap_detector(
+        ModelRegistry(deployed.registry_uri),
+        BootstrapConfig(nodes=200, ticks=60, epochs=1, seed=3),
+        promote=False,
+    )
     statuses: list[int] = []
     versions: list[str] = []
     stop = threading.Event()
@@ -137,7 +168,11 @@ def test_a_corrupt_version_is_refused_and_the_previous_one_keeps_serving(deploye
     from x0tta6bl4.models.registry import ModelRegistry
 
     serving = requests.get(f"{deployed.base}/v1/anomaly/model", timeout=30).json()["version"]
-    bad = bootstrap_detector(ModelRegistry(deployed.registry_uri), BootstrapConfig(nodes=200, ticks=60, epochs=1, seed=4), promote=False)
+    bad = bootstrap_detector(
+        ModelRegistry(deployed.registry_uri),
+        BootstrapConfig(nodes=200, ticks=60, epochs=1, seed=4),
+        promote=False,
+    )
     weights = Path(deployed.registry_uri) / bad.model / bad.version / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:-16] + b"\x00" * 16)
     good = deployed.config
@@ -193,7 +228,9 @@ def test_a_killed_replica_is_replaced_and_retrying_clients_lose_nothing(deployed
     for name, namespace in victims.items():
         ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not (set(anomaly_replicas()) - set(victims) and len(answered) > before + 3):
+    while time.time() < deadline and not (
+        set(anomaly_replicas()) - set(victims) and len(answered) > before + 3
+    ):
         time.sleep(0.5)
     stop.set()
     thread.join(90)

@@ -65,7 +65,10 @@ def test_bad_queries_are_4xx_json(deployed) -> None:
         assert resp.status_code == status, (body, resp.text)
         assert resp.json()["message"]
     raw = requests.post(
-        f"{deployed.base}/v1/rag/query", data=b'{"query": ', headers={"content-type": "application/json"}, timeout=30
+        f"{deployed.base}/v1/rag/query",
+        data=b'{"query": ',
+        headers={"content-type": "application/json"},
+        timeout=30,
     )
     assert raw.status_code == 400 and raw.json()["error"] == "malformed_json"
     big = requests.post(
@@ -108,5 +111,11 @@ def test_health_and_openapi_are_served(deployed) -> None:
     health = requests.get(f"{deployed.base}/healthz", timeout=30).json()
     assert health["status"] == "ok" and health["model_version"]
     spec = requests.get(f"{deployed.base}/openapi.json", timeout=30).json()
-    assert {"/v1/anomaly/score", "/v1/rag/query", "/v1/rag/batch", "/v1/rag/documents", "/v1/rag/stats"} <= set(spec["paths"])
+    assert {
+        "/v1/anomaly/score",
+        "/v1/rag/query",
+        "/v1/rag/batch",
+        "/v1/rag/documents",
+        "/v1/rag/stats",
+    } <= set(spec["paths"])
     assert requests.get(f"{deployed.base}/docs", timeout=30).status_code == 200

@@ -8,7 +8,13 @@ import torch
 
 from x0tta6bl4.models.data import GraphSeries, ScenarioSpec, simulate
 from x0tta6bl4.models.graphsage import DetectorSpec, GraphSAGEDetector
-from x0tta6bl4.models.inference import GraphInputs, RollingInputs, score_graphs, symmetric_edges, window_inputs
+from x0tta6bl4.models.inference import (
+    GraphInputs,
+    RollingInputs,
+    score_graphs,
+    symmetric_edges,
+    window_inputs,
+)
 from x0tta6bl4.models.training import score_series
 from x0tta6bl4.telemetry.windows import StreamingInputs
 
@@ -25,7 +31,9 @@ def recorded() -> tuple[GraphSeries, np.ndarray]:
     mesh = LocalMesh(topo_spec.build(), MeshSpec(topo_spec, seed=5))
     raw = np.stack([mesh.frame(mesh.step()).features for _ in range(50)])
     mesh.close()
-    series = simulate(ScenarioSpec(nodes=120, regions=1, ticks=50, seed=5, faults_per_1000_ticks=0), SPEC.window)[0]
+    series = simulate(
+        ScenarioSpec(nodes=120, regions=1, ticks=50, seed=5, faults_per_1000_ticks=0), SPEC.window
+    )[0]
     return series, raw
 
 
@@ -42,9 +50,11 @@ def test_a_warm_window_gives_the_streaming_inputs(recorded: tuple[GraphSeries, n
     np.testing.assert_allclose(y, expected[1])
 
 
-def test_a_short_window_still_scores_and_says_it_is_not_warm(recorded: tuple[GraphSeries, np.ndarray]) -> None:
+def test_a_short_window_still_scores_and_says_it_is_not_warm(
+    recorded: tuple[GraphSeries, np.ndarray],
+) -> None:
     _, raw = recorded
-    x, y, warm = window_inputs(SPEC.window, raw[:3])
+    x, _y, warm = window_inputs(SPEC.window, raw[:3])
     assert not warm
     assert x.shape == (raw.shape[1], SPEC.window.input_dim) and np.isfinite(x).all()
 
@@ -69,7 +79,7 @@ def test_scoring_graphs_together_equals_scoring_each_alone(recorded: tuple[Graph
         graphs.append(GraphInputs(x, y, series.edge_index))
     together = score_graphs(model, graphs)
     alone = [score_graphs(model, [g])[0] for g in graphs]
-    for a, b in zip(together, alone):
+    for a, b in zip(together, alone, strict=False):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     reference = score_series(model, series, ticks=series.valid_ticks[:1])[0]
     np.testing.assert_allclose(alone[0], reference, rtol=1e-5, atol=1e-5)
@@ -78,4 +88,3 @@ def test_scoring_graphs_together_equals_scoring_each_alone(recorded: tuple[Graph
 def test_symmetric_edges_add_the_reverse_direction_once_and_drop_self_loops() -> None:
     edges = symmetric_edges(np.array([[0, 1], [1, 0], [2, 2], [1, 2]]), 3)
     assert sorted(map(tuple, edges.T.tolist())) == [(0, 1), (1, 0), (1, 2), (2, 1)]
-

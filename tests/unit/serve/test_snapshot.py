@@ -82,12 +82,18 @@ def test_null_is_an_unmeasured_value_and_a_window_of_ticks_is_accepted() -> None
         ({"node_ids": []}, 422, "at least one node"),
         ({"features": [[0.1] * len(FEATURES)] * 2}, 422, "shape"),
         ({"features": [[0.1] * 3] * 3}, 422, "shape"),
-        ({"node_ids": list(range(101)), "features": [[0.0] * len(FEATURES)] * 101, "edges": []}, 413, "more than"),
+        (
+            {"node_ids": list(range(101)), "features": [[0.0] * len(FEATURES)] * 101, "edges": []},
+            413,
+            "more than",
+        ),
         ({"features": [[[0.0] * len(FEATURES)] * 3] * 9}, 413, "longer"),
         ({"extra": 1}, 422, "extra"),
     ],
 )
-def test_invalid_snapshots_are_refused_with_a_reason(changes: dict[str, object], status: int, needle: str) -> None:
+def test_invalid_snapshots_are_refused_with_a_reason(
+    changes: dict[str, object], status: int, needle: str
+) -> None:
     err = refusal(json.dumps(body(**changes)).encode())
     assert err.status == status
     assert needle in err.message

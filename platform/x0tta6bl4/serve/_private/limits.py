@@ -13,13 +13,17 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class BodyTooLarge(Exception):
+class BodyTooLargeError(Exception):
     """Raised inside the app when a streamed body passes its limit."""
 
 
 def _too_large(limit: int) -> bytes:
     return json.dumps(
-        {"error": "payload_too_large", "message": f"request body is larger than this route accepts ({limit} bytes)", "details": []}
+        {
+            "error": "payload_too_large",
+            "message": f"request body is larger than this route accepts ({limit} bytes)",
+            "details": [],
+        }
     ).encode()
 
 
@@ -36,7 +40,9 @@ class BodyLimitMiddleware:
         default_bytes: limit for every other path.
     """
 
-    def __init__(self, app: ASGIApp, limits_bytes: dict[str, int] | None = None, default_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self, app: ASGIApp, limits_bytes: dict[str, int] | None = None, default_bytes: int = 1 << 20
+    ) -> None:
         self.app = app
         self.limits_bytes = dict(limits_bytes or {})
         self.default_bytes = default_bytes
@@ -71,7 +77,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise BodyTooLarge
+                    raise BodyTooLargeError
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -82,7 +88,7 @@ class BodyLimitMiddleware:
 
         try:
             await self.app(scope, counted_receive, tracking_send)
-        except BodyTooLarge:
+        except BodyTooLargeError:
             if not started:
                 await self._reply(send, 413, _too_large(limit))
 
@@ -92,7 +98,10 @@ class BodyLimitMiddleware:
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
             }
         )
         await send({"type": "http.response.body", "body": body})

@@ -27,7 +27,14 @@ NPZ_MEDIA_TYPE = "application/x-npz"
 class RequestError(X0tta6bl4Error):
     """A request the service refuses; ``status`` is the HTTP status it maps to (always 4xx)."""
 
-    def __init__(self, message: str, *, status: int = 422, kind: str = "invalid_request", details: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 422,
+        kind: str = "invalid_request",
+        details: list[dict[str, Any]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
@@ -43,7 +50,9 @@ def validation_error(exc: ValidationError, what: str) -> RequestError:
     """A pydantic error as a 400 (unparseable body) or 422 (well-formed but wrong) RequestError."""
     errors = exc.errors(include_url=False, include_context=False, include_input=False)
     if any(e["type"] == "json_invalid" for e in errors):
-        return RequestError(f"{what} is not valid JSON: {errors[0]['msg']}", status=400, kind="malformed_json")
+        return RequestError(
+            f"{what} is not valid JSON: {errors[0]['msg']}", status=400, kind="malformed_json"
+        )
     first = errors[0]
     where = ".".join(str(p) for p in first["loc"]) or "body"
     hint = " (send null for a value that was not measured)" if first["type"] == "finite_number" else ""
@@ -103,7 +112,9 @@ def parse_npz(body: bytes, features: Sequence[str], limits: Limits) -> Snapshot:
         with np.load(io.BytesIO(body), allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise RequestError(f"score request is not a readable npz archive: {exc}", status=400, kind="malformed_body") from exc
+        raise RequestError(
+            f"score request is not a readable npz archive: {exc}", status=400, kind="malformed_body"
+        ) from exc
     unknown = sorted(set(arrays) - {"node_ids", "feature_names", "features", "edges"})
     missing = sorted({"node_ids", "feature_names", "features"} - set(arrays))
     if unknown or missing:
@@ -119,8 +130,13 @@ def parse_npz(body: bytes, features: Sequence[str], limits: Limits) -> Snapshot:
     if edges.ndim != 2 or (edges.size and edges.shape[1] != 2):
         raise RequestError(f"npz: edges must have shape [edges, 2], got {list(edges.shape)}")
     return check(
-        node_ids_arr.tolist(), names_arr.tolist(), values.astype(np.float32, copy=False),
-        edges, features, limits, nan_is_missing=True,
+        node_ids_arr.tolist(),
+        names_arr.tolist(),
+        values.astype(np.float32, copy=False),
+        edges,
+        features,
+        limits,
+        nan_is_missing=True,
     )
 
 
@@ -139,7 +155,11 @@ def check(
     if n == 0:
         raise RequestError("node_ids is empty: a snapshot needs at least one node")
     if n > limits.max_nodes:
-        raise RequestError(f"{n} nodes is more than this service accepts ({limits.max_nodes})", status=413, kind="payload_too_large")
+        raise RequestError(
+            f"{n} nodes is more than this service accepts ({limits.max_nodes})",
+            status=413,
+            kind="payload_too_large",
+        )
     int_ids = _as_int_ids(node_ids)
     unique = len(np.unique(int_ids)) == n if int_ids is not None else len(set(node_ids)) == n
     if not unique:
@@ -162,14 +182,25 @@ def check(
             f"got shape {list(window.shape)}"
         )
     if window.shape[0] > limits.max_ticks:
-        raise RequestError(f"a window of {window.shape[0]} ticks is longer than this service keeps ({limits.max_ticks})", status=413, kind="payload_too_large")
+        raise RequestError(
+            f"a window of {window.shape[0]} ticks is longer than this service keeps ({limits.max_ticks})",
+            status=413,
+            kind="payload_too_large",
+        )
     bad = np.isinf(window) if nan_is_missing else ~np.isfinite(window) & ~np.isnan(window)
     if bad.any():
         t, i, f = (int(v[0]) for v in np.nonzero(bad))
-        raise RequestError(f"features: node {node_ids[i]!r} feature {names[f]!r} is {window[t, i, f]} (values must be finite)")
+        raise RequestError(
+            f"features: node {node_ids[i]!r} feature {names[f]!r} is {window[t, i, f]} "
+            "(values must be finite)"
+        )
     window = window[:, :, [names.index(f) for f in features]]
     if len(edges) > limits.max_edges:
-        raise RequestError(f"{len(edges)} edges is more than this service accepts ({limits.max_edges})", status=413, kind="payload_too_large")
+        raise RequestError(
+            f"{len(edges)} edges is more than this service accepts ({limits.max_edges})",
+            status=413,
+            kind="payload_too_large",
+        )
     pairs = _edge_indices(node_ids, int_ids, edges)
     return Snapshot(node_ids=node_ids, window=np.ascontiguousarray(window), pairs=pairs)
 
@@ -233,7 +264,8 @@ def parse_body(body: bytes, media_type: str, features: Sequence[str], limits: Li
     if media_type not in ("application/json", ""):
         raise RequestError(
             f"unsupported media type {media_type!r}: send application/json or {NPZ_MEDIA_TYPE}",
-            status=415, kind="unsupported_media_type",
+            status=415,
+            kind="unsupported_media_type",
         )
     return parse_json(body, features, limits)
 
