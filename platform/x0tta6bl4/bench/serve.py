@@ -111,10 +111,10 @@ def _serve_results(quick: bool) -> list[dict[str, Any]]:
             )
             _say("deploying the application and the ceiling")
             serve.run(build_app(config), name="x0tta6bl4", route_prefix="/")
-            serve.run(Ceiling.bind(), name="ceiling", route_prefix="/ceiling")
+            serve.run(Ceiling.bind(), name="ceiling", route_prefix="/ceiling")  # type: ignore[attr-defined]
             base = f"http://127.0.0.1:{port}"
             json_bodies, npz_bodies = snapshot_bodies(nodes, 8)
-            common = {"concurrency": CONCURRENCY, "duration_s": duration, "warmup_s": warmup}
+            common: dict[str, Any] = {"concurrency": CONCURRENCY, "duration_s": duration, "warmup_s": warmup}
             for media, bodies, label in (
                 ("application/json", json_bodies, "json"),
                 ("application/x-npz", npz_bodies, "npz"),
@@ -214,7 +214,7 @@ def _recall_rows(base: str) -> list[dict[str, Any]]:
     from x0tta6bl4.rag.corpus import load_incidents
 
     incidents = load_incidents(split="test")
-    body = {"queries": [{"query": i.text, "k": 3} for i in incidents]}
+    body: dict[str, Any] = {"queries": [{"query": i.text, "k": 3} for i in incidents]}
     resp = requests.post(f"{base}/v1/rag/batch?cache=false", json=body, timeout=300)
     resp.raise_for_status()
     hits, rr = 0, 0.0
@@ -237,7 +237,8 @@ def _hnsw_rows(quick: bool) -> list[dict[str, Any]]:
     _say(f"hnswlib vs exact search on {n} real MiniLM embeddings (cached after the first run)")
     matrix = real_embeddings(n, seed=0)
     out = hnsw_vs_exact(matrix, num_queries=200 if quick else 1000, k=10)
-    params = {"vectors": n, "k": 10, **{k: out[k] for k in ("m", "ef_construction", "ef") if k in out}}
+    params: dict[str, Any] = {"vectors": n, "k": 10}
+    params.update({key: out[key] for key in ("m", "ef_construction", "ef") if key in out})
     return [
         result(
             "hnsw_queries_per_s",

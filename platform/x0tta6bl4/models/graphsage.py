@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -200,6 +200,8 @@ class GraphSAGEDetector(nn.Module):
             x: ``[nodes, input_dim]``; edge_index: ``[2, edges]``; returns ``[nodes, target_dim]``.
         """
         conv1, conv2 = self.convs
+        l1, r1_proj = cast(nn.Module, conv1.lin_l), cast(nn.Module, conv1.lin_r)
+        l2, r2_proj = cast(nn.Module, conv2.lin_l), cast(nn.Module, conv2.lin_r)
         n = x.shape[0]
         src, dst = edge_index
         ones = torch.ones(n, 1, dtype=x.dtype, device=x.device)
@@ -215,17 +217,17 @@ class GraphSAGEDetector(nn.Module):
             return total.mul_(inv_deg[:, None])
 
         # Layer 1 with nothing masked, and the masked node's own first-layer state.
-        a1 = conv1.lin_l(mean_in(h0.index_select(0, src)))
-        r1 = conv1.lin_r(h0)
-        h1_self = torch.relu(a1 + conv1.lin_r(m0)) + m0
+        a1 = l1(mean_in(h0.index_select(0, src)))
+        r1 = r1_proj(h0)
+        h1_self = torch.relu(a1 + r1_proj(m0)) + m0
         # Masking i shifts a neighbour j's aggregate by (m0 - h0_i) / deg_j; lin_l minus its
         # value at zero is its linear part (with or without adapters).
-        shift = conv1.lin_l(m0 - h0) - conv1.lin_l(torch.zeros_like(m0))  # [n, h], by masked node
+        shift = l1(m0 - h0) - l1(torch.zeros_like(m0))  # [n, h], by masked node
         # Edge src -> dst: the neighbour src's state when dst is the masked node.
         h1_nb = (a1 + r1).index_select(0, src)
         h1_nb.addcmul_(shift.index_select(0, dst), inv_deg.index_select(0, src)[:, None]).relu_()
         h1_nb += h0.index_select(0, src)
-        h2 = torch.relu(conv2.lin_l(mean_in(h1_nb)) + conv2.lin_r(h1_self)) + h1_self
+        h2 = torch.relu(l2(mean_in(h1_nb)) + r2_proj(h1_self)) + h1_self
         return self.dec_out(torch.relu(self.dec_hidden(h2)))  # type: ignore[no-any-return]
 
     @torch.no_grad()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -104,7 +105,7 @@ class GraphInputs:
     edge_index: I64
 
 
-def symmetric_edges(pairs: I64, num_nodes: int) -> I64:
+def symmetric_edges(pairs: npt.NDArray[np.integer[Any]], num_nodes: int) -> I64:
     """Undirected index pairs ``[edges, 2]`` to a deduplicated ``[2, 2 * edges]`` index, no self-loops."""
     if pairs.size == 0:
         return np.zeros((2, 0), dtype=np.int64)

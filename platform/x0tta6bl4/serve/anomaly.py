@@ -237,7 +237,7 @@ class AnomalyDetector:
         """Unhealthy only when no detector is loaded (a refused new version keeps the old one serving)."""
         self.scorer.model.get()
 
-    @serve.multiplexed(max_num_models_per_replica=64)
+    @serve.multiplexed(max_num_models_per_replica=64)  # type: ignore[untyped-decorator]
     async def _stream(self, stream_id: str) -> RollingInputs:
         # Multiplexing routes a stream's calls to the replica that holds its baselines.
         return RollingInputs(self.scorer.model.get().detector.spec.window)
@@ -275,7 +275,7 @@ class AnomalyDetector:
         result: bytes = await self._batched((snapshot, stream))
         return 200, result
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)  # type: ignore[untyped-decorator]
     async def _batched(self, items: list[tuple[Snapshot, RollingInputs | None]]) -> list[bytes]:
         return await asyncio.to_thread(self._score_encoded, items)
 

@@ -25,7 +25,7 @@ def build_app(args: dict[str, Any] | ServeConfig | None = None) -> Application:
     a, r = config.anomaly, config.rag
     logging = {"enable_access_log": config.access_log, "log_level": config.log_level}
     anomaly_args = a.model_dump(mode="json", exclude={"user"})
-    anomaly = AnomalyDetector.options(
+    anomaly = AnomalyDetector.options(  # type: ignore[attr-defined]
         version=code_version(anomaly_args),
         num_replicas=a.num_replicas,
         max_ongoing_requests=a.max_ongoing_requests,
@@ -33,16 +33,16 @@ def build_app(args: dict[str, Any] | ServeConfig | None = None) -> Application:
         logging_config=logging,
     ).bind(anomaly_args)
     rag_args = r.model_dump(mode="json")
-    rag = RunbookRetriever.options(
+    rag = RunbookRetriever.options(  # type: ignore[attr-defined]
         version=code_version(rag_args),
         num_replicas=r.num_replicas,
         max_ongoing_requests=r.max_ongoing_requests,
         logging_config=logging,
     ).bind(rag_args)
     http_args = config.http.model_dump(mode="json")
-    return Gateway.options(version=code_version(http_args), logging_config=logging).bind(
-        anomaly, rag, http_args
-    )
+    gateway = Gateway.options(version=code_version(http_args), logging_config=logging)  # type: ignore[attr-defined]
+    app: Application = gateway.bind(anomaly, rag, http_args)
+    return app
 
 
 def code_version(init_args: dict[str, Any]) -> str:

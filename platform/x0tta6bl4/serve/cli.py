@@ -86,11 +86,12 @@ def serve_main(args: argparse.Namespace) -> int:
         if config.anomaly.bootstrap:
             version = ensure_promoted(registry)
         else:
-            version = registry.promoted(registry_model_name())
-            if version is None:
+            promoted = registry.promoted(registry_model_name())
+            if promoted is None:
                 raise ConfigError(
                     f"no promoted detector in {registry.uri}; run `x0tta6bl4 train` or drop --no-bootstrap"
                 )
+            version = promoted
         _say(f"detector {version}")
     else:
         registry.get(registry_model_name(), config.anomaly.user.model_version)

@@ -71,7 +71,7 @@ class RunbookRetriever:
         answer: Answer = await self._batched((text, k, use_cache))
         return answer
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)  # type: ignore[untyped-decorator]
     async def _batched(self, items: list[tuple[str, int, bool]]) -> list[Answer]:
         return await asyncio.to_thread(self._answer_all, items)
 
