@@ -33,17 +33,22 @@ def validate(doc, suite):
             )
 
 
-def test_bench_mesh_quick_follows_the_contract(cli_env):
+def run_quick(suite, env, timeout):
+    """Run `x0tta6bl4 bench <suite> --quick --json`; the parsed report (exit status 0 asserted)."""
     proc = subprocess.run(
-        [str(BIN / "x0tta6bl4"), "bench", "mesh", "--quick", "--json"],
+        [str(BIN / "x0tta6bl4"), "bench", suite, "--quick", "--json"],
         cwd=REPO,
-        env=cli_env,
+        env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads(proc.stdout)
+    return json.loads(proc.stdout)
+
+
+def test_bench_mesh_quick_follows_the_contract(cli_env):
+    doc = run_quick("mesh", cli_env, timeout=300)
     validate(doc, "mesh")
     names = {(r["name"], r["params"].get("nodes")) for r in doc["results"]}
     assert ("pipeline_node_ticks_per_s", 2000) in names and ("kernel_node_ticks_per_s", 2000) in names
@@ -53,16 +58,7 @@ def test_bench_mesh_quick_follows_the_contract(cli_env):
 
 
 def test_bench_federated_quick_reports_every_figure_the_issue_names(cli_env):
-    proc = subprocess.run(
-        [str(BIN / "x0tta6bl4"), "bench", "federated", "--quick", "--json"],
-        cwd=REPO,
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads(proc.stdout)
+    doc = run_quick("federated", cli_env, timeout=900)
     validate(doc, "federated")
     rows = {r["name"]: r for r in doc["results"]}
     assert rows["federated_auprc"]["baseline"]["name"] == "centralised_auprc"
@@ -76,16 +72,7 @@ def test_bench_federated_quick_reports_every_figure_the_issue_names(cli_env):
 
 
 def test_bench_serve_quick_reports_every_figure_the_issue_names(cli_env):
-    proc = subprocess.run(
-        [str(BIN / "x0tta6bl4"), "bench", "serve", "--quick", "--json"],
-        cwd=REPO,
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads(proc.stdout)
+    doc = run_quick("serve", cli_env, timeout=900)
     validate(doc, "serve")
     rows = {(r["name"], r["params"].get("encoding")): r for r in doc["results"]}
     for encoding in ("json", "npz"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 from collections.abc import Sequence
 from typing import Any
@@ -13,66 +12,10 @@ import torch
 from torch import nn
 
 from x0tta6bl4.models.graphsage import GraphSAGEDetector, anomaly_score, mask_groups
-from x0tta6bl4.telemetry.windows import Baseline, WindowSpec, assemble, level_scale, transform
+from x0tta6bl4.telemetry.windows import RollingInputs, WindowSpec
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
-
-
-class RollingInputs:
-    """One graph's detector inputs over successive ticks, usable before the warm-up ends.
-
-    Same numbers as :class:`~x0tta6bl4.telemetry.windows.StreamingInputs` once warm; before
-    that, the baseline covers the ticks seen so far and missing z-score rows are zero, and
-    :attr:`warm` says so (a caller that needs calibrated scores waits for it).
-
-    Args:
-        spec: the detector's window spec.
-    """
-
-    def __init__(self, spec: WindowSpec) -> None:
-        self.spec = spec
-        self._scale = level_scale(spec)
-        self._baseline: Baseline | None = None
-        self._z: collections.deque[F32] = collections.deque(maxlen=spec.history_ticks)
-        self.node_key: tuple[object, ...] | None = None
-        self.ticks = 0
-
-    def reset(self) -> None:
-        """Forget every tick seen (the node set changed)."""
-        self._baseline = None
-        self._z.clear()
-        self.ticks = 0
-
-    def push(self, features: F32, node_key: tuple[object, ...] | None = None) -> tuple[F32, F32]:
-        """Add one tick of raw features and return that tick's (inputs, targets).
-
-        Args:
-            features: raw features in ``spec.feature_names`` order.
-            node_key: identifies the node set; a different key than last time starts over.
-
-        Shapes:
-            features: ``[nodes, num_features]``; returns ``[nodes, input_dim]``, ``[nodes, target_dim]``.
-        """
-        if (
-            self._baseline is None
-            or node_key != self.node_key
-            or self._baseline.mean.shape[0] != len(features)
-        ):
-            self.reset()
-            self._baseline = Baseline(self.spec, len(features))
-            self.node_key = node_key
-        levels = transform(self.spec, features)
-        self._z.append(self._baseline.update(levels))
-        self.ticks += 1
-        rows = list(self._z)
-        pad = [np.zeros_like(rows[0])] * (self.spec.history_ticks - len(rows))
-        return assemble(levels, np.stack(pad + rows, axis=1), self._scale)
-
-    @property
-    def warm(self) -> bool:
-        """True once the baseline and history are full (scores are then calibrated)."""
-        return self.ticks >= self.spec.warmup_ticks
 
 
 def window_inputs(spec: WindowSpec, window: F32) -> tuple[F32, F32, bool]:

@@ -19,7 +19,6 @@ from x0tta6bl4.models.bootstrap import ensure_promoted, load_detector
 from x0tta6bl4.models.graphsage import GraphSAGEDetector
 from x0tta6bl4.models.inference import (
     GraphInputs,
-    RollingInputs,
     score_graphs,
     symmetric_edges,
     window_inputs,
@@ -27,6 +26,7 @@ from x0tta6bl4.models.inference import (
 from x0tta6bl4.models.registry import HotSwap, LoadedModel, ModelRegistry, RegistryError
 from x0tta6bl4.serve._private.snapshot import Limits, RequestError, Snapshot, check_stream_id
 from x0tta6bl4.serve.config import AnomalyConfig, AnomalyUserConfig
+from x0tta6bl4.telemetry.windows import RollingInputs
 
 log = logging.getLogger(__name__)
 

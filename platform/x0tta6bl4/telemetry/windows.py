@@ -188,12 +188,15 @@ def assemble(levels: F32, z: F32, scale: F32) -> tuple[F32, F32]:
     return inputs, targets
 
 
-class StreamingInputs:
-    """Detector inputs for a live stream of frames (serving, the MAPE-K loop, real hosts).
+class RollingInputs:
+    """One graph's detector inputs over successive ticks, usable before the warm-up ends.
 
-    Keeps each node's baseline and its last ``history_ticks`` z-scores; :meth:`push`
-    returns the newest tick's inputs and targets once the warm-up has passed. Gives the
-    same numbers as :class:`SeriesInputs` over the same frames.
+    Same numbers as :class:`StreamingInputs` once warm; before
+    that, the baseline covers the ticks seen so far and missing z-score rows are zero, and
+    :attr:`warm` says so (a caller that needs calibrated scores waits for it).
+
+    Args:
+        spec: the detector's window spec.
     """
 
     def __init__(self, spec: WindowSpec) -> None:
@@ -201,21 +204,67 @@ class StreamingInputs:
         self._scale = level_scale(spec)
         self._baseline: Baseline | None = None
         self._z: collections.deque[F32] = collections.deque(maxlen=spec.history_ticks)
+        self.node_key: tuple[object, ...] | None = None
         self.ticks = 0
 
-    def push(self, features: F32) -> tuple[F32, F32] | None:
-        """Add one tick of raw features ``[nodes, num_features]``; (inputs, targets), None in the warm-up."""
-        if self._baseline is None or self._baseline.mean.shape[0] != features.shape[0]:
-            self._baseline = Baseline(self.spec, features.shape[0])  # node set changed: start again
-            self._z.clear()
-            self.ticks = 0
+    def reset(self) -> None:
+        """Forget every tick seen (the node set changed)."""
+        self._baseline = None
+        self._z.clear()
+        self.ticks = 0
+
+    def push(self, features: F32, node_key: tuple[object, ...] | None = None) -> tuple[F32, F32]:
+        """Add one tick of raw features and return that tick's (inputs, targets).
+
+        Args:
+            features: raw features in ``spec.feature_names`` order.
+            node_key: identifies the node set; a different key than last time starts over.
+
+        Shapes:
+            features: ``[nodes, num_features]``; returns ``[nodes, input_dim]``, ``[nodes, target_dim]``.
+        """
+        if (
+            self._baseline is None
+            or node_key != self.node_key
+            or self._baseline.mean.shape[0] != len(features)
+        ):
+            self.reset()
+            self._baseline = Baseline(self.spec, len(features))
+            self.node_key = node_key
         levels = transform(self.spec, features)
         self._z.append(self._baseline.update(levels))
         self.ticks += 1
-        if not self.ready:
-            return None
-        return assemble(levels, np.stack(self._z, axis=1), self._scale)
+        rows = list(self._z)
+        pad = [np.zeros_like(rows[0])] * (self.spec.history_ticks - len(rows))
+        return assemble(levels, np.stack(pad + rows, axis=1), self._scale)
+
+    @property
+    def warm(self) -> bool:
+        """True once the baseline and history are full (scores are then calibrated)."""
+        return self.ticks >= self.spec.warmup_ticks
+
+
+class StreamingInputs:
+    """Detector inputs for a live stream of frames that only answers once the warm-up has passed.
+
+    :meth:`push` returns the newest tick's inputs and targets, or None during the warm-up;
+    the same numbers as :class:`SeriesInputs` over the same frames. A change in the number of
+    nodes starts the stream over.
+    """
+
+    def __init__(self, spec: WindowSpec) -> None:
+        self.spec = spec
+        self._rolling = RollingInputs(spec)
+
+    def push(self, features: F32) -> tuple[F32, F32] | None:
+        """Add one tick of raw features ``[nodes, num_features]``; (inputs, targets), None in the warm-up."""
+        out = self._rolling.push(features)
+        return out if self._rolling.warm else None
+
+    @property
+    def ticks(self) -> int:
+        return self._rolling.ticks
 
     @property
     def ready(self) -> bool:
-        return self.ticks >= self.spec.warmup_ticks
+        return self._rolling.warm

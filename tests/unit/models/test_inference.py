@@ -10,13 +10,12 @@ from x0tta6bl4.models.data import GraphSeries, ScenarioSpec, simulate
 from x0tta6bl4.models.graphsage import DetectorSpec, GraphSAGEDetector
 from x0tta6bl4.models.inference import (
     GraphInputs,
-    RollingInputs,
     score_graphs,
     symmetric_edges,
     window_inputs,
 )
 from x0tta6bl4.models.training import score_series
-from x0tta6bl4.telemetry.windows import StreamingInputs
+from x0tta6bl4.telemetry.windows import RollingInputs, StreamingInputs
 
 SPEC = DetectorSpec.load()
 
