@@ -1,0 +1,1 @@
+"""MAPE-K controller: monitors served scores, learns thresholds, plans from runbooks, heals the mesh."""

@@ -1,0 +1,153 @@
+"""How the controller reaches the served apps: Serve deployment handles, or in-process for benchmarks."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from x0tta6bl4.serve._private.snapshot import Snapshot
+from x0tta6bl4.serve.config import AnomalyUserConfig, ServeConfig, Thresholds
+
+log = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
+
+
+class LocalScorer:
+    """The anomaly app's scoring logic in this process (no Serve hop): benchmarks and unit tests."""
+
+    def __init__(self, registry: str | None = None) -> None:
+        from x0tta6bl4.models.bootstrap import ensure_promoted
+        from x0tta6bl4.serve.anomaly import AnomalyScorer
+        from x0tta6bl4.serve.config import AnomalyConfig
+        from x0tta6bl4.telemetry.windows import RollingInputs
+
+        config = AnomalyConfig() if registry is None else AnomalyConfig(registry=registry)
+        self._scorer = AnomalyScorer(config)
+        ensure_promoted(self._scorer.registry)
+        self._scorer.apply(AnomalyUserConfig())
+        self._streams: dict[str, RollingInputs] = {}
+        self._window = self._scorer.model.get().detector.spec.window
+        self.pushed: list[tuple[float, int]] = []
+
+    def contract(self) -> tuple[tuple[str, ...], float]:
+        served = self._scorer.model.get()
+        return served.features, served.suggested_threshold
+
+    def score(self, node_ids: Sequence[int], window: F32, pairs: npt.NDArray[np.int32], stream_id: str) -> F32:
+        from x0tta6bl4.telemetry.windows import RollingInputs
+
+        stream = self._streams.setdefault(stream_id, RollingInputs(self._window))
+        snapshot = Snapshot(list(node_ids), window, pairs)
+        out = self._scorer.score_many([(snapshot, stream)])[0]
+        return np.asarray(out["scores"], dtype=np.float32)
+
+    def push_thresholds(self, default: float, per_node: dict[str, float]) -> None:
+        self._scorer.apply(AnomalyUserConfig(thresholds=Thresholds(default=default, per_node=per_node)))
+        self.pushed.append((default, len(per_node)))
+
+
+class LocalRunbooks:
+    """The RAG app's retriever in this process."""
+
+    def __init__(self, data_dir: str | None = None) -> None:
+        from x0tta6bl4.rag.retriever import Retriever, RetrieverConfig
+
+        self._retriever = Retriever.open(RetrieverConfig() if data_dir is None else RetrieverConfig(data_dir=data_dir))
+
+    def query(self, text: str, k: int) -> dict[str, Any]:
+        result: dict[str, Any] = self._retriever.query(text, k).to_dict()
+        return result
+
+    def ingest(self, documents: list[dict[str, Any]]) -> None:
+        self._retriever.ingest(documents)
+
+
+class ServedScorer:
+    """The served anomaly app through its deployment handle (numpy arrays travel, no JSON).
+
+    Thresholds are pushed as the app's ``user_config``: a redeploy that changes only it updates
+    the running replicas in place, in a background thread so the loop never waits for it.
+
+    Args:
+        serve_config: the config the app was deployed with (the redeploy must match it).
+        timeout_s: how long one scoring call may take.
+    """
+
+    def __init__(self, serve_config: dict[str, Any], timeout_s: float = 30.0) -> None:
+        from ray import serve
+
+        self.config = ServeConfig.model_validate(serve_config)
+        self.timeout_s = timeout_s
+        self._handle = serve.get_deployment_handle("AnomalyDetector", app_name=self.config.app_name)
+        self._contract: tuple[tuple[str, ...], Any] | None = None
+        self._push_thread: threading.Thread | None = None
+        self.pushed = 0
+
+    def contract(self) -> tuple[tuple[str, ...], float]:
+        features, _ = self._handle.contract.remote().result(timeout_s=self.timeout_s)
+        self._contract = (tuple(features), None)
+        described = self._handle.describe.remote().result(timeout_s=self.timeout_s)
+        return tuple(features), float(described["default_threshold"])
+
+    def score(self, node_ids: Sequence[int], window: F32, pairs: npt.NDArray[np.int32], stream_id: str) -> F32:
+        import json
+
+        if self._contract is None:
+            self.contract()
+        assert self._contract is not None
+        snapshot = Snapshot(list(node_ids), np.ascontiguousarray(window, dtype=np.float32), pairs)
+        status, body = self._handle.options(multiplexed_model_id=stream_id).score.remote(
+            snapshot, self._contract[0], stream_id
+        ).result(timeout_s=self.timeout_s)
+        if status == 409:  # the served model changed its features: ask again next tick
+            self._contract = None
+        if status != 200:
+            raise RuntimeError(f"anomaly app answered {status}: {body!r}"[:300])
+        return np.asarray(json.loads(body)["scores"], dtype=np.float32)
+
+    def push_thresholds(self, default: float, per_node: dict[str, float]) -> None:
+        if self._push_thread is not None and self._push_thread.is_alive():
+            return  # the previous push is still rolling out; the next one carries newer values
+        config = self.config.model_copy(deep=True)
+        config.anomaly.user.thresholds = Thresholds(default=default, per_node=per_node)
+
+        def push() -> None:
+            from ray import serve
+
+            from x0tta6bl4.serve.app import build_app
+
+            try:
+                serve.run(build_app(config), name=config.app_name, route_prefix=config.route_prefix, blocking=False)
+                self.pushed += 1
+            except Exception as exc:
+                log.warning("pushing thresholds to the anomaly app failed: %s", exc)
+
+        self._push_thread = threading.Thread(target=push, name="threshold-push", daemon=True)
+        self._push_thread.start()
+
+
+class ServedRunbooks:
+    """The served RAG app through its deployment handle."""
+
+    def __init__(self, app_name: str, timeout_s: float = 30.0) -> None:
+        from ray import serve
+
+        self.timeout_s = timeout_s
+        self._handle = serve.get_deployment_handle("RunbookRetriever", app_name=app_name)
+
+    def query(self, text: str, k: int) -> dict[str, Any]:
+        status, body = self._handle.query.remote(text, k).result(timeout_s=self.timeout_s)
+        if status != 200:
+            raise RuntimeError(f"RAG app answered {status}: {body!r}"[:300])
+        return dict(body)
+
+    def ingest(self, documents: list[dict[str, Any]]) -> None:
+        status, body = self._handle.ingest.remote(documents).result(timeout_s=self.timeout_s)
+        if status != 200:
+            raise RuntimeError(f"RAG app refused the documents ({status}): {body!r}"[:300])

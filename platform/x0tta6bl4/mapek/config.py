@@ -1,0 +1,107 @@
+"""Controller configuration: one pydantic model with described fields, units in names."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: How the controller runs: detect only, fixed thresholds, or everything it can learn.
+Mode = Literal["no_remediation", "static", "learning"]
+
+#: Per-node threshold strategies learned online from the node's own recent healthy scores.
+Strategy = Literal["percentile", "sigma", "iqr", "ensemble"]
+
+
+class ControllerConfig(BaseModel):
+    """Everything the MAPE-K controller takes; every field has a documented default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Mode = Field(
+        default="learning",
+        description="learning: per-node thresholds, feedback and action statistics; static: the served "
+        "model's threshold for every node, nothing learned; no_remediation: detect (learning) but never act",
+    )
+    strategy: Strategy = Field(
+        default="ensemble",
+        description="per-node threshold: percentile of recent healthy scores, mean + k sigma, Q3 + k IQR, "
+        "or the median of the three",
+    )
+    history_ticks: int = Field(default=60, ge=8, description="healthy scores kept per node for learning")
+    learn_warmup_ticks: int = Field(
+        default=10, ge=1, description="analysed ticks of scores a node needs before its own threshold is used"
+    )
+    percentile: float = Field(default=99.0, gt=50, lt=100, description="percentile strategy's quantile")
+    percentile_margin: float = Field(default=3.0, ge=1, description="percentile strategy: multiple of the quantile's excess over the median")
+    sigma_k: float = Field(default=12.0, gt=0, description="sigma strategy: standard deviations above the mean")
+    iqr_k: float = Field(default=12.0, gt=0, description="IQR strategy: interquartile ranges above Q3")
+    threshold_floor: float = Field(
+        default=50.0, ge=0, description="no learned threshold goes below this score (scores near zero are noise)"
+    )
+    refit_every_ticks: int = Field(default=5, ge=1, description="ticks between re-fits of the per-node thresholds")
+    persist_ticks: int = Field(
+        default=2, ge=1, description="consecutive analysed ticks above threshold before a node alarms"
+    )
+    severe_factor: float = Field(
+        default=4.0, gt=1, description="a score this many times its threshold alarms at once (CRITICAL)"
+    )
+    correlation_hops: int = Field(
+        default=3, ge=0, description="alarms within this many hops of an open incident join it as symptoms"
+    )
+    clear_ticks: int = Field(default=3, ge=1, description="ticks an incident's nodes stay below threshold to close it")
+    peer_ratio: float = Field(
+        default=1.0,
+        gt=0,
+        description="peer-group check: a node is a root candidate only when its excess is at least this "
+        "share of its neighbours' largest excess",
+    )
+    trend_ticks: int = Field(default=10, ge=3, description="window of the mem_util trend check, in ticks")
+    trend_slope_per_tick: float = Field(
+        default=0.008, gt=0, description="mem_util growth per tick that counts as a leak trend"
+    )
+    trend_level: float = Field(default=0.6, gt=0, le=1, description="mem_util above which a trend alarms")
+    rag_k: int = Field(default=3, ge=1, le=10, description="runbooks asked for per incident")
+    verify_ticks: int = Field(
+        default=4, ge=1, description="ticks after an action takes effect before its outcome is judged"
+    )
+    max_attempts: int = Field(default=4, ge=1, description="actions tried per incident before escalating")
+    max_actions_per_tick: int = Field(default=8, ge=1, description="actions issued in one tick at most")
+    restart_cooldown_ticks: int = Field(default=30, ge=0, description="no second restart_node within this many ticks")
+    max_capacity_scalings: int = Field(default=2, ge=1, description="scale_capacity at most this often per node")
+    false_alarm_raise: float = Field(
+        default=1.25, ge=1, description="a false alarm multiplies the node's threshold by this"
+    )
+    late_detection_lower: float = Field(
+        default=0.9, gt=0, le=1, description="a late detection multiplies the node's threshold by this"
+    )
+    late_detection_ticks: int = Field(
+        default=2, ge=1, description="detections this many ticks after the score first rose count as late"
+    )
+    multiplier_bounds: tuple[float, float] = Field(
+        default=(0.5, 8.0), description="range of the feedback multiplier on a node's threshold"
+    )
+    healthy_interval_ticks: int = Field(
+        default=2, ge=1, description="monitoring interval while the mesh is HEALTHY (every tick otherwise)"
+    )
+    push_every_ticks: int = Field(
+        default=50, ge=1, description="ticks between pushes of learned thresholds to the served detector"
+    )
+    checkpoint_every_ticks: int = Field(
+        default=10, ge=1, description="ticks between saves of the learner state to the knowledge store"
+    )
+    critical_unserviceable_share: float = Field(
+        default=0.05, gt=0, le=1, description="mesh is CRITICAL when this share of nodes cannot reach a gateway"
+    )
+    critical_incidents: int = Field(default=6, ge=1, description="mesh is CRITICAL with this many open incidents")
+    knowledge_path: str = Field(default="runs/knowledge.sqlite", description="SQLite knowledge store")
+    ingest_resolved: bool = Field(default=True, description="add resolved incidents to the RAG corpus")
+    stream_id: str = Field(default="mapek", description="stream id the controller scores under")
+
+    @property
+    def learning(self) -> bool:
+        return self.mode != "static"
+
+    @property
+    def remediation(self) -> bool:
+        return self.mode != "no_remediation"

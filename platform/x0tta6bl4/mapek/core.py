@@ -1,0 +1,721 @@
+"""The MAPE-K loop without Ray: monitor scores, analyse, plan from runbooks, execute, learn."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+from scipy.sparse import csr_matrix, identity
+
+from x0tta6bl4.mapek.config import ControllerConfig
+from x0tta6bl4.mapek.knowledge import KnowledgeStore
+from x0tta6bl4.mapek.state import Health, deep_analysis, mesh_health, monitoring_interval_ticks
+from x0tta6bl4.mapek.symptoms import FeatureBaselines, describe
+from x0tta6bl4.mapek.thresholds import ThresholdLearner, neighbour_max, trend_slope
+from x0tta6bl4.mesh.faults import ACTIONS, Action
+from x0tta6bl4.telemetry.frame import FEATURE_INDEX, FEATURES
+
+log = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+#: Ticks an action needs before its effect can be seen (boot, routing convergence), beyond the next tick.
+EFFECT_DELAY_TICKS = {"restart_node": 3, "reroute": 2}
+
+#: Excess given to a silent node so that it ranks above every scored symptom around it.
+SILENT_EXCESS = 1e6
+
+#: Actions whose own effect disrupts service around the target for a while (reboot, quarantine).
+DISRUPTIVE = ("restart_node", "isolate_node")
+
+#: Ticks after opening that an incident stays unconfirmed (no action) to rule out a transient.
+CONFIRM_TICKS = 2
+
+
+class _PlanUnavailable(Exception):
+    """The runbooks could not be asked this tick."""
+
+
+class Scorer(Protocol):
+    """Where scores come from: the served anomaly app (handle or HTTP) or an in-process scorer."""
+
+    def contract(self) -> tuple[tuple[str, ...], float]:
+        """The detector's feature order and its suggested (static) threshold."""
+        ...
+
+    def score(self, node_ids: Sequence[int], window: F32, pairs: npt.NDArray[np.int32], stream_id: str) -> F32:
+        """Scores of the window's last tick, one per node (``window``: ``[ticks, nodes, features]``)."""
+        ...
+
+    def push_thresholds(self, default: float, per_node: dict[str, float]) -> None:
+        """Make the served detector's alarms use these thresholds."""
+        ...
+
+
+class Runbooks(Protocol):
+    """Where plans come from: the served RAG app or an in-process retriever."""
+
+    def query(self, text: str, k: int) -> dict[str, Any]:
+        """A QueryResult as a dict: ``passages`` (each with ``action``, ``runbook_id``), ``action``."""
+        ...
+
+    def ingest(self, documents: list[dict[str, Any]]) -> None:
+        """Add documents to the corpus (durable before it returns)."""
+        ...
+
+
+@dataclasses.dataclass
+class Attempt:
+    """One remediation tried for an incident."""
+
+    attempt: int
+    tick: int
+    action: str
+    node: int
+    peer: int | None
+    source: str
+    due_tick: int
+    outcome: str | None = None
+    judged_tick: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Incident:
+    """Correlated alarms around one root node, and what was done about them."""
+
+    incident_id: int
+    opened_tick: int
+    root: int
+    nodes: set[int]
+    description: str
+    signature: str
+    status: str = "open"  # open, acting, resolved, escalated, cleared, false_alarm
+    closed_tick: int | None = None
+    confirmed_tick: int | None = None
+    attempts: list[Attempt] = dataclasses.field(default_factory=list)
+    plan: dict[str, Any] | None = None
+    quiet_ticks: int = 0
+    detected_late_by: int = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self.closed_tick is None
+
+    @property
+    def verifying(self) -> Attempt | None:
+        if self.attempts and self.attempts[-1].outcome is None:
+            return self.attempts[-1]
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "incident_id": self.incident_id,
+            "opened_tick": self.opened_tick,
+            "closed_tick": self.closed_tick,
+            "confirmed_tick": self.confirmed_tick,
+            "status": self.status,
+            "root": self.root,
+            "nodes": sorted(self.nodes),
+            "description": self.description,
+            "signature": self.signature,
+            "attempts": [a.to_dict() for a in self.attempts],
+            "plan": self.plan,
+            "detected_late_by": self.detected_late_by,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Incident:
+        inc = cls(
+            d["incident_id"], d["opened_tick"], d["root"], set(d["nodes"]), d["description"], d["signature"]
+        )
+        inc.status, inc.closed_tick, inc.confirmed_tick = d["status"], d["closed_tick"], d["confirmed_tick"]
+        inc.attempts = [Attempt(**a) for a in d["attempts"]]
+        inc.plan, inc.detected_late_by = d["plan"], d.get("detected_late_by", 0)
+        return inc
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshView:
+    """What the controller knows of the mesh's structure (from the shards' topology spec).
+
+    Args:
+        num_nodes: scored nodes: simulated nodes first, then real hosts.
+        pairs: ``[links, 2]`` undirected links by node index.
+        gateways: ``[nodes]`` wired uplink flags.
+        actionable: ``[nodes]`` nodes remediations may target (simulated ones; hosts are only watched).
+    """
+
+    num_nodes: int
+    pairs: npt.NDArray[np.int32]
+    gateways: npt.NDArray[np.bool_]
+    actionable: npt.NDArray[np.bool_]
+
+    def adjacency(self) -> csr_matrix:
+        n = self.num_nodes
+        u, v = self.pairs[:, 0].astype(np.int64), self.pairs[:, 1].astype(np.int64)
+        data = np.ones(2 * u.size, dtype=np.float64)
+        return csr_matrix((data, (np.r_[u, v], np.r_[v, u])), shape=(n, n))
+
+
+@dataclasses.dataclass(frozen=True)
+class StepResult:
+    """What one controller step decided."""
+
+    tick: int
+    actions: tuple[Action, ...]
+    analysed: bool
+    mesh_state: str
+    alarmed: tuple[int, ...]
+    open_incidents: int
+    thresholds_pushed: bool = False
+    errors: tuple[str, ...] = ()
+
+
+class ControllerCore:
+    """Monitor, Analyse, Plan, Execute over a Knowledge store; transport-free.
+
+    The Ray actor (:class:`~x0tta6bl4.mapek.controller.MapeKController`) feeds it frames and
+    wires it to the served apps; benchmarks and tests can feed it directly.
+
+    Args:
+        view: the mesh's structure.
+        config: controller configuration.
+        scorer: where anomaly scores come from.
+        runbooks: where remediation plans come from (None: no planning, detect only).
+        knowledge: the knowledge store.
+        run_id: the run whose learner state and incidents this controller owns.
+    """
+
+    def __init__(
+        self,
+        view: MeshView,
+        config: ControllerConfig,
+        scorer: Scorer,
+        runbooks: Runbooks | None,
+        knowledge: KnowledgeStore,
+        run_id: str,
+    ) -> None:
+        self.view = view
+        self.config = config
+        self.scorer = scorer
+        self.runbooks = runbooks
+        self.knowledge = knowledge
+        self.run_id = run_id
+        self.adjacency = view.adjacency()
+        self._reach = self.adjacency + identity(view.num_nodes, format="csr")
+        self.features, static = scorer.contract()
+        self._columns = [FEATURES.index(f) for f in self.features]
+        n = view.num_nodes
+        self.learner = ThresholdLearner(n, config, static)
+        self.baselines = FeatureBaselines(n, len(FEATURES))
+        self.run = np.zeros(n, dtype=np.int64)
+        self.recent_scores = np.zeros((8, n), dtype=np.float32)
+        self.recent_thresholds = np.full((8, n), static, dtype=np.float64)
+        self.mem_history = np.zeros((config.trend_ticks, n), dtype=np.float64)
+        self.mem_filled = 0
+        self.node_state = np.zeros(n, dtype=np.int8)
+        self.mesh_state = Health.HEALTHY
+        self.incidents: list[Incident] = []
+        self.next_incident_id = 0
+        self.last_tick = -1
+        self.last_analysed = -1
+        self.pending: list[F32] = []
+        self.restarted_at: dict[int, int] = {}
+        self.scaled: dict[int, int] = {}
+        self.rate_limited: set[int] = set()
+        self.isolated: set[int] = set()
+        self.avoided_links: set[tuple[int, int]] = set()
+        self.errors: list[str] = []
+        self._last_features = np.zeros((n, len(FEATURES)), dtype=np.float32)
+        self._slope_cache = np.zeros(n, dtype=np.float64)
+        self.counters = {"analyses": 0, "false_alarms": 0, "late_detections": 0, "pushes": 0, "push_errors": 0}
+        self.stats = knowledge.action_stats()
+        self._last_push = -1
+        self._restore()
+
+    # ------------------------------------------------------------ durability
+    def _restore(self) -> None:
+        saved = self.knowledge.load_learner(self.run_id)
+        if saved is None:
+            return
+        tick, state = saved
+        self.learner.load_state(state)
+        if "baseline_level" in state and state["baseline_level"].shape == self.baselines.level.shape:
+            self.baselines.level = state["baseline_level"]
+            self.baselines.seen = state["baseline_seen"].astype(bool)
+        self.incidents = [Incident.from_dict(d) for d in self.knowledge.incidents(self.run_id)]
+        self.next_incident_id = max((i.incident_id for i in self.incidents), default=-1) + 1
+        self.last_tick = self.last_analysed = tick
+        for inc in self.incidents:
+            for a in inc.attempts:
+                self._remember_action(a.action, a.node, a.peer, a.tick)
+        log.info("controller resumed run %s at tick %d with %d incidents", self.run_id, tick, len(self.incidents))
+
+    def checkpoint(self, tick: int) -> None:
+        state = self.learner.state()
+        state["baseline_level"] = self.baselines.level
+        state["baseline_seen"] = self.baselines.seen
+        self.knowledge.save_learner(self.run_id, tick, state)
+
+    # --------------------------------------------------------------- monitor
+    def step(self, tick: int, features: F32, unserviceable_share: float = 0.0) -> StepResult:
+        """One tick of telemetry (``[nodes, features]`` in FEATURES order, NaN = not measured)."""
+        if tick <= self.last_tick:
+            return StepResult(tick, (), False, self.mesh_state.name, (), self._open_count())
+        self.last_tick = tick
+        self.pending.append(features[:, self._columns])
+        mem = np.nan_to_num(features[:, FEATURE_INDEX["mem_util"]].astype(np.float64))
+        self.mem_history = np.roll(self.mem_history, -1, axis=0)
+        self.mem_history[-1] = mem
+        self.mem_filled = min(self.mem_filled + 1, self.config.trend_ticks)
+        interval = monitoring_interval_ticks(self.mesh_state, self.config.healthy_interval_ticks)
+        if tick - self.last_analysed < interval and self.last_analysed >= 0:
+            return StepResult(tick, (), False, self.mesh_state.name, self._alarmed_ids(), self._open_count())
+        window = np.stack(self.pending[-self._max_window() :])
+        self.pending.clear()
+        errors: list[str] = []
+        try:
+            scores = self.scorer.score(range(self.view.num_nodes), window, self.view.pairs, self.config.stream_id)
+        except Exception as exc:  # Serve unreachable, replica restarting: keep last thresholds, try next tick
+            msg = f"tick {tick}: scoring failed ({type(exc).__name__}: {exc}); keeping last thresholds"
+            log.warning(msg)
+            self.errors.append(msg)
+            return StepResult(tick, (), False, self.mesh_state.name, self._alarmed_ids(), self._open_count(), errors=(msg,))
+        self.last_analysed = tick
+        self.counters["analyses"] += 1
+        actions = self._analyse_plan_execute(tick, features, scores.astype(np.float32), unserviceable_share, errors)
+        pushed = self._maybe_push(tick)
+        if tick % self.config.checkpoint_every_ticks == 0:
+            self.checkpoint(tick)
+        return StepResult(
+            tick,
+            tuple(actions),
+            True,
+            self.mesh_state.name,
+            self._alarmed_ids(),
+            self._open_count(),
+            pushed,
+            tuple(errors),
+        )
+
+    def _max_window(self) -> int:
+        return max(1, self.config.healthy_interval_ticks)
+
+    def _open_count(self) -> int:
+        return sum(1 for i in self.incidents if i.is_open)
+
+    def _alarmed_ids(self) -> tuple[int, ...]:
+        return tuple(int(i) for i in np.flatnonzero(self.node_state >= Health.RECOVERING))
+
+    # --------------------------------------------------------------- analyse
+    def _analyse_plan_execute(
+        self, tick: int, features: F32, scores: F32, unserviceable_share: float, errors: list[str]
+    ) -> list[Action]:
+        c = self.config
+        self._last_features = features
+        thr = self.learner.thresholds
+        excess = np.maximum(scores.astype(np.float64), 0.0) / np.maximum(thr, 1e-9)
+        above = excess > 1.0
+        self.run = np.where(above, self.run + 1, 0)
+        silent = self._silent(features)
+        deep = deep_analysis(self.mesh_state) or tick % 5 == 0
+        trend = np.zeros(self.view.num_nodes, dtype=bool)
+        if deep and self.mem_filled >= c.trend_ticks:
+            slope = trend_slope(self.mem_history)
+            trend = (slope >= c.trend_slope_per_tick) & (self.mem_history[-1] >= c.trend_level)
+        self._slope_cache = trend_slope(self.mem_history) if self.mem_filled >= 3 else np.zeros(self.view.num_nodes)
+        alarmed = (self.run >= c.persist_ticks) | (excess >= c.severe_factor) | silent | trend
+        in_incident = np.zeros(self.view.num_nodes, dtype=bool)
+        for inc in self.incidents:
+            if inc.is_open:
+                in_incident[list(inc.nodes)] = True
+        healthy = ~(above | alarmed | in_incident)
+        self.baselines.update(features, healthy)
+        self.learner.observe(scores, healthy)
+        self.recent_scores = np.roll(self.recent_scores, -1, axis=0)
+        self.recent_scores[-1] = scores
+        self.recent_thresholds = np.roll(self.recent_thresholds, -1, axis=0)
+        self.recent_thresholds[-1] = thr
+        # Peer-group check: a root is at least as abnormal as its most abnormal neighbour.
+        shown = np.where(alarmed, np.maximum(excess, np.where(trend, c.severe_factor, 0.0)), 0.0)
+        shown[silent] = SILENT_EXCESS  # a node that stopped reporting is the root of what happens around it
+        peer_max = neighbour_max(shown, self.adjacency) if deep else np.zeros_like(shown)
+        self._correlate(tick, alarmed, shown, peer_max, features, silent)
+        actions: list[Action] = []
+        for inc in self.incidents:
+            if inc.is_open:
+                self._progress(tick, inc, alarmed, excess, features, actions, errors)
+        # States.
+        state = np.where(above | trend, Health.OPTIMIZING, Health.HEALTHY).astype(np.int8)
+        state[alarmed] = Health.DEGRADED
+        state[(excess >= c.severe_factor) | silent] = Health.CRITICAL
+        for inc in self.incidents:
+            if inc.is_open and inc.verifying is not None:
+                state[list(inc.nodes)] = np.maximum(state[list(inc.nodes)], Health.RECOVERING)
+        self.node_state = state
+        open_incidents = [i for i in self.incidents if i.is_open]
+        self.mesh_state = mesh_health(
+            len(open_incidents),
+            sum(1 for i in open_incidents if i.verifying is not None),
+            int((state == Health.OPTIMIZING).sum()),
+            unserviceable_share,
+            c.critical_unserviceable_share,
+            c.critical_incidents,
+        )
+        return actions
+
+    def _silent(self, features: F32) -> npt.NDArray[np.bool_]:
+        """Nodes that report the collector's unreachable record: no links, no CPU, no traffic."""
+        f = np.nan_to_num(features)
+        return (
+            (f[:, FEATURE_INDEX["links_up"]] == 0)
+            & (f[:, FEATURE_INDEX["cpu_util"]] == 0)
+            & (f[:, FEATURE_INDEX["rx_bytes_per_s"]] == 0)
+            & self.baselines.seen
+            & (self.baselines.level[:, FEATURE_INDEX["links_up"]] > 0)
+            & ~np.isin(np.arange(self.view.num_nodes), list(self.isolated))
+        )
+
+    def _within_hops(self, nodes: set[int], hops: int) -> npt.NDArray[np.bool_]:
+        mask = np.zeros(self.view.num_nodes, dtype=np.float64)
+        mask[list(nodes)] = 1.0
+        for _ in range(hops):
+            mask = self._reach @ mask
+        return np.asarray(mask > 0)
+
+    def _correlate(
+        self,
+        tick: int,
+        alarmed: npt.NDArray[np.bool_],
+        shown: F64,
+        peer_max: F64,
+        features: F32,
+        silent: npt.NDArray[np.bool_],
+    ) -> None:
+        """Attach new alarms to open incidents nearby; open incidents for the rest, root first."""
+        c = self.config
+        covered = np.zeros(self.view.num_nodes, dtype=bool)
+        open_incidents = [i for i in self.incidents if i.is_open]
+        for inc in open_incidents:
+            covered[list(inc.nodes)] = True
+        new = alarmed & ~covered
+        if not new.any():
+            return
+        for inc in open_incidents:
+            attempt = inc.verifying
+            if attempt is not None and attempt.action in DISRUPTIVE and tick <= attempt.due_tick:
+                # Alarms while our own reboot or quarantine takes effect are its expected impact.
+                inc.nodes.update(int(i) for i in np.flatnonzero(new))
+                return
+        for inc in open_incidents:
+            near = new & self._within_hops(inc.nodes, c.correlation_hops)
+            if near.any():
+                inc.nodes.update(int(i) for i in np.flatnonzero(near))
+                new &= ~near
+                if inc.confirmed_tick is None:
+                    self._reroot(inc, shown, peer_max)
+        while new.any():
+            order = np.flatnonzero(new)
+            root = int(order[np.argmax(shown[order])])
+            members = new & self._within_hops({root}, c.correlation_hops)
+            members[root] = True
+            inc = Incident(self.next_incident_id, tick, root, {int(i) for i in np.flatnonzero(members)}, "", "")
+            self.next_incident_id += 1
+            self._reroot(inc, shown, peer_max)
+            self._late_check(inc, tick)
+            self.incidents.append(inc)
+            self.knowledge.save_incident(self.run_id, inc.to_dict())
+            new &= ~members
+
+    def _reroot(self, inc: Incident, shown: F64, peer_max: F64) -> None:
+        """Root = the most abnormal member that passes the peer-group check (else the most abnormal)."""
+        members = np.array(sorted(inc.nodes))
+        passes = members[shown[members] >= self.config.peer_ratio * peer_max[members]]
+        pool = passes if passes.size else members
+        inc.root = int(pool[np.argmax(shown[pool])])
+        inc.description, inc.signature = self._describe(inc.root, len(inc.nodes) - 1)
+
+    def _describe(self, node: int, neighbours: int) -> tuple[str, str]:
+        text = describe(
+            node,
+            self._last_features[node],
+            self.baselines.level[node],
+            mem_slope_per_tick=float(self._slope_cache[node]),
+            neighbours_alarmed=neighbours,
+            gateway=bool(self.view.gateways[node]),
+        )
+        return text, _signature(text)
+
+    def _late_check(self, inc: Incident, tick: int) -> None:
+        """Feedback: when the root's score had been rising for a while, its threshold was too high."""
+        s, t = self.recent_scores[:, inc.root], self.recent_thresholds[:, inc.root]
+        rising = s > 0.5 * t
+        run = 0
+        for flag in rising[::-1]:
+            if not flag:
+                break
+            run += 1
+        late = run - self.config.persist_ticks
+        if late >= self.config.late_detection_ticks:
+            inc.detected_late_by = int(late)
+            self.counters["late_detections"] += 1
+            self.learner.adjust([inc.root], self.config.late_detection_lower)
+
+    # ------------------------------------------------------- plan and execute
+    def _progress(
+        self,
+        tick: int,
+        inc: Incident,
+        alarmed: npt.NDArray[np.bool_],
+        excess: F64,
+        features: F32,
+        actions: list[Action],
+        errors: list[str],
+    ) -> None:
+        c = self.config
+        members = np.array(sorted(inc.nodes))
+        active = alarmed[members].any()
+        inc.quiet_ticks = 0 if active else inc.quiet_ticks + 1
+        attempt = inc.verifying
+        if attempt is not None:
+            if tick < attempt.due_tick:
+                return
+            others = members[members != attempt.node] if attempt.action == "isolate_node" else members
+            ok = not alarmed[others].any() if others.size else True
+            self._judge(tick, inc, attempt, ok)
+            if ok:
+                self._close(tick, inc, "resolved")
+                return
+        if inc.quiet_ticks >= c.clear_ticks:
+            if inc.confirmed_tick is None:
+                self._close(tick, inc, "false_alarm")
+                self.counters["false_alarms"] += 1
+                self.learner.adjust(members, c.false_alarm_raise)
+            else:
+                self._close(tick, inc, "cleared")
+            return
+        if inc.confirmed_tick is None:
+            if tick - inc.opened_tick < CONFIRM_TICKS and not (excess[inc.root] >= c.severe_factor):
+                return
+            inc.confirmed_tick = tick
+            inc.description, inc.signature = self._describe(inc.root, len(inc.nodes) - 1)
+        if not c.remediation or inc.status == "escalated" or self.runbooks is None:
+            return
+        if len(actions) >= c.max_actions_per_tick:
+            return
+        if len(inc.attempts) >= c.max_attempts:
+            inc.status = "escalated"
+            self.knowledge.save_incident(self.run_id, inc.to_dict())
+            return
+        try:
+            action = self._plan(tick, inc, excess, features, errors)
+            if action is None and self._next_root(inc, excess):
+                action = self._plan(tick, inc, excess, features, errors)
+        except _PlanUnavailable:
+            return  # no runbooks this tick: keep monitoring and ask again next time
+        if action is None:
+            inc.status = "escalated"
+            self.knowledge.save_incident(self.run_id, inc.to_dict())
+            return
+        actions.append(action)
+
+    def _plan(self, tick: int, inc: Incident, excess: F64, features: F32, errors: list[str]) -> Action | None:
+        """The next action for ``inc``: learned first, then the runbooks' in rank order; preconditions hold."""
+        assert self.runbooks is not None
+        if inc.plan is None:
+            try:
+                inc.plan = self.runbooks.query(inc.description, self.config.rag_k)
+            except Exception as exc:  # RAG unreachable: no plan this tick, keep monitoring
+                msg = f"tick {tick}: runbook query for incident {inc.incident_id} failed ({exc})"
+                log.warning(msg)
+                errors.append(msg)
+                self.errors.append(msg)
+                raise _PlanUnavailable(msg) from exc
+        candidates: list[tuple[str, str]] = []
+        if self.config.learning:
+            learned = self.stats.get(inc.signature, {})
+            ranked = sorted(learned.items(), key=lambda kv: -(kv[1][0] + 1) / (kv[1][0] + kv[1][1] + 2))
+            candidates += [(a, "knowledge") for a, (ok, bad) in ranked if ok > bad]
+        answer = inc.plan or {}
+        named = [answer.get("action")] + [p.get("action") for p in answer.get("passages", [])]
+        for name in named:
+            if name is None:
+                continue
+            if name not in ACTIONS:
+                msg = f"incident {inc.incident_id}: runbook recommends unknown action {name!r}; ignored"
+                log.warning(msg)
+                errors.append(msg)
+                continue
+            candidates.append((name, "runbook"))
+        tried = {(a.action, a.node, a.peer) for a in inc.attempts}
+        for name, source in candidates:
+            target = self._target(name, inc.root, excess)
+            if target is None or (name, *target) in tried:
+                continue
+            node, peer = target
+            if not self._preconditions(tick, name, node, peer, features):
+                continue
+            delay = 1 + EFFECT_DELAY_TICKS.get(name, 0) + self.config.verify_ticks
+            attempt = Attempt(len(inc.attempts), tick + 1, name, node, peer, source, tick + delay)
+            inc.attempts.append(attempt)
+            inc.status = "acting"
+            self._remember_action(name, node, peer, tick + 1)
+            self.knowledge.save_action(self.run_id, inc.incident_id, attempt.to_dict())
+            self.knowledge.save_incident(self.run_id, inc.to_dict())
+            reason = f"incident {inc.incident_id} ({source}): {inc.description}"[:300]
+            return Action(name, node, peer, tick + 1, reason=reason)
+        return None
+
+    def _next_root(self, inc: Incident, excess: F64) -> bool:
+        """Escalate to the next most abnormal member not tried yet; False when none is left."""
+        tried = {a.node for a in inc.attempts} | {inc.root}
+        members = [m for m in sorted(inc.nodes, key=lambda m: -excess[m]) if m not in tried and excess[m] > 1.0]
+        if not members:
+            return False
+        inc.root = members[0]
+        inc.description, inc.signature = self._describe(inc.root, len(inc.nodes) - 1)
+        inc.plan = None
+        return True
+
+    def _target(self, name: str, root: int, excess: F64) -> tuple[int, int | None] | None:
+        if not self.view.actionable[root]:
+            return None
+        if name != "reroute":
+            return root, None
+        nbrs = self.adjacency.indices[self.adjacency.indptr[root] : self.adjacency.indptr[root + 1]]
+        nbrs = nbrs[self.view.actionable[nbrs]]
+        if nbrs.size == 0:
+            return root, None
+        peer = int(nbrs[np.argmax(excess[nbrs])])
+        return (root, peer) if excess[peer] >= 0.5 else (root, None)
+
+    def _preconditions(self, tick: int, name: str, node: int, peer: int | None, features: F32) -> bool:
+        """The runbooks' preconditions that telemetry and the controller's own record can check."""
+        f = np.nan_to_num(features[node])
+        base = self.baselines.level[node]
+        if name == "restart_node":
+            last = self.restarted_at.get(node)
+            return last is None or tick - last >= self.config.restart_cooldown_ticks
+        rx, rx0 = f[FEATURE_INDEX["rx_bytes_per_s"]], base[FEATURE_INDEX["rx_bytes_per_s"]]
+        if name == "isolate_node":  # a blackhole attracts traffic; never quarantine a gateway
+            return node not in self.isolated and not self.view.gateways[node] and rx > 1.5 * rx0 + 1e4
+        if name == "rate_limit":  # there is a surge to cap
+            queue = f[FEATURE_INDEX["queue_depth_pkts"]]
+            return node not in self.rate_limited and (rx > 1.5 * rx0 + 1e4 or queue >= 20)
+        if name == "scale_capacity":
+            return self.scaled.get(node, 0) < self.config.max_capacity_scalings and f[FEATURE_INDEX["cpu_util"]] >= 0.8
+        if name == "reroute":
+            key = (min(node, peer), max(node, peer)) if peer is not None else (node, -1)
+            return key not in self.avoided_links and not (peer is None and self.view.gateways[node])
+        return False
+
+    def _remember_action(self, name: str, node: int, peer: int | None, tick: int) -> None:
+        if name == "restart_node":
+            self.restarted_at[node] = tick
+        elif name == "isolate_node":
+            self.isolated.add(node)
+        elif name == "rate_limit":
+            self.rate_limited.add(node)
+        elif name == "scale_capacity":
+            self.scaled[node] = self.scaled.get(node, 0) + 1
+        elif name == "reroute":
+            self.avoided_links.add((min(node, peer), max(node, peer)) if peer is not None else (node, -1))
+
+    def _judge(self, tick: int, inc: Incident, attempt: Attempt, ok: bool) -> None:
+        attempt.outcome = "success" if ok else "failed"
+        attempt.judged_tick = tick
+        self.knowledge.save_action(self.run_id, inc.incident_id, attempt.to_dict())
+        if self.config.learning:
+            self.knowledge.record_outcome(inc.signature, attempt.action, ok)
+            ok_n, bad_n = self.stats.setdefault(inc.signature, {}).get(attempt.action, (0, 0))
+            self.stats[inc.signature][attempt.action] = (ok_n + ok, bad_n + (not ok))
+
+    def _close(self, tick: int, inc: Incident, status: str) -> None:
+        inc.status = status
+        inc.closed_tick = tick
+        self.knowledge.save_incident(self.run_id, inc.to_dict())
+        if status == "resolved" and self.config.ingest_resolved and self.runbooks is not None:
+            fix = inc.attempts[-1]
+            target = f"{fix.node}-{fix.peer}" if fix.peer is not None else str(fix.node)
+            doc = {
+                "id": f"incident-{_slug(self.run_id)}-{inc.incident_id}",
+                "title": f"Resolved incident {inc.incident_id}: {fix.action} on {target}",
+                "text": (
+                    f"Symptoms: {inc.description}\n\nResolved by {fix.action} on {target} "
+                    f"{tick - inc.opened_tick} ticks after detection, attempt {fix.attempt + 1}."
+                ),
+                "action": fix.action,
+            }
+            try:
+                self.runbooks.ingest([doc])
+            except Exception as exc:
+                msg = f"tick {tick}: adding incident {inc.incident_id} to the runbook corpus failed ({exc})"
+                log.warning(msg)
+                self.errors.append(msg)
+
+    # -------------------------------------------------------------- thresholds
+    def _maybe_push(self, tick: int) -> bool:
+        if not self.config.learning or tick - self._last_push < self.config.push_every_ticks:
+            return False
+        if self.learner.filled < self.config.learn_warmup_ticks:
+            return False
+        self._last_push = tick
+        thr = self.learner.thresholds
+        default = float(np.median(thr))
+        per_node = {str(i): round(float(v), 3) for i, v in enumerate(thr) if abs(v - default) > 0.05 * default}
+        try:
+            self.scorer.push_thresholds(default, per_node)
+        except Exception as exc:
+            msg = f"tick {tick}: pushing thresholds to the served detector failed ({exc})"
+            log.warning(msg)
+            self.errors.append(msg)
+            self.counters["push_errors"] += 1
+            return False
+        self.counters["pushes"] += 1
+        return True
+
+    def summary(self) -> dict[str, Any]:
+        """Counters, incident statuses and threshold statistics (for the report)."""
+        thr = self.learner.thresholds
+        statuses: dict[str, int] = {}
+        for inc in self.incidents:
+            statuses[inc.status] = statuses.get(inc.status, 0) + 1
+        return {
+            "mode": self.config.mode,
+            "strategy": self.config.strategy,
+            "mesh_state": self.mesh_state.name,
+            "incidents": len(self.incidents),
+            "incident_statuses": statuses,
+            "actions": sum(len(i.attempts) for i in self.incidents),
+            "threshold_median": float(np.median(thr)),
+            "threshold_p90": float(np.quantile(thr, 0.9)),
+            "static_threshold": self.learner.static_default,
+            "errors": len(self.errors),
+            **self.counters,
+        }
+
+
+def _signature(description: str) -> str:
+    """What kind of symptoms a description reports (the key of the learned action statistics)."""
+    body = description.split(": ", 1)[-1]
+    keys = []
+    for part in body.split("; "):
+        word = part.split(" ")[0].rstrip(":")
+        if word in FEATURE_INDEX or word in ("rx", "traffic", "cpu", "memory", "node", "mem_util", "anomaly"):
+            keys.append(word)
+        if len(keys) == 3:
+            break
+    return "+".join(keys) or "unknown"
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-")[:40] or "run"

@@ -1,0 +1,134 @@
+"""Per-node alarm thresholds learned online from served scores, with feedback from outcomes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy.sparse import csr_matrix
+
+from x0tta6bl4.mapek.config import ControllerConfig
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+
+
+class ThresholdLearner:
+    """Learns one threshold per node from the node's own recent healthy scores.
+
+    Scores of nodes in an alarm are not learned from (the node's last healthy value is
+    carried instead), so a fault never teaches the controller that it is normal. Feedback
+    from outcomes scales a node's threshold: false alarms raise it, late detections lower it.
+
+    Args:
+        num_nodes: nodes scored each tick.
+        config: the controller's configuration (strategy, window, constants).
+        static_default: the served model's threshold; the threshold of every node in
+            ``static`` mode, and of nodes still warming up otherwise.
+
+    Shapes:
+        scores, learn: ``[nodes]``; history: ``[history_ticks, nodes]``.
+    """
+
+    def __init__(self, num_nodes: int, config: ControllerConfig, static_default: float) -> None:
+        self.config = config
+        self.num_nodes = num_nodes
+        self.static_default = float(static_default)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Forget everything learned."""
+        h, n = self.config.history_ticks, self.num_nodes
+        self.history = np.zeros((h, n), dtype=np.float32)
+        self.filled = 0
+        self.position = 0
+        self.multiplier = np.ones(n, dtype=np.float64)
+        self.base = np.full(n, self.static_default, dtype=np.float64)
+        self._since_refit = 0
+
+    @property
+    def thresholds(self) -> F64:
+        """The threshold in force for each node."""
+        if not self.config.learning:
+            return np.full(self.num_nodes, self.static_default)
+        return self.base * self.multiplier
+
+    def observe(self, scores: F32, learn: npt.NDArray[np.bool_]) -> None:
+        """Add one tick of scores; only nodes with ``learn`` set contribute their value."""
+        if not self.config.learning:
+            return
+        previous = self.history[(self.position - 1) % self.config.history_ticks]
+        row = np.where(learn, scores, previous if self.filled else scores)
+        self.history[self.position] = row
+        self.position = (self.position + 1) % self.config.history_ticks
+        self.filled = min(self.filled + 1, self.config.history_ticks)
+        self._since_refit += 1
+        if self._since_refit >= self.config.refit_every_ticks:
+            self.refit()
+
+    def refit(self) -> None:
+        """Recompute every node's base threshold with the configured strategy."""
+        self._since_refit = 0
+        c = self.config
+        if self.filled < c.learn_warmup_ticks:
+            return
+        h = self.history[: self.filled].astype(np.float64)
+        q25, q50, q75, qp = np.percentile(h, [25.0, 50.0, 75.0, c.percentile], axis=0)
+        candidates = {
+            "percentile": q50 + c.percentile_margin * np.maximum(qp - q50, 0.0),
+            "sigma": h.mean(axis=0) + c.sigma_k * h.std(axis=0),
+            "iqr": q75 + c.iqr_k * (q75 - q25),
+        }
+        if c.strategy == "ensemble":
+            base = np.median(np.stack(list(candidates.values())), axis=0)
+        else:
+            base = candidates[c.strategy]
+        self.base = np.maximum(base, c.threshold_floor)
+
+    def adjust(self, nodes: npt.ArrayLike, factor: float) -> None:
+        """Scale the thresholds of ``nodes`` by ``factor`` (feedback), within the configured bounds."""
+        if not self.config.learning:
+            return
+        idx = np.asarray(nodes, dtype=np.int64)
+        low, high = self.config.multiplier_bounds
+        self.multiplier[idx] = np.clip(self.multiplier[idx] * factor, low, high)
+
+    def state(self) -> dict[str, Any]:
+        """Everything needed to resume learning after a restart."""
+        return {
+            "history": self.history,
+            "filled": self.filled,
+            "position": self.position,
+            "multiplier": self.multiplier,
+            "base": self.base,
+            "static_default": self.static_default,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state` returned (ignored when the node count changed)."""
+        history = np.asarray(state["history"], dtype=np.float32)
+        if history.shape != self.history.shape:
+            return
+        self.history = history
+        self.filled = int(state["filled"])
+        self.position = int(state["position"])
+        self.multiplier = np.asarray(state["multiplier"], dtype=np.float64)
+        self.base = np.asarray(state["base"], dtype=np.float64)
+
+
+def neighbour_max(values: F64, adjacency: csr_matrix) -> F64:
+    """Largest value among each node's graph neighbours (0 for a node without neighbours).
+
+    Shapes:
+        values: ``[nodes]`` (non-negative); adjacency: ``[nodes, nodes]``; out: ``[nodes]``.
+    """
+    weighted = adjacency.multiply(values[None, :]).tocsr()
+    return np.asarray(weighted.max(axis=1).todense(), dtype=np.float64).ravel()
+
+
+def trend_slope(series: F64) -> F64:
+    """Least-squares slope per column of ``series`` (``[ticks, nodes]``), in units per tick."""
+    t = series.shape[0]
+    x = np.arange(t, dtype=np.float64) - (t - 1) / 2.0
+    return np.asarray((x @ (series - series.mean(axis=0))) / float((x * x).sum()), dtype=np.float64)
