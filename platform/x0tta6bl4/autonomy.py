@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -148,14 +149,16 @@ def execute(plan: Plan, on_tick: Callable[[TickResult], None] | None = None) -> 
         else ShardedMesh(plan.topology, spec, keep_actors=config.keep_mesh)
     )
     hosts = _start_hosts(config, plan.topology) if conn is not None else {}
+    loop = _start_autonomy(plan, mesh, hosts) if config.autonomy else None
     progress = _Progress(config.ticks)
     timeline: list[dict[str, float]] = []
     started = time.perf_counter()
     host_frames: list[Any] = []
+    decided: tuple[Action, ...] = ()
     try:
         for _ in range(config.ticks):
             tick = mesh.tick + 1
-            result = mesh.step(plan.actions.get(tick, ()))
+            result = mesh.step(plan.actions.get(tick, ()) + decided)
             s = result.summary_dict()
             timeline.append(
                 {
@@ -167,11 +170,19 @@ def execute(plan: Plan, on_tick: Callable[[TickResult], None] | None = None) -> 
                     "active_faults": len(mesh.control.active_faults()),
                 }
             )
+            state = ""
+            if loop is not None:
+                step = loop.step(result, 1.0 - s["serviceable"] / max(1.0, s["nodes"]))
+                decided = step.actions
+                timeline[-1].update(
+                    {"alarmed_nodes": len(step.alarmed), "open_incidents": step.open_incidents, "mesh_state": step.mesh_state}
+                )
+                state = f"  {step.mesh_state}  incidents {step.open_incidents}  actions {loop.actions}"
             if on_tick is not None:
                 on_tick(result)
             progress.update(
                 result.tick,
-                f"serviceable {s['serviceable'] / s['nodes']:.1%}  faults {timeline[-1]['active_faults']}",
+                f"serviceable {s['serviceable'] / s['nodes']:.1%}  faults {timeline[-1]['active_faults']}{state}",
             )
             if hosts and tick % 10 == 0:
                 host_frames = _poll_hosts(list(hosts.values()))
@@ -180,18 +191,151 @@ def execute(plan: Plan, on_tick: Callable[[TickResult], None] | None = None) -> 
         elapsed = time.perf_counter() - started
         host_report = _host_report(hosts, host_frames, plan.topology) if hosts else []
         restarts = getattr(mesh, "restarts", 0)
+        autonomy_report = loop.finish(mesh) if loop is not None else None
     finally:
         progress.close()
+        if loop is not None:
+            loop.close(keep=config.keep_mesh or config.serve_forever)
         mesh.close()
-        if hosts and not config.keep_mesh:
+        keep = config.keep_mesh or (config.serve_forever and not config.in_process)
+        if hosts and not keep:
             _stop_hosts(list(hosts.values()))
-        if conn is not None and not config.keep_mesh:
+        if conn is not None and not keep:
             disconnect_ray(conn)
     report = build_report(plan, mesh, timeline, elapsed, restarts, host_report)
+    if autonomy_report is not None:
+        report["detection"] = autonomy_report["detection"]
+        report["remediation"] = autonomy_report["remediation"]
+        report["incidents"] = autonomy_report["incidents"]
+        for key in ("f1", "precision", "recall", "mttd_ticks", "mttr_ticks", "false_alarms_per_1000_node_ticks"):
+            report["summary"][key] = autonomy_report["detection"][key]
+        report["summary"]["incidents"] = autonomy_report["remediation"]["incidents"]
     path = plan.run_dir / "report.json"
     path.write_text(json.dumps(report, indent=1, default=_json_default), encoding="utf-8")
     report["path"] = str(path)
+    if timeline:
+        from x0tta6bl4.mapek.plot import timeline_png
+
+        report["timeline_png"] = str(timeline_png(report, plan.run_dir / "timeline.png"))
     return report
+
+
+class _Autonomy:
+    """The served apps and the MAPE-K controller for one run (actor + Serve, or in process)."""
+
+    def __init__(self, plan: Plan, mesh: Mesh, hosts: dict[int, Any]) -> None:
+        from x0tta6bl4.mapek.evaluate import AlarmLedger
+
+        config = plan.config
+        self.plan = plan
+        knowledge = config.controller.knowledge_path or str(config.runs_dir / "knowledge.sqlite")
+        self.controller_config = config.controller.model_copy(update={"knowledge_path": knowledge})
+        self.actions = 0
+        self.local: Any = None
+        self.actor: Any = None
+        if config.in_process:
+            self.local = _local_core(plan, self.controller_config)
+            adjacency = self.local.adjacency
+        else:
+            from x0tta6bl4.mapek.controller import mesh_view, start_controller
+            from x0tta6bl4.telemetry.source import source_name
+
+            self.serve_config = _deploy_serve(config)
+            names = [source_name(n) for n in _ray_node_ids()] if hosts else []
+            self.actor = start_controller(
+                plan.run_id, plan.topology_spec, names, self.controller_config, self.serve_config
+            )
+            adjacency = mesh_view(plan.topology, len(names)).adjacency()
+        self.ledger = AlarmLedger(adjacency, self.controller_config.correlation_hops)
+        self.mesh = mesh
+
+    def step(self, result: TickResult, unserviceable_share: float) -> Any:
+        if self.local is not None:
+            step = self.local.step(result.tick, self.mesh.frame(result).features, unserviceable_share)
+        else:
+            import ray
+
+            step = ray.get(self.actor.step.remote(result.tick, unserviceable_share))
+        self.actions += len(step.actions)
+        at_fault = [
+            n
+            for status in self.mesh.control.active_faults()
+            for n in (status.fault.node, status.fault.peer)
+            if n is not None
+        ]
+        self.ledger.add(step.alarmed, at_fault, self.plan.topology.num_nodes)
+        return step
+
+    def finish(self, mesh: Mesh) -> dict[str, Any]:
+        from x0tta6bl4.mapek.evaluate import evaluate
+
+        if self.local is not None:
+            incidents = [i.to_dict() for i in self.local.incidents]
+            summary = self.local.summary()
+        else:
+            import ray
+
+            incidents, summary = ray.get([self.actor.incidents.remote(), self.actor.summary.remote()])
+        faults = [status.to_dict() for status in mesh.control.faults]
+        detection = evaluate(faults, incidents, mesh.tick + 1, self.ledger)
+        return {"detection": detection, "remediation": summary, "incidents": incidents}
+
+    def close(self, keep: bool) -> None:
+        if self.actor is None or keep:
+            return
+        import ray
+        from ray import serve
+
+        ray.kill(self.actor)
+        with contextlib.suppress(Exception):
+            serve.delete(self.serve_config["app_name"])
+
+
+def _start_autonomy(plan: Plan, mesh: Mesh, hosts: dict[int, Any]) -> _Autonomy:
+    return _Autonomy(plan, mesh, hosts)
+
+
+def _ray_node_ids() -> list[str]:
+    import ray
+
+    return sorted(str(n["NodeID"]) for n in ray.nodes() if n.get("Alive"))
+
+
+def _deploy_serve(config: RunConfig) -> dict[str, Any]:
+    """Deploy the anomaly and RAG apps (bootstrapping a detector if none is promoted); their config."""
+    from ray import serve
+
+    from x0tta6bl4.serve.app import build_app
+    from x0tta6bl4.serve.config import ServeConfig
+
+    serve_config = ServeConfig.model_validate({"http": {"port": config.serve_port}}).resolved()
+    serve.start(
+        http_options={
+            "host": serve_config.http.host,
+            "port": serve_config.http.port,
+            "request_timeout_s": serve_config.http.request_timeout_s,
+        }
+    )
+    log.warning("deploying the Serve apps (detector and runbook index)...")
+    serve.run(build_app(serve_config), name=serve_config.app_name, route_prefix=serve_config.route_prefix)
+    return serve_config.model_dump(mode="json")
+
+
+def _local_core(plan: Plan, controller_config: Any) -> Any:
+    """The controller in this process, with the apps' logic in process too (``--in-process``)."""
+    from x0tta6bl4.mapek.clients import LocalRunbooks, LocalScorer
+    from x0tta6bl4.mapek.controller import mesh_view
+    from x0tta6bl4.mapek.core import ControllerCore
+    from x0tta6bl4.mapek.knowledge import KnowledgeStore
+
+    return ControllerCore(
+        mesh_view(plan.topology, 0),
+        controller_config,
+        LocalScorer(),
+        LocalRunbooks(),
+        KnowledgeStore(controller_config.knowledge_path),
+        plan.run_id,
+    )
 
 
 def _poll_hosts(hosts: list[Any]) -> list[Any]:
@@ -308,4 +452,33 @@ def main_from_args(args: argparse.Namespace) -> int:
     plan = plan_run(config)
     report = execute(plan)
     print_summary(report, as_json=bool(getattr(args, "print_json", False)))
+    if config.serve_forever and not config.in_process:
+        serve_forever(config)
     return 0
+
+
+def serve_forever(config: RunConfig) -> None:
+    """Keep Serve, the controller and the Ray dashboard up until Ctrl-C or SIGTERM, then tear down."""
+    import signal
+    import threading
+
+    import ray
+    from ray import serve
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    url = f"http://127.0.0.1:{config.serve_port}"
+    print(f"serving: {url}/docs, {url}/v1/anomaly/score, {url}/v1/rag/query (Ctrl-C to stop)", file=sys.stderr)
+    try:
+        while not stop.is_set():
+            stop.wait(0.5)
+    except KeyboardInterrupt:
+        pass
+    from x0tta6bl4.mapek.controller import CONTROLLER_NAME
+    from x0tta6bl4 import RAY_NAMESPACE
+
+    with contextlib.suppress(Exception):
+        ray.kill(ray.get_actor(CONTROLLER_NAME, namespace=RAY_NAMESPACE))
+    with contextlib.suppress(Exception):
+        serve.shutdown()
+    ray.shutdown()

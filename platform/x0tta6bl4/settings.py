@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from x0tta6bl4.errors import ConfigError
+from x0tta6bl4.mapek.config import ControllerConfig
 from x0tta6bl4.mesh.faults import ACTIONS, FAULT_TYPES, check_action, check_fault_type
 
 M = TypeVar("M", bound=BaseModel)
@@ -89,6 +90,17 @@ class RunConfig(BaseModel):
         default=False, description="run the kernel in the driver process without shard actors"
     )
     keep_mesh: bool = Field(default=False, description="leave the shard actors running after the run")
+    autonomy: bool = Field(
+        default=True,
+        description="deploy the Serve apps and run the MAPE-K controller (off: the mesh and its faults only)",
+    )
+    controller: ControllerConfig = Field(
+        default_factory=ControllerConfig, description="MAPE-K controller settings (mode, strategy, ...)"
+    )
+    serve_port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the Serve apps")
+    serve_forever: bool = Field(
+        default=False, description="keep Serve and the Ray dashboard up after the run until interrupted"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
@@ -159,6 +171,7 @@ _CLI_FIELDS = (
     "runs_dir",
     "run_id",
     "ray_address",
+    "serve_port",
 )
 
 
@@ -205,6 +218,31 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="leave the shard actors running after the run",
     )
     parser.add_argument(
+        "--mode",
+        choices=("learning", "static", "no_remediation"),
+        default=None,
+        help="controller mode: learn thresholds and act (default), fixed thresholds, or detect only",
+    )
+    parser.add_argument(
+        "--knowledge", default=None, help="SQLite knowledge store (default: <runs-dir>/knowledge.sqlite)"
+    )
+    parser.add_argument(
+        "--no-autonomy",
+        dest="autonomy",
+        action="store_const",
+        const=False,
+        default=None,
+        help="run the mesh and its faults without Serve and the controller",
+    )
+    parser.add_argument(
+        "--serve-forever",
+        dest="serve_forever",
+        action="store_const",
+        const=True,
+        default=None,
+        help="keep Serve and the Ray dashboard up after the run (until Ctrl-C)",
+    )
+    parser.add_argument(
         "--json",
         dest="print_json",
         action="store_true",
@@ -213,7 +251,16 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    overrides = {
-        name: getattr(args, name, None) for name in (*_CLI_FIELDS, "ebpf", "in_process", "keep_mesh")
+    overrides: dict[str, Any] = {
+        name: getattr(args, name, None)
+        for name in (*_CLI_FIELDS, "ebpf", "in_process", "keep_mesh", "autonomy", "serve_forever")
     }
+    controller = {
+        key: value
+        for key, value in (("mode", getattr(args, "mode", None)), ("knowledge_path", getattr(args, "knowledge", None)))
+        if value is not None
+    }
+    if controller:
+        base = load_config(args.config, {}).controller.model_dump()
+        overrides["controller"] = {**base, **controller}
     return load_config(args.config, overrides)

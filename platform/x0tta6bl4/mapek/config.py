@@ -94,7 +94,9 @@ class ControllerConfig(BaseModel):
         default=0.05, gt=0, le=1, description="mesh is CRITICAL when this share of nodes cannot reach a gateway"
     )
     critical_incidents: int = Field(default=6, ge=1, description="mesh is CRITICAL with this many open incidents")
-    knowledge_path: str = Field(default="runs/knowledge.sqlite", description="SQLite knowledge store")
+    knowledge_path: str | None = Field(
+        default=None, description="SQLite knowledge store (None: knowledge.sqlite in the runs directory)"
+    )
     ingest_resolved: bool = Field(default=True, description="add resolved incidents to the RAG corpus")
     stream_id: str = Field(default="mapek", description="stream id the controller scores under")
 
