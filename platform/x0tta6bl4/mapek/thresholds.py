@@ -58,8 +58,10 @@ class ThresholdLearner:
         """Add one tick of scores; only nodes with ``learn`` set contribute their value."""
         if not self.config.learning:
             return
+        # A node not learning carries its last value; before any tick was kept it has none,
+        # so it carries the static threshold rather than the anomalous score it shows now.
         previous = self.history[(self.position - 1) % self.config.history_ticks]
-        row = np.where(learn, scores, previous if self.filled else scores)
+        row = np.where(learn, scores, previous if self.filled else self.static_default)
         self.history[self.position] = row
         self.position = (self.position + 1) % self.config.history_ticks
         self.filled = min(self.filled + 1, self.config.history_ticks)
@@ -97,24 +99,24 @@ class ThresholdLearner:
     def state(self) -> dict[str, Any]:
         """Everything needed to resume learning after a restart."""
         return {
-            "history": self.history,
+            "history": self.history.copy(),
             "filled": self.filled,
             "position": self.position,
-            "multiplier": self.multiplier,
-            "base": self.base,
+            "multiplier": self.multiplier.copy(),
+            "base": self.base.copy(),
             "static_default": self.static_default,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state` returned (ignored when the node count changed)."""
-        history = np.asarray(state["history"], dtype=np.float32)
+        history = np.array(state["history"], dtype=np.float32)
         if history.shape != self.history.shape:
             return
         self.history = history
         self.filled = int(state["filled"])
         self.position = int(state["position"])
-        self.multiplier = np.asarray(state["multiplier"], dtype=np.float64)
-        self.base = np.asarray(state["base"], dtype=np.float64)
+        self.multiplier = np.array(state["multiplier"], dtype=np.float64)
+        self.base = np.array(state["base"], dtype=np.float64)
 
 
 def neighbour_max(values: F64, adjacency: csr_matrix) -> F64:
