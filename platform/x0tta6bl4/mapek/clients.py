@@ -123,6 +123,10 @@ class ServedScorer:
             from x0tta6bl4.serve.app import build_app
 
             try:
+                status = serve.status().applications.get(config.app_name)
+                if status is None or str(status.status).split(".")[-1] != "RUNNING":
+                    log.warning("anomaly app is not running; thresholds not pushed")
+                    return  # never resurrect an app someone deleted or is redeploying
                 serve.run(build_app(config), name=config.app_name, route_prefix=config.route_prefix, blocking=False)
                 self.pushed += 1
             except Exception as exc:

@@ -165,6 +165,7 @@ class MapeKController:
             "tick": self.core.last_tick,
             "mesh_state": self.core.mesh_state.name,
             "open_incidents": self.core._open_count(),
+            "restored_tick": self.core.restored_tick,
             "pid": os.getpid(),
         }
 

@@ -240,6 +240,8 @@ class ControllerCore:
         self.counters = {"analyses": 0, "false_alarms": 0, "late_detections": 0, "pushes": 0, "push_errors": 0}
         self.stats = knowledge.action_stats()
         self._last_push = -1
+        #: Tick of the checkpoint this controller resumed from (None: it started fresh).
+        self.restored_tick: int | None = None
         self._restore()
 
     # ------------------------------------------------------------ durability
@@ -255,6 +257,7 @@ class ControllerCore:
         self.incidents = [Incident.from_dict(d) for d in self.knowledge.incidents(self.run_id)]
         self.next_incident_id = max((i.incident_id for i in self.incidents), default=-1) + 1
         self.last_tick = self.last_analysed = tick
+        self.restored_tick = tick
         for inc in self.incidents:
             for a in inc.attempts:
                 self._remember_action(a.action, a.node, a.peer, a.tick)
