@@ -175,14 +175,19 @@ def execute(plan: Plan, on_tick: Callable[[TickResult], None] | None = None) -> 
                 step = loop.step(result, 1.0 - s["serviceable"] / max(1.0, s["nodes"]))
                 decided = step.actions
                 timeline[-1].update(
-                    {"alarmed_nodes": len(step.alarmed), "open_incidents": step.open_incidents, "mesh_state": step.mesh_state}
+                    {
+                        "alarmed_nodes": len(step.alarmed),
+                        "open_incidents": step.open_incidents,
+                        "mesh_state": step.mesh_state,
+                    }
                 )
                 state = f"  {step.mesh_state}  incidents {step.open_incidents}  actions {loop.actions}"
             if on_tick is not None:
                 on_tick(result)
             progress.update(
                 result.tick,
-                f"serviceable {s['serviceable'] / s['nodes']:.1%}  faults {timeline[-1]['active_faults']}{state}",
+                f"serviceable {s['serviceable'] / s['nodes']:.1%}  "
+                f"faults {timeline[-1]['active_faults']}{state}",
             )
             if hosts and tick % 10 == 0:
                 host_frames = _poll_hosts(list(hosts.values()))
@@ -207,7 +212,14 @@ def execute(plan: Plan, on_tick: Callable[[TickResult], None] | None = None) -> 
         report["detection"] = autonomy_report["detection"]
         report["remediation"] = autonomy_report["remediation"]
         report["incidents"] = autonomy_report["incidents"]
-        for key in ("f1", "precision", "recall", "mttd_ticks", "mttr_ticks", "false_alarms_per_1000_node_ticks"):
+        for key in (
+            "f1",
+            "precision",
+            "recall",
+            "mttd_ticks",
+            "mttr_ticks",
+            "false_alarms_per_1000_node_ticks",
+        ):
             report["summary"][key] = autonomy_report["detection"][key]
         report["summary"]["incidents"] = autonomy_report["remediation"]["incidents"]
     path = plan.run_dir / "report.json"
@@ -468,14 +480,16 @@ def serve_forever(config: RunConfig) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     url = f"http://127.0.0.1:{config.serve_port}"
-    print(f"serving: {url}/docs, {url}/v1/anomaly/score, {url}/v1/rag/query (Ctrl-C to stop)", file=sys.stderr)
+    print(
+        f"serving: {url}/docs, {url}/v1/anomaly/score, {url}/v1/rag/query (Ctrl-C to stop)", file=sys.stderr
+    )
     try:
         while not stop.is_set():
             stop.wait(0.5)
     except KeyboardInterrupt:
         pass
-    from x0tta6bl4.mapek.controller import CONTROLLER_NAME
     from x0tta6bl4 import RAY_NAMESPACE
+    from x0tta6bl4.mapek.controller import CONTROLLER_NAME
 
     with contextlib.suppress(Exception):
         ray.kill(ray.get_actor(CONTROLLER_NAME, namespace=RAY_NAMESPACE))

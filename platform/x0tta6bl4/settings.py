@@ -257,7 +257,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     }
     controller = {
         key: value
-        for key, value in (("mode", getattr(args, "mode", None)), ("knowledge_path", getattr(args, "knowledge", None)))
+        for key, value in (
+            ("mode", getattr(args, "mode", None)),
+            ("knowledge_path", getattr(args, "knowledge", None)),
+        )
         if value is not None
     }
     if controller:

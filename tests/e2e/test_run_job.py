@@ -35,9 +35,12 @@ def test_run_writes_a_report_with_faults_timeline_and_summary(tmp_path, cli_env)
             str(tmp_path),
             "--run-id",
             "small",
+            "--serve-port",
+            str(_free_port()),
             "--json",
         ],
         cli_env,
+        timeout=420,
     )
     assert proc.returncode == 0, proc.stderr
     printed = json.loads(proc.stdout)
@@ -61,6 +64,18 @@ def test_run_writes_a_report_with_faults_timeline_and_summary(tmp_path, cli_env)
     assert {"detection", "remediation", "hosts", "actions", "config"} <= report.keys()
     assert "tick 100/100" in proc.stderr  # live progress (plain lines when not on a terminal)
     assert (tmp_path / "small" / "checkpoints" / "region-0.ckpt").exists()
+    # The loop closed: served scores, learned thresholds pushed back, incidents healed, figures reported.
+    summary = report["summary"]
+    for key in ("f1", "mttd_ticks", "mttr_ticks", "false_alarms_per_1000_node_ticks", "precision", "recall"):
+        assert key in summary
+    assert report["detection"]["faults_evaluated"] >= 1 and report["detection"]["faults_detected"] >= 1
+    assert report["remediation"]["pushes"] >= 1 and report["remediation"]["analyses"] >= 50
+    assert report["incidents"] and any(
+        a["outcome"] == "success" for i in report["incidents"] for a in i["attempts"]
+    )
+    assert any(a["reason"].startswith("incident ") for a in report["actions"])  # the controller's actions
+    assert (tmp_path / "small" / "timeline.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "knowledge.sqlite").exists()
 
 
 def test_scripted_actions_from_a_yaml_config_heal_their_faults(tmp_path, cli_env):
@@ -72,7 +87,18 @@ def test_scripted_actions_from_a_yaml_config_heal_their_faults(tmp_path, cli_env
         "actions:\n  - {action: rate_limit, node: 20, tick: 10}\n  - {action: restart_node, node: 200, tick: 10}\n"
     )
     proc = _run(
-        ["run", "--config", str(config), "--no-ebpf", "--runs-dir", str(tmp_path), "--run-id", "y"], cli_env
+        [
+            "run",
+            "--config",
+            str(config),
+            "--no-ebpf",
+            "--no-autonomy",
+            "--runs-dir",
+            str(tmp_path),
+            "--run-id",
+            "y",
+        ],
+        cli_env,
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "y" / "report.json").read_text())
@@ -89,6 +115,8 @@ def test_scripted_actions_from_a_yaml_config_heal_their_faults(tmp_path, cli_env
         (["--nodes", "10", "--regions", "20"], "regions (20) cannot exceed nodes (10)"),
         (["--nodes", "abc"], "invalid int value"),
         (["--config", "/nonexistent.yaml"], "does not exist"),
+        (["--mode", "psychic"], "invalid choice"),
+        (["--serve-port", "0"], "serve_port"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2_before_anything_starts(tmp_path, cli_env, args, message):
@@ -170,6 +198,9 @@ def test_the_job_runs_through_ray_job_submit_on_a_real_head(tmp_path, cli_env):
                 str(tmp_path),
                 "--run-id",
                 "submitted",
+                "--serve-port",
+                str(_free_port()),
+                "--keep-mesh",
             ],
             env=cli_env,
             capture_output=True,
@@ -180,6 +211,30 @@ def test_the_job_runs_through_ray_job_submit_on_a_real_head(tmp_path, cli_env):
         assert "succeeded" in submit.stdout.lower()
         report = json.loads((tmp_path / "submitted" / "report.json").read_text())
         assert len(report["timeline"]) == 30
+        assert "f1" in report["summary"] and report["remediation"]["analyses"] >= 15
+        # What the dashboard shows: the controller and the shards by name in Ray's state API.
+        listed = subprocess.run(
+            [
+                ray,
+                "list",
+                "actors",
+                "--address",
+                address,
+                "--filter",
+                "state=ALIVE",
+                "--format",
+                "json",
+                "--limit",
+                "500",
+            ],
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert listed.returncode == 0, listed.stderr
+        names = {a.get("name") for a in json.loads(listed.stdout)}
+        assert {"mapek-controller", "mesh-shard-0", "mesh-shard-2"} <= names
     finally:
         subprocess.run([ray, "stop", "--force"], env=cli_env, capture_output=True, timeout=120)
         time.sleep(1)

@@ -60,7 +60,12 @@ def run_scenario(
     mesh = LocalMesh(plan.topology, MeshSpec(plan.topology_spec, seed, plan.faults, ControlParams()))
     config = ControllerConfig(mode=mode, knowledge_path=knowledge_path, stream_id=f"s{seed}-{mode}")  # type: ignore[arg-type]
     core = ControllerCore(
-        mesh_view(plan.topology, 0), config, scorer, runbooks, KnowledgeStore(knowledge_path), f"bench-s{seed}-{mode}"
+        mesh_view(plan.topology, 0),
+        config,
+        scorer,
+        runbooks,
+        KnowledgeStore(knowledge_path),
+        f"bench-s{seed}-{mode}",
     )
     ledger = AlarmLedger(core.adjacency, config.correlation_hops)
     actions: tuple[Any, ...] = ()
@@ -72,9 +77,13 @@ def run_scenario(
         serviceable.append(s["serviceable"] / s["nodes"])
         step = core.step(res.tick, mesh.frame(res).features, 1.0 - serviceable[-1])
         actions = step.actions
-        at_fault = [n for st in mesh.control.active_faults() for n in (st.fault.node, st.fault.peer) if n is not None]
+        at_fault = [
+            n for st in mesh.control.active_faults() for n in (st.fault.node, st.fault.peer) if n is not None
+        ]
         ledger.add(step.alarmed, at_fault, nodes)
-    out = evaluate([st.to_dict() for st in mesh.control.faults], [i.to_dict() for i in core.incidents], ticks, ledger)
+    out = evaluate(
+        [st.to_dict() for st in mesh.control.faults], [i.to_dict() for i in core.incidents], ticks, ledger
+    )
     out["availability"] = float(np.mean(serviceable))
     out["wall_s"] = time.perf_counter() - started
     out["actions"] = sum(len(i.attempts) for i in core.incidents)
@@ -93,7 +102,9 @@ def _scenario_results(quick: bool) -> list[dict[str, Any]]:
         runbooks = {m: LocalRunbooks(str(Path(tmp) / f"rag-{m}")) for m in MODES}
         for seed in seeds:
             for mode in MODES:
-                ev = run_scenario(seed, nodes, ticks, mode, scorer, runbooks[mode], str(Path(tmp) / f"{mode}.sqlite"))
+                ev = run_scenario(
+                    seed, nodes, ticks, mode, scorer, runbooks[mode], str(Path(tmp) / f"{mode}.sqlite")
+                )
                 figures[mode][seed] = ev
                 _log(
                     f"seed {seed} {mode}: f1 {ev['f1']:.3f} (p {ev['precision']:.2f} r {ev['recall']:.2f}) "
@@ -113,9 +124,7 @@ def _scenario_results(quick: bool) -> list[dict[str, Any]]:
 
         learn_f1, static_f1 = fig("learning", "f1"), fig("static", "f1")
         rows.append(result("f1", learn_f1, "f1", p, baseline=("static_thresholds_f1", static_f1)))
-        rows.append(
-            result("f1_gain", learn_f1 - static_f1, "f1", p, target=("value", ">=", 0.1))
-        )
+        rows.append(result("f1_gain", learn_f1 - static_f1, "f1", p, target=("value", ">=", 0.1)))
         rows.append(
             result(
                 "mttr_ticks",
@@ -142,7 +151,10 @@ def _scenario_results(quick: bool) -> list[dict[str, Any]]:
                 fig("learning", "false_alarms_per_1000_node_ticks"),
                 "alarms",
                 p,
-                baseline=("static_false_alarms_per_1000_node_ticks", fig("static", "false_alarms_per_1000_node_ticks")),
+                baseline=(
+                    "static_false_alarms_per_1000_node_ticks",
+                    fig("static", "false_alarms_per_1000_node_ticks"),
+                ),
                 target=("value", "<=", 10.0),
             )
         )
@@ -182,17 +194,33 @@ def _throughput_results(quick: bool) -> list[dict[str, Any]]:
     regions = 8
     with tempfile.TemporaryDirectory(prefix="x0tta6bl4-bench-ctl-") as tmp:
         config = RunConfig(
-            nodes=nodes, regions=regions, ticks=ticks + warmup, seed=5, ebpf=False, serve_port=_free_port(),
-            runs_dir=Path(tmp), run_id="throughput",
+            nodes=nodes,
+            regions=regions,
+            ticks=ticks + warmup,
+            seed=5,
+            ebpf=False,
+            serve_port=_free_port(),
+            runs_dir=Path(tmp),
+            run_id="throughput",
         )
         plan = plan_run(config)
         conn = connect_ray()
         try:
-            spec = MeshSpec(plan.topology_spec, config.seed, plan.faults, ControlParams(), checkpoint_dir=str(Path(tmp) / "ckpt"))
+            spec = MeshSpec(
+                plan.topology_spec,
+                config.seed,
+                plan.faults,
+                ControlParams(),
+                checkpoint_dir=str(Path(tmp) / "ckpt"),
+            )
             mesh = ShardedMesh(plan.topology, spec)
             serve_config = _deploy_serve(config)
             controller = start_controller(
-                "throughput", plan.topology_spec, [], ControllerConfig(knowledge_path=str(Path(tmp) / "k.sqlite")), serve_config
+                "throughput",
+                plan.topology_spec,
+                [],
+                ControllerConfig(knowledge_path=str(Path(tmp) / "k.sqlite")),
+                serve_config,
             )
             mesh_s, ctl_s = [], []
             actions: tuple[Any, ...] = ()

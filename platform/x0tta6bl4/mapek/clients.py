@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,9 @@ class LocalScorer:
         served = self._scorer.model.get()
         return served.features, served.suggested_threshold
 
-    def score(self, node_ids: Sequence[int], window: F32, pairs: npt.NDArray[np.int32], stream_id: str) -> F32:
+    def score(
+        self, node_ids: Sequence[int], window: F32, pairs: npt.NDArray[np.int32], stream_id: str
+    ) -> F32:
         from x0tta6bl4.telemetry.windows import RollingInputs
 
         stream = self._streams.setdefault(stream_id, RollingInputs(self._window))
@@ -58,7 +61,9 @@ class LocalRunbooks:
     def __init__(self, data_dir: str | None = None) -> None:
         from x0tta6bl4.rag.retriever import Retriever, RetrieverConfig
 
-        self._retriever = Retriever.open(RetrieverConfig() if data_dir is None else RetrieverConfig(data_dir=data_dir))
+        self._retriever = Retriever.open(
+            RetrieverConfig() if data_dir is None else RetrieverConfig(data_dir=Path(data_dir))
+        )
 
     def query(self, text: str, k: int) -> dict[str, Any]:
         result: dict[str, Any] = self._retriever.query(text, k).to_dict()
@@ -95,16 +100,20 @@ class ServedScorer:
         described = self._handle.describe.remote().result(timeout_s=self.timeout_s)
         return tuple(features), float(described["default_threshold"])
 
-    def score(self, node_ids: Sequence[int], window: F32, pairs: npt.NDArray[np.int32], stream_id: str) -> F32:
+    def score(
+        self, node_ids: Sequence[int], window: F32, pairs: npt.NDArray[np.int32], stream_id: str
+    ) -> F32:
         import json
 
         if self._contract is None:
             self.contract()
         assert self._contract is not None
         snapshot = Snapshot(list(node_ids), np.ascontiguousarray(window, dtype=np.float32), pairs)
-        status, body = self._handle.options(multiplexed_model_id=stream_id).score.remote(
-            snapshot, self._contract[0], stream_id
-        ).result(timeout_s=self.timeout_s)
+        status, body = (
+            self._handle.options(multiplexed_model_id=stream_id)
+            .score.remote(snapshot, self._contract[0], stream_id)
+            .result(timeout_s=self.timeout_s)
+        )
         if status == 409:  # the served model changed its features: ask again next tick
             self._contract = None
         if status != 200:
@@ -127,7 +136,9 @@ class ServedScorer:
                 if status is None or str(status.status).split(".")[-1] != "RUNNING":
                     log.warning("anomaly app is not running; thresholds not pushed")
                     return  # never resurrect an app someone deleted or is redeploying
-                serve.run(build_app(config), name=config.app_name, route_prefix=config.route_prefix, blocking=False)
+                serve.run(
+                    build_app(config), name=config.app_name, route_prefix=config.route_prefix, blocking=False
+                )
                 self.pushed += 1
             except Exception as exc:
                 log.warning("pushing thresholds to the anomaly app failed: %s", exc)

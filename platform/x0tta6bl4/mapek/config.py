@@ -33,13 +33,23 @@ class ControllerConfig(BaseModel):
         default=10, ge=1, description="analysed ticks of scores a node needs before its own threshold is used"
     )
     percentile: float = Field(default=99.0, gt=50, lt=100, description="percentile strategy's quantile")
-    percentile_margin: float = Field(default=3.0, ge=1, description="percentile strategy: multiple of the quantile's excess over the median")
-    sigma_k: float = Field(default=12.0, gt=0, description="sigma strategy: standard deviations above the mean")
+    percentile_margin: float = Field(
+        default=3.0,
+        ge=1,
+        description="percentile strategy: multiple of the quantile's excess over the median",
+    )
+    sigma_k: float = Field(
+        default=12.0, gt=0, description="sigma strategy: standard deviations above the mean"
+    )
     iqr_k: float = Field(default=12.0, gt=0, description="IQR strategy: interquartile ranges above Q3")
     threshold_floor: float = Field(
-        default=50.0, ge=0, description="no learned threshold goes below this score (scores near zero are noise)"
+        default=50.0,
+        ge=0,
+        description="no learned threshold goes below this score (scores near zero are noise)",
     )
-    refit_every_ticks: int = Field(default=5, ge=1, description="ticks between re-fits of the per-node thresholds")
+    refit_every_ticks: int = Field(
+        default=5, ge=1, description="ticks between re-fits of the per-node thresholds"
+    )
     persist_ticks: int = Field(
         default=2, ge=1, description="consecutive analysed ticks above threshold before a node alarms"
     )
@@ -49,7 +59,9 @@ class ControllerConfig(BaseModel):
     correlation_hops: int = Field(
         default=3, ge=0, description="alarms within this many hops of an open incident join it as symptoms"
     )
-    clear_ticks: int = Field(default=3, ge=1, description="ticks an incident's nodes stay below threshold to close it")
+    clear_ticks: int = Field(
+        default=3, ge=1, description="ticks an incident's nodes stay below threshold to close it"
+    )
     peer_ratio: float = Field(
         default=1.0,
         gt=0,
@@ -67,8 +79,12 @@ class ControllerConfig(BaseModel):
     )
     max_attempts: int = Field(default=4, ge=1, description="actions tried per incident before escalating")
     max_actions_per_tick: int = Field(default=8, ge=1, description="actions issued in one tick at most")
-    restart_cooldown_ticks: int = Field(default=30, ge=0, description="no second restart_node within this many ticks")
-    max_capacity_scalings: int = Field(default=2, ge=1, description="scale_capacity at most this often per node")
+    restart_cooldown_ticks: int = Field(
+        default=30, ge=0, description="no second restart_node within this many ticks"
+    )
+    max_capacity_scalings: int = Field(
+        default=2, ge=1, description="scale_capacity at most this often per node"
+    )
     false_alarm_raise: float = Field(
         default=1.25, ge=1, description="a false alarm multiplies the node's threshold by this"
     )
@@ -91,9 +107,14 @@ class ControllerConfig(BaseModel):
         default=10, ge=1, description="ticks between saves of the learner state to the knowledge store"
     )
     critical_unserviceable_share: float = Field(
-        default=0.05, gt=0, le=1, description="mesh is CRITICAL when this share of nodes cannot reach a gateway"
+        default=0.05,
+        gt=0,
+        le=1,
+        description="mesh is CRITICAL when this share of nodes cannot reach a gateway",
     )
-    critical_incidents: int = Field(default=6, ge=1, description="mesh is CRITICAL with this many open incidents")
+    critical_incidents: int = Field(
+        default=6, ge=1, description="mesh is CRITICAL with this many open incidents"
+    )
     knowledge_path: str | None = Field(
         default=None, description="SQLite knowledge store (None: knowledge.sqlite in the runs directory)"
     )

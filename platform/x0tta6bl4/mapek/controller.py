@@ -34,7 +34,9 @@ def mesh_view(topology: Topology, num_hosts: int) -> MeshView:
     n = topology.num_nodes
     gateways = np.flatnonzero(topology.gateways)
     host_links = [(int(gateways[i % gateways.size]), n + i) for i in range(num_hosts)]
-    pairs = np.concatenate([topology.edges, np.asarray(host_links, dtype=np.int64).reshape(-1, 2)]).astype(np.int32)
+    pairs = np.concatenate([topology.edges, np.asarray(host_links, dtype=np.int64).reshape(-1, 2)]).astype(
+        np.int32
+    )
     return MeshView(
         num_nodes=n + num_hosts,
         pairs=pairs,
@@ -75,7 +77,7 @@ class MapeKController:
         self.view = mesh_view(self.topology, len(host_sources))
         self.scorer = ServedScorer(serve_config)
         self.runbooks = ServedRunbooks(self.scorer.config.app_name)
-        self.knowledge = KnowledgeStore(self.config.knowledge_path)
+        self.knowledge = KnowledgeStore(self.config.knowledge_path or "knowledge.sqlite")
         self.core = self._build_core(run_id)
         self._host_rows = np.full((len(host_sources), len(FEATURES)), np.nan, dtype=np.float32)
         self._shards: list[Any] = []
@@ -85,7 +87,9 @@ class MapeKController:
         deadline = time.monotonic() + 120.0
         while True:  # the apps may still be starting (or restarting) when the controller comes up
             try:
-                return ControllerCore(self.view, self.config, self.scorer, self.runbooks, self.knowledge, run_id)
+                return ControllerCore(
+                    self.view, self.config, self.scorer, self.runbooks, self.knowledge, run_id
+                )
             except Exception as exc:
                 if time.monotonic() > deadline:
                     raise
@@ -99,7 +103,8 @@ class MapeKController:
 
         if not self._shards:
             self._shards = [
-                ray.get_actor(shard_name(r), namespace=RAY_NAMESPACE) for r in range(self.topology.num_regions)
+                ray.get_actor(shard_name(r), namespace=RAY_NAMESPACE)
+                for r in range(self.topology.num_regions)
             ]
         return self._shards
 
@@ -143,7 +148,9 @@ class MapeKController:
             msg = f"tick {tick}: telemetry unavailable ({type(exc).__name__}: {exc})"
             self._note(msg)
             core = self.core
-            return StepResult(tick, (), False, core.mesh_state.name, core._alarmed_ids(), core._open_count(), errors=(msg,))
+            return StepResult(
+                tick, (), False, core.mesh_state.name, core._alarmed_ids(), core._open_count(), errors=(msg,)
+            )
         return self.core.step(tick, features, unserviceable_share)
 
     def incidents(self) -> list[dict[str, Any]]:

@@ -38,7 +38,7 @@ DISRUPTIVE = ("restart_node", "isolate_node")
 CONFIRM_TICKS = 2
 
 
-class _PlanUnavailable(Exception):
+class _PlanUnavailableError(Exception):
     """The runbooks could not be asked this tick."""
 
 
@@ -49,7 +49,9 @@ class Scorer(Protocol):
         """The detector's feature order and its suggested (static) threshold."""
         ...
 
-    def score(self, node_ids: Sequence[int], window: F32, pairs: npt.NDArray[np.int32], stream_id: str) -> F32:
+    def score(
+        self, node_ids: Sequence[int], window: F32, pairs: npt.NDArray[np.int32], stream_id: str
+    ) -> F32:
         """Scores of the window's last tick, one per node (``window``: ``[ticks, nodes, features]``)."""
         ...
 
@@ -237,7 +239,13 @@ class ControllerCore:
         self.errors: list[str] = []
         self._last_features = np.zeros((n, len(FEATURES)), dtype=np.float32)
         self._slope_cache = np.zeros(n, dtype=np.float64)
-        self.counters = {"analyses": 0, "false_alarms": 0, "late_detections": 0, "pushes": 0, "push_errors": 0}
+        self.counters = {
+            "analyses": 0,
+            "false_alarms": 0,
+            "late_detections": 0,
+            "pushes": 0,
+            "push_errors": 0,
+        }
         self.stats = knowledge.action_stats()
         self._last_push = -1
         #: Tick of the checkpoint this controller resumed from (None: it started fresh).
@@ -261,7 +269,9 @@ class ControllerCore:
         for inc in self.incidents:
             for a in inc.attempts:
                 self._remember_action(a.action, a.node, a.peer, a.tick)
-        log.info("controller resumed run %s at tick %d with %d incidents", self.run_id, tick, len(self.incidents))
+        log.info(
+            "controller resumed run %s at tick %d with %d incidents", self.run_id, tick, len(self.incidents)
+        )
 
     def checkpoint(self, tick: int) -> None:
         state = self.learner.state()
@@ -287,15 +297,21 @@ class ControllerCore:
         self.pending.clear()
         errors: list[str] = []
         try:
-            scores = self.scorer.score(range(self.view.num_nodes), window, self.view.pairs, self.config.stream_id)
+            scores = self.scorer.score(
+                range(self.view.num_nodes), window, self.view.pairs, self.config.stream_id
+            )
         except Exception as exc:  # Serve unreachable, replica restarting: keep last thresholds, try next tick
             msg = f"tick {tick}: scoring failed ({type(exc).__name__}: {exc}); keeping last thresholds"
             log.warning(msg)
             self.errors.append(msg)
-            return StepResult(tick, (), False, self.mesh_state.name, self._alarmed_ids(), self._open_count(), errors=(msg,))
+            return StepResult(
+                tick, (), False, self.mesh_state.name, self._alarmed_ids(), self._open_count(), errors=(msg,)
+            )
         self.last_analysed = tick
         self.counters["analyses"] += 1
-        actions = self._analyse_plan_execute(tick, features, scores.astype(np.float32), unserviceable_share, errors)
+        actions = self._analyse_plan_execute(
+            tick, features, scores.astype(np.float32), unserviceable_share, errors
+        )
         pushed = self._maybe_push(tick)
         if tick % self.config.checkpoint_every_ticks == 0:
             self.checkpoint(tick)
@@ -335,7 +351,9 @@ class ControllerCore:
         if deep and self.mem_filled >= c.trend_ticks:
             slope = trend_slope(self.mem_history)
             trend = (slope >= c.trend_slope_per_tick) & (self.mem_history[-1] >= c.trend_level)
-        self._slope_cache = trend_slope(self.mem_history) if self.mem_filled >= 3 else np.zeros(self.view.num_nodes)
+        self._slope_cache = (
+            trend_slope(self.mem_history) if self.mem_filled >= 3 else np.zeros(self.view.num_nodes)
+        )
         alarmed = (self.run >= c.persist_ticks) | (excess >= c.severe_factor) | silent | trend
         in_incident = np.zeros(self.view.num_nodes, dtype=bool)
         for inc in self.incidents:
@@ -379,7 +397,7 @@ class ControllerCore:
     def _silent(self, features: F32) -> npt.NDArray[np.bool_]:
         """Nodes that report the collector's unreachable record: no links, no CPU, no traffic."""
         f = np.nan_to_num(features)
-        return (
+        silent: npt.NDArray[np.bool_] = (
             (f[:, FEATURE_INDEX["links_up"]] == 0)
             & (f[:, FEATURE_INDEX["cpu_util"]] == 0)
             & (f[:, FEATURE_INDEX["rx_bytes_per_s"]] == 0)
@@ -387,6 +405,7 @@ class ControllerCore:
             & (self.baselines.level[:, FEATURE_INDEX["links_up"]] > 0)
             & ~np.isin(np.arange(self.view.num_nodes), list(self.isolated))
         )
+        return silent
 
     def _within_hops(self, nodes: set[int], hops: int) -> npt.NDArray[np.bool_]:
         mask = np.zeros(self.view.num_nodes, dtype=np.float64)
@@ -431,7 +450,9 @@ class ControllerCore:
             root = int(order[np.argmax(shown[order])])
             members = new & self._within_hops({root}, c.correlation_hops)
             members[root] = True
-            inc = Incident(self.next_incident_id, tick, root, {int(i) for i in np.flatnonzero(members)}, "", "")
+            inc = Incident(
+                self.next_incident_id, tick, root, {int(i) for i in np.flatnonzero(members)}, "", ""
+            )
             self.next_incident_id += 1
             self._reroot(inc, shown, peer_max)
             self._late_check(inc, tick)
@@ -523,7 +544,7 @@ class ControllerCore:
             action = self._plan(tick, inc, excess, features, errors)
             if action is None and self._next_root(inc, excess):
                 action = self._plan(tick, inc, excess, features, errors)
-        except _PlanUnavailable:
+        except _PlanUnavailableError:
             return  # no runbooks this tick: keep monitoring and ask again next time
         if action is None:
             inc.status = "escalated"
@@ -532,7 +553,7 @@ class ControllerCore:
         actions.append(action)
 
     def _plan(self, tick: int, inc: Incident, excess: F64, features: F32, errors: list[str]) -> Action | None:
-        """The next action for ``inc``: learned first, then the runbooks' in rank order; preconditions hold."""
+        """The next action for ``inc``: learned ones first, then the runbooks' in rank order."""
         assert self.runbooks is not None
         if inc.plan is None:
             try:
@@ -542,7 +563,7 @@ class ControllerCore:
                 log.warning(msg)
                 errors.append(msg)
                 self.errors.append(msg)
-                raise _PlanUnavailable(msg) from exc
+                raise _PlanUnavailableError(msg) from exc
         candidates: list[tuple[str, str]] = []
         if self.config.learning:
             learned = self.stats.get(inc.signature, {})
@@ -581,7 +602,9 @@ class ControllerCore:
     def _next_root(self, inc: Incident, excess: F64) -> bool:
         """Escalate to the next most abnormal member not tried yet; False when none is left."""
         tried = {a.node for a in inc.attempts} | {inc.root}
-        members = [m for m in sorted(inc.nodes, key=lambda m: -excess[m]) if m not in tried and excess[m] > 1.0]
+        members = [
+            m for m in sorted(inc.nodes, key=lambda m: -excess[m]) if m not in tried and excess[m] > 1.0
+        ]
         if not members:
             return False
         inc.root = members[0]
@@ -615,7 +638,10 @@ class ControllerCore:
             queue = f[FEATURE_INDEX["queue_depth_pkts"]]
             return node not in self.rate_limited and (rx > 1.5 * rx0 + 1e4 or queue >= 20)
         if name == "scale_capacity":
-            return self.scaled.get(node, 0) < self.config.max_capacity_scalings and f[FEATURE_INDEX["cpu_util"]] >= 0.8
+            return (
+                self.scaled.get(node, 0) < self.config.max_capacity_scalings
+                and f[FEATURE_INDEX["cpu_util"]] >= 0.8
+            )
         if name == "reroute":
             key = (min(node, peer), max(node, peer)) if peer is not None else (node, -1)
             return key not in self.avoided_links and not (peer is None and self.view.gateways[node])
@@ -674,7 +700,9 @@ class ControllerCore:
         self._last_push = tick
         thr = self.learner.thresholds
         default = float(np.median(thr))
-        per_node = {str(i): round(float(v), 3) for i, v in enumerate(thr) if abs(v - default) > 0.05 * default}
+        per_node = {
+            str(i): round(float(v), 3) for i, v in enumerate(thr) if abs(v - default) > 0.05 * default
+        }
         try:
             self.scorer.push_thresholds(default, per_node)
         except Exception as exc:

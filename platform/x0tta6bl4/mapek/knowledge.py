@@ -47,7 +47,9 @@ class KnowledgeStore:
             try:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise ConfigError(f"knowledge store {self.path}: cannot create its directory ({exc})") from None
+                raise ConfigError(
+                    f"knowledge store {self.path}: cannot create its directory ({exc})"
+                ) from None
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -64,10 +66,10 @@ class KnowledgeStore:
     # -------------------------------------------------------------- learner
     def save_learner(self, run_id: str, tick: int, state: dict[str, Any]) -> None:
         buf = io.BytesIO()
-        arrays = {k: np.asarray(v) for k, v in state.items() if not isinstance(v, str)}
-        np.savez(buf, **arrays, __json__=np.frombuffer(
-            json.dumps({k: v for k, v in state.items() if isinstance(v, str)}).encode(), dtype=np.uint8
-        ))
+        arrays: dict[str, Any] = {k: np.asarray(v) for k, v in state.items() if not isinstance(v, str)}
+        texts = json.dumps({k: v for k, v in state.items() if isinstance(v, str)}).encode()
+        arrays["__json__"] = np.frombuffer(texts, dtype=np.uint8)
+        np.savez(buf, **arrays)  # type: ignore[arg-type]
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO learner (run_id, tick, state) VALUES (?, ?, ?)",
@@ -88,8 +90,8 @@ class KnowledgeStore:
     def save_incident(self, run_id: str, record: dict[str, Any]) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO incidents (run_id, incident_id, opened_tick, closed_tick, status, root,"
-                " signature, description, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO incidents (run_id, incident_id, opened_tick, closed_tick,"
+                " status, root, signature, description, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id,
                     record["incident_id"],
@@ -114,8 +116,8 @@ class KnowledgeStore:
     def save_action(self, run_id: str, incident_id: int, attempt: dict[str, Any]) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO actions (run_id, incident_id, attempt, tick, action, node, peer, source,"
-                " outcome, judged_tick) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO actions (run_id, incident_id, attempt, tick, action, node, peer,"
+                " source, outcome, judged_tick) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id,
                     incident_id,
@@ -142,7 +144,9 @@ class KnowledgeStore:
     def action_stats(self) -> dict[str, dict[str, tuple[int, int]]]:
         """``{signature: {action: (successes, failures)}}``."""
         with self._lock:
-            rows = self._db.execute("SELECT signature, action, successes, failures FROM action_stats").fetchall()
+            rows = self._db.execute(
+                "SELECT signature, action, successes, failures FROM action_stats"
+            ).fetchall()
         out: dict[str, dict[str, tuple[int, int]]] = {}
         for signature, action, ok, bad in rows:
             out.setdefault(signature, {})[action] = (int(ok), int(bad))
@@ -150,7 +154,9 @@ class KnowledgeStore:
 
     def set_meta(self, key: str, value: Any) -> None:
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value))
+            )
 
     def meta(self, key: str) -> Any:
         with self._lock:

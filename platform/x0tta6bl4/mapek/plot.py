@@ -21,11 +21,15 @@ def timeline_png(report: dict[str, Any], path: Path) -> Path:
     fig, (top, bottom) = plt.subplots(
         2, 1, figsize=(12, 6.5), sharex=True, gridspec_kw={"height_ratios": [1, 2]}, constrained_layout=True
     )
-    top.plot(ticks, [100.0 * t["serviceable"] / nodes for t in timeline], color="tab:green", label="serviceable %")
+    top.plot(
+        ticks, [100.0 * t["serviceable"] / nodes for t in timeline], color="tab:green", label="serviceable %"
+    )
     top.set_ylabel("serviceable nodes (%)")
     if timeline and "alarmed_nodes" in timeline[0]:
         ax2 = top.twinx()
-        ax2.plot(ticks, [t["alarmed_nodes"] for t in timeline], color="tab:red", lw=0.8, label="alarmed nodes")
+        ax2.plot(
+            ticks, [t["alarmed_nodes"] for t in timeline], color="tab:red", lw=0.8, label="alarmed nodes"
+        )
         ax2.set_ylabel("alarmed nodes", color="tab:red")
     top.set_title(f"run {report['run_id']}")
     colours = plt.get_cmap("tab10")
@@ -39,8 +43,10 @@ def timeline_png(report: dict[str, Any], path: Path) -> Path:
         hits = [
             i["confirmed_tick"]
             for i in incidents
-            if i.get("confirmed_tick") is not None and targets & set(i["nodes"])
-            and i["confirmed_tick"] >= fault["start_tick"] - 1 and i["opened_tick"] <= end
+            if i.get("confirmed_tick") is not None
+            and targets & set(i["nodes"])
+            and i["confirmed_tick"] >= fault["start_tick"] - 1
+            and i["opened_tick"] <= end
         ]
         if hits:
             bottom.plot([min(hits)], [row], "o", color="black", ms=5)

@@ -103,7 +103,10 @@ def _signs(features: F32, baseline: F64) -> list[str]:
     rx = (f["rx_bytes_per_s"] + 2e4) / (b["rx_bytes_per_s"] + 2e4)
     tx = (f["tx_bytes_per_s"] + 2e4) / (b["tx_bytes_per_s"] + 2e4)
     if rx >= 3.0 and tx < 0.5 * rx and f["queue_depth_pkts"] < 10 and f["packet_drops_per_s"] < 50:
-        out.append(f"rx {rx:.0f}x baseline but tx {tx:.1f}x: attracts transit traffic and forwards none, no drops counted")
+        out.append(
+            f"rx {rx:.0f}x baseline but tx {tx:.1f}x: "
+            "attracts transit traffic and forwards none, no drops counted"
+        )
     if f["queue_depth_pkts"] >= 50 and rx >= 3.0:
         out.append(f"traffic surge: rx {rx:.0f}x baseline, forwarding queue full, drops and retransmits up")
     if f["cpu_util"] >= 0.9 and f["mem_util"] < 0.85 and rx < 2.0:

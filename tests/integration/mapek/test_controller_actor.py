@@ -83,14 +83,18 @@ def test_controller_heals_survives_a_kill_and_rides_out_a_serve_outage(ray_local
             ],
         )
     )
-    spec = MeshSpec(plan.topology_spec, 4, plan.faults, ControlParams(), checkpoint_dir=str(tmp_path / "ckpt"))
+    spec = MeshSpec(
+        plan.topology_spec, 4, plan.faults, ControlParams(), checkpoint_dir=str(tmp_path / "ckpt")
+    )
     mesh = ShardedMesh(plan.topology, spec)
     knowledge = str(tmp_path / "knowledge.sqlite")
     controller = start_controller(
         "ctl",
         plan.topology_spec,
         [],
-        ControllerConfig(knowledge_path=knowledge, checkpoint_every_ticks=5, push_every_ticks=10**6),  # pushes: the e2e test
+        ControllerConfig(
+            knowledge_path=knowledge, checkpoint_every_ticks=5, push_every_ticks=10**6
+        ),  # pushes: the e2e test
         serve_config.model_dump(mode="json"),
     )
     try:
@@ -118,7 +122,9 @@ def test_controller_heals_survives_a_kill_and_rides_out_a_serve_outage(ray_local
         assert after["tick"] == 74
 
         faults = {s.fault.kind: s for s in mesh.control.faults}
-        assert faults["node_crash"].remediated_by == "restart_node"  # detected, planned from runbooks, applied
+        assert (
+            faults["node_crash"].remediated_by == "restart_node"
+        )  # detected, planned from runbooks, applied
         incidents = ray.get(controller.incidents.remote())
         assert any(a["outcome"] == "success" for i in incidents for a in i["attempts"])
 
