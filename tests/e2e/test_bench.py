@@ -87,3 +87,19 @@ def test_bench_serve_quick_reports_every_figure_the_issue_names(cli_env):
     assert rows[("hnsw_queries_per_s", None)]["baseline"]["name"] == "exact_queries_per_s"
     assert 0.9 <= rows[("hnsw_recall_at_10", None)]["value"] <= 1.0
     assert rows[("rag_recall_at_3", None)]["value"] >= 0.9
+
+
+def test_bench_autonomy_quick_compares_the_three_modes_in_one_run(cli_env):
+    doc = run_quick("autonomy", cli_env, timeout=900)
+    validate(doc, "autonomy")
+    rows = {(r["name"], r["params"].get("scenario")): r for r in doc["results"]}
+    f1 = rows[("f1", "all")]
+    assert f1["baseline"]["name"] == "static_thresholds_f1" and 0.0 <= f1["value"] <= 1.0
+    assert rows[("f1_gain", "all")]["target"] == {"metric": "value", "op": ">=", "value": 0.1}
+    mttr = rows[("mttr_ticks", "all")]
+    assert mttr["baseline"]["name"] == "no_remediation_mttr_ticks" and mttr["value"] > 0
+    assert mttr["target"] == {"metric": "ratio", "op": "<=", "value": 0.5}
+    assert rows[("false_alarms_per_1000_node_ticks", "all")]["value"] >= 0
+    assert {key[1] for key in rows} >= {"seed-101", "seed-102", "all"}
+    throughput = rows[("controller_ticks_per_s", None)]
+    assert throughput["baseline"]["name"] == "mesh_pipeline_ticks_per_s" and throughput["value"] > 0
