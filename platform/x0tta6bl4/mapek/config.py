@@ -75,7 +75,7 @@ class ControllerConfig(BaseModel):
     trend_level: float = Field(default=0.6, gt=0, le=1, description="mem_util above which a trend alarms")
     rag_k: int = Field(default=3, ge=1, le=10, description="runbooks asked for per incident")
     verify_ticks: int = Field(
-        default=4, ge=1, description="ticks after an action takes effect before its outcome is judged"
+        default=3, ge=1, description="ticks after an action takes effect before its outcome is judged"
     )
     max_attempts: int = Field(default=4, ge=1, description="actions tried per incident before escalating")
     max_actions_per_tick: int = Field(default=8, ge=1, description="actions issued in one tick at most")

@@ -1,0 +1,111 @@
+"""The controller loop in process with the real detector: runbook answers it cannot name are never
+applied, and a failed runbook query keeps it monitoring."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from x0tta6bl4.mapek.config import ControllerConfig
+
+
+class _Runbooks:
+    """A runbook source that answers with a fixed action (the served RAG app validates actions on
+    ingest, so only a stand-in can produce an unknown one), or fails."""
+
+    def __init__(self, action: str | None, fail: bool = False) -> None:
+        self.action, self.fail, self.queries = action, fail, 0
+
+    def query(self, text: str, k: int) -> dict[str, Any]:
+        self.queries += 1
+        if self.fail:
+            raise ConnectionError("RAG app unreachable")
+        return {"action": self.action, "passages": [{"action": self.action, "runbook_id": "x"}]}
+
+    def ingest(self, documents: list[dict[str, Any]]) -> None:
+        return None
+
+
+@pytest.fixture(scope="module")
+def scorer(tmp_path_factory):
+    from x0tta6bl4.mapek.clients import LocalScorer
+    from x0tta6bl4.models.bootstrap import BootstrapConfig, bootstrap_detector
+    from x0tta6bl4.models.registry import ModelRegistry
+
+    registry = ModelRegistry(tmp_path_factory.mktemp("core") / "registry")
+    bootstrap_detector(registry, BootstrapConfig(nodes=300, ticks=80, epochs=2))
+    return LocalScorer(str(registry.uri))
+
+
+def _run(scorer, runbooks, ticks=60):
+    from x0tta6bl4.autonomy import plan_run
+    from x0tta6bl4.mapek.controller import mesh_view
+    from x0tta6bl4.mapek.core import ControllerCore
+    from x0tta6bl4.mapek.knowledge import KnowledgeStore
+    from x0tta6bl4.mesh.control import ControlParams
+    from x0tta6bl4.mesh.pipeline import LocalMesh
+    from x0tta6bl4.mesh.shard import MeshSpec
+    from x0tta6bl4.settings import RunConfig
+
+    plan = plan_run(
+        RunConfig(
+            nodes=300,
+            regions=2,
+            ticks=ticks,
+            seed=4,
+            ebpf=False,
+            in_process=True,
+            faults_per_1000_ticks=0,
+            faults=[{"type": "node_crash", "node": 210, "start_tick": 30, "duration_ticks": 25}],
+        )
+    )
+    mesh = LocalMesh(plan.topology, MeshSpec(plan.topology_spec, 4, plan.faults, ControlParams()))
+    core = ControllerCore(
+        mesh_view(plan.topology, 0),
+        ControllerConfig(stream_id=f"t{id(runbooks)}"),
+        scorer,
+        runbooks,
+        KnowledgeStore(":memory:"),
+        "t",
+    )
+    actions: tuple[Any, ...] = ()
+    steps = []
+    for _ in range(ticks):
+        result = mesh.step(actions)
+        step = core.step(result.tick, mesh.frame(result).features)
+        steps.append(step)
+        actions = step.actions
+    return core, mesh, steps
+
+
+def test_an_action_the_runbooks_name_but_the_mesh_does_not_know_is_never_applied(scorer):
+    runbooks = _Runbooks("reboot_the_universe")
+    core, mesh, steps = _run(scorer, runbooks)
+    assert runbooks.queries >= 1
+    assert not mesh.control.actions and not any(s.actions for s in steps)
+    assert any("unknown action 'reboot_the_universe'" in e for s in steps for e in s.errors)
+    crash = [i for i in core.incidents if 210 in i.nodes]
+    assert crash and not crash[0].attempts  # escalated, then cleared when the crash ended by itself
+    assert crash[0].status in ("escalated", "cleared")
+
+
+def test_an_unreachable_rag_app_is_reported_and_the_controller_keeps_monitoring(scorer):
+    runbooks = _Runbooks("restart_node", fail=True)
+    core, mesh, steps = _run(scorer, runbooks)
+    errors = [e for s in steps for e in s.errors]
+    assert errors and all("runbook query" in e for e in errors)
+    assert not mesh.control.actions
+    assert sum(s.analysed for s in steps) >= 30  # still analysing every (other) tick
+    assert runbooks.queries >= 10  # asked again on every analysis while the incident was open
+    assert np.isfinite(core.learner.thresholds).all()
+
+
+def test_a_named_action_heals_the_crash_and_is_recorded_as_knowledge(scorer):
+    core, mesh, _ = _run(scorer, _Runbooks("restart_node"))
+    crash = next(s for s in mesh.control.faults if s.fault.node == 210)
+    assert crash.remediated_by == "restart_node"
+    incident = next(i for i in core.incidents if 210 in i.nodes)
+    assert incident.status == "resolved" and incident.attempts[-1].outcome == "success"
+    assert core.stats[incident.signature]["restart_node"][0] >= 1
