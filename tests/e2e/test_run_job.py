@@ -18,6 +18,9 @@ def _run(args, env, timeout=240):
 
 
 def test_run_writes_a_report_with_faults_timeline_and_summary(tmp_path, cli_env):
+    # A pristine runbook corpus and registry (bootstrapped by the run), as on a fresh clone.
+    cli_env["X0TTA6BL4_RAG_DIR"] = str(tmp_path / "rag")
+    cli_env["X0TTA6BL4_REGISTRY"] = str(tmp_path / "registry")
     proc = _run(
         [
             "run",
@@ -70,9 +73,8 @@ def test_run_writes_a_report_with_faults_timeline_and_summary(tmp_path, cli_env)
         assert key in summary
     assert report["detection"]["faults_evaluated"] >= 1 and report["detection"]["faults_detected"] >= 1
     assert report["remediation"]["pushes"] >= 1 and report["remediation"]["analyses"] >= 50
-    assert report["incidents"] and any(
-        a["outcome"] == "success" for i in report["incidents"] for a in i["attempts"]
-    )
+    assert report["incidents"] and report["remediation"]["actions"] >= 1
+    assert report["summary"]["faults_remediated"] >= 1  # healed by the controller (nothing is scripted)
     assert any(a["reason"].startswith("incident ") for a in report["actions"])  # the controller's actions
     assert (tmp_path / "small" / "timeline.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "knowledge.sqlite").exists()

@@ -40,7 +40,7 @@ def apps(ray_local, tmp_path_factory):
     ).resolved()
     serve.run(build_app(config), name=config.app_name, route_prefix="/")
     yield config, root
-    serve.delete(config.app_name)
+    serve.shutdown()  # later modules start Serve on their own port
 
 
 def _step_until_alive(ray, controller, tick, timeout_s=90.0):
