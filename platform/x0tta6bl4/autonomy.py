@@ -118,12 +118,9 @@ def _start_hosts(config: RunConfig, topology: Topology) -> dict[int, Any]:
     """
     if not config.ebpf:
         return {}
-    import ray
-
     from x0tta6bl4.telemetry.source import start_sources
 
-    alive = sorted(str(n["NodeID"]) for n in ray.nodes() if n.get("Alive"))
-    ids = {ray_node: topology.num_nodes + i for i, ray_node in enumerate(alive)}
+    ids = {ray_node: topology.num_nodes + i for i, ray_node in enumerate(_ray_node_ids())}
     handles = start_sources(ids)
     return {ids[ray_node]: handle for ray_node, handle in handles.items()}
 
@@ -149,7 +146,7 @@ def execute(plan: Plan, on_tick: Callable[[TickResult], None] | None = None) -> 
         else ShardedMesh(plan.topology, spec, keep_actors=config.keep_mesh)
     )
     hosts = _start_hosts(config, plan.topology) if conn is not None else {}
-    loop = _start_autonomy(plan, mesh, hosts) if config.autonomy else None
+    loop = _Autonomy(plan, mesh, hosts) if config.autonomy else None
     progress = _Progress(config.ticks)
     timeline: list[dict[str, float]] = []
     started = time.perf_counter()
@@ -301,10 +298,6 @@ class _Autonomy:
         ray.kill(self.actor)
         with contextlib.suppress(Exception):
             serve.delete(self.serve_config["app_name"])
-
-
-def _start_autonomy(plan: Plan, mesh: Mesh, hosts: dict[int, Any]) -> _Autonomy:
-    return _Autonomy(plan, mesh, hosts)
 
 
 def _ray_node_ids() -> list[str]:

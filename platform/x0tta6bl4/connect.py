@@ -79,3 +79,12 @@ def disconnect_ray(conn: RayConnection) -> None:
     if ray.is_initialized():
         ray.shutdown()
     del conn
+
+
+def free_local_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for test and benchmark servers)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

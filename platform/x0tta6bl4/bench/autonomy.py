@@ -11,7 +11,6 @@ detached controller actor, and the anomaly and RAG apps on Ray Serve.
 
 from __future__ import annotations
 
-import socket
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from x0tta6bl4.bench._report import result
+from x0tta6bl4.connect import free_local_port
 
 MODES = ("no_remediation", "static", "learning")
 #: (seeds, nodes, ticks) of the scenarios; each schedule cycles through every fault type.
@@ -170,13 +170,6 @@ def _scenario_results(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _throughput_results(quick: bool) -> list[dict[str, Any]]:
     """Controller steps/s on the real path, against the sharded mesh's own ticks/s in the same run."""
     import ray
@@ -199,7 +192,7 @@ def _throughput_results(quick: bool) -> list[dict[str, Any]]:
             ticks=ticks + warmup,
             seed=5,
             ebpf=False,
-            serve_port=_free_port(),
+            serve_port=free_local_port(),
             runs_dir=Path(tmp),
             run_id="throughput",
         )

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from x0tta6bl4.bench._report import result
+from x0tta6bl4.connect import free_local_port
 from x0tta6bl4.errors import X0tta6bl4Error
 from x0tta6bl4.telemetry.ebpf import EbpfPrograms, bpf_stats
 from x0tta6bl4.telemetry.source import ebpf_blockers
@@ -30,12 +31,6 @@ class BenchUnavailableError(X0tta6bl4Error):
 def _log(msg: str) -> None:
     sys.stderr.write(f"[bench ebpf] {msg}\n")
     sys.stderr.flush()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -190,7 +185,7 @@ def results(quick: bool) -> list[dict[str, Any]]:
     total_lost: Counter[str] = Counter()
     total_missed: Counter[str] = Counter()
     try:
-        port = _free_port()
+        port = free_local_port()
         with _iperf3_server(port):
             for workload, length in WORKLOADS.items():
                 workload_rows, lost, missed = _compare(programs, port, workload, length, rounds, seconds)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -17,6 +16,7 @@ import numpy as np
 from x0tta6bl4.bench._ceiling import Ceiling
 from x0tta6bl4.bench._load import run_load
 from x0tta6bl4.bench._report import result
+from x0tta6bl4.connect import free_local_port
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +27,6 @@ CONCURRENCY = 32
 def _say(message: str) -> None:
     sys.stderr.write(f"bench serve: {message}\n")
     sys.stderr.flush()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def snapshot_bodies(nodes: int, count: int, seed: int = 11) -> tuple[list[bytes], list[bytes]]:
@@ -99,7 +93,7 @@ def _serve_results(quick: bool) -> list[dict[str, Any]]:
         registry = ModelRegistry(Path(tmp) / "registry")
         _say("training a bootstrap detector")
         bootstrap_detector(registry, BootstrapConfig(nodes=300, ticks=80, epochs=2) if quick else None)
-        port = _free_port()
+        port = free_local_port()
         ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -147,10 +147,7 @@ class MapeKController:
             self._shards = []
             msg = f"tick {tick}: telemetry unavailable ({type(exc).__name__}: {exc})"
             self._note(msg)
-            core = self.core
-            return StepResult(
-                tick, (), False, core.mesh_state.name, core._alarmed_ids(), core._open_count(), errors=(msg,)
-            )
+            return self.core.idle(tick, (msg,))
         return self.core.step(tick, features, unserviceable_share)
 
     def incidents(self) -> list[dict[str, Any]]:
@@ -171,7 +168,7 @@ class MapeKController:
             "run_id": self.core.run_id,
             "tick": self.core.last_tick,
             "mesh_state": self.core.mesh_state.name,
-            "open_incidents": self.core._open_count(),
+            "open_incidents": self.core.open_incidents(),
             "restored_tick": self.core.restored_tick,
             "pid": os.getpid(),
         }

@@ -283,7 +283,7 @@ class ControllerCore:
     def step(self, tick: int, features: F32, unserviceable_share: float = 0.0) -> StepResult:
         """One tick of telemetry (``[nodes, features]`` in FEATURES order, NaN = not measured)."""
         if tick <= self.last_tick:
-            return StepResult(tick, (), False, self.mesh_state.name, (), self._open_count())
+            return self.idle(tick)
         self.last_tick = tick
         self.pending.append(features[:, self._columns])
         mem = np.nan_to_num(features[:, FEATURE_INDEX["mem_util"]].astype(np.float64))
@@ -292,7 +292,7 @@ class ControllerCore:
         self.mem_filled = min(self.mem_filled + 1, self.config.trend_ticks)
         interval = monitoring_interval_ticks(self.mesh_state, self.config.healthy_interval_ticks)
         if tick - self.last_analysed < interval and self.last_analysed >= 0:
-            return StepResult(tick, (), False, self.mesh_state.name, self._alarmed_ids(), self._open_count())
+            return self.idle(tick)
         window = np.stack(self.pending[-self._max_window() :])
         self.pending.clear()
         errors: list[str] = []
@@ -304,9 +304,7 @@ class ControllerCore:
             msg = f"tick {tick}: scoring failed ({type(exc).__name__}: {exc}); keeping last thresholds"
             log.warning(msg)
             self.errors.append(msg)
-            return StepResult(
-                tick, (), False, self.mesh_state.name, self._alarmed_ids(), self._open_count(), errors=(msg,)
-            )
+            return self.idle(tick, (msg,))
         self.last_analysed = tick
         self.counters["analyses"] += 1
         actions = self._analyse_plan_execute(
@@ -321,7 +319,7 @@ class ControllerCore:
             True,
             self.mesh_state.name,
             self._alarmed_ids(),
-            self._open_count(),
+            self.open_incidents(),
             pushed,
             tuple(errors),
         )
@@ -329,7 +327,13 @@ class ControllerCore:
     def _max_window(self) -> int:
         return max(1, self.config.healthy_interval_ticks)
 
-    def _open_count(self) -> int:
+    def idle(self, tick: int, errors: tuple[str, ...] = ()) -> StepResult:
+        """The result of a step that analysed nothing: no actions, the current state and alarms."""
+        return StepResult(
+            tick, (), False, self.mesh_state.name, self._alarmed_ids(), self.open_incidents(), errors=errors
+        )
+
+    def open_incidents(self) -> int:
         return sum(1 for i in self.incidents if i.is_open)
 
     def _alarmed_ids(self) -> tuple[int, ...]:
@@ -347,13 +351,12 @@ class ControllerCore:
         self.run = np.where(above, self.run + 1, 0)
         silent = self._silent(features)
         deep = deep_analysis(self.mesh_state) or tick % 5 == 0
-        trend = np.zeros(self.view.num_nodes, dtype=bool)
-        if deep and self.mem_filled >= c.trend_ticks:
-            slope = trend_slope(self.mem_history)
-            trend = (slope >= c.trend_slope_per_tick) & (self.mem_history[-1] >= c.trend_level)
         self._slope_cache = (
             trend_slope(self.mem_history) if self.mem_filled >= 3 else np.zeros(self.view.num_nodes)
         )
+        trend = np.zeros(self.view.num_nodes, dtype=bool)
+        if deep and self.mem_filled >= c.trend_ticks:
+            trend = (self._slope_cache >= c.trend_slope_per_tick) & (self.mem_history[-1] >= c.trend_level)
         alarmed = (self.run >= c.persist_ticks) | (excess >= c.severe_factor) | silent | trend
         in_incident = np.zeros(self.view.num_nodes, dtype=bool)
         for inc in self.incidents:
