@@ -277,7 +277,8 @@ class AnomalyDetector:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)  # type: ignore[untyped-decorator]
     async def _batched(self, items: list[tuple[Snapshot, RollingInputs | None]]) -> list[bytes]:
-        return await asyncio.to_thread(self._score_encoded, items)
+        # On the replica's event loop, not in a worker thread: see RunbookRetriever._batched.
+        return self._score_encoded(items)
 
     def _score_encoded(self, items: list[tuple[Snapshot, RollingInputs | None]]) -> list[bytes]:
         return [json.dumps(r, separators=(",", ":")).encode() for r in self.scorer.score_many(items)]
