@@ -24,6 +24,7 @@ from x0tta6bl4.models.inference import (
     window_inputs,
 )
 from x0tta6bl4.models.registry import HotSwap, LoadedModel, ModelRegistry, RegistryError
+from x0tta6bl4.serve._private.batching import GreedyBatcher
 from x0tta6bl4.serve._private.snapshot import Limits, RequestError, Snapshot, check_stream_id
 from x0tta6bl4.serve.config import AnomalyConfig, AnomalyUserConfig
 from x0tta6bl4.telemetry.windows import RollingInputs
@@ -219,8 +220,9 @@ class AnomalyDetector:
         torch.set_num_threads(1)  # replicas share the node's cores with the proxy and each other
         self.config = AnomalyConfig.model_validate(config)
         self.scorer = AnomalyScorer(self.config)
-        self._batched.set_max_batch_size(self.config.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
+        self._batcher: GreedyBatcher[tuple[Snapshot, RollingInputs | None], bytes] = GreedyBatcher(
+            self._score_batch, self.config.max_batch_size, self.config.batch_wait_timeout_s
+        )
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve's user_config hook: the model version and thresholds, applied in place.
@@ -272,15 +274,10 @@ class AnomalyDetector:
             stream = await self._stream(check_stream_id(stream_id)) if stream_id else None
         except RequestError as exc:
             return exc.status, exc.body()
-        result: bytes = await self._batched((snapshot, stream))
-        return 200, result
+        return 200, await self._batcher.submit((snapshot, stream))
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)  # type: ignore[untyped-decorator]
-    async def _batched(self, items: list[tuple[Snapshot, RollingInputs | None]]) -> list[bytes]:
-        # On the replica's event loop, not in a worker thread: see RunbookRetriever._batched.
-        return self._score_encoded(items)
-
-    def _score_encoded(self, items: list[tuple[Snapshot, RollingInputs | None]]) -> list[bytes]:
+    async def _score_batch(self, items: list[tuple[Snapshot, RollingInputs | None]]) -> list[bytes]:
+        # On the replica's event loop, not in a worker thread: see RunbookRetriever._answer_batch.
         return [json.dumps(r, separators=(",", ":")).encode() for r in self.scorer.score_many(items)]
 
     def describe(self) -> dict[str, Any]:

@@ -40,8 +40,10 @@ def build_app(args: dict[str, Any] | ServeConfig | None = None) -> Application:
         logging_config=logging,
     ).bind(rag_args)
     http_args = config.http.model_dump(mode="json")
-    gateway = Gateway.options(version=code_version(http_args), logging_config=logging)  # type: ignore[attr-defined]
-    app: Application = gateway.bind(anomaly, rag, http_args)
+    gateway = Gateway.options(  # type: ignore[attr-defined]
+        version=code_version({"http": http_args, "rag": rag_args}), logging_config=logging
+    )
+    app: Application = gateway.bind(anomaly, rag, http_args, rag_args)
     return app
 
 

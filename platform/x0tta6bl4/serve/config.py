@@ -45,7 +45,12 @@ class AnomalyConfig(_Config):
     max_edges: int = Field(default=400_000, gt=0, description="largest snapshot accepted, in links")
     max_ticks: int = Field(default=64, gt=0, description="longest window accepted, in ticks")
     max_batch_size: int = Field(default=16, ge=1, description="snapshots scored together in one pass")
-    batch_wait_timeout_s: float = Field(default=0.002, ge=0, description="how long a batch waits to fill")
+    batch_wait_timeout_s: float = Field(
+        default=0.002,
+        ge=0,
+        description="how long an idle replica waits for more snapshots to join the first (a busy one "
+        "batches whatever queued while it worked)",
+    )
     max_ongoing_requests: int = Field(default=64, ge=1, description="requests in flight per replica")
     user: AnomalyUserConfig = Field(default_factory=AnomalyUserConfig, description="initial user_config")
     bootstrap: bool = Field(
@@ -59,11 +64,28 @@ class RagConfig(_Config):
 
     num_replicas: int = Field(default=1, ge=1, description="retrieval replicas (they share data_dir)")
     max_batch_size: int = Field(default=32, ge=1, description="queries embedded together in one pass")
-    batch_wait_timeout_s: float = Field(default=0.01, ge=0, description="how long a batch waits to fill")
+    batch_wait_timeout_s: float = Field(
+        default=0.01,
+        ge=0,
+        description="how long an idle gateway or retriever waits for more queries to join the first (a "
+        "busy one batches whatever queued while it worked)",
+    )
     max_ongoing_requests: int = Field(default=128, ge=1, description="requests in flight per replica")
     retriever: dict[str, Any] = Field(
         default_factory=dict,
         description="x0tta6bl4.rag.retriever.RetrieverConfig fields (data_dir, ef, cache, ...)",
+    )
+    edge_cache: bool = Field(
+        default=True,
+        description="the gateway answers exact repeats (same normalised text and k) itself, without the "
+        "hop to the retriever; sized and timed by the retriever's cache settings, emptied when the corpus "
+        "changes",
+    )
+    corpus_check_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="how often the gateway asks for the corpus version: an ingest made through another "
+        "gateway replica empties this one's exact-repeat cache within this time",
     )
 
 

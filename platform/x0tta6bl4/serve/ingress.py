@@ -1,6 +1,7 @@
 """The HTTP ingress: a FastAPI app (OpenAPI at /docs) in front of the anomaly and RAG deployments."""
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -11,9 +12,12 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from x0tta6bl4 import __version__
+from x0tta6bl4.rag.cache import CacheConfig
+from x0tta6bl4.serve._private.batching import GreedyBatcher
+from x0tta6bl4.serve._private.edge_cache import EdgeCache
 from x0tta6bl4.serve._private.limits import BodyLimitMiddleware, BodyTooLargeError
 from x0tta6bl4.serve._private.snapshot import NPZ_MEDIA_TYPE, Limits, RequestError, parse_body
-from x0tta6bl4.serve.config import HttpConfig
+from x0tta6bl4.serve.config import HttpConfig, RagConfig
 from x0tta6bl4.serve.schemas import (
     ErrorBody,
     IngestAnswer,
@@ -93,6 +97,10 @@ def _score_openapi() -> dict[str, Any]:
     }
 
 
+def _json(payload: Any) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
 @serve.deployment(
     name="Gateway",
     ray_actor_options={"num_cpus": 0.5},
@@ -104,12 +112,27 @@ def _score_openapi() -> dict[str, Any]:
 class Gateway:
     """Routes HTTP requests to the anomaly and RAG deployments through their handles."""
 
-    def __init__(self, anomaly: DeploymentHandle, rag: DeploymentHandle, http: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        anomaly: DeploymentHandle,
+        rag: DeploymentHandle,
+        http: dict[str, Any],
+        rag_config: dict[str, Any] | None = None,
+    ) -> None:
         # Arguments and results go straight to the replicas over gRPC instead of through the
         # object store (about a third less CPU per request here).
         self.anomaly = anomaly.options(_by_reference=False)
         self.rag = rag.options(_by_reference=False)
         self.http = HttpConfig.model_validate(http)
+        rag_cfg = RagConfig.model_validate(rag_config or {})
+        cache = CacheConfig.model_validate(rag_cfg.retriever.get("cache", {}))
+        self._edge = EdgeCache(cache) if rag_cfg.edge_cache and cache.enabled else None
+        self._corpus_check_s = rag_cfg.corpus_check_s
+        self._corpus_watch: asyncio.Task[None] | None = None
+        # Concurrent queries reach the retriever as one call per batch, not one per query.
+        self._retrieval: GreedyBatcher[tuple[str, int, bool], tuple[int, Any]] = GreedyBatcher(
+            self._retrieve, rag_cfg.max_batch_size, rag_cfg.batch_wait_timeout_s
+        )
         self._contract_cache: tuple[tuple[str, ...], Limits] | None = None
         api.state.body_limits_bytes = {
             SCORE_PATH: self.http.score_max_bytes,
@@ -183,26 +206,62 @@ class Gateway:
         responses=_ERRORS,
         summary="Runbook passages for one incident",
     )
-    async def rag_query(self, query: RagQuery, cache: bool = _CACHE) -> JSONResponse:
-        status, payload = await self._call(self.rag.query.remote(query.query, query.k, cache))
-        return JSONResponse(payload, status_code=status)
+    async def rag_query(self, query: RagQuery, cache: bool = _CACHE) -> Response:
+        status, body = await self._rag_answer(query.query, query.k, cache)
+        return Response(body, status_code=status, media_type="application/json")
 
     @api.post(
         "/v1/rag/batch", response_model=RagBatchAnswer, responses=_ERRORS, summary="Answer many incidents"
     )
-    async def rag_batch(self, batch: RagBatch, cache: bool = _CACHE) -> JSONResponse:
+    async def rag_batch(self, batch: RagBatch, cache: bool = _CACHE) -> Response:
         if len(batch.queries) > self.http.max_batch_queries:
             raise RequestError(
                 f"{len(batch.queries)} queries is more than one batch takes ({self.http.max_batch_queries})",
                 status=413,
                 kind="payload_too_large",
             )
-        calls = [self.rag.query.remote(q.query, q.k, cache) for q in batch.queries]
-        results = await asyncio.gather(*(self._call(c) for c in calls))
-        for status, payload in results:
+        results = await asyncio.gather(*(self._rag_answer(q.query, q.k, cache) for q in batch.queries))
+        for status, body in results:
             if status != 200:
-                return JSONResponse(payload, status_code=status)
-        return JSONResponse({"answers": [payload for _, payload in results]})
+                return Response(body, status_code=status, media_type="application/json")
+        joined = b'{"answers":[' + b",".join(body for _, body in results) + b"]}"
+        return Response(joined, media_type="application/json")
+
+    async def _rag_answer(self, text: str, k: int, use_cache: bool) -> tuple[int, bytes]:
+        """One query's status and JSON body: an exact repeat from this gateway, else from the retriever."""
+        edge = self._edge if use_cache else None
+        if edge is not None:
+            if self._corpus_watch is None:
+                self._corpus_watch = asyncio.create_task(self._watch_corpus())
+            hit = edge.get(text, k)
+            if hit is not None:
+                return 200, hit
+        status, payload = await self._retrieval.submit((text, k, use_cache))
+        if edge is not None and status == 200:
+            version = int(payload["corpus_version"])
+            if version != edge.version:
+                await self._learn_corpus_version()
+            edge.put(text, k, version, _json({**payload, "cached": True}))
+        return status, _json(payload)
+
+    async def _retrieve(self, items: list[tuple[str, int, bool]]) -> list[tuple[int, Any]]:
+        status, answers = await self._call(self.rag.query_many.remote(items))
+        return list(answers) if status == 200 else [(status, answers)] * len(items)
+
+    async def _learn_corpus_version(self) -> None:
+        assert self._edge is not None
+        try:
+            version = await asyncio.wait_for(self.rag.corpus_version.remote(), self.http.request_timeout_s)
+        except Exception as exc:  # the retriever is away: keep what we know, the next check retries
+            log.warning("could not read the corpus version: %s", exc)
+            return
+        self._edge.observe(int(version))
+
+    async def _watch_corpus(self) -> None:
+        """Follow the corpus version, so ingests through other gateways empty the edge cache."""
+        while True:
+            await asyncio.sleep(self._corpus_check_s)
+            await self._learn_corpus_version()
 
     @api.post(
         "/v1/rag/documents",
@@ -213,11 +272,15 @@ class Gateway:
     )
     async def rag_documents(self, docs: RagDocuments) -> JSONResponse:
         status, payload = await self._call(self.rag.ingest.remote([d.model_dump() for d in docs.documents]))
+        if status == 200 and self._edge is not None:
+            self._edge.observe(int(payload["corpus_version"]))  # read-your-writes through this gateway
         return JSONResponse(payload, status_code=201 if status == 200 else status)
 
     @api.get("/v1/rag/stats", responses=_ERRORS, summary="Index, corpus and cache statistics")
     async def rag_stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = await self.rag.stats.remote()
+        if self._edge is not None:
+            stats["edge_cache"] = self._edge.stats()
         return stats
 
     @api.get("/healthz", summary="Liveness: the gateway and both backends answer")

@@ -11,6 +11,7 @@ import torch
 from ray import serve
 
 from x0tta6bl4.errors import X0tta6bl4Error
+from x0tta6bl4.serve._private.batching import GreedyBatcher
 from x0tta6bl4.serve.config import RagConfig
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def _refusal(exc: Exception) -> Answer:
 class RunbookRetriever:
     """Serve deployment around :class:`~x0tta6bl4.rag.retriever.Retriever`.
 
-    Concurrent queries are embedded together (``@serve.batch``); exact repeats are answered
+    Concurrent queries are embedded together (greedy batches); exact repeats are answered
     from the cache without embedding. The index and ingested documents live in the
     retriever's ``data_dir``, so a restarted replica reopens them.
     """
@@ -48,15 +49,16 @@ class RunbookRetriever:
         torch.set_num_threads(1)
         self.config = RagConfig.model_validate(config)
         self.retriever = Retriever.open(RetrieverConfig.model_validate(self.config.retriever))
-        self._batched.set_max_batch_size(self.config.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
+        self._batcher: GreedyBatcher[tuple[str, int, bool], Answer] = GreedyBatcher(
+            self._answer_batch, self.config.max_batch_size, self.config.batch_wait_timeout_s
+        )
 
     def check_health(self) -> None:
         """The index answers a lookup (raises if the replica lost it)."""
         self.retriever.stats()
 
     async def query(self, text: str, k: int = 3, use_cache: bool = True) -> Answer:
-        """Passages, fault type and action for one incident, or a 4xx refusal.
+        """Passages, fault type, action and ``corpus_version`` for one incident, or a 4xx refusal.
 
         Exact repeats come from the cache here, without waiting for a batch.
         """
@@ -65,21 +67,54 @@ class RunbookRetriever:
         except X0tta6bl4Error as exc:
             return _refusal(exc)
         if use_cache:
+            self._refresh()
+            version = self.retriever.corpus_version  # read first: an old answer never carries a new version
             cached = self.retriever.cached(text, k)
             if cached is not None:
-                return 200, cached.to_dict()
-        answer: Answer = await self._batched((text, k, use_cache))
-        return answer
+                return 200, {**cached.to_dict(), "corpus_version": version}
+        return await self._batcher.submit((text, k, use_cache))
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)  # type: ignore[untyped-decorator]
-    async def _batched(self, items: list[tuple[str, int, bool]]) -> list[Answer]:
-        # Deliberately on the replica's event loop rather than in a worker thread: while a batch
-        # is embedded, new requests wait in Serve's queue and all of them form the next batch.
-        # In a worker thread the embedding starved the loop of the GIL, requests trickled in one
-        # at a time, and batches of 1-3 queries halved the throughput (bench serve).
+    async def query_many(self, items: list[tuple[str, int, bool]]) -> tuple[int, list[Answer]]:
+        """Answer ``(text, k, use_cache)`` queries in one call: ``(200, one answer or refusal each)``.
+
+        The gateway batches concurrent HTTP requests into one such call, so a batch of 32 costs
+        one request to this replica instead of 32. The work runs on the replica's event loop;
+        calls that arrive meanwhile wait in Serve's queue.
+        """
+        out: list[Answer] = []
+        valid: list[int] = []
+        for i, (text, k, _) in enumerate(items):
+            try:
+                self.retriever.check_query(text, k)
+            except X0tta6bl4Error as exc:
+                out.append(_refusal(exc))
+                continue
+            out.append((500, {}))
+            valid.append(i)
+        for i, answer in zip(valid, self._answer_all([items[i] for i in valid]), strict=True):
+            out[i] = answer
+        return 200, out
+
+    async def corpus_version(self) -> int:
+        """The corpus version after picking up ingests made through other replicas."""
+        await asyncio.to_thread(self._refresh)
+        return self.retriever.corpus_version
+
+    def _refresh(self) -> None:
+        """Load what other replicas ingested into the shared store (one ``stat`` when nothing did)."""
+        try:
+            self.retriever.refresh()
+        except X0tta6bl4Error as exc:  # keep answering from what is loaded
+            log.warning("reloading the runbook store failed: %s", exc)
+
+    async def _answer_batch(self, items: list[tuple[str, int, bool]]) -> list[Answer]:
+        # Deliberately on the replica's event loop rather than in a worker thread: in a thread the
+        # embedding starved the loop of the GIL, requests trickled in and batches stayed small.
         return self._answer_all(items)
 
     def _answer_all(self, items: list[tuple[str, int, bool]]) -> list[Answer]:
+        self._refresh()
+        version = self.retriever.corpus_version
         groups: dict[tuple[int, bool], list[int]] = defaultdict(list)
         for i, (_, k, use_cache) in enumerate(items):
             groups[(k, use_cache)].append(i)
@@ -92,7 +127,7 @@ class RunbookRetriever:
                     out[i] = _refusal(exc)
                 continue
             for i, result in zip(positions, results, strict=False):
-                out[i] = (200, result.to_dict())
+                out[i] = (200, {**result.to_dict(), "corpus_version": version})
         return out
 
     async def ingest(self, documents: list[dict[str, Any]]) -> Answer:
@@ -106,6 +141,7 @@ class RunbookRetriever:
             "documents": added["added"],
             "chunks": added["chunks"],
             "total_documents": stats["documents"],
+            "corpus_version": stats["corpus_version"],
         }
 
     def stats(self) -> dict[str, Any]:

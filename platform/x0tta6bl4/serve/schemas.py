@@ -103,6 +103,9 @@ class RagAnswer(BaseModel):
     fault_type: str | None = Field(description="fault type the passages point to")
     action: str | None = Field(description="recommended remediation action (from the runbooks' front matter)")
     cached: bool = Field(description="answered from the semantic cache")
+    corpus_version: int = Field(
+        description="the corpus the answer was computed on; it changes with every ingest"
+    )
 
 
 class RagBatchAnswer(BaseModel):
@@ -128,6 +131,7 @@ class IngestAnswer(BaseModel):
     documents: int = Field(description="documents added (durable on disk before this answer)")
     chunks: int = Field(description="passages indexed")
     total_documents: int
+    corpus_version: int = Field(description="the corpus version that includes these documents")
 
 
 class ErrorBody(BaseModel):

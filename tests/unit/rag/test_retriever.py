@@ -238,10 +238,13 @@ def test_another_process_ingest_is_seen_after_refresh(fresh, model):
     retriever, _ = fresh
     other = Retriever.open(retriever.config, model=model)
     assert not retriever.refresh()
+    assert retriever.corpus_version == other.corpus_version == 0  # the packaged runbooks only
     other.ingest([RUNBOOK_MD])
+    assert other.corpus_version > 0 and retriever.corpus_version == 0
     assert retriever.refresh()
     assert "fan-failure" in [d.id for d in retriever.documents]
     assert retriever.stats()["chunks"] == other.stats()["chunks"]
+    assert retriever.corpus_version == other.corpus_version == retriever.stats()["corpus_version"]
 
 
 @pytest.mark.parametrize(
