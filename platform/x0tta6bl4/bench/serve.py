@@ -176,6 +176,15 @@ def _rag_rows(base: str, quick: bool, common: dict[str, Any]) -> list[dict[str, 
         )
     )
     rows.append(result("rag_uncached_latency_p95_ms", served["p95_ms"], "ms", {"concurrency": CONCURRENCY}))
+    batching = requests.get(f"{base}/v1/rag/stats", timeout=30).json().get("batching", {})
+    rows.append(
+        result(
+            "rag_mean_batch_size",
+            float(batching.get("mean_batch_size", float("nan"))),
+            "queries/batch",
+            {"phase": "uncached", "concurrency": CONCURRENCY},
+        )
+    )
     hot = uncached[:64]
     for body in hot:  # fill the cache
         requests.post(

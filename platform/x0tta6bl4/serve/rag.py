@@ -49,6 +49,8 @@ class RunbookRetriever:
         torch.set_num_threads(1)
         self.config = RagConfig.model_validate(config)
         self.retriever = Retriever.open(RetrieverConfig.model_validate(self.config.retriever))
+        self._batches = 0
+        self._batched_queries = 0
         self._batcher: GreedyBatcher[tuple[str, int, bool], Answer] = GreedyBatcher(
             self._answer_batch, self.config.max_batch_size, self.config.batch_wait_timeout_s
         )
@@ -113,6 +115,8 @@ class RunbookRetriever:
         return self._answer_all(items)
 
     def _answer_all(self, items: list[tuple[str, int, bool]]) -> list[Answer]:
+        self._batches += 1
+        self._batched_queries += len(items)
         self._refresh()
         version = self.retriever.corpus_version
         groups: dict[tuple[int, bool], list[int]] = defaultdict(list)
@@ -145,6 +149,10 @@ class RunbookRetriever:
         }
 
     def stats(self) -> dict[str, Any]:
-        """Corpus, index and cache statistics."""
+        """Corpus, index and cache statistics, and how well this replica's queries were batched."""
         stats: dict[str, Any] = self.retriever.stats()
+        stats["batching"] = {
+            "batches": self._batches,
+            "mean_batch_size": self._batched_queries / self._batches if self._batches else 0.0,
+        }
         return stats
