@@ -93,8 +93,9 @@ class RunbookRetriever:
                 continue
             out.append((500, {}))
             valid.append(i)
-        for i, answer in zip(valid, self._answer_all([items[i] for i in valid]), strict=True):
-            out[i] = answer
+        if valid:
+            for i, answer in zip(valid, self._answer_all([items[i] for i in valid]), strict=True):
+                out[i] = answer
         return 200, out
 
     async def corpus_version(self) -> int:

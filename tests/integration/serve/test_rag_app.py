@@ -95,6 +95,18 @@ def test_a_batch_is_answered_in_order(deployed) -> None:
     assert [a["passages"] for a in again] == [a["passages"] for a in answers]
 
 
+def test_a_bad_query_batched_with_good_ones_fails_alone(deployed) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    bodies = [{"query": f"link flapping between node {i} and node {i + 1}", "k": 2} for i in range(12)]
+    bodies[5] = {"query": "link flapping", "k": 1000}  # out of range: refused by the retriever
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        answers = list(pool.map(lambda b: rag(deployed.base, "query", b, cache="false"), bodies))
+    assert [a.status_code for a in answers] == [422 if i == 5 else 200 for i in range(len(bodies))]
+    assert "k must be" in answers[5].json()["message"]
+    assert all(len(a.json()["passages"]) == 2 for i, a in enumerate(answers) if i != 5)
+
+
 def test_bad_queries_are_4xx_json(deployed) -> None:
     cases = [
         ({"query": "", "k": 3}, 422),
