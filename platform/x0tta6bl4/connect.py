@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from x0tta6bl4 import RAY_NAMESPACE
 
@@ -18,6 +19,22 @@ class RayConnection:
     address: str
     started_here: bool
     dashboard_url: str | None
+
+
+def platform_actor_options(name: str, **extra: Any) -> dict[str, Any]:
+    """Ray options of a named platform actor: detached in the platform's namespace, restarted forever.
+
+    ``num_cpus=0``: these actors mostly wait, and must not hold cores that tasks need.
+    ``extra`` adds or overrides options (e.g. ``scheduling_strategy``).
+    """
+    return {
+        "name": name,
+        "namespace": RAY_NAMESPACE,
+        "lifetime": "detached",
+        "num_cpus": 0,
+        "max_restarts": -1,
+        **extra,
+    }
 
 
 def connect_ray(

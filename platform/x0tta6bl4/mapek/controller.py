@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from x0tta6bl4 import RAY_NAMESPACE
+from x0tta6bl4.connect import platform_actor_options
 from x0tta6bl4.mapek.config import ControllerConfig
 from x0tta6bl4.mapek.core import ControllerCore, MeshView, StepResult
 from x0tta6bl4.mapek.knowledge import KnowledgeStore
@@ -187,11 +188,6 @@ def start_controller(
     with contextlib.suppress(ValueError):
         ray.kill(ray.get_actor(CONTROLLER_NAME, namespace=RAY_NAMESPACE))
     remote = ray.remote(MapeKController)
-    return remote.options(
-        name=CONTROLLER_NAME,
-        namespace=RAY_NAMESPACE,
-        lifetime="detached",
-        num_cpus=0,
-        max_restarts=-1,
-        max_task_retries=0,
-    ).remote(run_id, topology_spec, host_sources, config.model_dump(mode="json"), serve_config)
+    return remote.options(**platform_actor_options(CONTROLLER_NAME, max_task_retries=0)).remote(
+        run_id, topology_spec, host_sources, config.model_dump(mode="json"), serve_config
+    )

@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from x0tta6bl4 import RAY_NAMESPACE
+from x0tta6bl4.connect import platform_actor_options
 from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
 from x0tta6bl4.mesh.control import MeshControl
 from x0tta6bl4.mesh.faults import Action
@@ -135,14 +136,7 @@ class ShardedMesh:
             with contextlib.suppress(ValueError):  # a shard left over from an earlier run: replace it
                 ray.kill(ray.get_actor(name, namespace=RAY_NAMESPACE))
             self.actors.append(
-                self._remote.options(
-                    name=name,
-                    namespace=RAY_NAMESPACE,
-                    lifetime="detached",
-                    num_cpus=0,
-                    max_restarts=-1,
-                    max_task_retries=0,
-                ).remote(r, spec)
+                self._remote.options(**platform_actor_options(name, max_task_retries=0)).remote(r, spec)
             )
         self._history = max(spec.checkpoint_every_ticks + 3, 16)
         self._messages: dict[int, list[Message]] = {}  # tick -> message of every region

@@ -18,7 +18,7 @@ import numpy as np
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from x0tta6bl4 import RAY_NAMESPACE
+from x0tta6bl4.connect import platform_actor_options
 from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
 from x0tta6bl4.telemetry.ebpf import EbpfPrograms, EbpfReading, program_sources, tracefs_root
 from x0tta6bl4.telemetry.frame import FEATURES, TelemetryFrame
@@ -393,12 +393,10 @@ def start_sources(
     for i, ray_node in enumerate(alive):
         mesh_id = node_ids[ray_node] if node_ids is not None else i
         handles[ray_node] = EbpfSource.options(  # type: ignore[attr-defined]
-            name=source_name(ray_node),
-            namespace=RAY_NAMESPACE,
-            lifetime="detached",
-            get_if_exists=True,
-            num_cpus=0,
-            max_restarts=-1,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=ray_node, soft=False),
+            **platform_actor_options(
+                source_name(ray_node),
+                get_if_exists=True,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=ray_node, soft=False),
+            )
         ).remote(mesh_id, list(programs) if programs is not None else None, force_procfs)
     return handles

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,8 +23,10 @@ class EdgeCache:
         clock: monotonic seconds (injectable for tests).
     """
 
-    def __init__(self, config: CacheConfig | None = None, clock: Callable[[], float] | None = None) -> None:
-        self._entries = SemanticCache(config, clock) if clock is not None else SemanticCache(config)
+    def __init__(
+        self, config: CacheConfig | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._entries = SemanticCache(config, clock)
         self.version: int | None = None
         self.invalidations = 0
 
