@@ -11,7 +11,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from x0tta6bl4.errors import ConfigError
-from x0tta6bl4.mesh.faults import FAULT_TYPES, random_schedule
+from x0tta6bl4.mesh.faults import FAULT_CODES, FAULT_TYPES, Fault, random_schedule
 from x0tta6bl4.mesh.topology import Topology, TopologySpec
 from x0tta6bl4.models.graphsage import mask_groups
 from x0tta6bl4.telemetry.frame import TelemetryFrame
@@ -145,11 +145,7 @@ def series_from_frames(
     )
 
 
-def simulate(scenario: ScenarioSpec, spec: WindowSpec) -> tuple[GraphSeries, Topology]:
-    """Run a seeded scenario in-process (no Ray) and record it as a labelled series."""
-    from x0tta6bl4.mesh.pipeline import LocalMesh
-    from x0tta6bl4.mesh.shard import MeshSpec
-
+def _schedule(scenario: ScenarioSpec, spec: WindowSpec) -> tuple[TopologySpec, Topology, tuple[Fault, ...]]:
     if scenario.ticks <= spec.warmup_ticks:
         raise ConfigError(
             f"a scenario of {scenario.ticks} ticks has no ticks after the {spec.warmup_ticks}-tick warm-up"
@@ -170,9 +166,53 @@ def simulate(scenario: ScenarioSpec, spec: WindowSpec) -> tuple[GraphSeries, Top
         if scenario.faults_per_1000_ticks > 0
         else ()
     )
+    return topo_spec, topology, faults
+
+
+def _frames(
+    scenario: ScenarioSpec, topo_spec: TopologySpec, topology: Topology, faults: tuple[Fault, ...]
+) -> list[TelemetryFrame]:
+    from x0tta6bl4.mesh.pipeline import LocalMesh
+    from x0tta6bl4.mesh.shard import MeshSpec
+
     mesh = LocalMesh(topology, MeshSpec(topo_spec, seed=scenario.seed, faults=faults))
-    frames = []
-    for _ in range(scenario.ticks):
-        frames.append(mesh.frame(mesh.step()))
+    frames = [mesh.frame(mesh.step()) for _ in range(scenario.ticks)]
     mesh.close()
-    return series_from_frames(spec, topology, frames), topology
+    return frames
+
+
+def simulate(scenario: ScenarioSpec, spec: WindowSpec) -> tuple[GraphSeries, Topology]:
+    """Run a seeded scenario in-process (no Ray) and record it as a labelled series."""
+    topo_spec, topology, faults = _schedule(scenario, spec)
+    return series_from_frames(spec, topology, _frames(scenario, topo_spec, topology, faults)), topology
+
+
+def visible_faults(scenario: ScenarioSpec, spec: WindowSpec) -> npt.NDArray[np.bool_]:
+    """Which faulty node-ticks of a scenario change any telemetry at all: the evaluation's ceiling.
+
+    Each fault is taken out of the schedule in turn and the scenario re-run; the
+    simulator's noise does not depend on the faults, so a tick whose frames are
+    identical with and without the fault is one where the fault was invisible (a
+    degraded link that no route uses, say). No detector, however good, can flag those
+    node-ticks; the best F1 any detector can reach is that of flagging exactly the
+    visible ones. Costs one scenario run per fault.
+
+    Shapes:
+        returns ``[ticks, nodes]`` by global node id (all ticks, like ``simulate``'s labels).
+    """
+    topo_spec, topology, faults = _schedule(scenario, spec)
+    full = _frames(scenario, topo_spec, topology, faults)
+    features = np.stack([f.features for f in full])
+    labels = np.zeros((len(full), topology.num_nodes), dtype=np.int8)
+    for t, f in enumerate(full):
+        assert f.labels is not None
+        labels[t, f.node_ids] = f.labels
+    visible = np.zeros(labels.shape, dtype=bool)
+    for fault in faults:
+        without = _frames(scenario, topo_spec, topology, tuple(g for g in faults if g is not fault))
+        changed = np.stack([f.features for f in without]) != features
+        seen = changed.reshape(len(full), -1).any(axis=1)  # [ticks]: anything differs anywhere
+        nodes = [fault.node] if fault.peer is None else [fault.node, fault.peer]
+        mine = labels[:, nodes] == FAULT_CODES[fault.kind]
+        visible[:, nodes] |= mine & seen[:, None]
+    return visible

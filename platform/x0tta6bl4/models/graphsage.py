@@ -45,6 +45,20 @@ class TrainSpec(BaseModel):
     steps_per_epoch: int = Field(default=60, ge=1, description="snapshots (ticks) per epoch")
     epochs: int = Field(default=8, ge=1, description="epochs of centralised training")
     seed: int = Field(default=0, ge=0, description="seed of masks and snapshot order")
+    calibration_quantile: float = Field(
+        default=0.998,
+        gt=0.5,
+        lt=1.0,
+        description=(
+            "quantile of each output's squared reconstruction error on training data that the "
+            "anomaly score divides by: outputs a fault anywhere spreads to many nodes (path latency, "
+            "loss) have heavy tails on an unlabelled mesh and weigh less than outputs only the "
+            "faulty node moves (memory, CPU)"
+        ),
+    )
+    calibration_ticks: int = Field(
+        default=32, ge=1, description="snapshots per training series that the calibration samples"
+    )
 
 
 class DetectorSpec(BaseModel):
@@ -150,7 +164,7 @@ class GraphSAGEDetector(nn.Module):
         self.dec_hidden = nn.Linear(h, h)
         self.dec_out = nn.Linear(h, spec.window.target_dim)
         self.dropout = nn.Dropout(spec.dropout)
-        # Typical reconstruction error per output on training data (set by calibrate()).
+        # Tail of the reconstruction error per output on training data (set by calibrate()).
         self.register_buffer("error_scale", torch.ones(spec.window.target_dim))
 
     def reset_parameters(self) -> None:
@@ -240,9 +254,10 @@ class GraphSAGEDetector(nn.Module):
 def anomaly_score(errors: Tensor, error_scale: Tensor, edge_index: Tensor) -> Tensor:
     """A node's scaled reconstruction error minus the mean of its neighbours'.
 
-    Errors are in units of the typical error per output. A fault makes the nodes around
-    it hard to reconstruct too; subtracting the neighbourhood's level ranks the node
-    at the fault above the neighbours that merely suffer from it.
+    Errors are in units of each output's calibrated error tail (see
+    ``TrainSpec.calibration_quantile``). A fault makes the nodes around it hard to
+    reconstruct too; subtracting the neighbourhood's level ranks the node at the fault
+    above the neighbours that merely suffer from it.
 
     Shapes:
         errors: ``[nodes, outputs]``; error_scale: ``[outputs]``; returns ``[nodes]``.

@@ -8,10 +8,14 @@ import torch
 
 from x0tta6bl4.errors import ConfigError
 from x0tta6bl4.models import lora
-from x0tta6bl4.models.data import GraphSeries, ScenarioSpec, simulate
-from x0tta6bl4.models.evaluate import detection_metrics, zscore_scores
+from x0tta6bl4.mesh.faults import random_schedule
+from x0tta6bl4.mesh.pipeline import LocalMesh
+from x0tta6bl4.mesh.shard import MeshSpec
+from x0tta6bl4.mesh.topology import TopologySpec
+from x0tta6bl4.models.data import GraphSeries, ScenarioSpec, simulate, visible_faults
+from x0tta6bl4.models.evaluate import detection_metrics, f1_ceiling, zscore_scores
 from x0tta6bl4.models.graphsage import DetectorSpec, GraphSAGEDetector, mask_groups
-from x0tta6bl4.models.training import score_series, train_detector
+from x0tta6bl4.models.training import calibrate, score_series, train_detector
 
 SPEC = DetectorSpec.load()
 QUICK = SPEC.train.model_copy(update={"epochs": 2, "steps_per_epoch": 8})
@@ -140,3 +144,65 @@ def test_metrics_of_a_perfect_and_a_useless_score() -> None:
 def test_the_zscore_baseline_scores_every_valid_node_tick(series: GraphSeries) -> None:
     scores = zscore_scores(series)
     assert scores.shape == (len(series.valid_ticks), series.num_nodes) and (scores >= 0).all()
+
+
+def test_calibration_scales_each_output_by_the_tail_of_its_training_errors(series: GraphSeries) -> None:
+    torch.manual_seed(0)
+    model = GraphSAGEDetector(SPEC).eval()
+    ticks = list(series.valid_ticks)
+    with torch.no_grad():
+        errors = np.concatenate(
+            [model.errors(*series.tensors(t), series.edge_tensor(), series.group_tensor()).numpy() for t in ticks]
+        )
+    scales = {}
+    for q in (0.9, 0.998):
+        calibrate(model, [series], ticks=len(ticks), quantile=q)
+        scales[q] = model.error_scale.clone()
+        np.testing.assert_allclose(scales[q].numpy() ** 2, np.quantile(errors, q, axis=0), rtol=1e-4)
+    assert (scales[0.998] >= scales[0.9]).all() and (scales[0.998] > scales[0.9]).any()
+
+
+def test_a_spec_quantile_outside_the_upper_half_is_refused() -> None:
+    with pytest.raises(ConfigError, match="calibration_quantile"):
+        DetectorSpec.parse({"train": {"calibration_quantile": 0.3}})
+
+
+def test_a_degraded_link_no_route_uses_is_invisible_and_a_crash_never_is() -> None:
+    scenario = ScenarioSpec(nodes=300, regions=2, ticks=90, seed=4, fault_types=("link_degradation", "node_crash"))
+    visible = visible_faults(scenario, SPEC.window)
+    labels = simulate(scenario, SPEC.window)[0].labels
+    assert labels is not None
+    assert not (visible & (labels == 0)).any()
+    assert visible[labels == 1].all()  # node_crash
+    link = labels == 2
+    assert 0 < visible[link].mean() < 1
+    # Independently of the counterfactual runs: an invisible degraded link is no route's uplink.
+    topo_spec = TopologySpec(scenario.nodes, scenario.regions, seed=scenario.seed)
+    topology = topo_spec.build()
+    faults = random_schedule(
+        topology, scenario.ticks, scenario.seed, scenario.faults_per_1000_ticks, scenario.fault_types,
+        warmup_ticks=SPEC.window.warmup_ticks,
+    )  # fmt: skip
+    mesh = LocalMesh(topology, MeshSpec(topo_spec, seed=scenario.seed, faults=tuple(faults)))
+    checked = 0
+    for t in range(scenario.ticks):
+        mesh.step()
+        uplinks = set(mesh.control.routing()[1].uplink.tolist())
+        for f in faults:
+            if f.kind == "link_degradation" and f.start_tick <= t + 1 < f.end_tick and labels[t, f.node] == 2:
+                assert f.peer is not None
+                if not visible[t, f.node]:
+                    assert topology.link_id(f.node, f.peer) not in uplinks
+                    checked += 1
+    mesh.close()
+    assert checked > 0
+
+
+def test_the_f1_ceiling_flags_exactly_the_visible_positives() -> None:
+    labels = np.array([[0, 2, 2, 1], [0, 0, 2, 1]])
+    visible = np.array([[False, True, False, True], [False, False, False, True]])
+    ceiling = f1_ceiling(visible, labels)
+    assert ceiling["recall"] == pytest.approx(0.6)
+    assert ceiling["f1"] == pytest.approx(2 * 0.6 / 1.6)
+    assert ceiling["invisible_node_ticks"] == 2
+    assert ceiling["visible_share_by_fault"] == {"node_crash": 1.0, "link_degradation": pytest.approx(1 / 3)}
