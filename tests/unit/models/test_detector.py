@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from x0tta6bl4.errors import ConfigError
-from x0tta6bl4.models import lora
 from x0tta6bl4.mesh.faults import random_schedule
 from x0tta6bl4.mesh.pipeline import LocalMesh
 from x0tta6bl4.mesh.shard import MeshSpec
 from x0tta6bl4.mesh.topology import TopologySpec
+from x0tta6bl4.models import lora
 from x0tta6bl4.models.data import GraphSeries, ScenarioSpec, simulate, visible_faults
 from x0tta6bl4.models.evaluate import detection_metrics, f1_ceiling, zscore_scores
 from x0tta6bl4.models.graphsage import DetectorSpec, GraphSAGEDetector, mask_groups
@@ -152,7 +152,10 @@ def test_calibration_scales_each_output_by_the_tail_of_its_training_errors(serie
     ticks = list(series.valid_ticks)
     with torch.no_grad():
         errors = np.concatenate(
-            [model.errors(*series.tensors(t), series.edge_tensor(), series.group_tensor()).numpy() for t in ticks]
+            [
+                model.errors(*series.tensors(t), series.edge_tensor(), series.group_tensor()).numpy()
+                for t in ticks
+            ]
         )
     scales = {}
     for q in (0.9, 0.998):
@@ -168,7 +171,9 @@ def test_a_spec_quantile_outside_the_upper_half_is_refused() -> None:
 
 
 def test_a_degraded_link_no_route_uses_is_invisible_and_a_crash_never_is() -> None:
-    scenario = ScenarioSpec(nodes=300, regions=2, ticks=90, seed=4, fault_types=("link_degradation", "node_crash"))
+    scenario = ScenarioSpec(
+        nodes=300, regions=2, ticks=90, seed=4, fault_types=("link_degradation", "node_crash")
+    )
     visible = visible_faults(scenario, SPEC.window)
     labels = simulate(scenario, SPEC.window)[0].labels
     assert labels is not None
