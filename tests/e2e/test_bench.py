@@ -61,7 +61,12 @@ def test_bench_federated_quick_reports_every_figure_the_issue_names(cli_env):
     doc = run_quick("federated", cli_env, timeout=900)
     validate(doc, "federated")
     rows = {r["name"]: r for r in doc["results"]}
-    assert rows["federated_auprc"]["baseline"]["name"] == "centralised_auprc"
+    assert rows["federated_auprc"]["baseline"]["name"] == "centralised_auprc_mean"
+    central = rows["federated_auprc"]["params"]
+    assert central["centralised_auprc_min"] <= rows["federated_auprc"]["baseline"]["value"]
+    assert rows["federated_auprc"]["baseline"]["value"] <= central["centralised_auprc_max"]
+    ceiling = rows["best_f1"]["baseline"]
+    assert ceiling["name"] == "visible_faults_f1_ceiling" and 0 < ceiling["value"] <= 1
     assert rows["lora_bytes_per_round"]["baseline"]["name"] == "full_model_bytes_per_round"
     assert rows["lora_bytes_per_round"]["value"] < rows["lora_bytes_per_round"]["baseline"]["value"]
     faults = {r["params"]["fault_type"] for r in doc["results"] if r["name"] == "graphsage_auprc"}

@@ -56,8 +56,13 @@ class TrainSpec(BaseModel):
             "faulty node moves (memory, CPU)"
         ),
     )
-    calibration_ticks: int = Field(
-        default=32, ge=1, description="snapshots per training series that the calibration samples"
+    calibration_node_ticks: int = Field(
+        default=128_000,
+        ge=1000,
+        description=(
+            "node-ticks of training errors the calibration samples, spread over the series, so a "
+            "500-node region estimates the quantile as precisely as a pooled 4,000-node mesh"
+        ),
     )
 
 

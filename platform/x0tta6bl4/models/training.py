@@ -116,7 +116,7 @@ def train_detector(
 def calibrate(
     detector: GraphSAGEDetector,
     series: Sequence[GraphSeries],
-    ticks: int | None = None,
+    node_ticks: int | None = None,
     quantile: float | None = None,
     seed: int = 0,
 ) -> None:
@@ -131,17 +131,19 @@ def calibrate(
     Args:
         detector: the trained detector; its ``error_scale`` buffer is overwritten.
         series: training series (labels are never read).
-        ticks: snapshots sampled per series (default ``spec.train.calibration_ticks``).
+        node_ticks: node-ticks sampled in all, the same number of snapshots from every
+            series (default ``spec.train.calibration_node_ticks``).
         quantile: quantile of the squared errors (default ``spec.train.calibration_quantile``).
         seed: seed of the snapshot sample.
     """
     train = detector.spec.train
-    ticks = train.calibration_ticks if ticks is None else ticks
+    node_ticks = train.calibration_node_ticks if node_ticks is None else node_ticks
     quantile = train.calibration_quantile if quantile is None else quantile
+    per_series = max(1, -(-node_ticks // sum(s.num_nodes for s in series)))
     rng = np.random.default_rng(seed + 1)
     errs = []
     for s in series:
-        for t in rng.choice(s.valid_ticks, size=min(ticks, len(s.valid_ticks)), replace=False):
+        for t in rng.choice(s.valid_ticks, size=min(per_series, len(s.valid_ticks)), replace=False):
             x, y = s.tensors(int(t))
             errs.append(detector.errors(x, y, s.edge_tensor(), s.group_tensor()).numpy())
     tail = np.quantile(np.concatenate(errs), quantile, axis=0)

@@ -159,7 +159,7 @@ def test_calibration_scales_each_output_by_the_tail_of_its_training_errors(serie
         )
     scales = {}
     for q in (0.9, 0.998):
-        calibrate(model, [series], ticks=len(ticks), quantile=q)
+        calibrate(model, [series], node_ticks=len(ticks) * series.num_nodes, quantile=q)
         scales[q] = model.error_scale.clone()
         np.testing.assert_allclose(scales[q].numpy() ** 2, np.quantile(errors, q, axis=0), rtol=1e-4)
     assert (scales[0.998] >= scales[0.9]).all() and (scales[0.998] > scales[0.9]).any()
