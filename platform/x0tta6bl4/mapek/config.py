@@ -42,10 +42,11 @@ class ControllerConfig(BaseModel):
         default=12.0, gt=0, description="sigma strategy: standard deviations above the mean"
     )
     iqr_k: float = Field(default=12.0, gt=0, description="IQR strategy: interquartile ranges above Q3")
-    threshold_floor: float = Field(
-        default=50.0,
+    threshold_floor_share: float = Field(
+        default=0.3,
         ge=0,
-        description="no learned threshold goes below this score (scores near zero are noise)",
+        description="no learned threshold goes below this share of the served model's threshold (scores "
+        "near zero are noise; a share keeps the floor in the model's own score units)",
     )
     refit_every_ticks: int = Field(
         default=5, ge=1, description="ticks between re-fits of the per-node thresholds"

@@ -86,7 +86,7 @@ class ThresholdLearner:
             base = np.median(np.stack(list(candidates.values())), axis=0)
         else:
             base = candidates[c.strategy]
-        self.base = np.maximum(base, c.threshold_floor)
+        self.base = np.maximum(base, c.threshold_floor_share * self.static_default)
 
     def adjust(self, nodes: npt.ArrayLike, factor: float) -> None:
         """Scale the thresholds of ``nodes`` by ``factor`` (feedback), within the configured bounds."""

@@ -102,7 +102,7 @@ def test_learner_state_survives_closing_and_reopening_the_file(
 def test_a_restarted_learner_resumes_with_the_same_thresholds(
     db_path: Path, open_store: Callable[..., KnowledgeStore]
 ) -> None:
-    cfg = ControllerConfig(threshold_floor=0.0)
+    cfg = ControllerConfig(threshold_floor_share=0.0)
     learner = ThresholdLearner(3, cfg, 500.0)
     rng = np.random.default_rng(1)
     for _ in range(45):

@@ -42,7 +42,7 @@ def test_static_mode_gives_the_static_threshold_to_every_node_and_learns_nothing
 def test_learning_mode_learns_per_node_thresholds_between_noisy_healthy_scores_and_a_clear_anomaly(
     strategy: str,
 ) -> None:
-    cfg = ControllerConfig(mode="learning", strategy=strategy, threshold_floor=0.0)
+    cfg = ControllerConfig(mode="learning", strategy=strategy, threshold_floor_share=0.0)
     learner = ThresholdLearner(2, cfg, STATIC)
     healthy = _healthy_scores(np.random.default_rng(1), cfg.history_ticks)
     _feed(learner, healthy)
@@ -54,7 +54,7 @@ def test_learning_mode_learns_per_node_thresholds_between_noisy_healthy_scores_a
 
 
 def test_thresholds_stay_static_until_the_warmup_is_filled() -> None:
-    cfg = ControllerConfig(learn_warmup_ticks=10, refit_every_ticks=1, threshold_floor=0.0)
+    cfg = ControllerConfig(learn_warmup_ticks=10, refit_every_ticks=1, threshold_floor_share=0.0)
     learner = ThresholdLearner(2, cfg, STATIC)
     healthy = _healthy_scores(np.random.default_rng(2), 10)
     _feed(learner, healthy[:9])
@@ -64,7 +64,7 @@ def test_thresholds_stay_static_until_the_warmup_is_filled() -> None:
 
 
 def test_alarmed_nodes_do_not_pull_their_threshold_up() -> None:
-    cfg = ControllerConfig(threshold_floor=0.0)
+    cfg = ControllerConfig(threshold_floor_share=0.0)
     rng = np.random.default_rng(3)
     warm = _healthy_scores(rng, 30)
     anomaly = np.tile(np.array([5000.0, 300.0], dtype=np.float32), (cfg.history_ticks, 1))
@@ -83,7 +83,7 @@ def test_alarmed_nodes_do_not_pull_their_threshold_up() -> None:
 
 
 def test_a_node_alarmed_from_the_first_tick_does_not_learn_its_anomaly_as_normal() -> None:
-    cfg = ControllerConfig(threshold_floor=0.0, learn_warmup_ticks=10)
+    cfg = ControllerConfig(threshold_floor_share=0.0, learn_warmup_ticks=10)
     learner = ThresholdLearner(2, cfg, STATIC)
     rng = np.random.default_rng(4)
     learn = np.array([False, True])
@@ -96,7 +96,8 @@ def test_a_node_alarmed_from_the_first_tick_does_not_learn_its_anomaly_as_normal
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_every_strategy_gives_finite_thresholds_at_or_above_the_floor(strategy: str) -> None:
-    cfg = ControllerConfig(strategy=strategy, threshold_floor=50.0)
+    cfg = ControllerConfig(strategy=strategy, threshold_floor_share=0.5)
+    floor = cfg.threshold_floor_share * STATIC
     rng = np.random.default_rng(5)
     n = 6
     learner = ThresholdLearner(n, cfg, STATIC)
@@ -112,8 +113,8 @@ def test_every_strategy_gives_finite_thresholds_at_or_above_the_floor(strategy: 
     _feed(learner, scores)
     thr = learner.thresholds
     assert np.all(np.isfinite(thr))
-    assert np.all(thr >= cfg.threshold_floor)
-    assert thr[3] == cfg.threshold_floor and thr[4] == cfg.threshold_floor
+    assert np.all(thr >= floor)
+    assert thr[3] == floor and thr[4] == floor
     assert thr[5] > 1e4
 
 
@@ -132,7 +133,7 @@ def _expected(strategy: str, h: np.ndarray, cfg: ControllerConfig) -> np.ndarray
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_each_strategy_computes_its_documented_formula(strategy: str) -> None:
-    cfg = ControllerConfig(strategy=strategy, threshold_floor=0.0, sigma_k=3.0, iqr_k=1.5)
+    cfg = ControllerConfig(strategy=strategy, threshold_floor_share=0.0, sigma_k=3.0, iqr_k=1.5)
     learner = ThresholdLearner(2, cfg, STATIC)
     scores = _healthy_scores(np.random.default_rng(6), cfg.history_ticks)
     _feed(learner, scores)
@@ -140,7 +141,7 @@ def test_each_strategy_computes_its_documented_formula(strategy: str) -> None:
 
 
 def test_the_history_is_a_window_of_the_latest_history_ticks() -> None:
-    cfg = ControllerConfig(strategy="sigma", threshold_floor=0.0, history_ticks=20, refit_every_ticks=1)
+    cfg = ControllerConfig(strategy="sigma", threshold_floor_share=0.0, history_ticks=20, refit_every_ticks=1)
     learner = ThresholdLearner(1, cfg, STATIC)
     _feed(learner, np.full((20, 1), 1000.0))
     assert learner.thresholds[0] == pytest.approx(1000.0)
@@ -163,7 +164,7 @@ def test_adjust_scales_only_the_named_nodes_within_the_multiplier_bounds() -> No
 
 
 def _trained(seed: int) -> ThresholdLearner:
-    cfg = ControllerConfig(threshold_floor=0.0)
+    cfg = ControllerConfig(threshold_floor_share=0.0)
     learner = ThresholdLearner(2, cfg, STATIC)
     _feed(learner, _healthy_scores(np.random.default_rng(seed), 37))
     learner.adjust([1], 1.25)
