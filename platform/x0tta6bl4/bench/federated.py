@@ -258,8 +258,8 @@ def _federated(spec: DetectorSpec, size: dict[str, Any]) -> list[dict[str, Any]]
     central_params = {
         **params,
         "centralised_seeds": list(size["central_seeds"]),
-        "centralised_auprc_min": round(min(central_auprcs), 4),
-        "centralised_auprc_max": round(max(central_auprcs), 4),
+        "centralised_auprc_min": min(central_auprcs),
+        "centralised_auprc_max": max(central_auprcs),
     }
     rows = [
         result("federated_auprc", fed_auprc, "auprc", central_params,
