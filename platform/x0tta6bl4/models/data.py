@@ -193,9 +193,9 @@ def visible_faults(scenario: ScenarioSpec, spec: WindowSpec) -> npt.NDArray[np.b
     Each fault is taken out of the schedule in turn and the scenario re-run; the
     simulator's noise does not depend on the faults, so a tick whose frames are
     identical with and without the fault is one where the fault was invisible (a
-    degraded link that no route uses, say). No detector, however good, can flag those
-    node-ticks; the best F1 any detector can reach is that of flagging exactly the
-    visible ones. Costs one scenario run per fault.
+    degraded link that no route uses, say). A detector of telemetry flags those
+    node-ticks only by chance; an oracle that flags exactly the visible ones is the
+    yardstick for what the telemetry supports. Costs one scenario run per fault.
 
     Shapes:
         returns ``[ticks, nodes]`` by global node id (all ticks, like ``simulate``'s labels).

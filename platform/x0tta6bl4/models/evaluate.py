@@ -102,7 +102,8 @@ def f1_ceiling(visible: npt.NDArray[np.bool_], labels: npt.NDArray[np.integer]) 
     """Best F1 of a detector that flags exactly the visible faulty node-ticks (see ``visible_faults``).
 
     Its precision is 1 and its recall the visible share of the positives, so
-    ``F1 = 2 R / (1 + R)``: no detector of telemetry can do better on these labels.
+    ``F1 = 2 R / (1 + R)``; a detector of telemetry beats it only by flagging invisible
+    faults by chance.
     """
     y = np.asarray(labels)
     seen = np.asarray(visible, dtype=bool)
