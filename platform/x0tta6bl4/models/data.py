@@ -203,10 +203,8 @@ def visible_faults(scenario: ScenarioSpec, spec: WindowSpec) -> npt.NDArray[np.b
     topo_spec, topology, faults = _schedule(scenario, spec)
     full = _frames(scenario, topo_spec, topology, faults)
     features = np.stack([f.features for f in full])
-    labels = np.zeros((len(full), topology.num_nodes), dtype=np.int8)
-    for t, f in enumerate(full):
-        assert f.labels is not None
-        labels[t, f.node_ids] = f.labels
+    labels = series_from_frames(spec, topology, full).labels
+    assert labels is not None
     visible = np.zeros(labels.shape, dtype=bool)
     for fault in faults:
         without = _frames(scenario, topo_spec, topology, tuple(g for g in faults if g is not fault))
