@@ -72,6 +72,8 @@ def test_bench_federated_quick_reports_every_figure_the_issue_names(cli_env):
     faults = {r["params"]["fault_type"] for r in doc["results"] if r["name"] == "graphsage_auprc"}
     assert {"all", "congestion", "blackhole"} <= faults
     assert rows["embedder_recall_at_3"]["baseline"]["name"] == "embedder_recall_at_3_before_lora"
+    personalised = [r for r in doc["results"] if r["name"] == "lora_personalised_auprc"]
+    assert {r["params"]["evaluation"] for r in personalised} <= {"training_mesh_later_ticks", "heldout_mesh"}
     for name in ("best_f1", "detector_node_scores_per_s", "round_wall_s", "round_local_train_s"):
         assert 0 <= rows[name]["value"] < float("inf")
 

@@ -291,11 +291,15 @@ def _federated(spec: DetectorSpec, size: dict[str, Any]) -> list[dict[str, Any]]
         rows.append(result("lora_bytes_per_round", traffic["lora"], "B", params,
                            baseline=("full_model_bytes_per_round", traffic["full"]),
                            target=("ratio", "<=", LORA_BYTES_TARGET)))  # fmt: skip
-    for region, entry in sorted(heldout["regions"].items()):
-        if "personalised" in entry and "auprc" in entry["personalised"] and "auprc" in entry["global"]:
-            rows.append(result("lora_personalised_auprc", entry["personalised"]["auprc"], "auprc",
-                               {**params, "region": int(region)},
-                               baseline=("global_model_auprc", entry["global"]["auprc"])))  # fmt: skip
+    # Personalised = the region's own adapters in the federation's error scale (task.personalised),
+    # scored on the training mesh after its window (what personalisation is for) and on the
+    # held-out mesh's region of the same number (transfer to other nodes).
+    for key, evaluation in (("regions_later", "training_mesh_later_ticks"), ("regions", "heldout_mesh")):
+        for region, entry in sorted(heldout.get(key, {}).items()):
+            if "personalised" in entry and "auprc" in entry["personalised"] and "auprc" in entry["global"]:
+                rows.append(result("lora_personalised_auprc", entry["personalised"]["auprc"], "auprc",
+                                   {**params, "region": int(region), "evaluation": evaluation},
+                                   baseline=("global_model_auprc", entry["global"]["auprc"])))  # fmt: skip
     return rows
 
 

@@ -174,6 +174,10 @@ def test_training_run_survives_a_crashing_client_and_writes_a_version(ray_local,
     assert m["adapter_bytes"] * 5 < m["model_bytes"]
     assert 0 <= m["auprc"] <= 1 and set(m["heldout"]["regions"]) == {"0", "1"}
     assert "personalised" in m["heldout"]["regions"]["1"]
+    # Personalisation is also scored on the training mesh after its training window.
+    later = m["heldout"]["regions_later"]
+    assert set(later) == {"0", "1"} and "personalised" in later["1"]
+    assert later["1"]["global"]["node_ticks"] == later["1"]["personalised"]["node_ticks"] > 0
 
     rows = _table_rows(proc.stdout)
     round_rows = [r for r in rows if len(r) == 9]
