@@ -18,6 +18,7 @@ async def _drive(
 
     latencies: list[float] = []
     statuses: dict[int, int] = {}
+    connection_errors = 0
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     timeout = aiohttp.ClientTimeout(total=120)
     headers = {"content-type": content_type}
@@ -27,14 +28,22 @@ async def _drive(
         stop = measure_from + duration_s
 
         async def client(i: int) -> None:
+            nonlocal connection_errors
             j = i
             while True:
                 t0 = time.perf_counter()
                 if t0 >= stop:
                     return
-                async with session.post(url, data=bodies[j % len(bodies)], headers=headers) as resp:
-                    await resp.read()
-                    status = resp.status
+                try:
+                    async with session.post(url, data=bodies[j % len(bodies)], headers=headers) as resp:
+                        await resp.read()
+                        status = resp.status
+                except aiohttp.ClientConnectionError:
+                    # A closed keep-alive connection or a refused one: counted like wrk's socket
+                    # errors, not fatal; the next request opens a new connection.
+                    connection_errors += 1
+                    j += concurrency
+                    continue
                 t1 = time.perf_counter()
                 if t0 >= measure_from:
                     latencies.append(t1 - t0)
@@ -51,6 +60,7 @@ async def _drive(
         "p95_ms": float(np.percentile(lat, 95)) if lat.size else float("nan"),
         "requests": int(lat.size),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "connection_errors": connection_errors,
     }
 
 
@@ -77,10 +87,12 @@ def run_load(
     The clients run in a child process, so the caller's interpreter does not slow them.
 
     Returns:
-        ``requests_per_s`` (answered 2xx per second), ``p50_ms``, ``p95_ms``, ``requests``, ``statuses``.
+        ``requests_per_s`` (answered 2xx per second), ``p50_ms``, ``p95_ms``, ``requests``,
+        ``statuses`` and ``connection_errors`` (requests whose connection failed; they are
+        not answers, so they only lower ``requests_per_s``).
 
     Raises:
-        RuntimeError: the load process failed.
+        RuntimeError: the load process failed, or no request got an answer.
     """
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
@@ -96,4 +108,7 @@ def run_load(
     proc.join(10)
     if "error" in out:
         raise RuntimeError(f"load against {url} failed: {out['error']}")
+    if out["requests"] == 0 and out["connection_errors"]:
+        errors = out["connection_errors"]
+        raise RuntimeError(f"load against {url} failed: {errors} connection errors and no answer")
     return out
