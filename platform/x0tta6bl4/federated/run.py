@@ -285,11 +285,12 @@ def _heldout(plan: TrainPlan, outcome: FederationOutcome) -> tuple[GraphSAGEDete
         "pretrained": task.evaluate(pretrained, series) if final is not pretrained else dict(scores),
         "regions": {},
     }
-    personal = {
-        region: task.personalised(spec, as_float32(own), as_float32(outcome.adapters), base)
-        for region, own in outcome.personal.items()
-        if outcome.adapters is not None
-    }
+    personal: dict[int, Any] = {}
+    if outcome.adapters is not None:
+        shared = as_float32(outcome.adapters)
+        personal = {
+            r: task.personalised(spec, as_float32(own), shared, base) for r, own in outcome.personal.items()
+        }
     # The training mesh run on past its training window (a longer run draws its own faults
     # over the whole span; only the ticks after the window are scored).
     later = ScenarioSpec(
