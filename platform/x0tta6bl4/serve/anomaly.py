@@ -276,6 +276,21 @@ class AnomalyDetector:
             return exc.status, exc.body()
         return 200, await self._batcher.submit((snapshot, stream))
 
+    async def score_batch(
+        self, items: list[tuple[Snapshot, tuple[str, ...]]]
+    ) -> tuple[int, list[tuple[int, dict[str, Any] | bytes]]]:
+        """Score several stateless snapshots sent as one call; each gets the answer :meth:`score` gives.
+
+        The gateway sends the snapshots that arrived together in one call, so the hop from the
+        gateway to this replica is paid once per batch, not once per request.
+
+        Returns:
+            ``(200, [(status, body) per snapshot])``.
+        """
+        return 200, list(
+            await asyncio.gather(*(self.score(snapshot, features) for snapshot, features in items))
+        )
+
     async def _score_batch(self, items: list[tuple[Snapshot, RollingInputs | None]]) -> list[bytes]:
         # On the replica's event loop, not in a worker thread: see RunbookRetriever._answer_batch.
         return [json.dumps(r, separators=(",", ":")).encode() for r in self.scorer.score_many(items)]

@@ -16,8 +16,8 @@ from x0tta6bl4.rag.cache import CacheConfig
 from x0tta6bl4.serve._private.batching import GreedyBatcher
 from x0tta6bl4.serve._private.edge_cache import EdgeCache
 from x0tta6bl4.serve._private.limits import BodyLimitMiddleware, BodyTooLargeError
-from x0tta6bl4.serve._private.snapshot import NPZ_MEDIA_TYPE, Limits, RequestError, parse_body
-from x0tta6bl4.serve.config import HttpConfig, RagConfig
+from x0tta6bl4.serve._private.snapshot import NPZ_MEDIA_TYPE, Limits, RequestError, Snapshot, parse_body
+from x0tta6bl4.serve.config import AnomalyConfig, HttpConfig, RagConfig
 from x0tta6bl4.serve.schemas import (
     ErrorBody,
     IngestAnswer,
@@ -118,6 +118,7 @@ class Gateway:
         rag: DeploymentHandle,
         http: dict[str, Any],
         rag_config: dict[str, Any] | None = None,
+        anomaly_config: dict[str, Any] | None = None,
     ) -> None:
         # Arguments and results go straight to the replicas over gRPC instead of through the
         # object store (about a third less CPU per request here).
@@ -132,6 +133,11 @@ class Gateway:
         # Concurrent queries reach the retriever as one call per batch, not one per query.
         self._retrieval: GreedyBatcher[tuple[str, int, bool], tuple[int, Any]] = GreedyBatcher(
             self._retrieve, rag_cfg.max_batch_size, rag_cfg.batch_wait_timeout_s
+        )
+        # Concurrent stateless snapshots reach the detector as one call per batch, too.
+        anomaly_cfg = AnomalyConfig.model_validate(anomaly_config or {})
+        self._scoring: GreedyBatcher[tuple[Snapshot, tuple[str, ...]], tuple[int, Any]] = GreedyBatcher(
+            self._score_batch, anomaly_cfg.max_batch_size, anomaly_cfg.batch_wait_timeout_s
         )
         self._contract_cache: tuple[tuple[str, ...], Limits] | None = None
         api.state.body_limits_bytes = {
@@ -172,18 +178,25 @@ class Gateway:
         """Scores per node and the alarms under the current thresholds. JSON or npz (`application/x-npz`)."""
         body = await request.body()
         media_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-        handle = self.anomaly.options(multiplexed_model_id=stream_id) if stream_id else self.anomaly
         for _attempt in range(2):
             features, limits = await self._contract()
             # Parsed here, so the detector receives compact arrays rather than the raw body.
             snapshot = parse_body(body, media_type, features, limits)
-            status, payload = await self._call(handle.score.remote(snapshot, features, stream_id))
+            if stream_id:  # multiplexing sends a stream to the replica holding its baselines
+                handle = self.anomaly.options(multiplexed_model_id=stream_id)
+                status, payload = await self._call(handle.score.remote(snapshot, features, stream_id))
+            else:
+                status, payload = await self._scoring.submit((snapshot, features))
             if status != 409:
                 break
             self._contract_cache = None  # a new model version with other features: fetch and re-check
         if isinstance(payload, bytes):  # already JSON, encoded by the detector
             return Response(payload, status_code=status, media_type="application/json")
         return JSONResponse(payload, status_code=status)
+
+    async def _score_batch(self, items: list[tuple[Snapshot, tuple[str, ...]]]) -> list[tuple[int, Any]]:
+        status, answers = await self._call(self.anomaly.score_batch.remote(items))
+        return list(answers) if status == 200 else [(status, answers)] * len(items)
 
     async def _contract(self) -> tuple[tuple[str, ...], Limits]:
         if self._contract_cache is None:

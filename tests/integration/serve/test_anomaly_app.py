@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -39,6 +40,26 @@ def test_json_and_npz_snapshots_get_the_same_scores(deployed, bodies) -> None:
         ra["model_version"] == requests.get(f"{deployed.base}/v1/anomaly/model", timeout=30).json()["version"]
     )
     assert ra["warm"] is False and ra["window_ticks"] == 1
+
+
+def test_concurrent_snapshots_each_get_their_own_scores(deployed, bodies) -> None:
+    # Concurrent stateless snapshots travel to the detector together (the gateway batches them):
+    # every answer must still be its own snapshot's, in either encoding.
+    json_bodies, npz_bodies = bodies
+    alone = [post_score(deployed.base, b).json()["scores"] for b in json_bodies]
+    assert not np.allclose(alone[0], alone[1])
+    encodings = (("application/json", json_bodies), ("application/x-npz", npz_bodies))
+    jobs = [(i % 3, *encodings[i % 2]) for i in range(24)]
+
+    def post(job: tuple[int, str, list[bytes]]) -> tuple[int, requests.Response]:
+        which, media, encoded = job
+        return which, post_score(deployed.base, encoded[which], media)
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = list(pool.map(post, jobs))
+    for which, resp in answers:
+        assert resp.status_code == 200, resp.text
+        np.testing.assert_allclose(resp.json()["scores"], alone[which], rtol=1e-4, atol=1e-4)
 
 
 def test_a_stream_keeps_its_baselines_between_calls(deployed, bodies) -> None:
