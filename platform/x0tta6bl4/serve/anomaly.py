@@ -27,6 +27,7 @@ from x0tta6bl4.models.registry import HotSwap, LoadedModel, ModelRegistry, Regis
 from x0tta6bl4.serve._private.batching import GreedyBatcher
 from x0tta6bl4.serve._private.snapshot import Limits, RequestError, Snapshot, check_stream_id
 from x0tta6bl4.serve.config import AnomalyConfig, AnomalyUserConfig
+from x0tta6bl4.serve.schemas import SCORE_DECIMALS
 from x0tta6bl4.telemetry.windows import RollingInputs
 
 log = logging.getLogger(__name__)
@@ -169,14 +170,21 @@ class AnomalyScorer:
         out = []
         for (snapshot, _), (_, warm, ticks), s in zip(items, prepared, scores, strict=False):
             limit = thresholds.for_nodes(snapshot.node_ids)
-            above = np.nonzero(s > limit)[0]
-            above = above[np.argsort(-s[above])]
+            # float32 scores printed as float64 carry ~17 digits of noise; rounding halves the body.
+            # Alarms compare the rounded scores, so an answer never contradicts itself.
+            rounded = np.round(s.astype(np.float64), SCORE_DECIMALS)
+            above = np.nonzero(rounded > limit)[0]
+            above = above[np.argsort(-rounded[above], kind="stable")]
             out.append(
                 {
                     "model_version": served.version,
-                    "scores": s.tolist(),
+                    "scores": rounded.tolist(),
                     "alarms": [
-                        {"node_id": snapshot.node_ids[i], "score": float(s[i]), "threshold": float(limit[i])}
+                        {
+                            "node_id": snapshot.node_ids[i],
+                            "score": float(rounded[i]),
+                            "threshold": float(limit[i]),
+                        }
                         for i in above
                     ],
                     "warm": warm,

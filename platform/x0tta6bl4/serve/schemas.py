@@ -34,6 +34,10 @@ class ScoreRequest(_Body):
     )
 
 
+#: Decimals of the scores in a ScoreResponse (float32 scores have about 7 significant digits).
+SCORE_DECIMALS = 5
+
+
 class Alarm(BaseModel):
     """A node whose score is above its threshold."""
 
@@ -46,7 +50,9 @@ class ScoreResponse(BaseModel):
     """Scores per node (higher = more anomalous), alarms under the current thresholds."""
 
     model_version: str = Field(description="registry version that produced the scores")
-    scores: list[float] = Field(description="one score per node, in request order")
+    scores: list[float] = Field(
+        description=f"one score per node, in request order, rounded to {SCORE_DECIMALS} decimals"
+    )
     alarms: list[Alarm] = Field(description="nodes above their threshold, highest score first")
     warm: bool = Field(
         description="true once the window or stream covered the baseline warm-up (before: rough scores)"
