@@ -167,6 +167,9 @@ def test_the_job_runs_through_ray_job_submit_on_a_real_head(tmp_path, cli_env):
             f"--dashboard-port={dash}",
             "--num-cpus=2",
             "--include-dashboard=true",
+            # Not the default 52365: the suite's own local Ray may hold it, and a head whose agent
+            # cannot bind refuses every job ("No available agent to submit job").
+            f"--dashboard-agent-listen-port={_free_port()}",
             "--disable-usage-stats",
         ],
         env=cli_env,
