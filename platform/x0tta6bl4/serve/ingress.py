@@ -195,8 +195,12 @@ class Gateway:
         return JSONResponse(payload, status_code=status)
 
     async def _score_batch(self, items: list[tuple[Snapshot, tuple[str, ...]]]) -> list[tuple[int, Any]]:
-        status, answers = await self._call(self.anomaly.score_batch.remote(items))
-        return list(answers) if status == 200 else [(status, answers)] * len(items)
+        return await self._each(self.anomaly.score_batch.remote(items), len(items))
+
+    async def _each(self, response: Any, count: int) -> list[tuple[int, Any]]:
+        """One ``(status, body)`` per item of a batched call; a call that fails fails every item."""
+        status, answers = await self._call(response)
+        return list(answers) if status == 200 else [(status, answers)] * count
 
     async def _contract(self) -> tuple[tuple[str, ...], Limits]:
         if self._contract_cache is None:
@@ -258,8 +262,7 @@ class Gateway:
         return status, _json(payload)
 
     async def _retrieve(self, items: list[tuple[str, int, bool]]) -> list[tuple[int, Any]]:
-        status, answers = await self._call(self.rag.query_many.remote(items))
-        return list(answers) if status == 200 else [(status, answers)] * len(items)
+        return await self._each(self.rag.query_many.remote(items), len(items))
 
     async def _learn_corpus_version(self) -> None:
         assert self._edge is not None
