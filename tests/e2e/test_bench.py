@@ -89,6 +89,7 @@ def test_bench_serve_quick_reports_every_figure_the_issue_names(cli_env):
             rows[("anomaly_latency_p95_ms", encoding)]["value"]
             >= rows[("anomaly_latency_p50_ms", encoding)]["value"]
         )
+        assert rows[("anomaly_mean_batch_size", encoding)]["value"] >= 1.0
     assert rows[("rag_uncached_queries_per_s", None)]["baseline"]["name"] == "in_process_embedding_per_s"
     assert rows[("rag_cached_queries_per_s", None)]["baseline"]["name"] == "noop_ceiling_requests_per_s"
     assert rows[("hnsw_queries_per_s", None)]["baseline"]["name"] == "exact_queries_per_s"

@@ -115,7 +115,9 @@ def _serve_results(quick: bool) -> list[dict[str, Any]]:
             ):
                 _say(f"anomaly {label}: ceiling, then endpoint ({duration:.0f} s each)")
                 ceiling = run_load(f"{base}/ceiling/score", bodies, content_type=media, **common)
+                before = _scoring_batches(base)
                 served = run_load(f"{base}/v1/anomaly/score", bodies, content_type=media, **common)
+                after = _scoring_batches(base)
                 params = {
                     "nodes": nodes,
                     "encoding": label,
@@ -134,11 +136,28 @@ def _serve_results(quick: bool) -> list[dict[str, Any]]:
                 )
                 rows.append(result("anomaly_latency_p50_ms", served["p50_ms"], "ms", params))
                 rows.append(result("anomaly_latency_p95_ms", served["p95_ms"], "ms", params))
+                batches = after[0] - before[0]
+                rows.append(
+                    result(
+                        "anomaly_mean_batch_size",
+                        (after[1] - before[1]) / batches if batches else float("nan"),
+                        "snapshots/batch",
+                        params,
+                    )
+                )
             rows.extend(_rag_rows(base, quick, common))
         finally:
             serve.shutdown()
             ray.shutdown()
     return rows
+
+
+def _scoring_batches(base: str) -> tuple[float, float]:
+    """The detector replica's scoring passes and snapshots so far (``GET /v1/anomaly/model``)."""
+    import requests
+
+    batching = requests.get(f"{base}/v1/anomaly/model", timeout=30).json()["batching"]
+    return float(batching["batches"]), float(batching["snapshots"])
 
 
 def _rag_rows(base: str, quick: bool, common: dict[str, Any]) -> list[dict[str, Any]]:

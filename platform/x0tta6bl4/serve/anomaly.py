@@ -304,5 +304,11 @@ class AnomalyDetector:
         return [json.dumps(r, separators=(",", ":")).encode() for r in self.scorer.score_many(items)]
 
     def describe(self) -> dict[str, Any]:
-        """The ``GET /v1/anomaly/model`` body."""
-        return self.scorer.describe()
+        """The ``GET /v1/anomaly/model`` body, with how well this replica's snapshots were batched."""
+        batcher = self._batcher
+        batching = {
+            "batches": batcher.batches,
+            "snapshots": batcher.items,
+            "mean_batch_size": batcher.mean_batch_size,
+        }
+        return {**self.scorer.describe(), "batching": batching}

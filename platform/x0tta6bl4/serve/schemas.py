@@ -75,6 +75,10 @@ class ModelInfo(BaseModel):
     per_node_thresholds: int = Field(description="number of nodes with their own threshold")
     thresholds_version: int
     last_load_error: str | None = Field(description="why the last requested version was refused, if it was")
+    batching: dict[str, float] = Field(
+        default_factory=dict,
+        description="the answering replica's scoring passes so far: batches, snapshots, mean_batch_size",
+    )
 
 
 class RagQuery(_Body):

@@ -60,6 +60,9 @@ def test_concurrent_snapshots_each_get_their_own_scores(deployed, bodies) -> Non
     for which, resp in answers:
         assert resp.status_code == 200, resp.text
         np.testing.assert_allclose(resp.json()["scores"], alone[which], rtol=1e-4, atol=1e-4)
+    batching = requests.get(f"{deployed.base}/v1/anomaly/model", timeout=30).json()["batching"]
+    assert batching["snapshots"] >= len(jobs) + len(alone)
+    assert batching["mean_batch_size"] == pytest.approx(batching["snapshots"] / batching["batches"])
 
 
 def test_a_stream_keeps_its_baselines_between_calls(deployed, bodies) -> None:
