@@ -154,16 +154,21 @@ def test_kernel_fields_read_the_running_kernels_values() -> None:
         assert checks[2] > 0 and checks[3] == 0, f"sock.skc_state: {checks[2]} matched, {checks[3]} not"
 
         raw_probes, classic_probes = _map(raw, "probes"), _map(classic, "probes")
-        # The classic copy may have been skipped for some events (another tracing program ran on
-        # the CPU); compare the sockets both saw equally often, which must agree exactly.
+        # Either program may skip an event (the classic one when another tracing program runs on
+        # the CPU, the raw one when it would re-enter itself), so compare the sockets both saw
+        # equally often. Equal counts can still hide two different skipped events: one such
+        # socket may disagree, a wrong field offset would make them all disagree.
         same = [
             sk for sk, c in classic_probes.items() if sk in raw_probes and raw_probes[sk].samples == c.samples
         ]
-        assert len(same) >= 4, (len(raw_probes), len(classic_probes))
-        for sk in same:
-            r, c = raw_probes[sk], classic_probes[sk]
-            assert (r.srtt_sum, r.family) == (c.srtt_sum, c.family), hex(sk)
-        assert {int(raw_probes[sk].family) for sk in same} == {socket.AF_INET, socket.AF_INET6}
+        agree = [
+            sk
+            for sk in same
+            if (raw_probes[sk].srtt_sum, raw_probes[sk].family)
+            == (classic_probes[sk].srtt_sum, classic_probes[sk].family)
+        ]
+        assert len(agree) >= 4 and len(agree) >= len(same) - 1, (len(agree), len(same))
+        assert {int(raw_probes[sk].family) for sk in agree} == {socket.AF_INET, socket.AF_INET6}
     finally:
         raw.close()
         classic.close()
