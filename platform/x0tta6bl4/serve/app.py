@@ -40,7 +40,9 @@ def build_app(args: dict[str, Any] | ServeConfig | None = None) -> Application:
         logging_config=logging,
     ).bind(rag_args)
     http_args = config.http.model_dump(mode="json")
-    batching = {"max_batch_size": a.max_batch_size, "batch_wait_timeout_s": a.batch_wait_timeout_s}
+    batching = a.model_dump(
+        mode="json", include={"max_batch_size", "batch_wait_timeout_s", "batches_in_flight"}
+    )
     gateway = Gateway.options(  # type: ignore[attr-defined]
         version=code_version({"http": http_args, "rag": rag_args, "anomaly": batching}),
         logging_config=logging,

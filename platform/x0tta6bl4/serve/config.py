@@ -51,6 +51,12 @@ class AnomalyConfig(_Config):
         description="how long an idle replica waits for more snapshots to join the first (a busy one "
         "batches whatever queued while it worked)",
     )
+    batches_in_flight: int = Field(
+        default=2,
+        ge=1,
+        description="scoring batches the gateway keeps in flight to the detector: with 2 a replica "
+        "starts the next batch while the last one's scores travel back",
+    )
     max_ongoing_requests: int = Field(default=64, ge=1, description="requests in flight per replica")
     user: AnomalyUserConfig = Field(default_factory=AnomalyUserConfig, description="initial user_config")
     bootstrap: bool = Field(
@@ -69,6 +75,12 @@ class RagConfig(_Config):
         ge=0,
         description="how long an idle gateway or retriever waits for more queries to join the first (a "
         "busy one batches whatever queued while it worked)",
+    )
+    batches_in_flight: int = Field(
+        default=2,
+        ge=1,
+        description="query batches the gateway keeps in flight: with 2 the retriever starts the next "
+        "batch while the last one's answers travel back",
     )
     max_ongoing_requests: int = Field(default=128, ge=1, description="requests in flight per replica")
     retriever: dict[str, Any] = Field(

@@ -132,12 +132,15 @@ class Gateway:
         self._corpus_watch: asyncio.Task[None] | None = None
         # Concurrent queries reach the retriever as one call per batch, not one per query.
         self._retrieval: GreedyBatcher[tuple[str, int, bool], tuple[int, Any]] = GreedyBatcher(
-            self._retrieve, rag_cfg.max_batch_size, rag_cfg.batch_wait_timeout_s
+            self._retrieve, rag_cfg.max_batch_size, rag_cfg.batch_wait_timeout_s, rag_cfg.batches_in_flight
         )
         # Concurrent stateless snapshots reach the detector as one call per batch, too.
         anomaly_cfg = AnomalyConfig.model_validate(anomaly_config or {})
         self._scoring: GreedyBatcher[tuple[Snapshot, tuple[str, ...]], tuple[int, Any]] = GreedyBatcher(
-            self._score_batch, anomaly_cfg.max_batch_size, anomaly_cfg.batch_wait_timeout_s
+            self._score_batch,
+            anomaly_cfg.max_batch_size,
+            anomaly_cfg.batch_wait_timeout_s,
+            anomaly_cfg.batches_in_flight,
         )
         self._contract_cache: tuple[tuple[str, ...], Limits] | None = None
         api.state.body_limits_bytes = {

@@ -46,6 +46,57 @@ def test_batches_never_exceed_the_maximum_and_keep_the_order() -> None:
     assert [i for b in seen for i in b] == list(range(7))
 
 
+def test_a_second_batch_runs_while_the_first_is_in_flight_and_the_third_waits_for_a_free_slot() -> None:
+    seen: list[list[int]] = []
+    release: dict[int, asyncio.Event] = {}
+
+    async def handler(items: list[int]) -> list[int]:
+        seen.append(items)
+        gate = release[len(seen)] = asyncio.Event()
+        await gate.wait()
+        return [-i for i in items]
+
+    async def main() -> None:
+        batcher = GreedyBatcher(handler, max_batch_size=8, wait_s=0.0, max_concurrent_batches=2)
+        first = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.sleep(0.01)
+        second = asyncio.ensure_future(batcher.submit(2))
+        await asyncio.sleep(0.01)
+        assert seen == [[1], [2]]  # both in flight at once
+        rest = [asyncio.ensure_future(batcher.submit(i)) for i in (3, 4, 5)]
+        await asyncio.sleep(0.01)
+        assert seen == [[1], [2]]  # no free slot: the three wait together
+        release[2].set()  # the second finishes first; its caller is answered at once
+        assert await second == -2
+        await asyncio.sleep(0.01)
+        assert seen == [[1], [2], [3, 4, 5]] and not first.done()
+        release[1].set()
+        release[3].set()
+        assert await first == -1
+        assert await asyncio.gather(*rest) == [-3, -4, -5]
+        assert batcher.batches == 3
+
+    asyncio.run(main())
+
+
+def test_a_failed_batch_frees_its_slot_for_the_next() -> None:
+    async def handler(items: list[int]) -> list[int]:
+        if 0 in items:
+            raise RuntimeError("boom")
+        await asyncio.sleep(0.01)
+        return items
+
+    async def main() -> None:
+        batcher = GreedyBatcher(handler, max_batch_size=2, wait_s=0.0, max_concurrent_batches=2)
+        for _ in range(3):  # more failures than slots: a slot that leaked would hang here
+            with pytest.raises(RuntimeError, match="boom"):
+                await batcher.submit(0)
+        answers = await asyncio.wait_for(asyncio.gather(*(batcher.submit(i) for i in range(1, 6))), 5)
+        assert answers == [1, 2, 3, 4, 5]
+
+    asyncio.run(main())
+
+
 def test_an_idle_batcher_waits_for_near_simultaneous_items() -> None:
     seen: list[list[str]] = []
 
@@ -117,3 +168,5 @@ def test_bad_settings_are_refused() -> None:
 
     with pytest.raises(ValueError, match="max_batch_size"):
         GreedyBatcher(handler, max_batch_size=0, wait_s=0.0)
+    with pytest.raises(ValueError, match="max_concurrent_batches"):
+        GreedyBatcher(handler, max_batch_size=1, wait_s=0.0, max_concurrent_batches=0)

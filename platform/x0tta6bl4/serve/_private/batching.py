@@ -14,7 +14,7 @@ R = TypeVar("R")
 
 
 class GreedyBatcher(Generic[T, R]):
-    """Runs ``handler`` on batches of submitted items, one batch at a time.
+    """Runs ``handler`` on batches of submitted items, at most ``max_concurrent_batches`` at a time.
 
     Why not ``@serve.batch``: in Ray 2.55 it forms a batch every ``batch_wait_timeout_s``
     and queues it behind the running one, so a saturated replica works through many small
@@ -22,20 +22,32 @@ class GreedyBatcher(Generic[T, R]):
     when the handler is free, from what queued meanwhile (up to ``max_batch_size``); an
     idle batcher waits ``wait_s`` after the first item for near-simultaneous ones.
 
+    When the handler forwards the batch to another process, a second batch in flight keeps
+    that process busy while the first batch's results travel back (``max_concurrent_batches=2``).
+
     Args:
         handler: async function from a list of items to a list of results of the same length.
         max_batch_size: most items per call of ``handler``.
         wait_s: how long an idle batcher waits for more items after the first.
+        max_concurrent_batches: handler calls in flight at once (default ``1``).
     """
 
     def __init__(
-        self, handler: Callable[[list[T]], Awaitable[list[R]]], max_batch_size: int, wait_s: float
+        self,
+        handler: Callable[[list[T]], Awaitable[list[R]]],
+        max_batch_size: int,
+        wait_s: float,
+        max_concurrent_batches: int = 1,
     ) -> None:
-        if max_batch_size < 1 or wait_s < 0:
-            raise ValueError(f"need max_batch_size >= 1 and wait_s >= 0, got {max_batch_size}, {wait_s}")
+        if max_batch_size < 1 or wait_s < 0 or max_concurrent_batches < 1:
+            raise ValueError(
+                "need max_batch_size >= 1, wait_s >= 0 and max_concurrent_batches >= 1, got "
+                f"{max_batch_size}, {wait_s}, {max_concurrent_batches}"
+            )
         self.handler = handler
         self.max_batch_size = max_batch_size
         self.wait_s = wait_s
+        self.max_concurrent_batches = max_concurrent_batches
         self.batches = 0
         self.items = 0
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] | None = None
@@ -63,39 +75,54 @@ class GreedyBatcher(Generic[T, R]):
 
     async def _work(self, queue: asyncio.Queue[tuple[T, asyncio.Future[R]]]) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            batch = [await queue.get()]
-            deadline = loop.time() + self.wait_s
-            while len(batch) < self.max_batch_size:
-                if not queue.empty():
-                    batch.append(queue.get_nowait())
+        slots = asyncio.Semaphore(self.max_concurrent_batches)
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await slots.acquire()  # form the next batch only when a handler call is free
+                batch = [await queue.get()]
+                deadline = loop.time() + self.wait_s
+                while len(batch) < self.max_batch_size:
+                    if not queue.empty():
+                        batch.append(queue.get_nowait())
+                        continue
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        batch.append(await asyncio.wait_for(queue.get(), remaining))
+                    except TimeoutError:
+                        break
+                live = [(item, future) for item, future in batch if not future.done()]  # callers gone
+                if not live:
+                    slots.release()
                     continue
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(queue.get(), remaining))
-                except TimeoutError:
-                    break
-            live = [(item, future) for item, future in batch if not future.done()]  # callers gone
-            if not live:
-                continue
-            self.batches += 1
-            self.items += len(live)
-            try:
-                results = await self.handler([item for item, _ in live])
-                if len(results) != len(live):
-                    raise RuntimeError(f"batch handler returned {len(results)} results for {len(live)} items")
-            except asyncio.CancelledError:
-                for _, future in live:
-                    future.cancel()
-                raise
-            except Exception as exc:
-                log.warning("a batch of %d failed: %s", len(live), exc)
-                for _, future in live:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), result in zip(live, results, strict=True):
+                self.batches += 1
+                self.items += len(live)
+                task = loop.create_task(self._run(live))
+                running.add(task)
+                task.add_done_callback(running.discard)
+                task.add_done_callback(lambda _: slots.release())
+        finally:
+            for task in running:
+                task.cancel()
+
+    async def _run(self, live: list[tuple[T, asyncio.Future[R]]]) -> None:
+        """One handler call; its results (or its exception) go to the batch's callers."""
+        try:
+            results = await self.handler([item for item, _ in live])
+            if len(results) != len(live):
+                raise RuntimeError(f"batch handler returned {len(results)} results for {len(live)} items")
+        except asyncio.CancelledError:
+            for _, future in live:
+                future.cancel()
+            raise
+        except Exception as exc:
+            log.warning("a batch of %d failed: %s", len(live), exc)
+            for _, future in live:
                 if not future.done():
-                    future.set_result(result)
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(live, results, strict=True):
+            if not future.done():
+                future.set_result(result)
