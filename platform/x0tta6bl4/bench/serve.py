@@ -175,7 +175,8 @@ def _rag_rows(base: str, quick: bool, common: dict[str, Any]) -> list[dict[str, 
     torch.set_num_threads(1)
     model = load_embedder()
     sample = texts[: 128 if quick else 512]
-    batch_size = RetrieverConfig().encode_batch_size  # the same forward-pass size as the replica
+    retriever_config = RetrieverConfig()
+    batch_size = retriever_config.encode_batch_size  # the same largest forward pass as the replica
     model.encode(sample[:32], batch_size=batch_size)
     t0 = time.perf_counter()
     model.encode(sample, batch_size=batch_size)  # one call: sorted by length over all texts
@@ -189,7 +190,13 @@ def _rag_rows(base: str, quick: bool, common: dict[str, Any]) -> list[dict[str, 
             "rag_uncached_queries_per_s",
             served["requests_per_s"],
             "queries/s",
-            {"concurrency": CONCURRENCY, "k": 3, "embed_threads": 1, "encode_batch_size": batch_size},
+            {
+                "concurrency": CONCURRENCY,
+                "k": 3,
+                "embed_threads": 1,
+                "encode_batch_size": batch_size,
+                "pass_overhead_tokens": retriever_config.pass_overhead_tokens,
+            },
             baseline=("in_process_embedding_per_s", embed_qps),
             target=("ratio", ">=", 0.8),
         )
