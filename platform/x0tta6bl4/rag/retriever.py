@@ -556,10 +556,16 @@ class Retriever:
         out = np.zeros((len(texts), EMBEDDING_DIM), np.float32)
         if not texts:
             return out
+        # Token counts only (no tensors, no masks); encode() tokenizes each pass again, which
+        # costs about 2 % of the pass and keeps sentence-transformers' own pooling and truncation.
         lengths = [
             len(ids)
             for ids in self._model.tokenizer(
-                list(texts), truncation=True, max_length=self._model.max_seq_length
+                list(texts),
+                truncation=True,
+                max_length=self._model.max_seq_length,
+                return_attention_mask=False,
+                return_token_type_ids=False,
             )["input_ids"]
         ]
         for rows in plan_passes(lengths, self.config.encode_batch_size, self.config.pass_overhead_tokens):
