@@ -179,6 +179,7 @@ def _rag_rows(base: str, quick: bool, common: dict[str, Any]) -> list[dict[str, 
 
     from x0tta6bl4.models.embedder import load_embedder
     from x0tta6bl4.rag.retriever import RetrieverConfig
+    from x0tta6bl4.serve.config import RagConfig
 
     n_unique = 400 if quick else 4000
     texts = _query_texts(n_unique, seed=int(time.time()) % 100000)
@@ -213,6 +214,7 @@ def _rag_rows(base: str, quick: bool, common: dict[str, Any]) -> list[dict[str, 
                 "embed_threads": 1,
                 "encode_batch_size": batch_size,
                 "pass_overhead_tokens": retriever_config.pass_overhead_tokens,
+                "compute_nice": RagConfig().compute_nice,
             },
             baseline=("in_process_embedding_per_s", embed_qps),
             target=("ratio", ">=", 0.8),

@@ -83,6 +83,15 @@ class RagConfig(_Config):
         "batch while the last one's answers travel back",
     )
     max_ongoing_requests: int = Field(default=128, ge=1, description="requests in flight per replica")
+    compute_nice: int | None = Field(
+        default=0,
+        ge=-20,
+        le=19,
+        description="nice value of the replica thread that embeds queries. Ray starts workers' Python "
+        "threads at nice 15 and keeps its RPC threads (the proxy's and the gateway's too) at 0, so under "
+        "load those preempt the embedding; 0 levels them. Needs CAP_SYS_NICE (root has it), otherwise "
+        "Ray's value stays and a warning is logged; None leaves Ray's value",
+    )
     retriever: dict[str, Any] = Field(
         default_factory=dict,
         description="x0tta6bl4.rag.retriever.RetrieverConfig fields (data_dir, ef, cache, ...)",

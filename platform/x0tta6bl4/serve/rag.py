@@ -12,6 +12,7 @@ from ray import serve
 
 from x0tta6bl4.errors import X0tta6bl4Error
 from x0tta6bl4.serve._private.batching import GreedyBatcher
+from x0tta6bl4.serve._private.priority import ComputePriority
 from x0tta6bl4.serve.config import RagConfig
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class RunbookRetriever:
         torch.set_num_threads(1)
         self.config = RagConfig.model_validate(config)
         self.retriever = Retriever.open(RetrieverConfig.model_validate(self.config.retriever))
+        self._priority = ComputePriority(self.config.compute_nice)
+        self._priority.apply()  # Serve runs __init__ and the methods on one user-code thread
         self._batches = 0
         self._batched_queries = 0
         self._batcher: GreedyBatcher[tuple[str, int, bool], Answer] = GreedyBatcher(
@@ -116,6 +119,7 @@ class RunbookRetriever:
         return self._answer_all(items)
 
     def _answer_all(self, items: list[tuple[str, int, bool]]) -> list[Answer]:
+        self._priority.apply()  # a no-op unless Serve moved the methods to another thread
         self._batches += 1
         self._batched_queries += len(items)
         self._refresh()
@@ -156,4 +160,5 @@ class RunbookRetriever:
             "batches": self._batches,
             "mean_batch_size": self._batched_queries / self._batches if self._batches else 0.0,
         }
+        stats["compute_thread"] = self._priority.describe()
         return stats

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import requests
@@ -44,6 +45,16 @@ def test_a_repeated_query_comes_from_the_cache_unless_asked_not_to(deployed) -> 
     # The exact repeat was answered by the gateway's tier, with the version it was computed on.
     assert stats["edge_cache"]["hits"] >= 1 and 0 < stats["edge_cache"]["hit_rate"] <= 1
     assert second["corpus_version"] == first["corpus_version"] == stats["corpus_version"]
+
+
+def test_the_embedding_thread_runs_at_the_configured_nice_value(deployed) -> None:
+    rag(deployed.base, "query", {"query": "fan failure, chassis temperature alarms", "k": 1}, cache="false")
+    thread = requests.get(f"{deployed.base}/v1/rag/stats", timeout=30).json()["compute_thread"]
+    assert thread["requested_nice"] == 0
+    if os.geteuid() == 0:  # CAP_SYS_NICE: Ray's nice 15 is lowered to the default 0
+        assert thread == {"requested_nice": 0, "nice": 0, "error": None}
+    else:
+        assert thread["nice"] == 15 and "cannot set nice" in thread["error"]
 
 
 def test_a_near_repeat_comes_from_the_retrievers_semantic_tier(deployed) -> None:
