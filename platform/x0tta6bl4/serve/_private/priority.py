@@ -14,8 +14,9 @@ class ComputePriority:
     """Gives the thread that calls :meth:`apply` the nice value ``nice`` (Linux sets it per thread).
 
     Why: Ray runs a worker's Python threads at nice 15 (``worker_niceness``) while the RPC threads
-    of every worker, the raylet and the HTTP proxy keep nice 0. On a node whose cores the proxy and
-    the gateway share with a replica, their wake-ups then preempt the model thread: under
+    of every worker (the HTTP proxy's included), the raylet and the GCS keep nice 0. On a node
+    whose cores the proxy and the gateway share with a replica, their wake-ups then preempt the
+    model thread: under
     ``bench serve``'s uncached RAG load the retriever's embedding thread was runnable but waiting
     for a core 15-18 % of the time (``/proc/<pid>/task/<tid>/schedstat``); at nice 0, about 5 %.
 
