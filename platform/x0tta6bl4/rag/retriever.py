@@ -24,6 +24,7 @@ from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
 from x0tta6bl4.mesh.faults import ACTIONS, FAULT_TYPES, HEALED_BY
 from x0tta6bl4.rag.cache import CacheConfig, CacheKey, SemanticCache
 from x0tta6bl4.rag.corpus import RunbookError, chunk_text, load_runbooks, parse_runbook
+from x0tta6bl4.rag.encoding import BatchEncoder
 from x0tta6bl4.rag.index import IndexStoreError, RWLock, VectorIndex, fsync_dir, write_atomic
 
 F32 = npt.NDArray[np.float32]
@@ -50,43 +51,6 @@ class RetrievalStoreError(X0tta6bl4Error):
 def default_data_dir() -> Path:
     """``$X0TTA6BL4_RAG_DIR``, else ``.x0tta6bl4/rag`` (relative to the working directory)."""
     return Path(os.environ.get(DATA_DIR_ENV) or ".x0tta6bl4/rag")
-
-
-def plan_passes(lengths: Sequence[int], max_rows: int, pass_overhead_tokens: int) -> list[list[int]]:
-    """Split texts of the given token lengths into the forward passes that cost least.
-
-    A pass of ``r`` texts whose longest has ``L`` tokens costs ``pass_overhead_tokens + r * L``
-    (every text is padded to ``L``). The cheapest split takes runs of the length-sorted texts;
-    dynamic programming over the cut points finds it exactly.
-
-    Args:
-        lengths: token count of each text (padding excluded).
-        max_rows: most texts in one pass.
-        pass_overhead_tokens: fixed cost of a pass, in padded tokens (``0``: split by length alone).
-
-    Returns:
-        The passes, as lists of indices into ``lengths``, shortest texts first; every index once.
-    """
-    if max_rows < 1 or pass_overhead_tokens < 0:
-        raise ValueError(
-            f"need max_rows >= 1 and pass_overhead_tokens >= 0, got {max_rows}, {pass_overhead_tokens}"
-        )
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    n = len(order)
-    cost = [0.0] + [math.inf] * n  # cost[j]: cheapest passes over the j shortest texts
-    cut = [0] * (n + 1)
-    for j in range(1, n + 1):
-        longest = lengths[order[j - 1]]
-        for i in range(max(0, j - max_rows), j):
-            c = cost[i] + pass_overhead_tokens + (j - i) * longest
-            if c < cost[j]:
-                cost[j], cut[j] = c, i
-    passes: list[list[int]] = []
-    j = n
-    while j > 0:
-        passes.append(order[cut[j] : j])
-        j = cut[j]
-    return passes[::-1]
 
 
 class RetrieverConfig(BaseModel):
@@ -134,12 +98,18 @@ class RetrieverConfig(BaseModel):
     encode_batch_size: int = Field(
         default=16, ge=1, description="most texts per forward pass of the embedder"
     )
+    unpadded_encoding: bool = Field(
+        default=True,
+        description="run a mean-pooled BERT embedder (MiniLM and its LoRA merges) without padding: the "
+        "same vectors, one pass per encode_batch_size texts; False, or any other model, uses "
+        "sentence-transformers' padded encode",
+    )
     pass_overhead_tokens: int = Field(
         default=50,
         ge=0,
-        description="fixed cost of one forward pass, in padded tokens: a batch is cut into length-sorted "
-        "passes wherever the padding saved outweighs another pass (50 embeds random 10-16-query "
-        "batches 10-15 % faster than one padded pass on a 2-core x86 host)",
+        description="padded encode only: fixed cost of one forward pass, in padded tokens; a batch is cut "
+        "into length-sorted passes wherever the padding saved outweighs another pass (50 embeds random "
+        "10-16-query batches 10-15 % faster than one padded pass on a 2-core x86 host)",
     )
     cache: CacheConfig = Field(default_factory=CacheConfig, description="semantic query cache")
 
@@ -323,7 +293,9 @@ class Retriever:
     def __init__(self, config: RetrieverConfig, model: Any, fingerprint: str) -> None:
         """An empty retriever; use :meth:`open`, which loads or builds the store."""
         self.config = config
-        self._model = model
+        self._encoder = BatchEncoder(
+            model, config.encode_batch_size, config.pass_overhead_tokens, config.unpadded_encoding
+        )
         self._fingerprint = fingerprint
         self._lock = RWLock()
         self._ingest_lock = threading.Lock()
@@ -545,39 +517,12 @@ class Retriever:
 
     # ------------------------------------------------------------------ querying
     def embed(self, texts: Sequence[str]) -> F32:
-        """Unit-normalised embeddings of ``texts``, in the forward passes :func:`plan_passes` picks.
-
-        A pass pads every text to its longest; queries arrive in random order, so one pass over
-        a batch spends much of its time on padding.
+        """Unit-normalised embeddings of ``texts`` (see :class:`~x0tta6bl4.rag.encoding.BatchEncoder`).
 
         Shapes:
             ``[len(texts), 384]`` float32.
         """
-        out = np.zeros((len(texts), EMBEDDING_DIM), np.float32)
-        if not texts:
-            return out
-        # Token counts only (no tensors, no masks); encode() tokenizes each pass again, which
-        # costs about 2 % of the pass and keeps sentence-transformers' own pooling and truncation.
-        lengths = [
-            len(ids)
-            for ids in self._model.tokenizer(
-                list(texts),
-                truncation=True,
-                max_length=self._model.max_seq_length,
-                return_attention_mask=False,
-                return_token_type_ids=False,
-            )["input_ids"]
-        ]
-        for rows in plan_passes(lengths, self.config.encode_batch_size, self.config.pass_overhead_tokens):
-            vectors = self._model.encode(
-                [texts[i] for i in rows],
-                batch_size=len(rows),
-                convert_to_numpy=True,
-                normalize_embeddings=True,
-                show_progress_bar=False,
-            )
-            out[rows] = np.asarray(vectors, dtype=np.float32).reshape(len(rows), EMBEDDING_DIM)
-        return out
+        return self._encoder.encode(texts)
 
     def check_query(self, text: Any, k: Any) -> None:
         """Check one query before it is batched.
@@ -833,7 +778,8 @@ class Retriever:
     # ------------------------------------------------------------------ introspection
     def stats(self) -> dict[str, Any]:
         """Counts: ``documents``, ``chunks``, ``ef``, ``index_size``, ``queries_served``, ``cache`` (its
-        stats), the ``corpus_version`` and the store ``fingerprint``."""
+        stats), ``embedder`` (how texts are embedded, and how many were), the ``corpus_version`` and
+        the store ``fingerprint``."""
         with self._lock.read():
             out: dict[str, Any] = {
                 "documents": len(self._docs),
@@ -844,6 +790,7 @@ class Retriever:
         with self._stats_lock:
             out["queries_served"] = self._queries
         out["cache"] = self.cache.stats()
+        out["embedder"] = self._encoder.describe()
         out["corpus_version"] = self.corpus_version
         out["fingerprint"] = self._fingerprint
         return out

@@ -57,6 +57,17 @@ def test_the_embedding_thread_runs_at_the_configured_nice_value(deployed) -> Non
         assert thread["nice"] == 15 and "cannot set nice" in thread["error"]
 
 
+def test_the_replica_embeds_queries_without_padding(deployed) -> None:
+    before = requests.get(f"{deployed.base}/v1/rag/stats", timeout=30).json()["embedder"]
+    assert before["unpadded"] and before["why_padded"] is None
+    queries = [{"query": f"relay {i} drops packets, queue depth {10 * i}", "k": 1} for i in range(3)]
+    assert rag(deployed.base, "batch", {"queries": queries}, cache="false").status_code == 200
+    after = requests.get(f"{deployed.base}/v1/rag/stats", timeout=30).json()["embedder"]
+    assert after["texts_embedded"] == before["texts_embedded"] + 3
+    # One pass per batch the gateway formed (normally one, for three concurrent queries).
+    assert before["forward_passes"] < after["forward_passes"] <= before["forward_passes"] + 3
+
+
 def test_a_near_repeat_comes_from_the_retrievers_semantic_tier(deployed) -> None:
     body = {"query": "Memory use on node 77 keeps growing hour after hour until it swaps", "k": 2}
     rag(deployed.base, "query", body)

@@ -1,8 +1,6 @@
 """Retriever: held-out recall@3, persistence without rebuild, durable ingest, cache path, typed errors, concurrency."""
 
-import itertools
 import json
-import math
 import os
 import shutil
 import threading
@@ -22,7 +20,6 @@ from x0tta6bl4.rag.retriever import (
     Retriever,
     RetrieverConfig,
     default_data_dir,
-    plan_passes,
 )
 
 SOLAR_DOC = {
@@ -47,19 +44,9 @@ processor throttles its clock.
 """
 
 
-class CountingModel:
-    """The real embedder, counting encode calls and texts (to prove what was or was not embedded)."""
-
-    def __init__(self, model):
-        self.model, self.calls, self.texts = model, 0, 0
-
-    def encode(self, texts, **kwargs):
-        self.calls += 1
-        self.texts += len(texts)
-        return self.model.encode(texts, **kwargs)
-
-    def __getattr__(self, name):  # tokenizer, max_seq_length
-        return getattr(self.model, name)
+def embedded(retriever):
+    """Texts the retriever has embedded since it was opened (proves what was or was not embedded)."""
+    return retriever.stats()["embedder"]["texts_embedded"]
 
 
 @pytest.fixture(scope="module")
@@ -80,15 +67,14 @@ def built(model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def shared(model, built):
-    return Retriever.open(RetrieverConfig(data_dir=built), model=CountingModel(model))
+    return Retriever.open(RetrieverConfig(data_dir=built), model=model)
 
 
 @pytest.fixture
 def fresh(model, built, tmp_path):
-    """A private copy of the built store, opened with a counting model."""
+    """A private copy of the built store."""
     shutil.copytree(built, tmp_path / "rag")
-    counting = CountingModel(model)
-    return Retriever.open(RetrieverConfig(data_dir=tmp_path / "rag"), model=counting), counting
+    return Retriever.open(RetrieverConfig(data_dir=tmp_path / "rag"), model=model)
 
 
 def test_recall_at_3_on_held_out_incidents(shared):
@@ -129,9 +115,8 @@ def test_results_rank_distinct_runbooks_and_recommend_the_fault_runbooks_action(
 
 
 def test_reopen_loads_the_store_without_embedding_and_answers_the_same(model, built):
-    counting = CountingModel(model)
-    first = Retriever.open(RetrieverConfig(data_dir=built), model=counting)
-    assert counting.calls == 0  # nothing re-embedded: the persisted index was used
+    first = Retriever.open(RetrieverConfig(data_dir=built), model=model)
+    assert embedded(first) == 0  # nothing re-embedded: the persisted index was used
     second = Retriever.open(RetrieverConfig(data_dir=built, cache={"enabled": False}), model=model)
     texts = ["gateway 12 went dark, its subtree moved to other gateways", "queue full, drops on relay 40"]
     a, b = first.query_batch(texts, 4), second.query_batch(texts, 4)
@@ -141,35 +126,33 @@ def test_reopen_loads_the_store_without_embedding_and_answers_the_same(model, bu
 
 def test_store_built_with_other_chunking_is_rebuilt(model, built, tmp_path):
     shutil.copytree(built, tmp_path / "rag")
-    counting = CountingModel(model)
     before = Retriever.open(RetrieverConfig(data_dir=tmp_path / "rag"), model=model).stats()
-    after = Retriever.open(RetrieverConfig(data_dir=tmp_path / "rag", chunk_words=60), model=counting)
-    assert counting.texts == after.stats()["chunks"] > before["chunks"]  # every chunk embedded once
+    after = Retriever.open(RetrieverConfig(data_dir=tmp_path / "rag", chunk_words=60), model=model)
+    assert embedded(after) == after.stats()["chunks"] > before["chunks"]  # every chunk embedded once
     assert after.fingerprint != before["fingerprint"]
-    reopened = CountingModel(model)
-    Retriever.open(RetrieverConfig(data_dir=tmp_path / "rag", chunk_words=60), model=reopened)
-    assert reopened.calls == 0
+    reopened = Retriever.open(RetrieverConfig(data_dir=tmp_path / "rag", chunk_words=60), model=model)
+    assert embedded(reopened) == 0
 
 
 def test_query_batch_embeds_each_miss_once_and_serves_repeats_from_the_cache(fresh):
-    retriever, counting = fresh
+    retriever = fresh
     texts = [
         "node 4 unreachable, neighbours lost a link",
         "link 5-9 lossy, retransmits up",
         "cpu 1.0 on node 3, runqueue latency 200 ms",
     ]
     first = retriever.query_batch(texts, 3)
-    assert counting.texts == 3
+    assert embedded(retriever) == 3
     assert not any(r.cached for r in first)
     again = retriever.query_batch([t.upper() + "  " for t in texts], 3)  # exact after normalisation
-    assert counting.texts == 3  # exact hits need no embedding
+    assert embedded(retriever) == 3  # exact hits need no embedding
     assert all(r.cached for r in again) and [r.passages for r in again] == [r.passages for r in first]
     similar = retriever.query("node 4 unreachable; neighbours lost a link!", 3)  # semantic hit
-    assert counting.texts == 4 and similar.cached and similar.passages == first[0].passages
-    assert retriever.cached(texts[1].title(), 3).cached and counting.texts == 4
+    assert embedded(retriever) == 4 and similar.cached and similar.passages == first[0].passages
+    assert retriever.cached(texts[1].title(), 3).cached and embedded(retriever) == 4
     assert retriever.cached("never asked", 3) is None
     uncached = retriever.query_batch(texts[:1], 3, use_cache=False)[0]
-    assert not uncached.cached and counting.texts == 5
+    assert not uncached.cached and embedded(retriever) == 5
     # Batch padding moves scores in the 7th digit at most: same runbooks, same sections.
     assert [(p.runbook_id, p.section) for p in uncached.passages] == [
         (p.runbook_id, p.section) for p in first[0].passages
@@ -190,16 +173,15 @@ def test_per_query_k_in_one_batch(shared):
 
 
 def test_ingest_is_durable_and_retrievable_after_reopen(fresh, model):
-    retriever, _ = fresh
+    retriever = fresh
     added = retriever.ingest([SOLAR_DOC, RUNBOOK_MD])
     ids = added["documents"]
     assert added["added"] == 2 and added["chunks"] == 3
     assert ids[1] == "fan-failure" and ids[0].startswith("solar-brown-out")
     query = "relay browns out every evening at sunset, battery below cut-off voltage"
     assert retriever.query(query, 3).passages[0].runbook_id == ids[0]
-    counting = CountingModel(model)
-    reopened = Retriever.open(retriever.config, model=counting)
-    assert counting.calls == 0  # the store was loaded, not rebuilt
+    reopened = Retriever.open(retriever.config, model=model)
+    assert embedded(reopened) == 0  # the store was loaded, not rebuilt
     result = reopened.query(query, 3)
     assert result.passages[0].runbook_id == ids[0] and result.passages[0].fault_type is None
     fan = reopened.query("enclosure fan stopped, thermal sensor above 80 degrees, clock throttled", 1)
@@ -211,7 +193,7 @@ def test_ingest_is_durable_and_retrievable_after_reopen(fresh, model):
 
 
 def test_ingest_clears_the_cache_and_is_idempotent_per_id(fresh):
-    retriever, _ = fresh
+    retriever = fresh
     retriever.query("solar battery browns out", 3)
     doc = {**SOLAR_DOC, "id": "solar", "fault_type": "node_crash"}
     assert retriever.ingest([doc]) == {"documents": ["solar"], "added": 1, "chunks": 2}
@@ -228,20 +210,19 @@ def test_ingest_clears_the_cache_and_is_idempotent_per_id(fresh):
 
 
 def test_a_torn_ingest_is_dropped_and_the_store_rebuilt(fresh, model):
-    retriever, _ = fresh
+    retriever = fresh
     retriever.ingest([{**SOLAR_DOC, "id": "solar"}])
     with (retriever.config.data_dir / "documents.jsonl").open("a") as f:
         f.write('{"id": "half-writ')  # a crash in the middle of the next ingest
-    counting = CountingModel(model)
-    reopened = Retriever.open(retriever.config, model=counting)
-    assert counting.texts == reopened.stats()["chunks"]  # rebuilt
+    reopened = Retriever.open(retriever.config, model=model)
+    assert embedded(reopened) == reopened.stats()["chunks"]  # rebuilt
     assert [d.id for d in reopened.documents][-1] == "solar"
     assert reopened.stats()["documents"] == 13
     assert "half" not in (retriever.config.data_dir / "documents.jsonl").read_text()
 
 
 def test_another_process_ingest_is_seen_after_refresh(fresh, model):
-    retriever, _ = fresh
+    retriever = fresh
     other = Retriever.open(retriever.config, model=model)
     assert not retriever.refresh()
     assert retriever.corpus_version == other.corpus_version == 0  # the packaged runbooks only
@@ -292,15 +273,15 @@ def test_invalid_queries_raise_a_typed_error(shared, text, k, message):
     ],
 )
 def test_invalid_documents_raise_a_typed_error_and_store_nothing(fresh, document, message):
-    retriever, counting = fresh
+    retriever = fresh
     with pytest.raises(RetrievalInputError, match=message):
         retriever.ingest([SOLAR_DOC, document])
-    assert counting.calls == 0 and retriever.stats()["documents"] == 12
+    assert embedded(retriever) == 0 and retriever.stats()["documents"] == 12
     assert not (retriever.config.data_dir / "documents.jsonl").read_text()
 
 
 def test_ingest_refuses_empty_lists_and_duplicate_ids(fresh):
-    retriever, _ = fresh
+    retriever = fresh
     with pytest.raises(RetrievalInputError, match="non-empty list"):
         retriever.ingest([])
     with pytest.raises(RetrievalInputError, match="non-empty list"):
@@ -310,7 +291,7 @@ def test_ingest_refuses_empty_lists_and_duplicate_ids(fresh):
 
 
 def test_queries_run_safely_while_documents_are_ingested(fresh):
-    retriever, _ = fresh
+    retriever = fresh
     errors, results = [], []
     stop = threading.Event()
 
@@ -357,55 +338,3 @@ def test_search_takes_embeddings_directly_and_stats_count(shared):
     assert all(isinstance(r, QueryResult) and len(r.passages) == 2 for r in dense)
     stats = shared.stats()
     assert stats["documents"] == 12 and stats["ef"] == 64 and stats["index_size"] == stats["chunks"]
-
-
-def _brute_force_cost(lengths, max_rows, overhead):
-    """Cheapest split of the length-sorted texts into contiguous passes, by trying every cut set."""
-    ordered = sorted(lengths)
-    best = math.inf
-    for cuts in itertools.product([False, True], repeat=max(0, len(ordered) - 1)):
-        passes, start = [], 0
-        for i, cut in enumerate(cuts, start=1):
-            if cut:
-                passes.append(ordered[start:i])
-                start = i
-        passes.append(ordered[start:])
-        if all(len(p) <= max_rows for p in passes):
-            best = min(best, sum(overhead + len(p) * max(p) for p in passes))
-    return best
-
-
-@pytest.mark.parametrize("seed", range(20))
-def test_plan_passes_finds_the_cheapest_split_and_uses_every_text_once(seed):
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(5, 90, size=int(rng.integers(1, 11))).tolist()
-    max_rows, overhead = int(rng.integers(1, 6)), int(rng.integers(0, 120))
-    passes = plan_passes(lengths, max_rows, overhead)
-    assert sorted(i for p in passes for i in p) == list(range(len(lengths)))
-    assert all(1 <= len(p) <= max_rows for p in passes)
-    cost = sum(overhead + len(p) * max(lengths[i] for i in p) for p in passes)
-    assert cost == _brute_force_cost(lengths, max_rows, overhead)
-
-
-def test_plan_passes_splits_where_padding_outweighs_a_pass():
-    lengths = [10, 80, 11, 79, 12]
-    assert plan_passes(lengths, 16, 50) == [[0, 2, 4], [3, 1]]  # 5 x 80 padded costs more than a pass
-    assert plan_passes(lengths, 16, 10_000) == [[0, 2, 4, 3, 1]]  # passes too dear to split
-    assert plan_passes(lengths, 2, 10_000) == [[0], [2, 4], [3, 1]]  # ...but never more than max_rows
-    assert plan_passes([], 16, 50) == []
-    with pytest.raises(ValueError, match="max_rows"):
-        plan_passes(lengths, 0, 50)
-
-
-def test_embed_in_planned_passes_equals_one_padded_encode(shared, model):
-    texts = [
-        "node 4 unreachable",
-        "link 5-9 lossy, retransmits up since the firmware upgrade on the relay at the water tower",
-        "cpu 1.0 on node 3",
-        "memory of the routing daemon on gateway 2 grows by 40 MB an hour and swap is now in use",
-        "queue full",
-    ]
-    planned = shared.embed(texts)
-    one_pass = model.encode(texts, batch_size=len(texts), normalize_embeddings=True, convert_to_numpy=True)
-    # Padding changes only the float summation order: cosine 1 to 6 digits, row by row.
-    np.testing.assert_allclose(np.sum(planned * one_pass, axis=1), 1.0, atol=1e-5)
