@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +17,43 @@ from x0tta6bl4.errors import ConfigError
 F32 = npt.NDArray[np.float32]
 
 
+def plan_passes(lengths: Sequence[int], max_rows: int, pass_overhead_tokens: int) -> list[list[int]]:
+    """Split texts of the given token lengths into the padded groups (passes) that cost least.
+
+    A pass of ``r`` texts whose longest has ``L`` tokens costs ``pass_overhead_tokens + r * L``
+    (every text is padded to ``L``). The cheapest split takes runs of the length-sorted texts;
+    dynamic programming over the cut points finds it exactly.
+
+    Args:
+        lengths: token count of each text (padding excluded).
+        max_rows: most texts in one pass.
+        pass_overhead_tokens: fixed cost of a pass, in padded tokens (``0``: split by length alone).
+
+    Returns:
+        The passes, as lists of indices into ``lengths``, shortest texts first; every index once.
+    """
+    if max_rows < 1 or pass_overhead_tokens < 0:
+        raise ValueError(
+            f"need max_rows >= 1 and pass_overhead_tokens >= 0, got {max_rows}, {pass_overhead_tokens}"
+        )
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    n = len(order)
+    cost = [0.0] + [math.inf] * n  # cost[j]: cheapest passes over the j shortest texts
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        longest = lengths[order[j - 1]]
+        for i in range(max(0, j - max_rows), j):
+            c = cost[i] + pass_overhead_tokens + (j - i) * longest
+            if c < cost[j]:
+                cost[j], cut[j] = c, i
+    passes: list[list[int]] = []
+    j = n
+    while j > 0:
+        passes.append(order[cut[j] : j])
+        j = cut[j]
+    return passes[::-1]
+
+
 class UnsupportedEmbedderError(ConfigError):
     """The model is not a mean-pooled BERT sentence embedder that :class:`UnpaddedBertEncoder` can run."""
 
@@ -27,10 +65,12 @@ class UnpaddedBertEncoder:
     on the pad tokens too: on random 10-query batches of incident text that is 10-15 % of the
     work. Every BERT layer except attention acts token by token, so here the embeddings,
     projections, feed-forward blocks and layer norms run on the ``[tokens, hidden]``
-    concatenation of the batch's texts; only attention scatters its inputs into a padded
-    ``[texts, heads, longest, head_dim]`` view with a key mask, and gathers the real tokens back.
-    Mean pooling sums each text's tokens. sentence-transformers unpads only through
-    FlashAttention-2's variable-length kernels, which need CUDA.
+    concatenation of the batch's texts; only attention gathers its inputs into padded
+    ``[texts, heads, longest, head_dim]`` views with a key mask, and the real tokens back. The
+    texts are sorted by length and attention runs on the groups :func:`plan_passes` picks, so a
+    few long texts do not pad all the short ones (random 10-query batches: +7 %). Mean pooling
+    sums each text's tokens. sentence-transformers unpads only through FlashAttention-2's
+    variable-length kernels, which need CUDA.
 
     The weights are read from the model at every call, so the model may be changed in between
     (a LoRA merge, a loaded state dict). The result equals ``model.encode(...,
@@ -40,17 +80,25 @@ class UnpaddedBertEncoder:
         model: a loaded ``SentenceTransformer`` made of a ``Transformer`` over a ``BertModel``
             with absolute position embeddings and plain ``nn.Linear`` layers, a mean
             ``Pooling``, and optionally ``Normalize``.
+        attention_group_overhead_tokens: fixed cost of one more attention group, in padded
+            tokens (default ``40``, the best of 40/80/160 on random 10-query batches on a 2-core
+            x86 host).
 
     Raises:
         UnsupportedEmbedderError: any other architecture, pooling or module stack (for example
             adapter-wrapped projections, which need the model's own forward).
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, attention_group_overhead_tokens: int = 40) -> None:
         reason = _unsupported_reason(model)
         if reason is not None:
             raise UnsupportedEmbedderError(f"cannot run the embedder unpadded: {reason}")
+        if attention_group_overhead_tokens < 0:
+            raise ValueError(
+                f"need attention_group_overhead_tokens >= 0, got {attention_group_overhead_tokens}"
+            )
         self.model = model
+        self.attention_group_overhead_tokens = attention_group_overhead_tokens
         self._bert: Any = model[0].auto_model
         self._tokenizer: Any = model.tokenizer
         self._heads = int(self._bert.config.num_attention_heads)
@@ -105,36 +153,69 @@ class UnpaddedBertEncoder:
         """One pass over already tokenized texts: their unit-normalised mean-pooled embeddings.
 
         Shapes:
-            ``[len(token_ids), dimension]``.
+            ``[len(token_ids), dimension]``, in the order of ``token_ids``.
         """
-        lengths = torch.tensor([len(t) for t in token_ids])
-        texts, longest = len(token_ids), int(lengths.max())
-        ids = torch.tensor([i for t in token_ids for i in t])
-        positions = torch.cat([torch.arange(n) for n in lengths.tolist()])
+        order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
+        lengths = torch.tensor([len(token_ids[i]) for i in order])
+        texts = len(order)
+        ids = torch.tensor([t for i in order for t in token_ids[i]])
+        starts = torch.cumsum(lengths, 0) - lengths  # first token of each text
+        positions = torch.arange(ids.numel()) - torch.repeat_interleave(starts, lengths)
         owner = torch.repeat_interleave(torch.arange(texts), lengths)  # text of each token
-        slot = owner * longest + positions  # each token's row in the padded [texts * longest] view
-        key_mask = (torch.arange(longest)[None, :] < lengths[:, None])[:, None, None, :]
+        groups = [
+            _AttentionGroup(g[0], g[-1] + 1, lengths, starts, owner, positions)
+            for g in plan_passes(lengths.tolist(), texts, self.attention_group_overhead_tokens)
+        ]
         emb = self._bert.embeddings
         token_type = emb.token_type_embeddings.weight[0]  # single-segment input: type 0 everywhere
         x = emb.LayerNorm(emb.word_embeddings(ids) + emb.position_embeddings(positions) + token_type)
-        hidden = x.shape[1]
-        head_dim = hidden // self._heads
-
-        def padded(t: torch.Tensor) -> torch.Tensor:
-            view = t.new_zeros(texts * longest, hidden)
-            view[slot] = t
-            return view.view(texts, longest, self._heads, head_dim).transpose(1, 2)
-
         for layer in self._bert.encoder.layer:
             att = layer.attention
-            q, k, v = (padded(proj(x)) for proj in (att.self.query, att.self.key, att.self.value))
-            context = functional.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
-            context = context.transpose(1, 2).reshape(texts * longest, hidden)[slot]
+            q, k, v = att.self.query(x), att.self.key(x), att.self.value(x)
+            parts = [group.attend(q, k, v, self._heads) for group in groups]
+            context = parts[0] if len(parts) == 1 else torch.cat(parts)
             x = att.output.LayerNorm(att.output.dense(context) + x)
             inner = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(x))
             x = layer.output.LayerNorm(layer.output.dense(inner) + x)
-        pooled = x.new_zeros(texts, hidden).index_add_(0, owner, x) / lengths[:, None].to(x.dtype)
-        return functional.normalize(pooled, dim=1)
+        pooled = x.new_zeros(texts, x.shape[1]).index_add_(0, owner, x) / lengths[:, None].to(x.dtype)
+        out = torch.empty_like(pooled)
+        out[order] = functional.normalize(pooled, dim=1)
+        return out
+
+
+class _AttentionGroup:
+    """Texts ``first..stop-1`` (length-sorted, tokens contiguous) attended in one padded view."""
+
+    def __init__(
+        self,
+        first: int,
+        stop: int,
+        lengths: torch.Tensor,
+        starts: torch.Tensor,
+        owner: torch.Tensor,
+        positions: torch.Tensor,
+    ) -> None:
+        self.texts = stop - first
+        self.longest = int(lengths[stop - 1])
+        grid = torch.arange(self.longest)[None, :]
+        valid = grid < lengths[first:stop, None]
+        # Padded slot -> token; pad slots read the group's first token (masked as keys, dropped as queries).
+        self.gather = torch.where(valid, starts[first:stop, None] + grid, starts[first]).reshape(-1)
+        tokens = slice(int(starts[first]), int(starts[stop - 1] + lengths[stop - 1]))
+        self.slot = (owner[tokens] - first) * self.longest + positions[tokens]  # token -> padded slot
+        self.key_mask = valid[:, None, None, :]
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+        """Attention outputs of this group's tokens, ``[tokens, hidden]``."""
+        hidden = q.shape[1]
+
+        def padded(t: torch.Tensor) -> torch.Tensor:
+            return t[self.gather].view(self.texts, self.longest, heads, hidden // heads).transpose(1, 2)
+
+        context = functional.scaled_dot_product_attention(
+            padded(q), padded(k), padded(v), attn_mask=self.key_mask
+        )
+        return context.transpose(1, 2).reshape(self.texts * self.longest, hidden)[self.slot]
 
 
 def _unsupported_reason(model: Any) -> str | None:

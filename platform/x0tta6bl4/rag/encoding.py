@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -11,48 +10,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from x0tta6bl4.models.unpadded import UnpaddedBertEncoder, UnsupportedEmbedderError
+from x0tta6bl4.models.unpadded import UnpaddedBertEncoder, UnsupportedEmbedderError, plan_passes
 
 F32 = npt.NDArray[np.float32]
 
 log = logging.getLogger(__name__)
-
-
-def plan_passes(lengths: Sequence[int], max_rows: int, pass_overhead_tokens: int) -> list[list[int]]:
-    """Split texts of the given token lengths into the padded forward passes that cost least.
-
-    A pass of ``r`` texts whose longest has ``L`` tokens costs ``pass_overhead_tokens + r * L``
-    (every text is padded to ``L``). The cheapest split takes runs of the length-sorted texts;
-    dynamic programming over the cut points finds it exactly.
-
-    Args:
-        lengths: token count of each text (padding excluded).
-        max_rows: most texts in one pass.
-        pass_overhead_tokens: fixed cost of a pass, in padded tokens (``0``: split by length alone).
-
-    Returns:
-        The passes, as lists of indices into ``lengths``, shortest texts first; every index once.
-    """
-    if max_rows < 1 or pass_overhead_tokens < 0:
-        raise ValueError(
-            f"need max_rows >= 1 and pass_overhead_tokens >= 0, got {max_rows}, {pass_overhead_tokens}"
-        )
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    n = len(order)
-    cost = [0.0] + [math.inf] * n  # cost[j]: cheapest passes over the j shortest texts
-    cut = [0] * (n + 1)
-    for j in range(1, n + 1):
-        longest = lengths[order[j - 1]]
-        for i in range(max(0, j - max_rows), j):
-            c = cost[i] + pass_overhead_tokens + (j - i) * longest
-            if c < cost[j]:
-                cost[j], cut[j] = c, i
-    passes: list[list[int]] = []
-    j = n
-    while j > 0:
-        passes.append(order[cut[j] : j])
-        j = cut[j]
-    return passes[::-1]
 
 
 class BatchEncoder:

@@ -1,5 +1,7 @@
-"""Padding-free BERT encoding: same vectors as sentence-transformers, one pass, typed refusals."""
+"""Padding-free BERT encoding: same vectors as sentence-transformers, cheapest padded groups, typed refusals."""
 
+import itertools
+import math
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -11,7 +13,7 @@ import torch
 
 from x0tta6bl4.errors import ConfigError
 from x0tta6bl4.models.embedder import EmbedderLoRA, EmbedderLoRAConfig, load_embedder
-from x0tta6bl4.models.unpadded import UnpaddedBertEncoder, UnsupportedEmbedderError
+from x0tta6bl4.models.unpadded import UnpaddedBertEncoder, UnsupportedEmbedderError, plan_passes
 from x0tta6bl4.rag.corpus import load_incidents
 
 MIXED = [
@@ -54,6 +56,15 @@ def test_a_text_embeds_the_same_whatever_else_is_in_its_pass(model):
         encoder.encode(MIXED, 0)
 
 
+def test_attention_groups_change_nothing_but_the_padding(model):
+    texts = [*MIXED, "word " * 60, "a", "b c"]
+    one_view = UnpaddedBertEncoder(model, attention_group_overhead_tokens=10**6).encode(texts)
+    per_text = UnpaddedBertEncoder(model, attention_group_overhead_tokens=0).encode(texts)
+    np.testing.assert_allclose(_cosines(one_view, per_text), 1.0, atol=1e-6)
+    with pytest.raises(ValueError, match="attention_group_overhead_tokens"):
+        UnpaddedBertEncoder(model, attention_group_overhead_tokens=-1)
+
+
 def test_token_ids_truncate_at_the_models_max_seq_length(model):
     ids = UnpaddedBertEncoder(model).token_ids(["word " * 200, "queue full"])
     assert len(ids[0]) == model.max_seq_length == 64 and len(ids[1]) == 4  # [CLS] queue full [SEP]
@@ -87,3 +98,41 @@ def test_other_module_stacks_are_refused(model):
     )
     with pytest.raises(UnsupportedEmbedderError, match="mean pooling"):
         UnpaddedBertEncoder(cls_pooled)
+
+
+def _brute_force_cost(lengths, max_rows, overhead):
+    """Cheapest split of the length-sorted texts into contiguous passes, by trying every cut set."""
+    ordered = sorted(lengths)
+    best = math.inf
+    for cuts in itertools.product([False, True], repeat=max(0, len(ordered) - 1)):
+        passes, start = [], 0
+        for i, cut in enumerate(cuts, start=1):
+            if cut:
+                passes.append(ordered[start:i])
+                start = i
+        passes.append(ordered[start:])
+        if all(len(p) <= max_rows for p in passes):
+            best = min(best, sum(overhead + len(p) * max(p) for p in passes))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_plan_passes_finds_the_cheapest_split_and_uses_every_text_once(seed):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(5, 90, size=int(rng.integers(1, 11))).tolist()
+    max_rows, overhead = int(rng.integers(1, 6)), int(rng.integers(0, 120))
+    passes = plan_passes(lengths, max_rows, overhead)
+    assert sorted(i for p in passes for i in p) == list(range(len(lengths)))
+    assert all(1 <= len(p) <= max_rows for p in passes)
+    cost = sum(overhead + len(p) * max(lengths[i] for i in p) for p in passes)
+    assert cost == _brute_force_cost(lengths, max_rows, overhead)
+
+
+def test_plan_passes_splits_where_padding_outweighs_a_pass():
+    lengths = [10, 80, 11, 79, 12]
+    assert plan_passes(lengths, 16, 50) == [[0, 2, 4], [3, 1]]  # 5 x 80 padded costs more than a pass
+    assert plan_passes(lengths, 16, 10_000) == [[0, 2, 4, 3, 1]]  # passes too dear to split
+    assert plan_passes(lengths, 2, 10_000) == [[0], [2, 4], [3, 1]]  # ...but never more than max_rows
+    assert plan_passes([], 16, 50) == []
+    with pytest.raises(ValueError, match="max_rows"):
+        plan_passes(lengths, 0, 50)

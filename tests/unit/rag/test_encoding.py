@@ -1,7 +1,5 @@
-"""Batch encoding: cheapest padded passes, the unpadded path and its fallbacks, counts."""
+"""Batch encoding: the unpadded path, padded passes as its fallback, counts."""
 
-import itertools
-import math
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -11,7 +9,7 @@ import numpy as np
 import pytest
 
 from x0tta6bl4.models.embedder import load_embedder
-from x0tta6bl4.rag.encoding import BatchEncoder, plan_passes
+from x0tta6bl4.rag.encoding import BatchEncoder
 
 TEXTS = [
     "node 4 unreachable",
@@ -28,44 +26,6 @@ def model():
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     return load_embedder(max_seq_length=256)
-
-
-def _brute_force_cost(lengths, max_rows, overhead):
-    """Cheapest split of the length-sorted texts into contiguous passes, by trying every cut set."""
-    ordered = sorted(lengths)
-    best = math.inf
-    for cuts in itertools.product([False, True], repeat=max(0, len(ordered) - 1)):
-        passes, start = [], 0
-        for i, cut in enumerate(cuts, start=1):
-            if cut:
-                passes.append(ordered[start:i])
-                start = i
-        passes.append(ordered[start:])
-        if all(len(p) <= max_rows for p in passes):
-            best = min(best, sum(overhead + len(p) * max(p) for p in passes))
-    return best
-
-
-@pytest.mark.parametrize("seed", range(20))
-def test_plan_passes_finds_the_cheapest_split_and_uses_every_text_once(seed):
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(5, 90, size=int(rng.integers(1, 11))).tolist()
-    max_rows, overhead = int(rng.integers(1, 6)), int(rng.integers(0, 120))
-    passes = plan_passes(lengths, max_rows, overhead)
-    assert sorted(i for p in passes for i in p) == list(range(len(lengths)))
-    assert all(1 <= len(p) <= max_rows for p in passes)
-    cost = sum(overhead + len(p) * max(lengths[i] for i in p) for p in passes)
-    assert cost == _brute_force_cost(lengths, max_rows, overhead)
-
-
-def test_plan_passes_splits_where_padding_outweighs_a_pass():
-    lengths = [10, 80, 11, 79, 12]
-    assert plan_passes(lengths, 16, 50) == [[0, 2, 4], [3, 1]]  # 5 x 80 padded costs more than a pass
-    assert plan_passes(lengths, 16, 10_000) == [[0, 2, 4, 3, 1]]  # passes too dear to split
-    assert plan_passes(lengths, 2, 10_000) == [[0], [2, 4], [3, 1]]  # ...but never more than max_rows
-    assert plan_passes([], 16, 50) == []
-    with pytest.raises(ValueError, match="max_rows"):
-        plan_passes(lengths, 0, 50)
 
 
 def test_unpadded_and_planned_padded_passes_equal_one_padded_encode(model):
