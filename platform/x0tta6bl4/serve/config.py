@@ -77,10 +77,11 @@ class RagConfig(_Config):
         "busy one batches whatever queued while it worked)",
     )
     batches_in_flight: int = Field(
-        default=2,
+        default=16,
         ge=1,
-        description="query batches the gateway keeps in flight: with 2 the retriever starts the next "
-        "batch while the last one's answers travel back",
+        description="query batches the gateway keeps in flight to the retriever, which merges all that "
+        "queued while it embedded into its next batch: with 16, queries wait there rather than at the "
+        "gateway, and 32 clients make batches of ~15 instead of ~10 with 2",
     )
     max_ongoing_requests: int = Field(default=128, ge=1, description="requests in flight per replica")
     compute_nice: int | None = Field(

@@ -82,9 +82,10 @@ class RunbookRetriever:
     async def query_many(self, items: list[tuple[str, int, bool]]) -> tuple[int, list[Answer]]:
         """Answer ``(text, k, use_cache)`` queries in one call: ``(200, one answer or refusal each)``.
 
-        The gateway batches concurrent HTTP requests into one such call, so a batch of 32 costs
-        one request to this replica instead of 32. The work runs on the replica's event loop;
-        calls that arrive meanwhile wait in Serve's queue.
+        The gateway batches concurrent HTTP requests into such calls and keeps several in
+        flight; the queries of every call that arrives while a batch embeds join the next batch
+        (the replica's greedy batcher), so the split of a closed loop of clients is two-way
+        (running, waiting here) rather than three-way (also waiting at the gateway).
         """
         out: list[Answer] = []
         valid: list[int] = []
@@ -97,7 +98,8 @@ class RunbookRetriever:
             out.append((500, {}))
             valid.append(i)
         if valid:
-            for i, answer in zip(valid, self._answer_all([items[i] for i in valid]), strict=True):
+            answers = await asyncio.gather(*(self._batcher.submit(items[i]) for i in valid))
+            for i, answer in zip(valid, answers, strict=True):
                 out[i] = answer
         return 200, out
 

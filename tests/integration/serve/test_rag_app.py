@@ -68,6 +68,30 @@ def test_the_replica_embeds_queries_without_padding(deployed) -> None:
     assert before["forward_passes"] < after["forward_passes"] <= before["forward_passes"] + 3
 
 
+def test_calls_that_arrive_while_a_batch_embeds_are_merged_into_the_next(deployed) -> None:
+    from ray import serve
+
+    handle = serve.get_deployment_handle("RunbookRetriever", app_name="x0tta6bl4")
+    before = requests.get(f"{deployed.base}/v1/rag/stats", timeout=30).json()["batching"]
+    long_text = "relay {} lost power after the storm and its neighbours report the link down; " * 6
+    busy = handle.query_many.remote([(long_text.replace("{}", str(i)), 3, False) for i in range(32)])
+    calls = [
+        handle.query_many.remote([(f"gateway {k}{j} drops packets under load", k, False) for j in range(3)])
+        for k in range(1, 7)
+    ]
+    assert all(status == 200 for status, _ in [busy.result(timeout_s=120)])
+    for k, call in enumerate(calls, start=1):
+        status, answers = call.result(timeout_s=120)
+        assert (
+            status == 200 and [len(a["passages"]) for _, a in answers] == [k] * 3
+        )  # each call its own answers
+    after = requests.get(f"{deployed.base}/v1/rag/stats", timeout=30).json()["batching"]
+    batches = after["batches"] - before["batches"]
+    queries = after["batches"] * after["mean_batch_size"] - before["batches"] * before["mean_batch_size"]
+    assert round(queries) == 32 + 18
+    assert batches <= 3  # the busy batch, then the six calls in one or two batches, not six
+
+
 def test_a_near_repeat_comes_from_the_retrievers_semantic_tier(deployed) -> None:
     body = {"query": "Memory use on node 77 keeps growing hour after hour until it swaps", "k": 2}
     rag(deployed.base, "query", body)
