@@ -54,6 +54,22 @@ def plan_passes(lengths: Sequence[int], max_rows: int, pass_overhead_tokens: int
     return passes[::-1]
 
 
+def token_ids(model: Any, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text under a sentence-transformers ``model``'s tokenizer and ``max_seq_length``.
+
+    Ids only (no tensors, no masks): what the unpadded pass consumes, and what padded passes are
+    planned from.
+    """
+    ids: list[list[int]] = model.tokenizer(
+        list(texts),
+        truncation=True,
+        max_length=model.max_seq_length,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+    )["input_ids"]
+    return ids
+
+
 class UnsupportedEmbedderError(ConfigError):
     """The model is not a mean-pooled BERT sentence embedder that :class:`UnpaddedBertEncoder` can run."""
 
@@ -100,7 +116,6 @@ class UnpaddedBertEncoder:
         self.model = model
         self.attention_group_overhead_tokens = attention_group_overhead_tokens
         self._bert: Any = model[0].auto_model
-        self._tokenizer: Any = model.tokenizer
         self._heads = int(self._bert.config.num_attention_heads)
 
     @property
@@ -110,14 +125,7 @@ class UnpaddedBertEncoder:
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Each text's token ids, truncated to the model's ``max_seq_length`` as ``encode`` does."""
-        ids: list[list[int]] = self._tokenizer(
-            list(texts),
-            truncation=True,
-            max_length=self.model.max_seq_length,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )["input_ids"]
-        return ids
+        return token_ids(self.model, texts)
 
     def encode(self, texts: Sequence[str], max_texts_per_pass: int = 64) -> F32:
         """Embed ``texts`` in ``ceil(len / max_texts_per_pass)`` passes of length-sorted texts.

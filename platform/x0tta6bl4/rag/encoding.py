@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from x0tta6bl4.models.unpadded import UnpaddedBertEncoder, UnsupportedEmbedderError, plan_passes
+from x0tta6bl4.models.unpadded import UnpaddedBertEncoder, UnsupportedEmbedderError, plan_passes, token_ids
 
 F32 = npt.NDArray[np.float32]
 
@@ -87,18 +87,9 @@ class BatchEncoder:
         out = np.zeros((len(texts), self.dimension), np.float32)
         if not texts:
             return out
-        # Token counts only (no tensors, no masks); encode() tokenizes each pass again, which
-        # costs about 2 % of the pass and keeps sentence-transformers' own pooling and truncation.
-        lengths = [
-            len(ids)
-            for ids in self.model.tokenizer(
-                list(texts),
-                truncation=True,
-                max_length=self.model.max_seq_length,
-                return_attention_mask=False,
-                return_token_type_ids=False,
-            )["input_ids"]
-        ]
+        # Token counts only; encode() tokenizes each pass again, which costs about 2 % of the
+        # pass and keeps sentence-transformers' own pooling and truncation.
+        lengths = [len(ids) for ids in token_ids(self.model, texts)]
         passes = plan_passes(lengths, self.max_texts_per_pass, self.pass_overhead_tokens)
         for rows in passes:
             vectors = self.model.encode(
