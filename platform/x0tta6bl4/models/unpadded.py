@@ -163,6 +163,8 @@ class UnpaddedBertEncoder:
         Shapes:
             ``[len(token_ids), dimension]``, in the order of ``token_ids``.
         """
+        if not token_ids:
+            return torch.zeros(0, self.dimension)
         order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
         lengths = torch.tensor([len(token_ids[i]) for i in order])
         texts = len(order)

@@ -51,7 +51,7 @@ def test_a_text_embeds_the_same_whatever_else_is_in_its_pass(model):
     alone = np.concatenate([encoder.encode([t]) for t in MIXED])
     for per_pass in (1, 2, 5):
         np.testing.assert_allclose(_cosines(encoder.encode(MIXED, per_pass), alone), 1.0, atol=1e-6)
-    assert encoder.encode([]).shape == (0, 384)
+    assert encoder.encode([]).shape == (0, 384) and encoder.forward([]).shape == (0, 384)
     with pytest.raises(ValueError, match="max_texts_per_pass"):
         encoder.encode(MIXED, 0)
 
