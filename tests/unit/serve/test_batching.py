@@ -114,6 +114,26 @@ def test_an_idle_batcher_waits_for_near_simultaneous_items() -> None:
     assert seen == [["a", "b"]]
 
 
+def test_a_busy_batcher_sends_what_queued_at_once_instead_of_waiting_again() -> None:
+    seen: list[tuple[float, list[int]]] = []
+
+    async def handler(items: list[int]) -> list[int]:
+        seen.append((asyncio.get_running_loop().time(), items))
+        await asyncio.sleep(0.3)
+        return items
+
+    async def main() -> None:
+        batcher = GreedyBatcher(handler, max_batch_size=8, wait_s=0.2)
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.25)  # the first batch runs; 1 and 2 queue behind it
+        await asyncio.gather(first, batcher.submit(1), batcher.submit(2))
+
+    asyncio.run(main())
+    assert [items for _, items in seen] == [[0], [1, 2]]
+    # 1 and 2 waited longer than wait_s already: the second batch starts when the first ends.
+    assert seen[1][0] - seen[0][0] < 0.3 + 0.1
+
+
 def test_a_failed_batch_fails_its_callers_and_the_next_batch_still_runs() -> None:
     async def handler(items: list[int]) -> list[int]:
         if 13 in items:

@@ -19,8 +19,9 @@ class GreedyBatcher(Generic[T, R]):
     Why not ``@serve.batch``: in Ray 2.55 it forms a batch every ``batch_wait_timeout_s``
     and queues it behind the running one, so a saturated replica works through many small
     batches (1-4 queries per batch measured by ``bench serve``). Here a batch is formed only
-    when the handler is free, from what queued meanwhile (up to ``max_batch_size``); an
-    idle batcher waits ``wait_s`` after the first item for near-simultaneous ones.
+    when the handler is free, from what queued meanwhile (up to ``max_batch_size``). Items may
+    join until ``wait_s`` after the first one arrived: an idle batcher waits that long for
+    near-simultaneous items, a busy one, whose first item queued long ago, does not wait.
 
     When the handler forwards the batch to another process, a second batch in flight keeps
     that process busy while the first batch's results travel back (``max_concurrent_batches=2``).
@@ -28,7 +29,7 @@ class GreedyBatcher(Generic[T, R]):
     Args:
         handler: async function from a list of items to a list of results of the same length.
         max_batch_size: most items per call of ``handler``.
-        wait_s: how long an idle batcher waits for more items after the first.
+        wait_s: how long after the first item's arrival more items may join its batch.
         max_concurrent_batches: handler calls in flight at once (default ``1``).
     """
 
@@ -50,7 +51,7 @@ class GreedyBatcher(Generic[T, R]):
         self.max_concurrent_batches = max_concurrent_batches
         self.batches = 0
         self.items = 0
-        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] | None = None
+        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R], float]] | None = None
         self._worker: asyncio.Task[None] | None = None
 
     async def submit(self, item: T) -> R:
@@ -65,7 +66,7 @@ class GreedyBatcher(Generic[T, R]):
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._work(self._queue))
         future: asyncio.Future[R] = loop.create_future()
-        self._queue.put_nowait((item, future))
+        self._queue.put_nowait((item, future, loop.time()))
         return await future
 
     @property
@@ -73,7 +74,7 @@ class GreedyBatcher(Generic[T, R]):
         """Items per handler call so far (0 before the first)."""
         return self.items / self.batches if self.batches else 0.0
 
-    async def _work(self, queue: asyncio.Queue[tuple[T, asyncio.Future[R]]]) -> None:
+    async def _work(self, queue: asyncio.Queue[tuple[T, asyncio.Future[R], float]]) -> None:
         loop = asyncio.get_running_loop()
         slots = asyncio.Semaphore(self.max_concurrent_batches)
         running: set[asyncio.Task[None]] = set()
@@ -81,7 +82,7 @@ class GreedyBatcher(Generic[T, R]):
             while True:
                 await slots.acquire()  # form the next batch only when a handler call is free
                 batch = [await queue.get()]
-                deadline = loop.time() + self.wait_s
+                deadline = batch[0][2] + self.wait_s  # from the first item's arrival, not from now
                 while len(batch) < self.max_batch_size:
                     if not queue.empty():
                         batch.append(queue.get_nowait())
@@ -93,7 +94,7 @@ class GreedyBatcher(Generic[T, R]):
                         batch.append(await asyncio.wait_for(queue.get(), remaining))
                     except TimeoutError:
                         break
-                live = [(item, future) for item, future in batch if not future.done()]  # callers gone
+                live = [(item, future) for item, future, _ in batch if not future.done()]  # callers gone
                 if not live:
                     slots.release()
                     continue
