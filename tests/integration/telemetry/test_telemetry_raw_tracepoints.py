@@ -156,8 +156,9 @@ def test_kernel_fields_read_the_running_kernels_values() -> None:
         raw_probes, classic_probes = _map(raw, "probes"), _map(classic, "probes")
         # Either program may skip an event (the classic one when another tracing program runs on
         # the CPU, the raw one when it would re-enter itself), so compare the sockets both saw
-        # equally often. Equal counts can still hide two different skipped events: one such
-        # socket may disagree, a wrong field offset would make them all disagree.
+        # equally often. Equal counts can still hide two different skipped events, on the test's
+        # sockets or on any other busy socket of the machine: a few such sockets may disagree
+        # (2 of 8 seen once), a wrong field offset would make them all disagree.
         same = [
             sk for sk, c in classic_probes.items() if sk in raw_probes and raw_probes[sk].samples == c.samples
         ]
@@ -167,7 +168,7 @@ def test_kernel_fields_read_the_running_kernels_values() -> None:
             if (raw_probes[sk].srtt_sum, raw_probes[sk].family)
             == (classic_probes[sk].srtt_sum, classic_probes[sk].family)
         ]
-        assert len(agree) >= 4 and len(agree) >= len(same) - 1, (len(agree), len(same))
+        assert len(agree) >= 4 and len(agree) >= 0.75 * len(same), (len(agree), len(same))
         assert {int(raw_probes[sk].family) for sk in agree} == {socket.AF_INET, socket.AF_INET6}
     finally:
         raw.close()
