@@ -11,7 +11,7 @@ import math
 import os
 import re
 import threading
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -158,7 +158,19 @@ class QueryResult:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable form."""
         return {
-            "passages": [dataclasses.asdict(p) for p in self.passages],
+            # Field by field: dataclasses.asdict deep-copies every value and cost more than ranking.
+            "passages": [
+                {
+                    "text": p.text,
+                    "score": p.score,
+                    "runbook_id": p.runbook_id,
+                    "runbook_title": p.runbook_title,
+                    "section": p.section,
+                    "fault_type": p.fault_type,
+                    "action": p.action,
+                }
+                for p in self.passages
+            ],
             "action": self.action,
             "fault_type": self.fault_type,
             "cached": self.cached,
@@ -195,7 +207,10 @@ def tokenize(text: str) -> list[str]:
 
 
 class BM25:
-    """Okapi BM25 over a growing list of texts (an inverted index; document ids are list positions).
+    """Okapi BM25 over a growing list of texts (document ids are list positions).
+
+    Every (term, text) weight is computed once per corpus, into a sparse term-by-text matrix, so
+    scoring a batch of queries is one sparse product instead of array work per query word.
 
     Args:
         k1: term-frequency saturation.
@@ -206,7 +221,8 @@ class BM25:
         self.k1, self.b = k1, b
         self._postings: dict[str, tuple[list[int], list[int]]] = {}
         self._lengths: list[int] = []
-        self._arrays: dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]] = {}
+        self._terms: dict[str, int] = {}  # term -> row of the weight matrix
+        self._weights: Any = None  # scipy CSR [terms, texts]; None until needed after an add
 
     def __len__(self) -> int:
         return len(self._lengths)
@@ -221,7 +237,7 @@ class BM25:
                 ids, tfs = self._postings.setdefault(term, ([], []))
                 ids.append(doc)
                 tfs.append(tf)
-                self._arrays.pop(term, None)
+        self._weights = None  # idf and the length normaliser moved
 
     def scores(self, query: str) -> npt.NDArray[np.float64]:
         """BM25 score of every text for ``query`` (a repeated query word counts again).
@@ -229,27 +245,57 @@ class BM25:
         Shapes:
             ``[len(self)]`` float64.
         """
-        n = len(self._lengths)
-        out = np.zeros(n)
-        if not n:
-            return out
-        lengths = np.asarray(self._lengths, dtype=np.float64)
-        norm = self.k1 * (1.0 - self.b + self.b * lengths / max(lengths.mean(), 1e-9))
-        for term in tokenize(query):
-            posting = self._posting(term)
-            if posting is None:
-                continue
-            ids, tfs = posting
-            idf = math.log(1.0 + (n - len(ids) + 0.5) / (len(ids) + 0.5))
-            out[ids] += idf * tfs * (self.k1 + 1.0) / (tfs + norm[ids])
+        out: npt.NDArray[np.float64] = self.scores_many([query])[0]
         return out
 
-    def _posting(self, term: str) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]] | None:
-        arrays = self._arrays.get(term)
-        if arrays is None and term in self._postings:
-            ids, tfs = self._postings[term]
-            arrays = self._arrays[term] = (np.asarray(ids, np.int64), np.asarray(tfs, np.float64))
-        return arrays
+    def scores_many(self, queries: Sequence[str]) -> npt.NDArray[np.float64]:
+        """BM25 scores of every text for each query, in one sparse product.
+
+        Shapes:
+            ``[len(queries), len(self)]`` float64.
+        """
+        from scipy import sparse
+
+        weights = self._matrix()
+        rows: list[int] = []
+        cols: list[int] = []
+        for i, query in enumerate(queries):
+            for term in tokenize(query):
+                col = self._terms.get(term)
+                if col is not None:
+                    rows.append(i)
+                    cols.append(col)
+        if not rows:
+            return np.zeros((len(queries), len(self._lengths)))
+        # Duplicate (query, term) entries are summed: a repeated query word counts again.
+        counts = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(queries), len(self._terms)))
+        return np.asarray((counts @ weights).toarray(), dtype=np.float64)
+
+    def _matrix(self) -> Any:
+        """The [terms, texts] matrix of ``idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len / avg_len))``."""
+        if self._weights is not None:
+            return self._weights
+        from scipy import sparse
+
+        n = len(self._lengths)
+        lengths = np.asarray(self._lengths, dtype=np.float64)
+        norm = self.k1 * (1.0 - self.b + self.b * lengths / max(float(lengths.mean()) if n else 0.0, 1e-9))
+        self._terms = {term: row for row, term in enumerate(self._postings)}
+        indptr = [0]
+        ids_all: list[int] = []
+        tfs_all: list[int] = []
+        idfs: list[float] = []
+        for ids, tfs in self._postings.values():
+            ids_all.extend(ids)
+            tfs_all.extend(tfs)
+            indptr.append(len(ids_all))
+            idfs.append(math.log(1.0 + (n - len(ids) + 0.5) / (len(ids) + 0.5)))
+        ids_arr = np.asarray(ids_all, np.int64)
+        tf = np.asarray(tfs_all, np.float64)
+        idf = np.repeat(np.asarray(idfs), np.diff(indptr))
+        data = idf * tf * (self.k1 + 1.0) / (tf + norm[ids_arr])
+        self._weights = sparse.csr_matrix((data, ids_arr, np.asarray(indptr)), shape=(len(self._terms), n))
+        return self._weights
 
 
 _fingerprints: dict[tuple[Any, ...], str] = {}
@@ -304,8 +350,10 @@ class Retriever:
         self._queries = 0
         self._docs: dict[str, Document] = {}
         self._chunks: list[_ChunkRecord] = []
-        self._doc_labels: dict[str, npt.NDArray[np.int64]] = {}
-        self._chunk_doc = np.zeros(0, np.int64)
+        self._chunk_doc = np.zeros(0, np.int64)  # document position of every chunk label
+        # Chunk labels grouped by document position: doc i owns _by_doc[_doc_ptr[i]:_doc_ptr[i + 1]].
+        self._by_doc = np.zeros(0, np.int64)
+        self._doc_ptr = np.zeros(1, np.int64)
         self._doc_order: list[str] = []
         self._vectors = np.zeros((0, EMBEDDING_DIM), np.float32)
         self._bm25 = BM25()
@@ -488,14 +536,14 @@ class Retriever:
         self._docs = dict(docs)
         self._doc_order = list(docs)
         self._chunks = []
-        self._doc_labels = {}
         self._chunk_doc = np.zeros(0, np.int64)
+        self._by_doc = np.zeros(0, np.int64)
+        self._doc_ptr = np.zeros(1, np.int64)
         self._vectors = np.zeros((0, EMBEDDING_DIM), np.float32)
         self._bm25 = BM25()
 
     def _append_chunks(self, records: Sequence[_ChunkRecord], vectors: F32) -> None:
         """Extend chunk metadata, vectors and BM25; labels continue from the count (write lock held)."""
-        start = len(self._chunks)
         order = {d: i for i, d in enumerate(self._doc_order)}
         self._chunks.extend(records)
         self._chunk_doc = np.concatenate(
@@ -505,11 +553,10 @@ class Retriever:
             [self._vectors, np.asarray(vectors, np.float32).reshape(-1, EMBEDDING_DIM)]
         )
         self._bm25.add([r.text for r in records])
-        grouped: dict[str, list[int]] = defaultdict(list)
-        for i, r in enumerate(records, start):
-            grouped[r.doc].append(i)
-        for doc, labels in grouped.items():
-            self._doc_labels[doc] = np.concatenate([self._doc_labels.get(doc, np.zeros(0, np.int64)), labels])
+        # Stable: each document's labels stay in ascending order (ties in ranking go to the first chunk).
+        self._by_doc = np.argsort(self._chunk_doc, kind="stable").astype(np.int64)
+        counts = np.bincount(self._chunk_doc, minlength=len(self._doc_order))
+        self._doc_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
     def _chunk_document(self, doc: Document) -> list[_ChunkRecord]:
         pieces = chunk_text(doc.title, doc.body, self.config.chunk_words, self.config.overlap_words, doc.id)
@@ -643,36 +690,51 @@ class Retriever:
         with self._lock.read():
             if not self._chunks:
                 return [QueryResult((), None, None) for _ in ks]
-            labels, _ = self._index.query(q, self.config.candidates)
+            # One thread: hnswlib starts its threads anew on every call, which costs 4-10x the
+            # search itself for a served batch, and the replica embeds on one core anyway.
+            labels, _ = self._index.query(q, self.config.candidates, num_threads=1)
+            weight = self.config.lexical_weight if texts is not None else 0.0
+            lexical = self._bm25.scores_many(texts) if texts is not None and weight > 0 else None
             return [
-                self._rank(q[i], labels[i], kk, None if texts is None else texts[i])
+                self._rank(q[i], labels[i], kk, weight, None if lexical is None else lexical[i])
                 for i, kk in enumerate(ks)
             ]
 
-    def _rank(self, vec: F32, dense_labels: npt.NDArray[np.int64], k: int, text: str | None) -> QueryResult:
-        """Fuse scores for one query. Caller holds the read lock."""
-        weight = self.config.lexical_weight if text is not None else 0.0
-        lexical = np.zeros(len(self._chunks))
-        candidates = set(self._chunk_doc[dense_labels].tolist())
-        if weight > 0 and text is not None:
-            lexical = self._bm25.scores(text)
-            best = lexical.max()
+    def _rank(
+        self,
+        vec: F32,
+        dense_labels: npt.NDArray[np.int64],
+        k: int,
+        weight: float,
+        bm25: npt.NDArray[np.float64] | None,
+    ) -> QueryResult:
+        """Fuse scores for one query, over every chunk of the candidate runbooks at once (read lock held)."""
+        candidates = self._chunk_doc[dense_labels]
+        lexical: npt.NDArray[np.float64] | None = None
+        if weight > 0 and bm25 is not None:
+            scores = bm25
+            best = scores.max()
             if best > 0:
-                lexical /= best
+                lexical = scores / best
                 top = np.argpartition(-lexical, min(self.config.candidates, len(lexical)) - 1)
                 top = top[: self.config.candidates]
-                candidates.update(self._chunk_doc[top[lexical[top] > 0]].tolist())
-        ranked: list[tuple[float, int, int]] = []  # (score, doc position, best chunk label)
-        for pos in candidates:
-            labels = self._doc_labels[self._doc_order[pos]]
-            dense = self._vectors[labels] @ vec
-            fused = dense + weight * lexical[labels]
-            score = float(dense.max() + weight * lexical[labels].max())
-            ranked.append((score, pos, int(labels[int(np.argmax(fused))])))
-        ranked.sort(key=lambda t: (-t[0], t[1]))
+                candidates = np.concatenate([candidates, self._chunk_doc[top[lexical[top] > 0]]])
+        docs = np.unique(candidates)  # document positions, ascending
+        # Every chunk of every candidate runbook, grouped by runbook (segments start at `offsets`).
+        starts, sizes = self._doc_ptr[docs], self._doc_ptr[docs + 1] - self._doc_ptr[docs]
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        labels = self._by_doc[np.repeat(starts - offsets, sizes) + np.arange(int(sizes.sum()))]
+        dense = self._vectors[labels] @ vec
+        lex = np.zeros(len(labels)) if lexical is None else lexical[labels]
+        doc_scores = np.maximum.reduceat(dense, offsets) + weight * np.maximum.reduceat(lex, offsets)
+        # Each runbook is represented by its chunk of best fused score (the first one on a tie).
+        fused = dense + weight * lex
+        best_chunk = labels[np.lexsort((-fused, np.repeat(np.arange(len(docs)), sizes)))[offsets]]
+        order = np.lexsort((docs, -doc_scores))[: max(k, ACTION_WINDOW)]  # best first; ties by position
         passages = []
-        for score, pos, label in ranked[: max(k, ACTION_WINDOW)]:
-            doc, chunk = self._docs[self._doc_order[pos]], self._chunks[label]
+        for j in order.tolist():
+            doc, chunk = self._docs[self._doc_order[int(docs[j])]], self._chunks[int(best_chunk[j])]
+            score = float(doc_scores[j])
             passages.append(
                 Passage(chunk.text, score, doc.id, doc.title, chunk.heading, doc.fault_type, doc.action)
             )
