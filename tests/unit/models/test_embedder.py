@@ -1,10 +1,5 @@
 """LoRA on the MiniLM embedder: adapter-only state, deterministic round trips, training, merged export."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
 import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer

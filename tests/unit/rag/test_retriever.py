@@ -5,9 +5,6 @@ import os
 import shutil
 import threading
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
 import numpy as np
 import pytest
 
