@@ -127,6 +127,11 @@ class UnpaddedBertEncoder:
         """Each text's token ids, truncated to the model's ``max_seq_length`` as ``encode`` does."""
         return token_ids(self.model, texts)
 
+    @staticmethod
+    def passes(count: int, max_texts_per_pass: int) -> int:
+        """Forward passes :meth:`encode` makes for ``count`` texts: ``ceil(count / max_texts_per_pass)``."""
+        return -(-count // max_texts_per_pass)
+
     def encode(self, texts: Sequence[str], max_texts_per_pass: int = 64) -> F32:
         """Embed ``texts`` in ``ceil(len / max_texts_per_pass)`` passes of length-sorted texts.
 
@@ -149,7 +154,7 @@ class UnpaddedBertEncoder:
             return out
         ids = self.token_ids(texts)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        passes = -(-len(order) // max_texts_per_pass)
+        passes = self.passes(len(order), max_texts_per_pass)
         bounds = np.linspace(0, len(order), passes + 1).round().astype(int)
         for start, stop in itertools.pairwise(bounds.tolist()):
             rows = order[start:stop]

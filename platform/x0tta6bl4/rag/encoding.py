@@ -82,7 +82,7 @@ class BatchEncoder:
         """
         if self._unpadded is not None:
             vectors = self._unpadded.encode(texts, self.max_texts_per_pass)
-            self._count(len(texts), -(-len(texts) // self.max_texts_per_pass))
+            self._count(len(texts), self._unpadded.passes(len(texts), self.max_texts_per_pass))
             return vectors
         out = np.zeros((len(texts), self.dimension), np.float32)
         if not texts:
