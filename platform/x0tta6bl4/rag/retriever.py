@@ -138,6 +138,9 @@ class Passage:
     action: str | None
 
 
+_PASSAGE_FIELDS = tuple(f.name for f in dataclasses.fields(Passage))
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class QueryResult:
     """The answer to one query.
@@ -159,18 +162,7 @@ class QueryResult:
         """Plain JSON-serialisable form."""
         return {
             # Field by field: dataclasses.asdict deep-copies every value and cost more than ranking.
-            "passages": [
-                {
-                    "text": p.text,
-                    "score": p.score,
-                    "runbook_id": p.runbook_id,
-                    "runbook_title": p.runbook_title,
-                    "section": p.section,
-                    "fault_type": p.fault_type,
-                    "action": p.action,
-                }
-                for p in self.passages
-            ],
+            "passages": [{name: getattr(p, name) for name in _PASSAGE_FIELDS} for p in self.passages],
             "action": self.action,
             "fault_type": self.fault_type,
             "cached": self.cached,
@@ -693,29 +685,26 @@ class Retriever:
             # One thread: hnswlib starts its threads anew on every call, which costs 4-10x the
             # search itself for a served batch, and the replica embeds on one core anyway.
             labels, _ = self._index.query(q, self.config.candidates, num_threads=1)
-            weight = self.config.lexical_weight if texts is not None else 0.0
-            lexical = self._bm25.scores_many(texts) if texts is not None and weight > 0 else None
+            lexical = self._bm25.scores_many(texts) if texts and self.config.lexical_weight > 0 else None
             return [
-                self._rank(q[i], labels[i], kk, weight, None if lexical is None else lexical[i])
+                self._rank(q[i], labels[i], kk, None if lexical is None else lexical[i])
                 for i, kk in enumerate(ks)
             ]
 
     def _rank(
-        self,
-        vec: F32,
-        dense_labels: npt.NDArray[np.int64],
-        k: int,
-        weight: float,
-        bm25: npt.NDArray[np.float64] | None,
+        self, vec: F32, dense_labels: npt.NDArray[np.int64], k: int, bm25: npt.NDArray[np.float64] | None
     ) -> QueryResult:
-        """Fuse scores for one query, over every chunk of the candidate runbooks at once (read lock held)."""
+        """Fuse scores for one query, over every chunk of the candidate runbooks at once (read lock held).
+
+        ``bm25`` is the query's BM25 score of every chunk, or ``None`` to rank by embeddings only.
+        """
+        weight = self.config.lexical_weight
         candidates = self._chunk_doc[dense_labels]
         lexical: npt.NDArray[np.float64] | None = None
-        if weight > 0 and bm25 is not None:
-            scores = bm25
-            best = scores.max()
+        if bm25 is not None:
+            best = bm25.max()
             if best > 0:
-                lexical = scores / best
+                lexical = bm25 / best
                 top = np.argpartition(-lexical, min(self.config.candidates, len(lexical)) - 1)
                 top = top[: self.config.candidates]
                 candidates = np.concatenate([candidates, self._chunk_doc[top[lexical[top] > 0]]])
