@@ -11,7 +11,7 @@ import torch
 from ray import serve
 
 from x0tta6bl4.errors import X0tta6bl4Error
-from x0tta6bl4.serve._private.batching import GreedyBatcher
+from x0tta6bl4.serve._private.batching import ThreadBatcher
 from x0tta6bl4.serve._private.priority import ComputePriority
 from x0tta6bl4.serve.config import RagConfig
 
@@ -51,12 +51,20 @@ class RunbookRetriever:
         self.config = RagConfig.model_validate(config)
         self.retriever = Retriever.open(RetrieverConfig.model_validate(self.config.retriever))
         self._priority = ComputePriority(self.config.compute_nice)
-        self._priority.apply()  # Serve runs __init__ and the methods on one user-code thread
-        self._batches = 0
-        self._batched_queries = 0
-        self._batcher: GreedyBatcher[tuple[str, int, bool], Answer] = GreedyBatcher(
-            self._answer_batch, self.config.max_batch_size, self.config.batch_wait_timeout_s
+        # Queries are embedded on a thread of their own, which sets its own priority when it starts.
+        self._batcher: ThreadBatcher[tuple[str, int, bool], Answer] = ThreadBatcher(
+            self._answer_batch,
+            self.config.max_batch_size,
+            self.config.batch_wait_timeout_s,
+            name="x0-embed",
+            on_start=self._priority.apply,
         )
+
+    def __del__(self) -> None:
+        # Serve calls this on shutdown, after the ongoing requests drained.
+        batcher = getattr(self, "_batcher", None)  # absent when __init__ failed
+        if batcher is not None:
+            batcher.close(timeout_s=5.0)
 
     def check_health(self) -> None:
         """The index answers a lookup (raises if the replica lost it)."""
@@ -115,15 +123,8 @@ class RunbookRetriever:
         except X0tta6bl4Error as exc:  # keep answering from what is loaded
             log.warning("reloading the runbook store failed: %s", exc)
 
-    async def _answer_batch(self, items: list[tuple[str, int, bool]]) -> list[Answer]:
-        # Deliberately on the replica's event loop rather than in a worker thread: in a thread the
-        # embedding starved the loop of the GIL, requests trickled in and batches stayed small.
-        return self._answer_all(items)
-
-    def _answer_all(self, items: list[tuple[str, int, bool]]) -> list[Answer]:
-        self._priority.apply()  # a no-op unless Serve moved the methods to another thread
-        self._batches += 1
-        self._batched_queries += len(items)
+    def _answer_batch(self, items: list[tuple[str, int, bool]]) -> list[Answer]:
+        """One batch of queries, answered on the embedding thread."""
         self._refresh()
         version = self.retriever.corpus_version
         groups: dict[tuple[int, bool], list[int]] = defaultdict(list)
@@ -159,8 +160,8 @@ class RunbookRetriever:
         """Corpus, index and cache statistics, and how well this replica's queries were batched."""
         stats: dict[str, Any] = self.retriever.stats()
         stats["batching"] = {
-            "batches": self._batches,
-            "mean_batch_size": self._batched_queries / self._batches if self._batches else 0.0,
+            "batches": self._batcher.batches,
+            "mean_batch_size": self._batcher.mean_batch_size,
         }
         stats["compute_thread"] = self._priority.describe()
         return stats

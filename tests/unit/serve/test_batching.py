@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
-from x0tta6bl4.serve._private.batching import GreedyBatcher
+from x0tta6bl4.serve._private.batching import GreedyBatcher, ThreadBatcher
 
 
 def test_items_queued_while_a_batch_runs_form_the_next_batch() -> None:
@@ -190,3 +191,128 @@ def test_bad_settings_are_refused() -> None:
         GreedyBatcher(handler, max_batch_size=0, wait_s=0.0)
     with pytest.raises(ValueError, match="max_concurrent_batches"):
         GreedyBatcher(handler, max_batch_size=1, wait_s=0.0, max_concurrent_batches=0)
+
+
+# ThreadBatcher: the same greedy batches, computed by a synchronous handler on a thread of its own.
+
+
+def test_thread_batcher_batches_what_queued_while_its_thread_computed() -> None:
+    seen: list[list[int]] = []
+    threads: set[str] = set()
+    started = threading.Event()
+    release = threading.Event()
+
+    def handler(items: list[int]) -> list[int]:
+        threads.add(threading.current_thread().name)
+        seen.append(items)
+        if len(seen) == 1:
+            started.set()
+            release.wait(5)
+        return [i * 10 for i in items]
+
+    async def main() -> list[int]:
+        batcher = ThreadBatcher(handler, max_batch_size=8, wait_s=0.0, name="x0-test-batcher")
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0)
+        assert await asyncio.to_thread(started.wait, 5)
+        # The event loop stays free while the handler computes: these are queued meanwhile.
+        rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 6)]
+        await asyncio.sleep(0.02)
+        release.set()
+        out = list(await asyncio.gather(first, *rest))
+        assert batcher.batches == 2 and batcher.mean_batch_size == pytest.approx(3.0)
+        batcher.close(timeout_s=5)
+        return out
+
+    assert asyncio.run(main()) == [0, 10, 20, 30, 40, 50]
+    assert seen == [[0], [1, 2, 3, 4, 5]]
+    assert threads == {"x0-test-batcher"}
+
+
+def test_thread_batcher_runs_on_start_on_its_thread_and_keeps_batches_bounded() -> None:
+    seen: list[list[int]] = []
+    on_start_thread: list[int] = []
+    handler_threads: set[int] = set()
+
+    def handler(items: list[int]) -> list[int]:
+        handler_threads.add(threading.get_native_id())
+        seen.append(items)
+        return items
+
+    async def main() -> list[int]:
+        batcher = ThreadBatcher(
+            handler,
+            max_batch_size=3,
+            wait_s=0.05,
+            on_start=lambda: on_start_thread.append(threading.get_native_id()),
+        )
+        out = list(await asyncio.gather(*(batcher.submit(i) for i in range(7))))
+        batcher.close(timeout_s=5)
+        return out
+
+    assert asyncio.run(main()) == list(range(7))
+    assert [i for b in seen for i in b] == list(range(7))
+    assert max(len(b) for b in seen) == 3
+    assert len(seen[0]) == 3  # an idle batcher waited wait_s for the near-simultaneous items
+    assert handler_threads == set(on_start_thread) and len(on_start_thread) == 1
+    assert threading.get_native_id() not in handler_threads
+
+
+def test_thread_batcher_failure_reaches_every_caller_of_the_batch_and_the_thread_goes_on() -> None:
+    calls = 0
+
+    def handler(items: list[int]) -> list[int]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError("bad batch")
+        return items
+
+    async def main() -> None:
+        batcher = ThreadBatcher(handler, max_batch_size=8, wait_s=0.05)
+        results = await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
+        assert all(isinstance(r, ValueError) and str(r) == "bad batch" for r in results)
+        assert await batcher.submit(7) == 7
+        batcher.close(timeout_s=5)
+
+    asyncio.run(main())
+
+
+def test_thread_batcher_skips_callers_that_gave_up_and_close_cancels_what_is_queued() -> None:
+    seen: list[list[int]] = []
+    running = [threading.Event(), threading.Event()]
+    release = [threading.Event(), threading.Event()]
+
+    def handler(items: list[int]) -> list[int]:
+        seen.append(items)
+        call = len(seen) - 1
+        running[call].set()
+        release[call].wait(5)
+        return items
+
+    async def main() -> None:
+        batcher = ThreadBatcher(handler, max_batch_size=8, wait_s=0.0)
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0)
+        assert await asyncio.to_thread(running[0].wait, 5)
+        gone = asyncio.ensure_future(batcher.submit(1))
+        kept = asyncio.ensure_future(batcher.submit(2))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        await asyncio.sleep(0.01)
+        release[0].set()
+        assert await first == 0
+        assert await asyncio.to_thread(running[1].wait, 5)  # the batch of item 2 is computing
+        queued = asyncio.ensure_future(batcher.submit(3))
+        await asyncio.sleep(0.01)
+        closing = asyncio.ensure_future(asyncio.to_thread(batcher.close, 5))
+        with pytest.raises(asyncio.CancelledError):  # cancelled while the batch before it computes
+            await queued
+        release[1].set()
+        await closing
+        assert await kept == 2
+        with pytest.raises(RuntimeError, match="closed"):
+            await batcher.submit(4)
+
+    asyncio.run(main())
+    assert seen == [[0], [2]]
