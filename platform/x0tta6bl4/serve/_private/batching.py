@@ -195,7 +195,7 @@ class ThreadBatcher(Generic[T, R]):
         with self._ready:
             if self._closed:
                 raise RuntimeError(f"batcher {self.name!r} is closed")
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():  # first item, or the thread died
                 self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
                 self._thread.start()
             self._pending.append((item, future, time.monotonic()))
