@@ -219,13 +219,14 @@ def _rag_rows(base: str, quick: bool, common: dict[str, Any]) -> list[dict[str, 
     # machine's speed weighs on both alike; each figure is the mean of its runs.
     order = ("in_process", "served") if quick else ("in_process", "served", "served", "in_process")
     _say(f"RAG uncached: {', '.join(order)}")
+    window_s = common["duration_s"] + common["warmup_s"]  # what one served run lasts
     rates: list[float] = []
     library_rates: list[float] = []
     loads: list[dict[str, Any]] = []
     for which in order:
         if which == "in_process":
             # As long as a served window, on the same texts, so both see the same drift of the machine.
-            rates.append(_embedding_rate(encoder, texts, common["duration_s"] + common["warmup_s"]))
+            rates.append(_embedding_rate(encoder, texts, window_s))
             t0 = time.perf_counter()
             model.encode(sample, batch_size=batch_size)  # the library's padded passes, sorted by length
             library_rates.append(len(sample) / (time.perf_counter() - t0))
@@ -260,7 +261,7 @@ def _rag_rows(base: str, quick: bool, common: dict[str, Any]) -> list[dict[str, 
             "texts/s",
             {
                 "distinct_texts": len(texts),
-                "window_s": common["duration_s"] + common["warmup_s"],
+                "window_s": window_s,
                 "library_texts": len(sample),
                 "encode_batch_size": batch_size,
                 "unpadded_encoding": retriever_config.unpadded_encoding,

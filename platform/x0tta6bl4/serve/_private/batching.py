@@ -17,7 +17,28 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-class GreedyBatcher(Generic[T, R]):
+class _BatchCounts:
+    """Batch size limits of a greedy batcher, and how many batches and items it has run."""
+
+    def __init__(self, max_batch_size: int, wait_s: float) -> None:
+        if max_batch_size < 1 or wait_s < 0:
+            raise ValueError(f"need max_batch_size >= 1 and wait_s >= 0, got {max_batch_size}, {wait_s}")
+        self.max_batch_size = max_batch_size
+        self.wait_s = wait_s
+        self.batches = 0
+        self.items = 0
+
+    @property
+    def mean_batch_size(self) -> float:
+        """Items per handler call so far (0 before the first)."""
+        return self.items / self.batches if self.batches else 0.0
+
+    def _count(self, items: int) -> None:
+        self.batches += 1
+        self.items += items
+
+
+class GreedyBatcher(_BatchCounts, Generic[T, R]):
     """Runs ``handler`` on batches of submitted items, at most ``max_concurrent_batches`` at a time.
 
     Why not ``@serve.batch``: in Ray 2.55 it forms a batch every ``batch_wait_timeout_s``
@@ -44,17 +65,11 @@ class GreedyBatcher(Generic[T, R]):
         wait_s: float,
         max_concurrent_batches: int = 1,
     ) -> None:
-        if max_batch_size < 1 or wait_s < 0 or max_concurrent_batches < 1:
-            raise ValueError(
-                "need max_batch_size >= 1, wait_s >= 0 and max_concurrent_batches >= 1, got "
-                f"{max_batch_size}, {wait_s}, {max_concurrent_batches}"
-            )
+        super().__init__(max_batch_size, wait_s)
+        if max_concurrent_batches < 1:
+            raise ValueError(f"need max_concurrent_batches >= 1, got {max_concurrent_batches}")
         self.handler = handler
-        self.max_batch_size = max_batch_size
-        self.wait_s = wait_s
         self.max_concurrent_batches = max_concurrent_batches
-        self.batches = 0
-        self.items = 0
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[R], float]] | None = None
         self._worker: asyncio.Task[None] | None = None
 
@@ -72,11 +87,6 @@ class GreedyBatcher(Generic[T, R]):
         future: asyncio.Future[R] = loop.create_future()
         self._queue.put_nowait((item, future, loop.time()))
         return await future
-
-    @property
-    def mean_batch_size(self) -> float:
-        """Items per handler call so far (0 before the first)."""
-        return self.items / self.batches if self.batches else 0.0
 
     async def _work(self, queue: asyncio.Queue[tuple[T, asyncio.Future[R], float]]) -> None:
         loop = asyncio.get_running_loop()
@@ -102,8 +112,7 @@ class GreedyBatcher(Generic[T, R]):
                 if not live:
                     slots.release()
                     continue
-                self.batches += 1
-                self.items += len(live)
+                self._count(len(live))
                 task = loop.create_task(self._run(live))
                 running.add(task)
                 task.add_done_callback(running.discard)
@@ -133,7 +142,7 @@ class GreedyBatcher(Generic[T, R]):
                 future.set_result(result)
 
 
-class ThreadBatcher(Generic[T, R]):
+class ThreadBatcher(_BatchCounts, Generic[T, R]):
     """Greedy batches, like :class:`GreedyBatcher`, run by a synchronous handler on its own thread.
 
     Why: with the model on the event loop, everything else the replica does for a batch (taking in
@@ -165,24 +174,14 @@ class ThreadBatcher(Generic[T, R]):
         name: str = "batcher",
         on_start: Callable[[], None] | None = None,
     ) -> None:
-        if max_batch_size < 1 or wait_s < 0:
-            raise ValueError(f"need max_batch_size >= 1 and wait_s >= 0, got {max_batch_size}, {wait_s}")
+        super().__init__(max_batch_size, wait_s)
         self.handler = handler
-        self.max_batch_size = max_batch_size
-        self.wait_s = wait_s
         self.name = name
-        self.batches = 0
-        self.items = 0
         self._on_start = on_start
         self._pending: collections.deque[tuple[T, asyncio.Future[R], float]] = collections.deque()
         self._ready = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
-
-    @property
-    def mean_batch_size(self) -> float:
-        """Items per handler call so far (0 before the first)."""
-        return self.items / self.batches if self.batches else 0.0
 
     async def submit(self, item: T) -> R:
         """The handler's result for ``item``, computed in a batch with the items queued beside it.
@@ -244,8 +243,7 @@ class ThreadBatcher(Generic[T, R]):
         while (batch := self._take()) is not None:
             if not batch:
                 continue
-            self.batches += 1
-            self.items += len(batch)
+            self._count(len(batch))
             try:
                 results = self.handler([item for item, _ in batch])
                 if len(results) != len(batch):
