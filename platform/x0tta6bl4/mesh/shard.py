@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from x0tta6bl4.durable import append_synced, write_atomic
 from x0tta6bl4.mesh.control import ControlParams, MeshControl
 from x0tta6bl4.mesh.faults import Action, Fault
 from x0tta6bl4.mesh.region import Message, RegionSim, TrafficParams
@@ -60,20 +61,6 @@ METRICS_EVERY_TICKS = 10
 def shard_name(region: int) -> str:
     """Ray actor name of a region's shard."""
     return f"mesh-shard-{region}"
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class ShardCore:
@@ -153,7 +140,7 @@ class ShardCore:
         )
         if self._writer is not None:
             self._writer.join()
-        self._writer = threading.Thread(target=_write_durably, args=(path, blob), daemon=True)
+        self._writer = threading.Thread(target=write_atomic, args=(path, blob), daemon=True)
         self._writer.start()
 
     def flush(self) -> None:
@@ -175,13 +162,7 @@ class ShardCore:
         path = self.journal_path
         if path is None:
             return
-        lines = "".join(
-            json.dumps({"tick": tick, "time": time.time(), **a.to_dict()}) + "\n" for a in actions
-        )
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(lines)
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_synced(path, [json.dumps({"tick": tick, "time": time.time(), **a.to_dict()}) for a in actions])
 
     def journal(self) -> list[dict[str, Any]]:
         """Every action this region has applied, from its durable journal."""

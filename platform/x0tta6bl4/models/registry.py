@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import numpy as np
 import yaml
 
+from x0tta6bl4.durable import write_atomic
 from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
 from x0tta6bl4.jsonsafe import json_safe
 
@@ -294,9 +295,7 @@ class ModelRegistry:
         parent = path.rsplit("/", 1)[0]
         self._fs.makedirs(parent, exist_ok=True)
         if atomic and self._local:
-            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-            self._fs.pipe_file(tmp, data)
-            os.replace(tmp, path)
+            write_atomic(path, data)
         else:
             self._fs.pipe_file(path, data)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from x0tta6bl4.durable import replacing
 from x0tta6bl4.errors import ConfigError
 from x0tta6bl4.rag.index import VectorIndex, exact_search, normalise_rows
 
@@ -173,9 +173,8 @@ def real_embeddings(
         dtype=np.float32,
     )
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{path.name}.{uuid.uuid4().hex}.tmp.npy"
-    np.save(tmp, matrix)
-    os.replace(tmp, path)
+    with replacing(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, matrix)
     return matrix
 
 

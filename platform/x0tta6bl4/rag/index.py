@@ -16,6 +16,7 @@ import hnswlib
 import numpy as np
 import numpy.typing as npt
 
+from x0tta6bl4.durable import fsync_file, write_atomic
 from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
 
 F32 = npt.NDArray[np.float32]
@@ -308,7 +309,7 @@ class VectorIndex:
                 root.mkdir(parents=True, exist_ok=True)
                 name = f"hnsw-{uuid.uuid4().hex}.bin"
                 self._index.save_index(str(root / name))
-                _fsync_file(root / name)
+                fsync_file(root / name)
                 meta = {
                     "format_version": FORMAT_VERSION,
                     "space": SPACE,
@@ -429,44 +430,3 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(directory: Path) -> None:
-    """fsync a directory so a rename or a new file in it survives a crash (no-op where unsupported)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Replace ``path`` with ``text`` atomically: temp file in the same directory, fsync, ``os.replace``.
-
-    Raises:
-        OSError: the file cannot be written.
-    """
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(target.parent)

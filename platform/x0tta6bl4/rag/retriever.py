@@ -20,12 +20,13 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
+from x0tta6bl4.durable import append_synced, write_atomic
 from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
 from x0tta6bl4.mesh.faults import ACTIONS, FAULT_TYPES, HEALED_BY
 from x0tta6bl4.rag.cache import CacheConfig, CacheKey, SemanticCache
 from x0tta6bl4.rag.corpus import RunbookError, chunk_text, load_runbooks, parse_runbook
 from x0tta6bl4.rag.encoding import BatchEncoder
-from x0tta6bl4.rag.index import IndexStoreError, RWLock, VectorIndex, fsync_dir, write_atomic
+from x0tta6bl4.rag.index import IndexStoreError, RWLock, VectorIndex
 
 F32 = npt.NDArray[np.float32]
 
@@ -780,8 +781,8 @@ class Retriever:
             vectors = self.embed([r.text for r in records])
             start = len(self._chunks)
             try:
-                _append_synced(self._path("documents.jsonl"), [json.dumps(_doc_json(d)) for d in new])
-                _append_synced(self._path("chunks.jsonl"), [_record_line(r).rstrip("\n") for r in records])
+                append_synced(self._path("documents.jsonl"), [json.dumps(_doc_json(d)) for d in new])
+                append_synced(self._path("chunks.jsonl"), [_record_line(r).rstrip("\n") for r in records])
             except OSError as exc:
                 raise RetrievalStoreError(
                     f"cannot append to the store in {self.config.data_dir}: {exc}"
@@ -864,17 +865,6 @@ def _doc_json(doc: Document) -> dict[str, Any]:
 
 def _record_line(record: _ChunkRecord) -> str:
     return json.dumps({"doc": record.doc, "heading": record.heading, "text": record.text}) + "\n"
-
-
-def _append_synced(path: Path, lines: Sequence[str]) -> None:
-    """Append lines and fsync (the file, and its directory when the file is new)."""
-    existed = path.exists()
-    with path.open("a", encoding="utf-8") as f:
-        f.write("".join(line + "\n" for line in lines))
-        f.flush()
-        os.fsync(f.fileno())
-    if not existed:
-        fsync_dir(path.parent)
 
 
 def _mapping_document(raw: Mapping[str, Any], i: int, limit: int) -> Document:

@@ -1,0 +1,38 @@
+"""Durable writes: atomic replacement that never leaves a torn file, and synced appends."""
+
+import pytest
+
+from x0tta6bl4.durable import append_synced, replacing, write_atomic
+
+
+def test_write_atomic_replaces_the_content_and_leaves_no_temporary_file(tmp_path):
+    target = tmp_path / "state.json"
+    write_atomic(target, "old")
+    write_atomic(target, b"new bytes")
+    assert target.read_bytes() == b"new bytes"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_a_failed_write_keeps_the_previous_content(tmp_path):
+    target = tmp_path / "state.json"
+    write_atomic(target, "kept")
+    with pytest.raises(RuntimeError), replacing(target) as tmp:
+        tmp.write_text("half written")
+        raise RuntimeError("writer crashed")
+    assert target.read_text() == "kept"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_replacing_hands_a_path_to_writers_that_take_file_names(tmp_path):
+    target = tmp_path / "matrix.bin"
+    with replacing(target) as tmp:
+        assert tmp.parent == tmp_path and tmp != target
+        tmp.write_bytes(b"\x00\x01")
+    assert target.read_bytes() == b"\x00\x01"
+
+
+def test_append_synced_adds_lines_to_new_and_existing_files(tmp_path):
+    log = tmp_path / "journal.jsonl"
+    append_synced(log, ["a", "b"])
+    append_synced(log, ["c"])
+    assert log.read_text().splitlines() == ["a", "b", "c"]
