@@ -13,12 +13,17 @@ def test_write_atomic_replaces_the_content_and_leaves_no_temporary_file(tmp_path
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
 
 
+def _crash_while_writing(target):
+    with replacing(target) as tmp:
+        tmp.write_text("half written")
+        raise RuntimeError("writer crashed")
+
+
 def test_a_failed_write_keeps_the_previous_content(tmp_path):
     target = tmp_path / "state.json"
     write_atomic(target, "kept")
-    with pytest.raises(RuntimeError), replacing(target) as tmp:
-        tmp.write_text("half written")
-        raise RuntimeError("writer crashed")
+    with pytest.raises(RuntimeError, match="writer crashed"):
+        _crash_while_writing(target)
     assert target.read_text() == "kept"
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
 

@@ -309,13 +309,13 @@ def _embedder(quick: bool) -> list[dict[str, Any]]:
     Each region fine-tunes the shared adapters on its own (incident, runbook) pairs; the
     adapters are averaged by pair count after every round (FedAvg), and only they travel.
     """
+    from x0tta6bl4.corpus import load_incidents, load_runbooks
     from x0tta6bl4.models.embedder import (
         EmbedderLoRA,
         retrieval_recall_at_k,
         runbook_passages,
         training_pairs,
     )
-    from x0tta6bl4.rag.corpus import load_incidents, load_runbooks
 
     runbooks = load_runbooks()
     negatives = runbook_passages(runbooks)  # every batch also ranks all runbooks

@@ -63,7 +63,7 @@ def snapshot_bodies(nodes: int, count: int, seed: int = 11) -> tuple[list[bytes]
 
 def _query_texts(count: int, seed: int) -> list[str]:
     """Distinct incident-like texts (never repeated, so none is a cache hit)."""
-    from x0tta6bl4.rag.corpus import load_incidents
+    from x0tta6bl4.corpus import load_incidents
 
     incidents = [i.text for i in load_incidents()]
     rng = np.random.default_rng(seed)
@@ -309,7 +309,7 @@ def _rag_rows(base: str, quick: bool, common: dict[str, Any]) -> list[dict[str, 
 def _recall_rows(base: str) -> list[dict[str, Any]]:
     import requests
 
-    from x0tta6bl4.rag.corpus import load_incidents
+    from x0tta6bl4.corpus import load_incidents
 
     incidents = load_incidents(split="test")
     body: dict[str, Any] = {"queries": [{"query": i.text, "k": 3} for i in incidents]}

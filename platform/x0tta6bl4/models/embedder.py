@@ -27,8 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sentence_transformers import SentenceTransformer
 from torch.nn import functional
 
+from x0tta6bl4.corpus import Incident, Runbook, all_chunks
 from x0tta6bl4.errors import ConfigError
-from x0tta6bl4.rag.corpus import Incident, Runbook, all_chunks
 
 F32 = npt.NDArray[np.float32]
 #: Encodes a list of texts into an ``[n, dim]`` float matrix.
@@ -398,7 +398,7 @@ def retrieval_recall_at_k(
         incidents: labelled incidents.
         runbooks: the corpus (action runbooks compete but never count as hits).
         k: the cut-off.
-        max_words: chunk size (see :func:`~x0tta6bl4.rag.corpus.chunk_runbook`).
+        max_words: chunk size (see :func:`~x0tta6bl4.corpus.chunk_runbook`).
         overlap_words: chunk overlap.
 
     Returns:

@@ -78,7 +78,7 @@ def generate_texts(n: int, seed: int = 0) -> list[str]:
     Raises:
         ConfigError: ``n < 1``.
     """
-    from x0tta6bl4.rag.corpus import load_incidents, load_runbooks
+    from x0tta6bl4.corpus import load_incidents, load_runbooks
 
     if n < 1:
         raise ConfigError(f"need n >= 1 texts, got {n}")

@@ -20,11 +20,11 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
+from x0tta6bl4.corpus import RunbookError, chunk_text, load_runbooks, parse_runbook
 from x0tta6bl4.durable import append_synced, write_atomic
 from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
 from x0tta6bl4.mesh.faults import ACTIONS, FAULT_TYPES, HEALED_BY
 from x0tta6bl4.rag.cache import CacheConfig, CacheKey, SemanticCache
-from x0tta6bl4.rag.corpus import RunbookError, chunk_text, load_runbooks, parse_runbook
 from x0tta6bl4.rag.encoding import BatchEncoder
 from x0tta6bl4.rag.index import IndexStoreError, RWLock, VectorIndex
 
@@ -740,7 +740,7 @@ class Retriever:
     def ingest(self, documents: Sequence[str | Mapping[str, Any]]) -> dict[str, Any]:
         """Add documents durably: they are on disk (fsynced) and in the index before this returns.
 
-        A document is runbook Markdown with front matter (see :func:`~x0tta6bl4.rag.corpus.parse_runbook`)
+        A document is runbook Markdown with front matter (see :func:`~x0tta6bl4.corpus.parse_runbook`)
         or a mapping ``{title, text, id?, fault_type?, action?}`` (the action defaults to the one
         that heals ``fault_type``). Ingesting a document identical to a stored one of the same id
         is a no-op; a different document under a taken id is refused. The cache is cleared.

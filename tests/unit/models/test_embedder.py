@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
+from x0tta6bl4.corpus import load_incidents, load_runbooks
 from x0tta6bl4.errors import ConfigError
 from x0tta6bl4.mesh.faults import FAULT_TYPES
 from x0tta6bl4.models.embedder import (
@@ -14,7 +15,6 @@ from x0tta6bl4.models.embedder import (
     runbook_passages,
     training_pairs,
 )
-from x0tta6bl4.rag.corpus import load_incidents, load_runbooks
 
 TEXTS = [
     "node 117 unreachable, loss_ratio 1.0, neighbours lost a link",

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from x0tta6bl4.corpus import load_incidents
 from x0tta6bl4.errors import ConfigError
 from x0tta6bl4.models.embedder import EmbedderLoRA, EmbedderLoRAConfig, load_embedder
 from x0tta6bl4.models.unpadded import UnpaddedBertEncoder, UnsupportedEmbedderError, plan_passes
-from x0tta6bl4.rag.corpus import load_incidents
 
 MIXED = [
     "queue full",

@@ -8,9 +8,9 @@ import threading
 import numpy as np
 import pytest
 
+from x0tta6bl4.corpus import load_incidents
 from x0tta6bl4.errors import ConfigError
 from x0tta6bl4.models.embedder import load_embedder
-from x0tta6bl4.rag.corpus import load_incidents
 from x0tta6bl4.rag.retriever import (
     QueryResult,
     RetrievalInputError,

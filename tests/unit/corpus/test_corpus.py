@@ -5,9 +5,7 @@ from collections import Counter
 
 import pytest
 
-from x0tta6bl4.errors import ConfigError
-from x0tta6bl4.mesh.faults import ACTIONS, FAULT_TYPES, HEALED_BY
-from x0tta6bl4.rag.corpus import (
+from x0tta6bl4.corpus import (
     NUM_REGIONS,
     IncidentError,
     Runbook,
@@ -17,6 +15,8 @@ from x0tta6bl4.rag.corpus import (
     load_runbooks,
     parse_runbook,
 )
+from x0tta6bl4.errors import ConfigError
+from x0tta6bl4.mesh.faults import ACTIONS, FAULT_TYPES, HEALED_BY
 from x0tta6bl4.telemetry.frame import FEATURES
 
 GOOD_FRONT = """---

@@ -1,16 +1,12 @@
-"""The runbook corpus and the labelled incident descriptions shipped with the package.
+"""Operational runbooks: Markdown with YAML front matter, parsed, validated and cut into retrievable chunks.
 
-Runbooks are Markdown files with YAML front matter (``rag/runbooks/*.md``); the
-retriever indexes their chunks and the MAPE-K planner reads the recommended action
-from the best match. Incidents (``rag/data/incidents.jsonl``) are labelled free-text
-descriptions, split per region for federated fine-tuning of the embedder and into
-train/test for evaluating retrieval.
+The retriever indexes the chunks; the MAPE-K planner reads the recommended action from
+the best match; the embedder is fine-tuned on runbook summaries.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -20,7 +16,7 @@ from typing import Any
 import yaml
 
 from x0tta6bl4.errors import ConfigError
-from x0tta6bl4.mesh.faults import FAULT_TYPES, check_action, check_fault_type
+from x0tta6bl4.mesh.faults import check_action, check_fault_type
 
 #: Keys of a runbook's front matter; all are required (``fault_type`` may be null).
 FRONT_MATTER_KEYS: tuple[str, ...] = (
@@ -33,8 +29,6 @@ FRONT_MATTER_KEYS: tuple[str, ...] = (
     "tags",
 )
 SEVERITIES: tuple[str, ...] = ("low", "medium", "high", "critical")
-SPLITS: tuple[str, ...] = ("train", "test")
-NUM_REGIONS = 4
 
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _HEADING_RE = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
@@ -44,10 +38,6 @@ _FRONT_RE = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DO
 
 class RunbookError(ConfigError):
     """A runbook file that cannot be used: bad front matter, unknown names, empty body."""
-
-
-class IncidentError(ConfigError):
-    """A malformed incident record or an invalid incident filter."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,25 +105,6 @@ class Chunk:
     fault_type: str | None
     action: str
     heading: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Incident:
-    """A labelled incident description.
-
-    Args:
-        id: unique identifier.
-        text: the description as an operator or an alert would phrase it.
-        fault_type: the true fault (a key of ``FAULT_CODES``).
-        region: the mesh region it comes from (``0..NUM_REGIONS-1``); regions differ in writing style.
-        split: ``"train"`` or ``"test"``.
-    """
-
-    id: str
-    text: str
-    fault_type: str
-    region: int
-    split: str
 
 
 # --------------------------------------------------------------------------- runbooks
@@ -218,7 +189,7 @@ def _text_list(meta: dict[Any, Any], key: str, where: str) -> tuple[str, ...]:
 
 def packaged_runbooks_dir() -> Traversable:
     """The runbook directory shipped inside the package."""
-    return resources.files("x0tta6bl4.rag") / "runbooks"
+    return resources.files("x0tta6bl4.corpus") / "data" / "runbooks"
 
 
 def load_runbooks(directory: str | Path | Traversable | None = None) -> list[Runbook]:
@@ -227,7 +198,7 @@ def load_runbooks(directory: str | Path | Traversable | None = None) -> list[Run
     Raises:
         RunbookError: the directory holds no runbooks, a runbook is invalid, or two share an id.
     """
-    root: Traversable = packaged_runbooks_dir() if directory is None else _as_traversable(directory)
+    root: Traversable = packaged_runbooks_dir() if directory is None else as_traversable(directory)
     if not root.is_dir():
         raise RunbookError(f"runbook directory {root} does not exist")
     files = sorted((f for f in root.iterdir() if f.name.endswith(".md") and f.is_file()), key=_name)
@@ -248,7 +219,7 @@ def _name(entry: Traversable) -> str:
     return entry.name
 
 
-def _as_traversable(directory: str | Path | Traversable) -> Traversable:
+def as_traversable(directory: str | Path | Traversable) -> Traversable:
     return Path(directory) if isinstance(directory, str | Path) else directory
 
 
@@ -370,69 +341,3 @@ def _pack(paras: list[str], budget: int, overlap: int) -> list[str]:
 def all_chunks(runbooks: list[Runbook], max_words: int = 120, overlap_words: int = 20) -> list[Chunk]:
     """Chunks of every runbook, in runbook order."""
     return [c for rb in runbooks for c in chunk_runbook(rb, max_words, overlap_words)]
-
-
-# --------------------------------------------------------------------------- incidents
-def packaged_incidents_file() -> Traversable:
-    """The labelled incident file shipped inside the package."""
-    return resources.files("x0tta6bl4.rag") / "data" / "incidents.jsonl"
-
-
-def parse_incident(record: Any, where: str = "<record>") -> Incident:
-    """Validate one decoded JSON record.
-
-    Raises:
-        IncidentError: a field is missing or invalid.
-    """
-    if not isinstance(record, dict):
-        raise IncidentError(f"{where}: an incident must be a JSON object")
-    missing = [k for k in ("id", "text", "fault_type", "region", "split") if k not in record]
-    if missing:
-        raise IncidentError(f"{where}: incident lacks {', '.join(missing)}")
-    inc_id, text, fault, region, split = (record[k] for k in ("id", "text", "fault_type", "region", "split"))
-    if not isinstance(inc_id, str) or not inc_id or not isinstance(text, str) or not text.strip():
-        raise IncidentError(f"{where}: id and text must be non-empty strings")
-    if fault not in FAULT_TYPES:
-        raise IncidentError(f"{where}: unknown fault type {fault!r} (known: {', '.join(FAULT_TYPES)})")
-    if not isinstance(region, int) or isinstance(region, bool) or not 0 <= region < NUM_REGIONS:
-        raise IncidentError(f"{where}: region must be an integer in 0..{NUM_REGIONS - 1}, got {region!r}")
-    if split not in SPLITS:
-        raise IncidentError(f"{where}: split must be one of {', '.join(SPLITS)}, got {split!r}")
-    return Incident(id=inc_id, text=text.strip(), fault_type=fault, region=region, split=split)
-
-
-def load_incidents(
-    split: str | None = None, region: int | None = None, path: str | Path | Traversable | None = None
-) -> list[Incident]:
-    """Labelled incidents in file order, optionally only one split and/or one region.
-
-    Args:
-        split: ``"train"``, ``"test"`` or ``None`` for both.
-        region: a region number or ``None`` for all.
-        path: a JSON-lines file (default: the packaged ``rag/data/incidents.jsonl``).
-
-    Raises:
-        IncidentError: an invalid filter, a malformed line or a duplicate id.
-    """
-    if split is not None and split not in SPLITS:
-        raise IncidentError(f"split must be one of {', '.join(SPLITS)} or None, got {split!r}")
-    if region is not None and not 0 <= region < NUM_REGIONS:
-        raise IncidentError(f"region must be in 0..{NUM_REGIONS - 1} or None, got {region!r}")
-    source: Traversable = packaged_incidents_file() if path is None else _as_traversable(path)
-    incidents: list[Incident] = []
-    seen: set[str] = set()
-    for lineno, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{source}:{lineno}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise IncidentError(f"{where}: not valid JSON: {exc}") from None
-        inc = parse_incident(record, where)
-        if inc.id in seen:
-            raise IncidentError(f"{where}: duplicate incident id {inc.id!r}")
-        seen.add(inc.id)
-        if (split is None or inc.split == split) and (region is None or inc.region == region):
-            incidents.append(inc)
-    return incidents
