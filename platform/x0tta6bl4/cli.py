@@ -25,7 +25,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from x0tta6bl4.autonomy import main_from_args
+    from x0tta6bl4.autonomy.job import main_from_args
 
     return main_from_args(args)
 
@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"x0tta6bl4 {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    from x0tta6bl4.autonomy.config import add_run_arguments
     from x0tta6bl4.bench import SUITES
-    from x0tta6bl4.settings import add_run_arguments
 
     run = sub.add_parser("run", help="run the autonomy job on a local or existing Ray cluster")
     add_run_arguments(run)

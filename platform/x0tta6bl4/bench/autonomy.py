@@ -47,7 +47,8 @@ def run_scenario(
     knowledge_path: str,
 ) -> dict[str, Any]:
     """One seeded scenario under one controller mode, in process; its evaluation."""
-    from x0tta6bl4.autonomy import plan_run
+    from x0tta6bl4.autonomy.config import RunConfig
+    from x0tta6bl4.autonomy.job import plan_run
     from x0tta6bl4.mapek.config import ControllerConfig
     from x0tta6bl4.mapek.controller import mesh_view
     from x0tta6bl4.mapek.core import ControllerCore
@@ -56,7 +57,6 @@ def run_scenario(
     from x0tta6bl4.mesh.control import ControlParams
     from x0tta6bl4.mesh.pipeline import LocalMesh
     from x0tta6bl4.mesh.shard import MeshSpec
-    from x0tta6bl4.settings import RunConfig
 
     plan = plan_run(RunConfig(nodes=nodes, regions=4, ticks=ticks, seed=seed, ebpf=False, in_process=True))
     mesh = LocalMesh(plan.topology, MeshSpec(plan.topology_spec, seed, plan.faults, ControlParams()))
@@ -176,14 +176,14 @@ def _throughput_results(quick: bool) -> list[dict[str, Any]]:
     """Controller steps/s on the real path, against the sharded mesh's own ticks/s in the same run."""
     import ray
 
-    from x0tta6bl4.autonomy import _deploy_serve, plan_run
+    from x0tta6bl4.autonomy.config import RunConfig
+    from x0tta6bl4.autonomy.job import deploy_serve, plan_run
     from x0tta6bl4.connect import connect_ray, disconnect_ray
     from x0tta6bl4.mapek.config import ControllerConfig
     from x0tta6bl4.mapek.controller import start_controller
     from x0tta6bl4.mesh.control import ControlParams
     from x0tta6bl4.mesh.pipeline import ShardedMesh
     from x0tta6bl4.mesh.shard import MeshSpec
-    from x0tta6bl4.settings import RunConfig
 
     nodes, ticks, warmup = QUICK_THROUGHPUT if quick else THROUGHPUT
     regions = 8
@@ -209,7 +209,7 @@ def _throughput_results(quick: bool) -> list[dict[str, Any]]:
                 checkpoint_dir=str(Path(tmp) / "ckpt"),
             )
             mesh = ShardedMesh(plan.topology, spec)
-            serve_config = _deploy_serve(config)
+            serve_config = deploy_serve(config)
             controller = start_controller(
                 "throughput",
                 plan.topology_spec,

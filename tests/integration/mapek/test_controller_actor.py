@@ -58,13 +58,13 @@ def test_controller_heals_survives_a_kill_and_rides_out_a_serve_outage(ray_local
     ray = ray_local
     from ray import serve
 
-    from x0tta6bl4.autonomy import plan_run
+    from x0tta6bl4.autonomy.config import RunConfig
+    from x0tta6bl4.autonomy.job import plan_run
     from x0tta6bl4.mapek.controller import CONTROLLER_NAME, start_controller
     from x0tta6bl4.mesh.control import ControlParams
     from x0tta6bl4.mesh.pipeline import ShardedMesh
     from x0tta6bl4.mesh.shard import MeshSpec
     from x0tta6bl4.serve.app import build_app
-    from x0tta6bl4.settings import RunConfig
 
     serve_config, _ = apps
     plan = plan_run(

@@ -40,14 +40,14 @@ def scorer(tmp_path_factory):
 
 
 def _run(scorer, runbooks, ticks=60):
-    from x0tta6bl4.autonomy import plan_run
+    from x0tta6bl4.autonomy.config import RunConfig
+    from x0tta6bl4.autonomy.job import plan_run
     from x0tta6bl4.mapek.controller import mesh_view
     from x0tta6bl4.mapek.core import ControllerCore
     from x0tta6bl4.mapek.knowledge import KnowledgeStore
     from x0tta6bl4.mesh.control import ControlParams
     from x0tta6bl4.mesh.pipeline import LocalMesh
     from x0tta6bl4.mesh.shard import MeshSpec
-    from x0tta6bl4.settings import RunConfig
 
     plan = plan_run(
         RunConfig(

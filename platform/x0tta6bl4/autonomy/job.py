@@ -1,11 +1,10 @@
-"""The autonomy job (`x0tta6bl4 run`, `jobs/autonomy.py`): run the mesh, inject faults, report."""
+"""One run of the autonomy job: plan it, step the mesh with the served apps and the controller, report."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import dataclasses
-import json
 import logging
 import sys
 import time
@@ -15,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from x0tta6bl4 import __version__
+from x0tta6bl4.autonomy.config import RunConfig, config_from_args
+from x0tta6bl4.autonomy.report import build_report, print_summary, write_report
 from x0tta6bl4.errors import ConfigError
 from x0tta6bl4.mesh.control import ControlParams
 from x0tta6bl4.mesh.faults import Action, Fault, random_schedule
 from x0tta6bl4.mesh.pipeline import LocalMesh, Mesh, ShardedMesh, TickResult
 from x0tta6bl4.mesh.shard import MeshSpec
 from x0tta6bl4.mesh.topology import Topology, TopologySpec
-from x0tta6bl4.settings import RunConfig, config_from_args
 
 log = logging.getLogger(__name__)
 
@@ -219,9 +218,7 @@ def execute(plan: Plan, on_tick: Callable[[TickResult], None] | None = None) -> 
         ):
             report["summary"][key] = autonomy_report["detection"][key]
         report["summary"]["incidents"] = autonomy_report["remediation"]["incidents"]
-    path = plan.run_dir / "report.json"
-    path.write_text(json.dumps(report, indent=1, default=_json_default), encoding="utf-8")
-    report["path"] = str(path)
+    report["path"] = str(write_report(report, plan.run_dir / "report.json"))
     if timeline:
         from x0tta6bl4.mapek.plot import timeline_png
 
@@ -249,7 +246,7 @@ class _Autonomy:
             from x0tta6bl4.mapek.controller import mesh_view, start_controller
             from x0tta6bl4.telemetry.source import source_name
 
-            self.serve_config = _deploy_serve(config)
+            self.serve_config = deploy_serve(config)
             names = [source_name(n) for n in _ray_node_ids()] if hosts else []
             self.actor = start_controller(
                 plan.run_id, plan.topology_spec, names, self.controller_config, self.serve_config
@@ -306,7 +303,7 @@ def _ray_node_ids() -> list[str]:
     return sorted(str(n["NodeID"]) for n in ray.nodes() if n.get("Alive"))
 
 
-def _deploy_serve(config: RunConfig) -> dict[str, Any]:
+def deploy_serve(config: RunConfig) -> dict[str, Any]:
     """Deploy the anomaly and RAG apps (bootstrapping a detector if none is promoted); their config."""
     from ray import serve
 
@@ -375,80 +372,6 @@ def _host_report(hosts: dict[int, Any], frames: list[Any], topology: Topology) -
             entry["last_frame"] = frames[i].to_dict()
         out.append(entry)
     return out
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot serialise {type(value).__name__}")
-
-
-def build_report(
-    plan: Plan,
-    mesh: Mesh,
-    timeline: list[dict[str, float]],
-    elapsed_s: float,
-    restarts: int,
-    hosts: list[dict[str, Any]],
-) -> dict[str, Any]:
-    """The run's report: config, topology, faults and their fate, actions, timeline, summary."""
-    config = plan.config
-    faults = [status.to_dict() for status in mesh.control.faults]
-    ended = [f for f in faults if f["ended_tick"] is not None]
-    durations = [f["ended_tick"] - f["start_tick"] for f in ended]
-    nodes = plan.topology.num_nodes
-    availability = float(np.mean([t["serviceable"] for t in timeline]) / nodes) if timeline else 0.0
-    summary = {
-        "ticks": len(timeline),
-        "faults_injected": sum(1 for f in faults if f["start_tick"] < len(timeline)),
-        "faults_ended": len(ended),
-        "faults_remediated": sum(1 for f in faults if f["remediated_by"] is not None),
-        "mttr_ticks": float(np.mean(durations)) if durations else None,
-        "availability": availability,
-        "actions": len(mesh.control.actions),
-        "shard_restarts": restarts,
-        "ticks_per_s": len(timeline) / elapsed_s if elapsed_s > 0 else None,
-        "node_ticks_per_s": nodes * len(timeline) / elapsed_s if elapsed_s > 0 else None,
-    }
-    return {
-        "run_id": plan.run_id,
-        "version": __version__,
-        "config": json.loads(config.model_dump_json()),
-        "topology": plan.topology.summary(),
-        "faults": faults,
-        "actions": [a.to_dict() for a in mesh.control.actions],
-        "timeline": timeline,
-        "summary": summary,
-        "hosts": hosts,
-        # Filled by the detection (anomaly service) and remediation (MAPE-K) stages.
-        "detection": None,
-        "remediation": None,
-    }
-
-
-def print_summary(report: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps({"run_id": report["run_id"], "path": report["path"], **report["summary"]}, indent=1))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"run {report['run_id']}")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    topo = report["topology"]
-    table.add_row("mesh", f"{topo['nodes']} nodes, {topo['links']} links, {topo['regions']} regions")
-    for key, value in report["summary"].items():
-        shown = f"{value:.4g}" if isinstance(value, float) else ("-" if value is None else str(value))
-        table.add_row(key.replace("_", " "), shown)
-    for host in report["hosts"]:
-        table.add_row(f"host {host.get('host', '?')}", f"source {host.get('source', '?')}")
-    table.add_row("report", report["path"])
-    Console().print(table)
 
 
 def main_from_args(args: argparse.Namespace) -> int:

@@ -1,0 +1,230 @@
+"""What `x0tta6bl4 run` takes: RunConfig (YAML and flags), hand-placed faults and scripted actions."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from x0tta6bl4.mapek.config import ControllerConfig
+from x0tta6bl4.mesh.faults import ACTIONS, FAULT_TYPES, check_action, check_fault_type
+from x0tta6bl4.settings import load_options
+
+
+class FaultConfig(BaseModel):
+    """A fault placed by hand (in addition to, or instead of, the random schedule)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(description="fault type: " + ", ".join(FAULT_TYPES))
+    node: int = Field(description="node at fault (a link's first endpoint for link_degradation)")
+    peer: int | None = Field(default=None, description="the link's other endpoint (link_degradation only)")
+    start_tick: int = Field(ge=0, description="first tick the fault is active")
+    duration_ticks: int = Field(default=30, ge=1, description="ticks until it ends by itself")
+    severity: float = Field(default=0.8, gt=0, le=1, description="strength, 0..1")
+
+    @model_validator(mode="after")
+    def _known_type(self) -> FaultConfig:
+        check_fault_type(self.type)
+        return self
+
+
+class ActionConfig(BaseModel):
+    """A remediation applied at a fixed tick (scripted operator action)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: str = Field(description="remediation: " + ", ".join(ACTIONS))
+    node: int = Field(description="target node (a link's first endpoint for reroute around a link)")
+    peer: int | None = Field(default=None, description="the link's other endpoint (reroute around a link)")
+    tick: int = Field(ge=0, description="tick at which it is applied")
+
+    @model_validator(mode="after")
+    def _known_action(self) -> ActionConfig:
+        check_action(self.action)
+        return self
+
+
+class RunConfig(BaseModel):
+    """Everything `x0tta6bl4 run` takes; every field has a documented default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    nodes: int = Field(default=1000, gt=0, description="mesh nodes to simulate")
+    regions: int = Field(default=4, gt=0, description="mesh regions = MeshShard actors")
+    ticks: int = Field(default=300, gt=0, description="ticks to run")
+    seed: int = Field(default=1, ge=0, description="seed of topology, traffic and fault schedule")
+    faults_per_1000_ticks: float = Field(
+        default=40.0, ge=0, description="random faults per 1,000 ticks (0: only the configured faults)"
+    )
+    fault_types: list[str] = Field(
+        default_factory=lambda: list(FAULT_TYPES), description="fault types the random schedule draws from"
+    )
+    faults: list[FaultConfig] = Field(default_factory=list, description="faults placed by hand")
+    actions: list[ActionConfig] = Field(
+        default_factory=list, description="remediations applied at fixed ticks"
+    )
+    mean_degree: float = Field(default=6.0, gt=0, description="average radio neighbours per node")
+    gateway_fraction: float = Field(
+        default=0.03, gt=0, le=1, description="share of nodes with a wired uplink"
+    )
+    checkpoint_every_ticks: int = Field(default=10, gt=0, description="ticks between shard checkpoints")
+    tick_interval_s: float = Field(
+        default=0.0, ge=0, description="wall-clock pause per tick (0: as fast as possible)"
+    )
+    runs_dir: Path = Field(default=Path("runs"), description="where runs/<run-id>/report.json is written")
+    run_id: str | None = Field(default=None, description="run id (default: time stamp and seed)")
+    ray_address: str | None = Field(
+        default=None,
+        description="Ray cluster to join (default: RAY_ADDRESS, a running cluster, or a new local one)",
+    )
+    ebpf: bool = Field(
+        default=True, description="start an EbpfSource per Ray node (procfs fallback when eBPF cannot load)"
+    )
+    in_process: bool = Field(
+        default=False, description="run the kernel in the driver process without shard actors"
+    )
+    keep_mesh: bool = Field(default=False, description="leave the shard actors running after the run")
+    autonomy: bool = Field(
+        default=True,
+        description="deploy the Serve apps and run the MAPE-K controller (off: the mesh and its faults only)",
+    )
+    controller: ControllerConfig = Field(
+        default_factory=ControllerConfig, description="MAPE-K controller settings (mode, strategy, ...)"
+    )
+    serve_port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the Serve apps")
+    serve_forever: bool = Field(
+        default=False, description="keep Serve and the Ray dashboard up after the run until interrupted"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.regions > self.nodes:
+            raise ValueError(f"regions ({self.regions}) cannot exceed nodes ({self.nodes})")
+        if self.nodes < 2:
+            raise ValueError("nodes must be at least 2")
+        for kind in self.fault_types:
+            check_fault_type(kind)
+        for fault in self.faults:
+            if fault.node >= self.nodes or (fault.peer is not None and fault.peer >= self.nodes):
+                raise ValueError(f"fault on node {fault.node} but the mesh has nodes 0..{self.nodes - 1}")
+        for action in self.actions:
+            if action.node >= self.nodes:
+                raise ValueError(f"action on node {action.node} but the mesh has nodes 0..{self.nodes - 1}")
+        return self
+
+
+def load_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
+    """The run's config from a YAML file (optional) and command-line overrides."""
+    return load_options(RunConfig, path, overrides)
+
+
+_CLI_FIELDS = (
+    "nodes",
+    "regions",
+    "ticks",
+    "seed",
+    "faults_per_1000_ticks",
+    "tick_interval_s",
+    "checkpoint_every_ticks",
+    "runs_dir",
+    "run_id",
+    "ray_address",
+    "serve_port",
+)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `x0tta6bl4 run`, generated from RunConfig so defaults and docs never drift."""
+    parser.add_argument(
+        "--config", type=Path, default=None, help="YAML file with any RunConfig fields (flags win)"
+    )
+    for name in _CLI_FIELDS:
+        field = RunConfig.model_fields[name]
+        default = field.get_default(call_default_factory=True)
+        kind: Any = field.annotation if field.annotation in (int, float) else str
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=kind,
+            default=None,
+            help=field.description
+            if "default" in (field.description or "")
+            else f"{field.description} (default: {default})",
+        )
+    parser.add_argument(
+        "--no-ebpf",
+        dest="ebpf",
+        action="store_const",
+        const=False,
+        default=None,
+        help="do not start eBPF telemetry sources (default: start them)",
+    )
+    parser.add_argument(
+        "--in-process",
+        dest="in_process",
+        action="store_const",
+        const=True,
+        default=None,
+        help="run the mesh kernel in the driver, without shard actors",
+    )
+    parser.add_argument(
+        "--keep-mesh",
+        dest="keep_mesh",
+        action="store_const",
+        const=True,
+        default=None,
+        help="leave the shard actors running after the run",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("learning", "static", "no_remediation"),
+        default=None,
+        help="controller mode: learn thresholds and act (default), fixed thresholds, or detect only",
+    )
+    parser.add_argument(
+        "--knowledge", default=None, help="SQLite knowledge store (default: <runs-dir>/knowledge.sqlite)"
+    )
+    parser.add_argument(
+        "--no-autonomy",
+        dest="autonomy",
+        action="store_const",
+        const=False,
+        default=None,
+        help="run the mesh and its faults without Serve and the controller",
+    )
+    parser.add_argument(
+        "--serve-forever",
+        dest="serve_forever",
+        action="store_const",
+        const=True,
+        default=None,
+        help="keep Serve and the Ray dashboard up after the run (until Ctrl-C)",
+    )
+    parser.add_argument(
+        "--json",
+        dest="print_json",
+        action="store_true",
+        help="print the report summary as JSON instead of a table",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    overrides: dict[str, Any] = {
+        name: getattr(args, name, None)
+        for name in (*_CLI_FIELDS, "ebpf", "in_process", "keep_mesh", "autonomy", "serve_forever")
+    }
+    controller = {
+        key: value
+        for key, value in (
+            ("mode", getattr(args, "mode", None)),
+            ("knowledge_path", getattr(args, "knowledge", None)),
+        )
+        if value is not None
+    }
+    if controller:
+        base = load_config(args.config, {}).controller.model_dump()
+        overrides["controller"] = {**base, **controller}
+    return load_config(args.config, overrides)
