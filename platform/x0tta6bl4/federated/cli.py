@@ -37,7 +37,8 @@ def train_cli(args: argparse.Namespace) -> int:
     returns 1.
     """
     config = config_from_args(args)  # before the heavy imports (torch, flwr): bad flags fail fast
-    from x0tta6bl4.federated.run import print_result, train_main
+    from x0tta6bl4.federated.report import print_result
+    from x0tta6bl4.federated.run import train_main
 
     try:
         result = train_main(config)

@@ -9,16 +9,14 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from x0tta6bl4 import RAY_NAMESPACE, __version__
+from x0tta6bl4 import RAY_NAMESPACE
 from x0tta6bl4.errors import ConfigError
 from x0tta6bl4.federated.config import TrainConfig
-from x0tta6bl4.jsonsafe import json_safe
+from x0tta6bl4.federated.report import build_metrics, model_card, progress_round, say
 from x0tta6bl4.mesh.faults import Fault, random_schedule
 from x0tta6bl4.mesh.topology import Topology, TopologySpec
 from x0tta6bl4.models.registry import ModelRegistry, check_model_name
@@ -29,7 +27,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_LOG_LEVEL", "ERROR")
 
 if TYPE_CHECKING:  # these import torch and flwr; the driver imports them only once input is valid
-    from x0tta6bl4.federated.server_app import FederationOutcome, RoundRecord
+    from x0tta6bl4.federated.server_app import FederationOutcome
     from x0tta6bl4.mesh.pipeline import ShardedMesh
     from x0tta6bl4.models.graphsage import DetectorSpec, GraphSAGEDetector
 
@@ -111,41 +109,6 @@ def plan_training(config: TrainConfig) -> TrainPlan:
     return TrainPlan(config, spec, registry, topology_spec, topology, faults, run_id)
 
 
-def _say(message: str) -> None:
-    """One line of live progress on stderr (plain lines: they read the same in `ray job logs`)."""
-    print(message, file=sys.stderr, flush=True)
-
-
-def _fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"  # pragma: no cover
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _progress_round(rec: RoundRecord, total: int) -> None:
-    failed = f" ({rec.failed} failed)" if rec.failed else ""
-    _say(
-        f"round {rec.round}/{total} {rec.phase:<4}  clients {rec.replied}/{rec.sampled}{failed}  "
-        f"loss {_fmt(rec.loss)}  auprc {_fmt(rec.auprc)}  "
-        f"bytes {_fmt_bytes(rec.bytes_down + rec.bytes_up + rec.bytes_eval)}  "
-        f"train {rec.local_train_s:.1f}s  overhead {rec.overhead_s:.1f}s  round {rec.round_s:.1f}s"
-    )
-    for failure in rec.failures:
-        _say(f"  failed: {failure}")
-
-
 def _check_pool(client_cpus: float, regions: int) -> None:
     """Refuse a client size no Ray node can host; warn when Flower's pool cannot all be placed now.
 
@@ -161,13 +124,13 @@ def _check_pool(client_cpus: float, regions: int) -> None:
         )
     free = float(ray.available_resources().get("CPU", 0.0))
     if pool * client_cpus > free + 1e-9:
-        _say(
+        say(
             f"warning: Flower starts {pool} client actors of {client_cpus} CPU, but only {free:g} CPUs are "
             f"free now; clients wait until CPUs free up (rounds time out after round_timeout_s)"
         )
     if pool < regions:
         waves = math.ceil(regions / pool)
-        _say(f"note: {regions} clients share {pool} client actors; each round runs in {waves} waves")
+        say(f"note: {regions} clients share {pool} client actors; each round runs in {waves} waves")
 
 
 def _start_mesh(plan: TrainPlan) -> ShardedMesh:
@@ -191,7 +154,7 @@ def _start_mesh(plan: TrainPlan) -> ShardedMesh:
         if now - last >= 2.0 or done == config.ticks:
             last = now
             s = result.summary_dict()
-            _say(f"mesh tick {done}/{config.ticks}  faulty nodes {s['labelled']:.0f}")
+            say(f"mesh tick {done}/{config.ticks}  faulty nodes {s['labelled']:.0f}")
     return mesh
 
 
@@ -232,7 +195,7 @@ def _federate(plan: TrainPlan, conn_address: str, mesh: ShardedMesh) -> Federati
     total = config.rounds + config.lora_rounds
     run_simulation(
         server_app=server_app(
-            settings, outcome, on_round=lambda rec: _progress_round(rec, total), on_done=_once(mesh.close)
+            settings, outcome, on_round=lambda rec: progress_round(rec, total), on_done=_once(mesh.close)
         ),
         client_app=client_app(crash_region=config.crash_region),
         num_supernodes=config.regions,
@@ -268,7 +231,7 @@ def _heldout(plan: TrainPlan, outcome: FederationOutcome) -> tuple[GraphSAGEDete
         seed=config.eval_seed,
         faults_per_1000_ticks=config.faults_per_1000_ticks,
     )
-    _say(f"held-out evaluation: {scenario.nodes} nodes, {scenario.ticks} ticks, seed {scenario.seed}")
+    say(f"held-out evaluation: {scenario.nodes} nodes, {scenario.ticks} ticks, seed {scenario.seed}")
     series, _ = simulate(scenario, spec.window)
     if outcome.base is None:  # pragma: no cover - the ServerApp raises before this can happen
         raise RuntimeError("the federation ended without a global model")
@@ -315,83 +278,6 @@ def _heldout(plan: TrainPlan, outcome: FederationOutcome) -> tuple[GraphSAGEDete
     return final, result
 
 
-def _phase_mean(rounds: list[dict[str, Any]], phase: str) -> float | None:
-    values = [r["bytes"] for r in rounds if r["phase"] == phase]
-    return float(np.mean(values)) if values else None
-
-
-def build_metrics(
-    plan: TrainPlan, outcome: FederationOutcome, heldout: dict[str, Any], timings: dict[str, float]
-) -> dict[str, Any]:
-    """The version's metrics.json: headline held-out figures, per-round table, traffic, timings, config."""
-    rounds = []
-    for rec in outcome.rounds:
-        row = rec.to_dict()
-        row["bytes"] = rec.bytes_down + rec.bytes_up + rec.bytes_eval
-        rounds.append(row)
-    final = heldout["global"]
-    metrics = {
-        "auprc": final.get("auprc"),
-        "auroc": final.get("auroc"),
-        "best_f1": final.get("best_f1"),
-        "pretrained_auprc": heldout["pretrained"].get("auprc"),
-        "rounds": plan.config.rounds,
-        "lora_rounds": plan.config.lora_rounds,
-        "clients": plan.config.regions,
-        "min_clients": plan.config.min_clients,
-        "strategy": plan.config.strategy,
-        "failed_replies": sum(r["failed"] for r in rounds),
-        "bytes_per_round_full": _phase_mean(rounds, "full"),
-        "bytes_per_round_lora": _phase_mean(rounds, "lora"),
-        "model_bytes": outcome.full_bytes,
-        "adapter_bytes": outcome.adapter_bytes,
-        **timings,
-        "heldout": heldout,
-        "round_table": rounds,
-        "run_id": plan.run_id,
-        "platform_version": __version__,
-        "config": json.loads(plan.config.model_dump_json()),
-    }
-    return dict(json_safe(metrics))
-
-
-def model_card(plan: TrainPlan, metrics: Mapping[str, Any]) -> str:
-    """A short Markdown model card: what was trained, on what, how, and how well."""
-    c = plan.config
-    lines = [
-        f"# {plan.spec.name} (federated)",
-        "",
-        "GraphSAGE masked-node autoencoder: scores each mesh node by how badly its neighbourhood "
-        "predicts its telemetry. Trained without labels.",
-        "",
-        "## Training",
-        f"- Flower simulation, one client per mesh region: {c.regions} clients, "
-        f"at least {c.min_clients} replies per round.",
-        f"- {c.rounds} full-model rounds ({c.strategy}"
-        + (f", mu={c.proximal_mu}" if c.strategy == "fedprox" else "")
-        + f"), then {c.lora_rounds} LoRA rounds (rank {plan.spec.lora.rank}, FedAvg of adapters).",
-        f"- Data: simulated mesh, {c.nodes} nodes, {c.ticks} ticks, seed {c.seed}, "
-        f"{c.faults_per_1000_ticks:g} faults per 1,000 ticks; each client reads its region's MeshShard.",
-        f"- Weights stored: the global adapters merged into the pre-trained weights (run {plan.run_id}).",
-        "",
-        "## Evaluation (held-out simulated mesh; labels used for evaluation only)",
-        f"- Scenario: {c.eval_nodes} nodes, {c.eval_ticks} ticks, seed {c.eval_seed}.",
-        f"- AUPRC {_fmt(metrics.get('auprc'))}, AUROC {_fmt(metrics.get('auroc'))}, "
-        f"best F1 {_fmt(metrics.get('best_f1'))} "
-        f"(pre-trained model before LoRA: AUPRC {_fmt(metrics.get('pretrained_auprc'))}).",
-        f"- Traffic per round: full model {_fmt_bytes(metrics.get('bytes_per_round_full'))}, "
-        f"LoRA {_fmt_bytes(metrics.get('bytes_per_round_lora'))} "
-        "(the first LoRA round also ships the base weights).",
-        "",
-        "## Limits",
-        "- Simulated telemetry only; real eBPF telemetry has no labels to evaluate against.",
-        "- Per-region personalised models (own adapters, the federation's error scale) are scored in "
-        "metrics.json (`heldout.regions`: held-out mesh; `heldout.regions_later`: the training mesh after "
-        "its training window); their adapters are not stored.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
 def train_main(config: TrainConfig) -> TrainResult:
     """Run one federated training job end to end and write a registry version.
 
@@ -418,7 +304,7 @@ def train_main(config: TrainConfig) -> TrainResult:
     from x0tta6bl4.connect import connect_ray, disconnect_ray
 
     conn = connect_ray(config.ray_address)
-    _say(f"ray: {conn.address}{' (started here)' if conn.started_here else ''}  run {plan.run_id}")
+    say(f"ray: {conn.address}{' (started here)' if conn.started_here else ''}  run {plan.run_id}")
     mesh = None
     try:
         _check_pool(config.client_cpus, config.regions)
@@ -454,7 +340,7 @@ def train_main(config: TrainConfig) -> TrainResult:
     )
     if config.promote:
         plan.registry.promote(version.model, version.version)
-    _say(f"registry: wrote {version}{' (promoted)' if config.promote else ''}")
+    say(f"registry: wrote {version}{' (promoted)' if config.promote else ''}")
     return TrainResult(
         run_id=plan.run_id,
         model=version.model,
@@ -529,58 +415,3 @@ def train_in_subprocess(config: TrainConfig, ray_address: str | None = None) -> 
         bytes_per_round={"full": metrics["bytes_per_round_full"], "lora": metrics["bytes_per_round_lora"]},
         wall_s=time.perf_counter() - started,
     )
-
-
-def print_result(result: TrainResult, as_json: bool = False) -> None:
-    """The final report on stdout: the rounds table and held-out figures, the same numbers as metrics.json."""
-    if as_json:
-        record = {
-            "model": result.model,
-            "version": result.version,
-            "uri": result.uri,
-            "promoted": result.promoted,
-            "metrics": result.metrics,
-        }
-        print(json.dumps(record, indent=1))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(width=None if sys.stdout.isatty() else 200)
-    m = result.metrics
-    rounds = Table(title=f"federated rounds ({result.run_id})")
-    for name in ("round", "phase", "clients", "loss", "auprc", "bytes", "train s", "overhead s", "round s"):
-        rounds.add_column(name, justify="left" if name == "phase" else "right", no_wrap=True)
-    for r in result.rounds:
-        rounds.add_row(
-            str(r["round"]),
-            r["phase"],
-            f"{r['replied']}/{r['sampled']}",
-            _fmt(r["loss"]),
-            _fmt(r["auprc"]),
-            str(r["bytes"]),
-            _fmt(r["local_train_s"], 2),
-            _fmt(r["overhead_s"], 2),
-            _fmt(r["round_s"], 2),
-        )
-    console.print(rounds)
-    summary = Table(title=f"{result.model} {result.version}")
-    summary.add_column("figure", no_wrap=True)
-    summary.add_column("value", justify="right", no_wrap=True)
-    for key in ("auprc", "auroc", "best_f1", "pretrained_auprc"):
-        summary.add_row(f"held-out {key}", _fmt(m[key]))
-    for key, where in (("regions", "held-out mesh"), ("regions_later", "training mesh, later ticks")):
-        for region, entry in m["heldout"].get(key, {}).items():
-            personal = entry.get("personalised", {})
-            summary.add_row(
-                f"region {region} auprc global / personalised ({where})",
-                f"{_fmt(entry['global'].get('auprc'))} / {_fmt(personal.get('auprc'))}",
-            )
-    for key in ("bytes_per_round_full", "bytes_per_round_lora", "model_bytes", "adapter_bytes"):
-        value = m[key]
-        summary.add_row(key.replace("_", " "), "-" if value is None else f"{value:.0f}")
-    summary.add_row("failed replies", str(m["failed_replies"]))
-    for key in ("federation_s", "local_train_s", "overhead_s", "heldout_eval_s"):
-        summary.add_row(key.replace("_", " "), _fmt(m[key], 2))
-    summary.add_row("version uri", result.uri + (" (promoted)" if result.promoted else ""))
-    console.print(summary)
