@@ -10,7 +10,7 @@ from pathlib import Path
 # Prefer the package next to this script (the job's uploaded working dir) over an installed copy.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "platform"))
 
-from x0tta6bl4.federated.cli import main
+from x0tta6bl4.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(["train", *sys.argv[1:]]))

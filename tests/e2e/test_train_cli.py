@@ -22,7 +22,7 @@ def test_bad_input_is_one_line_and_exit_2_before_ray_starts(args, expected, tmp_
     # Any attempt to reach Ray would fail differently (and slowly): nothing listens there.
     args += ["--ray-address", "127.0.0.1:9", "--runs-dir", str(tmp_path / "runs")]
     proc = subprocess.run(
-        [sys.executable, "-m", "x0tta6bl4.federated.cli", *args],
+        [sys.executable, "-m", "x0tta6bl4.cli", "train", *args],
         env=cli_env,
         cwd=REPO,
         capture_output=True,

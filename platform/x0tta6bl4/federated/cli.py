@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
 from x0tta6bl4.federated.config import add_train_arguments, config_from_args
 from x0tta6bl4.models.registry import RegistryError
 
-EXIT_USAGE = 2
 EXIT_FAILED = 1
 
 HELP = "federated training of the anomaly detector (Flower, one client per mesh region)"
@@ -53,22 +51,3 @@ def train_cli(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print_result(result, as_json=bool(getattr(args, "print_json", False)))
     return 0
-
-
-class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are one readable line and exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
-        sys.exit(EXIT_USAGE)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone entry point (``python -m x0tta6bl4.federated.cli``, ``jobs/train_federated.py``)."""
-    from x0tta6bl4.cli import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

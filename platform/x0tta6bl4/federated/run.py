@@ -382,7 +382,7 @@ def train_in_subprocess(config: TrainConfig, ray_address: str | None = None) -> 
         yaml.safe_dump(data, fh)
         fh.flush()
         with subprocess.Popen(
-            [sys.executable, "-m", "x0tta6bl4.federated.cli", "--config", fh.name, "--json"],
+            [sys.executable, "-m", "x0tta6bl4.cli", "train", "--config", fh.name, "--json"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
