@@ -7,8 +7,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from x0tta6bl4.serve._private.snapshot import Limits, RequestError, parse_body
+from x0tta6bl4.serve.errors import RequestError
 from x0tta6bl4.serve.schemas import RagQuery
+from x0tta6bl4.serve.snapshot import Limits, parse_body
 from x0tta6bl4.telemetry.frame import FEATURES
 
 api = FastAPI()

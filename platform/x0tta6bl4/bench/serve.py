@@ -35,7 +35,7 @@ def snapshot_bodies(nodes: int, count: int, seed: int = 11) -> tuple[list[bytes]
     from x0tta6bl4.mesh.pipeline import LocalMesh
     from x0tta6bl4.mesh.shard import MeshSpec
     from x0tta6bl4.mesh.topology import TopologySpec
-    from x0tta6bl4.serve._private.snapshot import encode_npz
+    from x0tta6bl4.serve.snapshot import encode_npz
 
     topo_spec = TopologySpec(nodes, 1, seed=seed)
     topology = topo_spec.build()

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from x0tta6bl4.serve._private.snapshot import Snapshot
 from x0tta6bl4.serve.config import AnomalyUserConfig, ServeConfig, Thresholds
+from x0tta6bl4.serve.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 

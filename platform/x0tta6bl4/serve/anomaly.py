@@ -25,9 +25,10 @@ from x0tta6bl4.models.inference import (
 )
 from x0tta6bl4.models.registry import HotSwap, LoadedModel, ModelRegistry, RegistryError
 from x0tta6bl4.serve._private.batching import GreedyBatcher
-from x0tta6bl4.serve._private.snapshot import Limits, RequestError, Snapshot, check_stream_id
 from x0tta6bl4.serve.config import AnomalyConfig, AnomalyUserConfig
+from x0tta6bl4.serve.errors import RequestError
 from x0tta6bl4.serve.schemas import SCORE_DECIMALS
+from x0tta6bl4.serve.snapshot import Limits, Snapshot, check_stream_id
 from x0tta6bl4.telemetry.windows import RollingInputs
 
 log = logging.getLogger(__name__)

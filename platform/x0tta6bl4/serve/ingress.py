@@ -16,8 +16,8 @@ from x0tta6bl4.rag.cache import CacheConfig
 from x0tta6bl4.serve._private.batching import GreedyBatcher
 from x0tta6bl4.serve._private.edge_cache import EdgeCache
 from x0tta6bl4.serve._private.limits import BodyLimitMiddleware, BodyTooLargeError
-from x0tta6bl4.serve._private.snapshot import NPZ_MEDIA_TYPE, Limits, RequestError, Snapshot, parse_body
 from x0tta6bl4.serve.config import AnomalyConfig, HttpConfig, RagConfig
+from x0tta6bl4.serve.errors import RequestError
 from x0tta6bl4.serve.schemas import (
     ErrorBody,
     IngestAnswer,
@@ -30,6 +30,7 @@ from x0tta6bl4.serve.schemas import (
     ScoreRequest,
     ScoreResponse,
 )
+from x0tta6bl4.serve.snapshot import NPZ_MEDIA_TYPE, Limits, Snapshot, parse_body
 
 log = logging.getLogger(__name__)
 

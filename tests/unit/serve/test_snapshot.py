@@ -7,13 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from x0tta6bl4.serve._private.snapshot import (
-    Limits,
-    RequestError,
-    check_stream_id,
-    encode_npz,
-    parse_body,
-)
+from x0tta6bl4.serve.errors import RequestError
+from x0tta6bl4.serve.snapshot import Limits, check_stream_id, encode_npz, parse_body
 from x0tta6bl4.telemetry.frame import FEATURES
 
 LIMITS = Limits(max_nodes=100, max_ticks=8, max_edges=1000)

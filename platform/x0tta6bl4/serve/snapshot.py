@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import ValidationError
 
-from x0tta6bl4.errors import X0tta6bl4Error
+from x0tta6bl4.serve.errors import RequestError
 from x0tta6bl4.serve.schemas import ScoreRequest
 
 F32 = npt.NDArray[np.float32]
@@ -22,28 +22,6 @@ I32 = npt.NDArray[np.int32]
 
 #: Media type of the compact binary encoding: a numpy ``.npz`` archive (no pickles).
 NPZ_MEDIA_TYPE = "application/x-npz"
-
-
-class RequestError(X0tta6bl4Error):
-    """A request the service refuses; ``status`` is the HTTP status it maps to (always 4xx)."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int = 422,
-        kind: str = "invalid_request",
-        details: list[dict[str, Any]] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.kind = kind
-        self.details = details or []
-
-    def body(self) -> dict[str, Any]:
-        """The JSON error body (see :class:`~x0tta6bl4.serve.schemas.ErrorBody`)."""
-        return {"error": self.kind, "message": self.message, "details": self.details}
 
 
 def validation_error(exc: ValidationError, what: str) -> RequestError:
