@@ -1,10 +1,11 @@
 # The two commands of the README: `make run` (the main job) and `make test` (the whole suite).
 # Both run scripts/setup.sh first: idempotent, under a second when nothing changed.
+# `make test-fast` is the development lane: no Ray, no root, no notebooks or whole jobs.
 VENV := .venv
 BIN := $(VENV)/bin
 RUN_ARGS ?=
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test test-fast lint bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -15,10 +16,14 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not ray and not root and not slow"
+
 lint: setup
 	$(BIN)/ruff check platform jobs tests
 	$(BIN)/ruff format --check platform jobs tests
 	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_quality.py -k "not quality_gate"
 
 bench: setup
 	$(BIN)/x0tta6bl4 bench mesh --json
