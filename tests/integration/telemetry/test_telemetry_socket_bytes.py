@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from x0tta6bl4.telemetry.ebpf import EbpfPrograms, EbpfReading, _cgroup2_mount
+from x0tta6bl4.telemetry.ebpf import EbpfPrograms, EbpfReading
+from x0tta6bl4.telemetry.ebpf.collectors import _cgroup2_mount
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("ebpf_host")]
 

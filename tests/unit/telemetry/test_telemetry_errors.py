@@ -11,11 +11,10 @@ from x0tta6bl4.telemetry.ebpf import (
     CompileError,
     TracepointMissingError,
     VerifierError,
-    _compile_reason,
-    _verifier_reason,
     parse_program_list,
     program_sources,
 )
+from x0tta6bl4.telemetry.ebpf.loader import _compile_reason, _verifier_reason
 
 VERIFIER_LOG = """bpf: Failed to load program: Permission denied
 0: R1=ctx() R10=fp0

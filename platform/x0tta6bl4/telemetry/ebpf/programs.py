@@ -1,0 +1,107 @@
+"""A set of programs loaded independently, polled together into one reading per interval."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+
+from x0tta6bl4.telemetry.ebpf.codegen import ProgramSource, program_sources
+from x0tta6bl4.telemetry.ebpf.collectors import COLLECTORS, ProgramCollector, ProgramSample
+from x0tta6bl4.telemetry.ebpf.errors import EbpfError, MapReadError
+from x0tta6bl4.telemetry.ebpf.loader import LoadedProgram, load_program
+
+
+@dataclasses.dataclass(frozen=True)
+class EbpfReading:
+    """Every loaded program's sample for one interval, and the programs whose maps could not be read."""
+
+    interval_s: float
+    samples: dict[str, ProgramSample]
+    read_errors: dict[str, str]
+
+    @property
+    def events(self) -> int:
+        return sum(s.events for s in self.samples.values())
+
+    @property
+    def lost(self) -> int:
+        return sum(s.lost for s in self.samples.values())
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.interval_s if self.interval_s > 0 else math.nan
+
+    def value(self, program: str, key: str) -> float:
+        """One program's value, NaN when the program is not loaded or did not measure it."""
+        sample = self.samples.get(program)
+        return sample.values.get(key, math.nan) if sample else math.nan
+
+
+class EbpfPrograms:
+    """A set of programs loaded independently: each failure is recorded, the others keep running."""
+
+    def __init__(self, sources: Sequence[ProgramSource], *, attach: bool = True) -> None:
+        self.loaded: dict[str, LoadedProgram] = {}
+        self.collectors: dict[str, ProgramCollector] = {}
+        #: programs that could not be loaded, with the typed reason
+        self.errors: dict[str, EbpfError] = {}
+        for source in sources:
+            try:
+                program = load_program(source, attach=attach)
+            except EbpfError as exc:
+                self.errors[source.name] = exc
+                continue
+            try:
+                self.collectors[source.name] = COLLECTORS.get(source.name, ProgramCollector)(program)
+            except Exception as exc:
+                program.close()
+                self.errors[source.name] = MapReadError(source.name, str(exc))
+                continue
+            self.loaded[source.name] = program
+        self._last = time.monotonic()
+
+    @classmethod
+    def from_names(cls, names: Sequence[str] | None = None, *, attach: bool = True) -> EbpfPrograms:
+        """Load the named shipped programs (all when None); unknown names raise ConfigError."""
+        return cls(program_sources(names), attach=attach)
+
+    def attach(self) -> None:
+        for program in self.loaded.values():
+            program.attach()
+
+    def detach(self) -> None:
+        for program in self.loaded.values():
+            program.detach()
+
+    def reset(self) -> None:
+        """Start a fresh interval: the next poll covers only what happens from now on."""
+        for collector in self.collectors.values():
+            collector.prime()
+        self._last = time.monotonic()
+
+    def poll(self) -> EbpfReading:
+        """Read every loaded program for the interval since the previous poll (or load/reset)."""
+        now = time.monotonic()
+        dt, self._last = now - self._last, now
+        samples: dict[str, ProgramSample] = {}
+        read_errors: dict[str, str] = {}
+        for name, collector in self.collectors.items():
+            try:
+                samples[name] = collector.read(dt)
+            except Exception as exc:
+                read_errors[name] = str(MapReadError(name, f"{type(exc).__name__}: {exc}"))
+        return EbpfReading(dt, samples, read_errors)
+
+    def close(self) -> None:
+        for program in self.loaded.values():
+            program.close()
+        self.loaded.clear()
+        self.collectors.clear()
+
+    def __enter__(self) -> EbpfPrograms:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
