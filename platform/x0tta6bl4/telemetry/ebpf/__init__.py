@@ -3,16 +3,14 @@
 from x0tta6bl4.telemetry.ebpf.btf import BTF_VMLINUX, BtfMember, BtfScalar, KernelBtf, running_btf
 from x0tta6bl4.telemetry.ebpf.codegen import (
     PRELUDE_NAME,
-    PROGRAMS,
     ProgramSource,
     bpf_dir,
-    parse_program_list,
-    program_sources,
     render_kernel_field,
     render_raw_tracepoint,
 )
 from x0tta6bl4.telemetry.ebpf.collectors import (
     COLLECTORS,
+    PROGRAMS,
     TCP_STATES,
     NetBytesCollector,
     ProgramCollector,
@@ -34,7 +32,7 @@ from x0tta6bl4.telemetry.ebpf.errors import (
 )
 from x0tta6bl4.telemetry.ebpf.loader import BPF_STATS_SYSCTL, LoadedProgram, bpf_stats, load_program
 from x0tta6bl4.telemetry.ebpf.maps import U64Array, read_u64_array, read_u64_map
-from x0tta6bl4.telemetry.ebpf.programs import EbpfPrograms, EbpfReading
+from x0tta6bl4.telemetry.ebpf.programs import EbpfPrograms, EbpfReading, parse_program_list, program_sources
 from x0tta6bl4.telemetry.ebpf.tracefs import (
     TRACEFS_CANDIDATES,
     TracepointField,

@@ -8,13 +8,9 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from x0tta6bl4.errors import ConfigError
 from x0tta6bl4.telemetry.ebpf.btf import BtfMember, BtfScalar, running_btf
 from x0tta6bl4.telemetry.ebpf.errors import CompileError
 from x0tta6bl4.telemetry.ebpf.tracefs import C_SCALAR, TracepointFormat, render_struct
-
-#: The programs x0tta6bl4 ships, in load order; each is bpf/<name>.c.
-PROGRAMS: tuple[str, ...] = ("tcp_retransmit", "tcp_state", "tcp_rtt", "skb_drops", "runqlat", "net_bytes")
 
 #: Shared prelude every program is compiled with (see bpf/x0tta6bl4.h).
 PRELUDE_NAME = "x0tta6bl4.h"
@@ -148,38 +144,6 @@ class ProgramSource:
 
 _RAW_TP_RE = re.compile(r"\bX0_RAW_TP\(\s*(\w+)\s*,\s*(\w+)\s*,\s*\(([^()]*)\)\s*\)")
 _KFIELD_RE = re.compile(r"\bX0_KFIELD\(\s*(\w+)\s*,\s*(\w+)\s*,\s*([\w.]+)\s*,\s*(\w+)\s*\)")
-
-
-def program_sources(names: Sequence[str] | None = None, directory: Path | None = None) -> list[ProgramSource]:
-    """The sources of the named programs (all of :data:`PROGRAMS` when None).
-
-    Raises:
-        ConfigError: a name that is not one of the shipped programs.
-    """
-    wanted = list(PROGRAMS) if names is None else [n.strip() for n in names if n.strip()]
-    unknown = [n for n in wanted if n not in PROGRAMS]
-    if unknown:
-        raise ConfigError(
-            f"unknown eBPF program(s) {', '.join(map(repr, unknown))}; available: {', '.join(PROGRAMS)}"
-        )
-    root = directory or bpf_dir()
-    out = []
-    for name in dict.fromkeys(wanted):
-        path = root / f"{name}.c"
-        try:
-            out.append(ProgramSource(name, path.read_text(), path))
-        except FileNotFoundError:
-            raise ConfigError(f"eBPF program {name!r} has no source at {path}") from None
-    return out
-
-
-def parse_program_list(spec: str) -> list[str] | None:
-    """``"all"`` -> None (every program), ``"a,b"`` -> ``["a", "b"]``; unknown names raise ConfigError."""
-    if spec.strip() in ("", "all"):
-        return None
-    names = [n.strip() for n in spec.split(",") if n.strip()]
-    program_sources(names)
-    return names
 
 
 def render_prelude(

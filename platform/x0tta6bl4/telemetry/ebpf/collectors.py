@@ -1,4 +1,4 @@
-"""Per-program collectors: each turns its loaded program's maps into one interval's rates."""
+"""Per-program collectors, and the registry of shipped programs they form: each turns its maps into rates."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import dataclasses
 import math
 import os
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -31,6 +31,11 @@ TCP_STATES: dict[int, str] = {
     11: "CLOSING",
     12: "NEW_SYN_RECV",
 }
+
+
+#: The collector class of each shipped program, in load order: the order the classes below are defined in.
+#: Every :class:`ProgramCollector` subclass that names its ``program`` registers itself here.
+COLLECTORS: dict[str, type[ProgramCollector]] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,9 +70,24 @@ class ProgramCollector:
     Array maps only grow in the kernel; the collector keeps the previous read and
     reports deltas, so no event is lost between a read and a clear. Hash maps that
     would otherwise fill up are drained with lookup-and-delete.
+
+    A subclass that sets ``program`` registers itself as that program's collector (see
+    :data:`COLLECTORS`), so a shipped program is its ``bpf/<program>.c`` and one subclass here.
     """
 
+    #: The program this collector reads, ``bpf/<program>.c``; empty for the generic collector.
     program: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Register a subclass that names its own ``program``; two collectors for one program are refused."""
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("program", "")
+        if name:
+            if name in COLLECTORS:
+                raise TypeError(
+                    f"eBPF program {name!r} already has a collector: {COLLECTORS[name].__qualname__}"
+                )
+            COLLECTORS[name] = cls
 
     def __init__(self, loaded: LoadedProgram) -> None:
         self.loaded = loaded
@@ -285,14 +305,5 @@ class NetBytesCollector(ProgramCollector):
         }
 
 
-COLLECTORS: dict[str, type[ProgramCollector]] = {
-    c.program: c
-    for c in (
-        TcpRetransmitCollector,
-        TcpStateCollector,
-        TcpRttCollector,
-        SkbDropsCollector,
-        RunqlatCollector,
-        NetBytesCollector,
-    )
-}
+#: The programs x0tta6bl4 ships, in load order; each is bpf/<name>.c and the collector above that names it.
+PROGRAMS: tuple[str, ...] = tuple(COLLECTORS)

@@ -1,4 +1,4 @@
-"""A set of programs loaded independently, polled together into one reading per interval."""
+"""The shipped programs' sources, and a set of programs loaded independently and polled together."""
 
 from __future__ import annotations
 
@@ -6,11 +6,45 @@ import dataclasses
 import math
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
-from x0tta6bl4.telemetry.ebpf.codegen import ProgramSource, program_sources
-from x0tta6bl4.telemetry.ebpf.collectors import COLLECTORS, ProgramCollector, ProgramSample
+from x0tta6bl4.errors import ConfigError
+from x0tta6bl4.telemetry.ebpf.codegen import ProgramSource, bpf_dir
+from x0tta6bl4.telemetry.ebpf.collectors import COLLECTORS, PROGRAMS, ProgramCollector, ProgramSample
 from x0tta6bl4.telemetry.ebpf.errors import EbpfError, MapReadError
 from x0tta6bl4.telemetry.ebpf.loader import LoadedProgram, load_program
+
+
+def program_sources(names: Sequence[str] | None = None, directory: Path | None = None) -> list[ProgramSource]:
+    """The sources of the named programs (all of :data:`PROGRAMS` when None).
+
+    Raises:
+        ConfigError: a name that is not one of the shipped programs.
+    """
+    wanted = list(PROGRAMS) if names is None else [n.strip() for n in names if n.strip()]
+    unknown = [n for n in wanted if n not in PROGRAMS]
+    if unknown:
+        raise ConfigError(
+            f"unknown eBPF program(s) {', '.join(map(repr, unknown))}; available: {', '.join(PROGRAMS)}"
+        )
+    root = directory or bpf_dir()
+    out = []
+    for name in dict.fromkeys(wanted):
+        path = root / f"{name}.c"
+        try:
+            out.append(ProgramSource(name, path.read_text(), path))
+        except FileNotFoundError:
+            raise ConfigError(f"eBPF program {name!r} has no source at {path}") from None
+    return out
+
+
+def parse_program_list(spec: str) -> list[str] | None:
+    """``"all"`` -> None (every program), ``"a,b"`` -> ``["a", "b"]``; unknown names raise ConfigError."""
+    if spec.strip() in ("", "all"):
+        return None
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    program_sources(names)
+    return names
 
 
 @dataclasses.dataclass(frozen=True)
