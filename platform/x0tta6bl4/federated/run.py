@@ -19,7 +19,8 @@ from x0tta6bl4.federated.config import TrainConfig
 from x0tta6bl4.federated.report import build_metrics, model_card, progress_round, say
 from x0tta6bl4.mesh.faults import Fault, random_schedule
 from x0tta6bl4.mesh.topology import Topology, TopologySpec
-from x0tta6bl4.models.registry import ModelRegistry, check_model_name
+from x0tta6bl4.models.registry import ModelRegistry
+from x0tta6bl4.models.versions import check_model_name
 
 # Flower reads these when it is first imported: no telemetry calls home, and only its errors on
 # the console (this driver prints its own progress lines).

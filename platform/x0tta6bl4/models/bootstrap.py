@@ -9,7 +9,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from x0tta6bl4.models.graphsage import DetectorSpec, GraphSAGEDetector
-from x0tta6bl4.models.registry import LoadedModel, ModelRegistry, ModelVersion, VersionMismatchError
+from x0tta6bl4.models.registry import LoadedModel, ModelRegistry, VersionMismatchError
+from x0tta6bl4.models.versions import ModelVersion
 
 log = logging.getLogger(__name__)
 

@@ -6,15 +6,8 @@ import argparse
 import json
 from typing import Any
 
-from x0tta6bl4.models.registry import (
-    REGISTRY_ENV,
-    ModelRegistry,
-    ModelVersion,
-    RegistryError,
-    check_model_name,
-    check_version_id,
-    default_registry_uri,
-)
+from x0tta6bl4.models.registry import REGISTRY_ENV, ModelRegistry, RegistryError, default_registry_uri
+from x0tta6bl4.models.versions import ModelVersion, check_model_name, check_version_id
 
 
 def add_models_arguments(parser: argparse.ArgumentParser) -> None:

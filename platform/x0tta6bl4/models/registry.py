@@ -1,4 +1,4 @@
-"""Versioned model registry on any fsspec URI: write, verify, promote and hot-swap model versions."""
+"""Versioned model registry on any fsspec URI: write, verify, promote and load model versions."""
 
 from __future__ import annotations
 
@@ -8,19 +8,37 @@ import hashlib
 import json
 import logging
 import os
-import re
-import threading
 import uuid
-from collections.abc import Callable, Mapping
-from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
 from x0tta6bl4.durable import write_atomic
 from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
-from x0tta6bl4.jsonsafe import json_safe
+from x0tta6bl4.models.versions import (
+    CARD,
+    MANIFEST,
+    MANIFEST_FORMAT,
+    METRICS,
+    MODEL_NAME_RE,
+    RESERVED_FILES,
+    SPEC,
+    VERSION_ID_RE,
+    WEIGHTS,
+    ModelVersion,
+    check_model_name,
+    check_relpath,
+    check_version_id,
+    cpu_tensors,
+    metrics_json,
+    sha256_hex,
+    spec_yaml,
+    tensor_table,
+    version_key,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -30,20 +48,9 @@ log = logging.getLogger(__name__)
 DEFAULT_REGISTRY = "models/registry"
 REGISTRY_ENV = "X0TTA6BL4_REGISTRY"
 
-WEIGHTS = "weights.safetensors"
-SPEC = "spec.yaml"
-METRICS = "metrics.json"
-CARD = "MODEL_CARD.md"
-MANIFEST = "manifest.json"
 PROMOTED = "PROMOTED.json"
-RESERVED_FILES = frozenset({WEIGHTS, SPEC, METRICS, CARD, MANIFEST})
-MANIFEST_FORMAT = 1
 
-_MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_VERSION_RE = re.compile(r"^v(\d{4,})-(\d{8}T\d{6})$")
 _CHUNK = 8 << 20
-
-T = TypeVar("T")
 
 
 class RegistryError(X0tta6bl4Error):
@@ -65,129 +72,6 @@ class RegistryNotWritableError(RegistryError):
 def default_registry_uri() -> str:
     """The registry URI to use when none is given: ``$X0TTA6BL4_REGISTRY``, else ``models/registry``."""
     return os.environ.get(REGISTRY_ENV) or DEFAULT_REGISTRY
-
-
-def check_model_name(model: str) -> str:
-    """Return ``model`` if it is a usable model name (letters, digits, ``_.-``), else raise ConfigError."""
-    if not isinstance(model, str) or not _MODEL_RE.match(model):
-        raise ConfigError(
-            f"invalid model name {model!r}: use 1-128 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit"
-        )
-    return model
-
-
-def check_version_id(version: str) -> str:
-    """Return ``version`` if it has the registry's form ``v0001-20260101T120000``, else raise ConfigError."""
-    if not isinstance(version, str) or not _VERSION_RE.match(version):
-        raise ConfigError(f"invalid version id {version!r}: expected the form v0001-20260101T120000")
-    return version
-
-
-def _version_key(version: str) -> tuple[int, str]:
-    """Sort key of a version id: its number, then its timestamp (string order breaks at v10000)."""
-    match = _VERSION_RE.match(version)
-    if match is None:  # pragma: no cover - callers filter with the same pattern
-        raise ConfigError(f"invalid version id {version!r}")
-    return int(match.group(1)), match.group(2)
-
-
-def _json_safe(value: Any) -> Any:
-    """Plain JSON values; a value JSON cannot hold is a ConfigError (refused before writing)."""
-    try:
-        return json_safe(value, strict=True)
-    except TypeError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars/arrays become Python values, recursively, so specs from training code dump as YAML."""
-    if isinstance(value, np.generic | np.ndarray):
-        return value.tolist()
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _check_relpath(relpath: str) -> str:
-    """An extra file's path: relative, POSIX, no ``..``, not one of the registry's own file names."""
-    parts = PurePosixPath(relpath).parts if isinstance(relpath, str) else ()
-    if (
-        not parts
-        or relpath.startswith("/")
-        or "\\" in relpath
-        or any(p in ("", ".", "..") for p in parts)
-        or "/".join(parts) != relpath
-    ):
-        raise ConfigError(f"invalid extra file path {relpath!r}: use a relative POSIX path without '..'")
-    if relpath in RESERVED_FILES:
-        raise ConfigError(f"extra file {relpath!r} clashes with the registry's own {relpath}")
-    return relpath
-
-
-def _cpu_tensors(tensors: Mapping[str, torch.Tensor | np.ndarray[Any, Any]]) -> dict[str, torch.Tensor]:
-    """Contiguous CPU tensors safetensors can store; numpy arrays are copied, shared storage is cloned."""
-    import torch
-
-    out: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for name, value in tensors.items():
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"tensor names must be non-empty strings, got {name!r}")
-        if isinstance(value, np.ndarray):
-            try:
-                tensor = torch.from_numpy(np.array(value, order="C", copy=True))
-            except TypeError as exc:
-                raise ConfigError(f"tensor {name!r}: numpy dtype {value.dtype} is not supported") from exc
-        elif isinstance(value, torch.Tensor):
-            tensor = value.detach().to("cpu")
-        else:
-            raise ConfigError(f"tensor {name!r} is a {type(value).__name__}, not a torch.Tensor or ndarray")
-        ptr = tensor.untyped_storage().data_ptr()
-        if not tensor.is_contiguous() or (ptr and ptr in seen):
-            tensor = tensor.clone(memory_format=torch.contiguous_format)
-        seen.add(tensor.untyped_storage().data_ptr())
-        out[name] = tensor
-    return out
-
-
-def _dtype_name(tensor: torch.Tensor) -> str:
-    return str(tensor.dtype).removeprefix("torch.")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelVersion:
-    """One complete (manifest-committed) version of a model in the registry.
-
-    Attributes:
-        model: Model name, e.g. ``graphsage``.
-        version: Version id ``v{N:04d}-{yyyymmddThhmmss}`` (UTC).
-        uri: fsspec URI of the version's directory.
-        created_at: When the version was written (UTC).
-        metrics: Training/evaluation metrics recorded with it (from the manifest).
-        parent: The version it was trained from, if any (free-form, e.g. another model's version).
-    """
-
-    model: str
-    version: str
-    uri: str
-    created_at: dt.datetime
-    metrics: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
-    parent: str | None = None
-
-    @property
-    def number(self) -> int:
-        """The version's sequence number N."""
-        return _version_key(self.version)[0]
-
-    def __str__(self) -> str:
-        return f"{self.model}/{self.version}"
 
 
 @dataclasses.dataclass
@@ -333,8 +217,8 @@ class ModelRegistry:
 
     def _reserve(self, model: str) -> tuple[str, str]:
         """Pick the next version id (N = highest existing, complete or not, + 1) and claim its directory."""
-        existing = [d for d in self._ls_dirs(self._path(model)) if _VERSION_RE.match(d)]
-        number = max((_version_key(d)[0] for d in existing), default=0) + 1
+        existing = [d for d in self._ls_dirs(self._path(model)) if VERSION_ID_RE.match(d)]
+        number = max((version_key(d)[0] for d in existing), default=0) + 1
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
         for _ in range(1000):
             version = f"v{number:04d}-{stamp}"
@@ -385,12 +269,9 @@ class ModelRegistry:
         from safetensors.torch import save as save_safetensors
 
         check_model_name(model)
-        cpu = _cpu_tensors(tensors)
-        try:
-            spec_bytes = yaml.safe_dump(_plain(dict(spec)), sort_keys=False, allow_unicode=True).encode()
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"spec of {model} cannot be stored as YAML: {exc}") from exc
-        clean_metrics = _json_safe(dict(metrics))
+        cpu = cpu_tensors(tensors)
+        spec_bytes = spec_yaml(model, spec)
+        clean_metrics = metrics_json(metrics)
         files: dict[str, bytes] = {
             WEIGHTS: save_safetensors(cpu, metadata={"model": model}),
             SPEC: spec_bytes,
@@ -400,7 +281,7 @@ class ModelRegistry:
         for relpath, data in (extra_files or {}).items():
             if not isinstance(data, bytes | bytearray | memoryview):
                 raise ConfigError(f"extra file {relpath!r} must be bytes, got {type(data).__name__}")
-            files[_check_relpath(relpath)] = bytes(data)
+            files[check_relpath(relpath)] = bytes(data)
 
         try:
             version, vdir = self._reserve(model)
@@ -412,8 +293,8 @@ class ModelRegistry:
                 "created_at": created.isoformat(),
                 "parent": parent,
                 "metrics": clean_metrics,
-                "tensors": {n: {"shape": list(t.shape), "dtype": _dtype_name(t)} for n, t in cpu.items()},
-                "files": {p: {"sha256": _sha256(d), "size": len(d)} for p, d in sorted(files.items())},
+                "tensors": tensor_table(cpu),
+                "files": {p: {"sha256": sha256_hex(d), "size": len(d)} for p, d in sorted(files.items())},
             }
             for relpath, data in files.items():
                 self._put(f"{vdir}/{relpath}", data)
@@ -492,7 +373,7 @@ class ModelRegistry:
             raise CorruptVersionError(f"{where} is corrupt: {relpath} is missing") from None
         except OSError as exc:
             raise RegistryError(f"cannot read {relpath} of {where}: {exc}") from exc
-        self._check_digest(where, relpath, manifest, len(data), _sha256(data))
+        self._check_digest(where, relpath, manifest, len(data), sha256_hex(data))
         return data
 
     def _verify_streamed(self, model: str, version: str, manifest: Mapping[str, Any], relpath: str) -> None:
@@ -527,14 +408,14 @@ class ModelRegistry:
 
     def models(self) -> list[str]:
         """Names of the models that have a directory in the registry, sorted."""
-        return sorted(d for d in self._ls_dirs(self._root) if _MODEL_RE.match(d))
+        return sorted(d for d in self._ls_dirs(self._root) if MODEL_NAME_RE.match(d))
 
     def versions(self, model: str) -> list[ModelVersion]:
         """Complete versions of ``model``, oldest first; incomplete or unreadable ones are skipped."""
         check_model_name(model)
         found: list[ModelVersion] = []
         for name in sorted(
-            (d for d in self._ls_dirs(self._path(model)) if _VERSION_RE.match(d)), key=_version_key
+            (d for d in self._ls_dirs(self._path(model)) if VERSION_ID_RE.match(d)), key=version_key
         ):
             try:
                 found.append(self._version_from(model, name, self._manifest(model, name)))
@@ -572,7 +453,7 @@ class ModelRegistry:
             raise RegistryError(f"cannot read {self._url(path)}: {exc}") from exc
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptVersionError(f"{self._url(path)} is unreadable ({exc})") from exc
-        if not isinstance(version, str) or not _VERSION_RE.match(version):
+        if not isinstance(version, str) or not VERSION_ID_RE.match(version):
             raise CorruptVersionError(f"{self._url(path)} names no valid version ({version!r})")
         return version
 
@@ -655,8 +536,7 @@ class ModelRegistry:
             tensors = load_safetensors(core[WEIGHTS])
         except Exception as exc:  # safetensors raises its own SafetensorError (not an OSError)
             raise CorruptVersionError(f"{where} is corrupt: {WEIGHTS} is unreadable ({exc})") from exc
-        stored = {n: {"shape": list(t.shape), "dtype": _dtype_name(t)} for n, t in tensors.items()}
-        if stored != manifest["tensors"]:
+        if tensor_table(tensors) != manifest["tensors"]:
             raise CorruptVersionError(
                 f"{where} is corrupt: the tensors in {WEIGHTS} differ from the manifest"
             )
@@ -688,49 +568,3 @@ class ModelRegistry:
             )
 
         return LoadedModel(mv, tensors, spec, metrics, card, extra, self, manifest)
-
-
-class HotSwap(Generic[T]):
-    """Holds the object in use (e.g. a loaded model) and swaps it only when the new one loads cleanly.
-
-    Serve calls :meth:`try_swap` when a new version is promoted; if loading raises a RegistryError
-    (corrupt, mismatched, missing) the previous object stays in use and the error is kept for health
-    reporting.
-    """
-
-    def __init__(self, initial: T | None = None, *, name: str = "model") -> None:
-        """Start with ``initial`` (or nothing) in use; ``name`` labels log lines."""
-        self._current = initial
-        self._name = name
-        self._lock = threading.Lock()
-        self.last_error: str | None = None
-
-    @property
-    def current(self) -> T | None:
-        """The object in use, or None before the first successful load."""
-        return self._current
-
-    def get(self) -> T:
-        """The object in use; raises RegistryError if nothing has loaded yet."""
-        current = self._current
-        if current is None:
-            detail = f": {self.last_error}" if self.last_error else ""
-            raise RegistryError(f"no {self._name} loaded yet{detail}")
-        return current
-
-    def try_swap(self, loader: Callable[[], T]) -> bool:
-        """Run ``loader`` and put its result in use; on RegistryError keep the previous object.
-
-        Returns:
-            True if swapped, False if the loader failed (the error is logged and kept in ``last_error``).
-        """
-        try:
-            candidate = loader()
-        except RegistryError as exc:
-            self.last_error = str(exc)
-            log.error("%s: keeping the previous version in use: %s", self._name, exc)
-            return False
-        with self._lock:
-            self._current = candidate
-            self.last_error = None
-        return True

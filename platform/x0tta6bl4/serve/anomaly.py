@@ -23,8 +23,9 @@ from x0tta6bl4.models.inference import (
     symmetric_edges,
     window_inputs,
 )
-from x0tta6bl4.models.registry import HotSwap, LoadedModel, ModelRegistry, RegistryError
+from x0tta6bl4.models.registry import LoadedModel, ModelRegistry, RegistryError
 from x0tta6bl4.serve._private.batching import GreedyBatcher
+from x0tta6bl4.serve._private.hotswap import HotSwap
 from x0tta6bl4.serve.config import AnomalyConfig, AnomalyUserConfig
 from x0tta6bl4.serve.errors import RequestError
 from x0tta6bl4.serve.schemas import SCORE_DECIMALS

@@ -20,8 +20,6 @@ from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
 from x0tta6bl4.models.cli import add_models_arguments, models_main
 from x0tta6bl4.models.registry import (
     CorruptVersionError,
-    HotSwap,
-    LoadedModel,
     ModelRegistry,
     RegistryError,
     RegistryNotWritableError,
@@ -325,39 +323,22 @@ def test_numpy_values_tied_and_strided_tensors_are_stored(tmp_path: Path) -> Non
     assert loaded.spec == {"dims": [3, 4]}
 
 
+def test_spec_yaml_keeps_non_string_keys_and_non_finite_floats(tmp_path: Path) -> None:
+    reg = ModelRegistry(str(tmp_path))
+    spec = {"classes": {0: "healthy", 1: "faulty"}, "floor": float("-inf"), "scale": np.float64(2.5)}
+
+    mv = reg.write_version("m", _tensors(), spec, {}, CARD)
+
+    assert reg.load("m", mv.version).spec == {
+        "classes": {0: "healthy", 1: "faulty"},
+        "floor": float("-inf"),
+        "scale": 2.5,
+    }
+
+
 def test_unknown_protocol_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="nope://x"):
         ModelRegistry("nope://x")
-
-
-def test_hot_swap_keeps_the_previous_model_when_the_new_version_is_corrupt(tmp_path: Path) -> None:
-    reg = ModelRegistry(str(tmp_path))
-    v1, v2 = _write(reg, 1), _write(reg, 2)
-    reg.promote("graphsage", v1.version)
-    swap: HotSwap[LoadedModel] = HotSwap(name="graphsage")
-    with pytest.raises(RegistryError, match="no graphsage loaded yet"):
-        swap.get()
-    assert swap.try_swap(lambda: reg.load("graphsage"))
-    reg.promote("graphsage", v2.version)
-    (tmp_path / "graphsage" / v2.version / "weights.safetensors").write_bytes(b"truncated")
-
-    assert not swap.try_swap(lambda: reg.load("graphsage"))
-
-    assert swap.get().version == v1
-    assert swap.last_error is not None and "corrupt" in swap.last_error
-
-
-def test_hot_swap_lets_programming_errors_through() -> None:
-    swap = HotSwap(1)
-
-    def broken() -> int:
-        raise ZeroDivisionError
-
-    with pytest.raises(ZeroDivisionError):
-        swap.try_swap(broken)
-    assert swap.current == 1
-    assert swap.try_swap(lambda: 2)
-    assert swap.current == 2
 
 
 def _cli(reg: ModelRegistry, *argv: str) -> int:
