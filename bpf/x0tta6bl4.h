@@ -1,6 +1,6 @@
 /* Shared prelude of x0tta6bl4's eBPF programs (BCC): probe macros, event/lost counters, log2 slots.
  *
- * The loader (platform/x0tta6bl4/telemetry/ebpf.py) compiles each program as
+ * The loader (platform/x0tta6bl4/telemetry/ebpf/: codegen.py, loader.py) compiles each program as
  *   <generated declarations> + this file + <program>.c
  * so programs never depend on the (older) kernel headers' struct layouts.
  *

@@ -14,3 +14,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "ray_local" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.ray)
+
+
+@pytest.fixture(scope="session")
+def ebpf_host() -> None:
+    """Skip (saying why and how to fix it) when this host refuses eBPF; the tests need it to run."""
+    from x0tta6bl4.telemetry.source import ebpf_blockers
+
+    blockers = ebpf_blockers()
+    if blockers:
+        reasons = "; ".join(f"[{b.check}] {b.reason} (fix: {b.fix})" for b in blockers)
+        pytest.skip(f"this host refuses eBPF: {reasons}")

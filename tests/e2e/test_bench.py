@@ -1,6 +1,13 @@
-"""Every benchmark suite runs with --quick and prints the output contract of ../shared/BENCHMARKS.md."""
+"""Every benchmark suite runs with --quick and prints the output contract of the shared BENCHMARKS.md.
+
+These tests check the contract, not the figures: the rows each suite must report with the
+baseline it is compared with, ratios and `met` consistent with the row's own numbers, and a
+`met` on every row that declares a target. Targets and figures are the benches' business:
+re-asserting their constants here would only make the two drift apart.
+"""
 
 import json
+import math
 import re
 import subprocess
 
@@ -10,8 +17,41 @@ from tests.e2e.conftest import BIN, REPO
 pytestmark = pytest.mark.slow
 NAME = re.compile(r"^[a-z0-9]+(_[a-z0-9]+)*$")
 
+#: Rows each suite must report (BENCHMARKS.md's table) and the baseline each is measured against
+#: (None: a row with no baseline).
+CONTRACT: dict[str, dict[str, str | None]] = {
+    "mesh": {
+        "pipeline_node_ticks_per_s": "kernel_node_ticks_per_s",
+        "peak_memory_bytes": "kernel_peak_memory_bytes",
+    },
+    "ebpf": {"loopback_throughput_ratio": None, "traced_events_per_s": None, "lost_events": None},
+    "federated": {
+        "federated_auprc": "centralised_auprc_mean",
+        "lora_bytes_per_round": "full_model_bytes_per_round",
+        "graphsage_auprc": None,
+        "best_f1": "visible_faults_f1_ceiling",
+        "embedder_recall_at_3": "embedder_recall_at_3_before_lora",
+    },
+    "serve": {
+        "anomaly_requests_per_s": "noop_ceiling_requests_per_s",
+        "rag_uncached_queries_per_s": "in_process_embedding_per_s",
+        "rag_cached_queries_per_s": "noop_ceiling_requests_per_s",
+        "hnsw_queries_per_s": "exact_queries_per_s",
+        "hnsw_recall_at_10": None,
+        "rag_recall_at_3": None,
+        "rag_mrr": None,
+    },
+    "autonomy": {
+        "f1": "static_thresholds_f1",
+        "mttr_ticks": "no_remediation_mttr_ticks",
+        "false_alarms_per_1000_node_ticks": "static_false_alarms_per_1000_node_ticks",
+        "controller_ticks_per_s": "mesh_pipeline_ticks_per_s",
+    },
+}
+
 
 def validate(doc, suite):
+    """The output object of one suite, row by row."""
     assert doc["suite"] == suite
     assert isinstance(doc["version"], str)
     assert {"cpus", "memory_gib", "python", "ray"} <= doc["machine"].keys()
@@ -20,17 +60,29 @@ def validate(doc, suite):
         assert NAME.match(row["name"]), row["name"]
         assert isinstance(row["params"], dict)
         assert isinstance(row["value"], float)
-        assert isinstance(row["unit"], str)
+        assert isinstance(row["unit"], str) and row["unit"]
         if "baseline" in row:
             assert NAME.match(row["baseline"]["name"])
-            assert row["ratio"] == pytest.approx(row["value"] / row["baseline"]["value"])
+            if row["baseline"]["value"]:
+                assert row["ratio"] == pytest.approx(row["value"] / row["baseline"]["value"], nan_ok=True)
         if "target" in row:
             target = row["target"]
             assert target["metric"] in ("value", "ratio") and target["op"] in (">=", "<=")
-            observed = row[target["metric"]]
-            assert row["met"] == (
-                observed >= target["value"] if target["op"] == ">=" else observed <= target["value"]
+            assert target["metric"] == "value" or "baseline" in row, (
+                f"{row['name']}: a ratio target needs a baseline"
             )
+            assert "met" in row, f"{row['name']} declares a target but carries no met"
+            observed = row[target["metric"]]
+            expected = observed >= target["value"] if target["op"] == ">=" else observed <= target["value"]
+            assert row["met"] is bool(expected), row
+        else:
+            assert "met" not in row, f"{row['name']}: met without a target"
+    reported: dict[str, set[str | None]] = {}
+    for row in doc["results"]:
+        reported.setdefault(row["name"], set()).add(row.get("baseline", {}).get("name"))
+    for name, baseline in CONTRACT[suite].items():
+        assert name in reported, f"bench {suite} lacks {name}"
+        assert reported[name] == {baseline}, f"{name}: baselines {reported[name]}, contract says {baseline}"
 
 
 def run_quick(suite, env, timeout):
@@ -44,70 +96,86 @@ def run_quick(suite, env, timeout):
         timeout=timeout,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout)
+    doc = json.loads(proc.stdout)
+    validate(doc, suite)
+    return doc
+
+
+def test_the_contract_check_refuses_a_target_without_met_and_a_wrong_ratio():
+    # The validator itself must be able to fail, or every test below passes vacuously.
+    row = {
+        "name": "f1",
+        "params": {},
+        "value": 0.5,
+        "unit": "f1",
+        "baseline": {"name": "static_thresholds_f1", "value": 0.4},
+    }
+    doc = {
+        "suite": "autonomy",
+        "version": "x",
+        "machine": dict.fromkeys(("cpus", "memory_gib", "python", "ray")),
+    }
+    with pytest.raises(AssertionError, match="declares a target"):
+        validate(
+            {
+                **doc,
+                "results": [{**row, "ratio": 1.25, "target": {"metric": "value", "op": ">=", "value": 0.1}}],
+            },
+            "autonomy",
+        )
+    with pytest.raises(AssertionError):
+        validate({**doc, "results": [{**row, "ratio": 2.0}]}, "autonomy")
+    with pytest.raises(AssertionError, match="lacks"):
+        validate({**doc, "results": [{**row, "ratio": 1.25}]}, "autonomy")
 
 
 def test_bench_mesh_quick_follows_the_contract(cli_env):
     doc = run_quick("mesh", cli_env, timeout=300)
-    validate(doc, "mesh")
-    names = {(r["name"], r["params"].get("nodes")) for r in doc["results"]}
-    assert ("pipeline_node_ticks_per_s", 2000) in names and ("kernel_node_ticks_per_s", 2000) in names
-    pipeline = next(r for r in doc["results"] if r["name"] == "pipeline_node_ticks_per_s")
-    assert pipeline["baseline"]["name"] == "kernel_node_ticks_per_s"
-    assert any(r["name"] == "peak_memory_bytes" for r in doc["results"])
+    sizes = {r["params"].get("nodes") for r in doc["results"] if r["name"] == "pipeline_node_ticks_per_s"}
+    assert len(sizes) >= 2, "the pipeline is measured at more than one size"
 
 
-def test_bench_federated_quick_reports_every_figure_the_issue_names(cli_env):
-    doc = run_quick("federated", cli_env, timeout=900)
-    validate(doc, "federated")
+@pytest.mark.root
+def test_bench_ebpf_quick_follows_the_contract(cli_env, ebpf_host):
+    doc = run_quick("ebpf", cli_env, timeout=600)
     rows = {r["name"]: r for r in doc["results"]}
-    assert rows["federated_auprc"]["baseline"]["name"] == "centralised_auprc_mean"
+    assert rows["lost_events"]["value"] >= 0 and rows["traced_events_per_s"]["value"] > 0
+
+
+def test_bench_federated_quick_follows_the_contract(cli_env):
+    doc = run_quick("federated", cli_env, timeout=900)
+    rows = {r["name"]: r for r in doc["results"]}
     central = rows["federated_auprc"]["params"]
     assert central["centralised_auprc_min"] <= rows["federated_auprc"]["baseline"]["value"]
     assert rows["federated_auprc"]["baseline"]["value"] <= central["centralised_auprc_max"]
-    ceiling = rows["best_f1"]["baseline"]
-    assert ceiling["name"] == "visible_faults_f1_ceiling" and 0 < ceiling["value"] <= 1
-    assert rows["lora_bytes_per_round"]["baseline"]["name"] == "full_model_bytes_per_round"
+    assert 0 < rows["best_f1"]["baseline"]["value"] <= 1
     assert rows["lora_bytes_per_round"]["value"] < rows["lora_bytes_per_round"]["baseline"]["value"]
     faults = {r["params"]["fault_type"] for r in doc["results"] if r["name"] == "graphsage_auprc"}
-    assert {"all", "congestion", "blackhole"} <= faults
-    assert rows["embedder_recall_at_3"]["baseline"]["name"] == "embedder_recall_at_3_before_lora"
+    assert "all" in faults and len(faults) > 1, "AUPRC overall and per fault type"
     personalised = [r for r in doc["results"] if r["name"] == "lora_personalised_auprc"]
     assert {r["params"]["evaluation"] for r in personalised} <= {"training_mesh_later_ticks", "heldout_mesh"}
     for name in ("best_f1", "detector_node_scores_per_s", "round_wall_s", "round_local_train_s"):
-        assert 0 <= rows[name]["value"] < float("inf")
+        assert 0 <= rows[name]["value"] < math.inf
 
 
-def test_bench_serve_quick_reports_every_figure_the_issue_names(cli_env):
+def test_bench_serve_quick_follows_the_contract(cli_env):
     doc = run_quick("serve", cli_env, timeout=900)
-    validate(doc, "serve")
     rows = {(r["name"], r["params"].get("encoding")): r for r in doc["results"]}
     for encoding in ("json", "npz"):
-        row = rows[("anomaly_requests_per_s", encoding)]
-        assert row["baseline"]["name"] == "noop_ceiling_requests_per_s" and row["value"] > 0
-        assert (
-            rows[("anomaly_latency_p95_ms", encoding)]["value"]
-            >= rows[("anomaly_latency_p50_ms", encoding)]["value"]
-        )
+        assert rows[("anomaly_requests_per_s", encoding)]["value"] > 0
+        p50, p95 = (rows[(f"anomaly_latency_{q}_ms", encoding)]["value"] for q in ("p50", "p95"))
+        assert 0 < p50 <= p95
         assert rows[("anomaly_mean_batch_size", encoding)]["value"] >= 1.0
-    assert rows[("rag_uncached_queries_per_s", None)]["baseline"]["name"] == "in_process_embedding_per_s"
-    assert rows[("rag_cached_queries_per_s", None)]["baseline"]["name"] == "noop_ceiling_requests_per_s"
-    assert rows[("hnsw_queries_per_s", None)]["baseline"]["name"] == "exact_queries_per_s"
-    assert 0.9 <= rows[("hnsw_recall_at_10", None)]["value"] <= 1.0
-    assert rows[("rag_recall_at_3", None)]["value"] >= 0.9
+    for name in ("hnsw_recall_at_10", "rag_recall_at_3", "rag_mrr"):
+        assert 0.0 <= rows[(name, None)]["value"] <= 1.0
 
 
 def test_bench_autonomy_quick_compares_the_three_modes_in_one_run(cli_env):
     doc = run_quick("autonomy", cli_env, timeout=900)
-    validate(doc, "autonomy")
     rows = {(r["name"], r["params"].get("scenario")): r for r in doc["results"]}
-    f1 = rows[("f1", "all")]
-    assert f1["baseline"]["name"] == "static_thresholds_f1" and 0.0 <= f1["value"] <= 1.0
-    assert rows[("f1_gain", "all")]["target"] == {"metric": "value", "op": ">=", "value": 0.1}
-    mttr = rows[("mttr_ticks", "all")]
-    assert mttr["baseline"]["name"] == "no_remediation_mttr_ticks" and mttr["value"] > 0
-    assert mttr["target"] == {"metric": "ratio", "op": "<=", "value": 0.5}
+    assert 0.0 <= rows[("f1", "all")]["value"] <= 1.0
+    assert rows[("mttr_ticks", "all")]["value"] > 0
     assert rows[("false_alarms_per_1000_node_ticks", "all")]["value"] >= 0
-    assert {key[1] for key in rows} >= {"seed-101", "seed-102", "all"}
-    throughput = rows[("controller_ticks_per_s", None)]
-    assert throughput["baseline"]["name"] == "mesh_pipeline_ticks_per_s" and throughput["value"] > 0
+    scenarios = {key[1] for key in rows if key[1] not in (None, "all")}
+    assert len(scenarios) >= 2, "every seed is reported beside the aggregate"
+    assert rows[("controller_ticks_per_s", None)]["value"] > 0

@@ -1,4 +1,4 @@
-"""Fixtures of the telemetry integration tests: the eBPF gate and veth-joined network namespaces."""
+"""Fixtures of the telemetry integration tests: veth-joined network namespaces (the eBPF gate is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,6 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-
-from x0tta6bl4.telemetry.source import ebpf_blockers
-
-
-@pytest.fixture(scope="session")
-def ebpf_host() -> None:
-    """Skip (saying why and how to fix it) when this host refuses eBPF; the tests need it to run."""
-    blockers = ebpf_blockers()
-    if blockers:
-        reasons = "; ".join(f"[{b.check}] {b.reason} (fix: {b.fix})" for b in blockers)
-        pytest.skip(f"this host refuses eBPF: {reasons}")
 
 
 def sh(*cmd: str) -> str:
