@@ -8,7 +8,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,8 @@ class GreedyBatcher(_BatchCounts, Generic[T, R]):
     that process busy while the first batch's results travel back (``max_concurrent_batches=2``).
 
     Args:
-        handler: async function from a list of items to a list of results of the same length.
+        handler: async function from a list of items to a list of results of the same length; a
+            result that is an exception is raised to that item's caller alone.
         max_batch_size: most items per call of ``handler``.
         wait_s: how long after the first item's arrival more items may join its batch.
         max_concurrent_batches: handler calls in flight at once (default ``1``).
@@ -60,7 +61,7 @@ class GreedyBatcher(_BatchCounts, Generic[T, R]):
 
     def __init__(
         self,
-        handler: Callable[[list[T]], Awaitable[list[R]]],
+        handler: Callable[[list[T]], Awaitable[Sequence[R | BaseException]]],
         max_batch_size: int,
         wait_s: float,
         max_concurrent_batches: int = 1,
@@ -77,7 +78,8 @@ class GreedyBatcher(_BatchCounts, Generic[T, R]):
         """The handler's result for ``item``, computed in a batch with the items queued beside it.
 
         Raises:
-            Exception: whatever the handler raised for the batch ``item`` was in.
+            Exception: the exception the handler returned as ``item``'s result, or whatever it
+                raised for the batch ``item`` was in.
         """
         loop = asyncio.get_running_loop()
         if self._queue is None:
@@ -138,8 +140,7 @@ class GreedyBatcher(_BatchCounts, Generic[T, R]):
                     future.set_exception(exc)
             return
         for (_, future), result in zip(live, results, strict=True):
-            if not future.done():
-                future.set_result(result)
+            _settle(future, result)
 
 
 class ThreadBatcher(_BatchCounts, Generic[T, R]):
@@ -158,7 +159,8 @@ class ThreadBatcher(_BatchCounts, Generic[T, R]):
 
     Args:
         handler: function from a list of items to a list of results of the same length; runs on
-            the batcher's thread only.
+            the batcher's thread only. A result that is an exception is raised to that item's
+            caller alone.
         max_batch_size: most items per call of ``handler``.
         wait_s: how long after the first item's arrival more items may join its batch.
         name: the thread's name (shown by ``py-spy``, ``top -H`` and ``/proc``).
@@ -168,7 +170,7 @@ class ThreadBatcher(_BatchCounts, Generic[T, R]):
 
     def __init__(
         self,
-        handler: Callable[[list[T]], list[R]],
+        handler: Callable[[list[T]], Sequence[R | BaseException]],
         max_batch_size: int,
         wait_s: float,
         name: str = "batcher",
@@ -188,7 +190,8 @@ class ThreadBatcher(_BatchCounts, Generic[T, R]):
 
         Raises:
             RuntimeError: the batcher was closed.
-            Exception: whatever the handler raised for the batch ``item`` was in.
+            Exception: the exception the handler returned as ``item``'s result, or whatever it
+                raised for the batch ``item`` was in.
         """
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         with self._ready:
@@ -255,8 +258,20 @@ class ThreadBatcher(_BatchCounts, Generic[T, R]):
             _deliver(batch, results, None)
 
 
+def _settle(future: asyncio.Future[R], result: R | BaseException) -> None:
+    """Answer one caller: its result, or the exception that is its result (unless it gave up)."""
+    if future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
 def _deliver(
-    batch: list[tuple[T, asyncio.Future[R]]], results: list[R] | None, error: BaseException | None
+    batch: list[tuple[T, asyncio.Future[R]]],
+    results: Sequence[R | BaseException] | None,
+    error: BaseException | None,
 ) -> None:
     """Hand a batch's results (or its error) to the callers' event loops, one wake-up per loop."""
     by_loop: dict[asyncio.AbstractEventLoop, list[int]] = {}
@@ -265,14 +280,11 @@ def _deliver(
 
     def settle(positions: list[int]) -> None:
         for i in positions:
-            future = batch[i][1]
-            if future.done():
-                continue
             if results is None:
                 assert error is not None
-                future.set_exception(error)
+                _settle(batch[i][1], error)
             else:
-                future.set_result(results[i])
+                _settle(batch[i][1], results[i])
 
     for loop, positions in by_loop.items():
         with contextlib.suppress(RuntimeError):  # that caller's loop is closed: nobody waits
