@@ -12,7 +12,8 @@ import numpy as np
 from x0tta6bl4 import RAY_NAMESPACE
 from x0tta6bl4.connect import platform_actor_options
 from x0tta6bl4.mapek.config import ControllerConfig
-from x0tta6bl4.mapek.core import ControllerCore, MeshView, StepResult
+from x0tta6bl4.mapek.core import ControllerCore
+from x0tta6bl4.mapek.interfaces import MeshView, StepResult
 from x0tta6bl4.mapek.knowledge import KnowledgeStore
 from x0tta6bl4.mesh.topology import Topology, TopologySpec
 from x0tta6bl4.telemetry.frame import FEATURES

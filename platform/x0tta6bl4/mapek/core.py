@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy.sparse import csr_matrix, identity
+from scipy.sparse import identity
 
 from x0tta6bl4.mapek.config import ControllerConfig
+from x0tta6bl4.mapek.incidents import Attempt, Incident, signature
+from x0tta6bl4.mapek.interfaces import MeshView, Runbooks, Scorer, StepResult
 from x0tta6bl4.mapek.knowledge import KnowledgeStore
 from x0tta6bl4.mapek.state import Health, deep_analysis, mesh_health, monitoring_interval_ticks
 from x0tta6bl4.mapek.symptoms import FeatureBaselines, describe
@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
-I64 = npt.NDArray[np.int64]
 
 #: Ticks an action needs before its effect can be seen (boot, routing convergence), beyond the next tick.
 EFFECT_DELAY_TICKS = {"restart_node": 3, "reroute": 2}
@@ -40,146 +39,6 @@ CONFIRM_TICKS = 2
 
 class _PlanUnavailableError(Exception):
     """The runbooks could not be asked this tick."""
-
-
-class Scorer(Protocol):
-    """Where scores come from: the served anomaly app (handle or HTTP) or an in-process scorer."""
-
-    def contract(self) -> tuple[tuple[str, ...], float]:
-        """The detector's feature order and its suggested (static) threshold."""
-        ...
-
-    def score(
-        self, node_ids: Sequence[int], window: F32, pairs: npt.NDArray[np.int32], stream_id: str
-    ) -> F32:
-        """Scores of the window's last tick, one per node (``window``: ``[ticks, nodes, features]``)."""
-        ...
-
-    def push_thresholds(self, default: float, per_node: dict[str, float]) -> None:
-        """Make the served detector's alarms use these thresholds."""
-        ...
-
-
-class Runbooks(Protocol):
-    """Where plans come from: the served RAG app or an in-process retriever."""
-
-    def query(self, text: str, k: int) -> dict[str, Any]:
-        """A QueryResult as a dict: ``passages`` (each with ``action``, ``runbook_id``), ``action``."""
-        ...
-
-    def ingest(self, documents: list[dict[str, Any]]) -> None:
-        """Add documents to the corpus (durable before it returns)."""
-        ...
-
-
-@dataclasses.dataclass
-class Attempt:
-    """One remediation tried for an incident."""
-
-    attempt: int
-    tick: int
-    action: str
-    node: int
-    peer: int | None
-    source: str
-    due_tick: int
-    outcome: str | None = None
-    judged_tick: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass
-class Incident:
-    """Correlated alarms around one root node, and what was done about them."""
-
-    incident_id: int
-    opened_tick: int
-    root: int
-    nodes: set[int]
-    description: str
-    signature: str
-    status: str = "open"  # open, acting, resolved, escalated, cleared, false_alarm
-    closed_tick: int | None = None
-    confirmed_tick: int | None = None
-    attempts: list[Attempt] = dataclasses.field(default_factory=list)
-    plan: dict[str, Any] | None = None
-    quiet_ticks: int = 0
-    detected_late_by: int = 0
-
-    @property
-    def is_open(self) -> bool:
-        return self.closed_tick is None
-
-    @property
-    def verifying(self) -> Attempt | None:
-        if self.attempts and self.attempts[-1].outcome is None:
-            return self.attempts[-1]
-        return None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "incident_id": self.incident_id,
-            "opened_tick": self.opened_tick,
-            "closed_tick": self.closed_tick,
-            "confirmed_tick": self.confirmed_tick,
-            "status": self.status,
-            "root": self.root,
-            "nodes": sorted(self.nodes),
-            "description": self.description,
-            "signature": self.signature,
-            "attempts": [a.to_dict() for a in self.attempts],
-            "plan": self.plan,
-            "detected_late_by": self.detected_late_by,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Incident:
-        inc = cls(
-            d["incident_id"], d["opened_tick"], d["root"], set(d["nodes"]), d["description"], d["signature"]
-        )
-        inc.status, inc.closed_tick, inc.confirmed_tick = d["status"], d["closed_tick"], d["confirmed_tick"]
-        inc.attempts = [Attempt(**a) for a in d["attempts"]]
-        inc.plan, inc.detected_late_by = d["plan"], d.get("detected_late_by", 0)
-        return inc
-
-
-@dataclasses.dataclass(frozen=True)
-class MeshView:
-    """What the controller knows of the mesh's structure (from the shards' topology spec).
-
-    Args:
-        num_nodes: scored nodes: simulated nodes first, then real hosts.
-        pairs: ``[links, 2]`` undirected links by node index.
-        gateways: ``[nodes]`` wired uplink flags.
-        actionable: ``[nodes]`` nodes remediations may target (simulated ones; hosts are only watched).
-    """
-
-    num_nodes: int
-    pairs: npt.NDArray[np.int32]
-    gateways: npt.NDArray[np.bool_]
-    actionable: npt.NDArray[np.bool_]
-
-    def adjacency(self) -> csr_matrix:
-        n = self.num_nodes
-        u, v = self.pairs[:, 0].astype(np.int64), self.pairs[:, 1].astype(np.int64)
-        data = np.ones(2 * u.size, dtype=np.float64)
-        return csr_matrix((data, (np.r_[u, v], np.r_[v, u])), shape=(n, n))
-
-
-@dataclasses.dataclass(frozen=True)
-class StepResult:
-    """What one controller step decided."""
-
-    tick: int
-    actions: tuple[Action, ...]
-    analysed: bool
-    mesh_state: str
-    alarmed: tuple[int, ...]
-    open_incidents: int
-    thresholds_pushed: bool = False
-    errors: tuple[str, ...] = ()
 
 
 class ControllerCore:
@@ -480,7 +339,7 @@ class ControllerCore:
             neighbours_alarmed=neighbours,
             gateway=bool(self.view.gateways[node]),
         )
-        return text, _signature(text)
+        return text, signature(text)
 
     def _late_check(self, inc: Incident, tick: int) -> None:
         """Feedback: when the root's score had been rising for a while, its threshold was too high."""
@@ -676,17 +535,7 @@ class ControllerCore:
         inc.closed_tick = tick
         self.knowledge.save_incident(self.run_id, inc.to_dict())
         if status == "resolved" and self.config.ingest_resolved and self.runbooks is not None:
-            fix = inc.attempts[-1]
-            target = f"{fix.node}-{fix.peer}" if fix.peer is not None else str(fix.node)
-            doc = {
-                "id": f"incident-{_slug(self.run_id)}-{inc.incident_id}",
-                "title": f"Resolved incident {inc.incident_id}: {fix.action} on {target}",
-                "text": (
-                    f"Symptoms: {inc.description}\n\nResolved by {fix.action} on {target} "
-                    f"{tick - inc.opened_tick} ticks after detection, attempt {fix.attempt + 1}."
-                ),
-                "action": fix.action,
-            }
+            doc = inc.resolved_document(self.run_id, tick)
             try:
                 self.runbooks.ingest([doc])
             except Exception as exc:
@@ -736,20 +585,3 @@ class ControllerCore:
             "errors": len(self.errors),
             **self.counters,
         }
-
-
-def _signature(description: str) -> str:
-    """What kind of symptoms a description reports (the key of the learned action statistics)."""
-    body = description.split(": ", 1)[-1]
-    keys = []
-    for part in body.split("; "):
-        word = part.split(" ")[0].rstrip(":")
-        if word in FEATURE_INDEX or word in ("rx", "traffic", "cpu", "memory", "node", "mem_util", "anomaly"):
-            keys.append(word)
-        if len(keys) == 3:
-            break
-    return "+".join(keys) or "unknown"
-
-
-def _slug(text: str) -> str:
-    return "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-")[:40] or "run"
