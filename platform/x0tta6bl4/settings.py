@@ -1,7 +1,9 @@
-"""Options from a YAML file and command-line overrides, validated by a pydantic model (one clear error)."""
+"""Options from a YAML file and command-line flags, validated by a pydantic model (one clear error)."""
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,3 +49,37 @@ def load_options(model: type[M], path: Path | None, overrides: dict[str, Any]) -
         return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_first_error(exc)) from None
+
+
+def add_field_flags(
+    parser: argparse.ArgumentParser,
+    model: type[BaseModel],
+    names: Iterable[str],
+    types: Mapping[str, Any] | None = None,
+) -> None:
+    """``--field-name VALUE`` flags for fields of ``model``, so flags, defaults and docs never drift.
+
+    Each flag's help is the field's description plus its default (unless the description
+    names one); an absent flag parses as None, so a config file's value stands.
+
+    Args:
+        parser: where the flags go.
+        model: the pydantic model whose fields they set.
+        names: the fields that get a flag.
+        types: argparse ``type`` per field where the annotation's is not right (default: int and
+            float fields parse as such, anything else as text).
+    """
+    for name in names:
+        field = model.model_fields[name]
+        kind: Any = (types or {}).get(name) or (field.annotation if field.annotation in (int, float) else str)
+        description = field.description or ""
+        if "default" not in description:
+            description += f" (default: {field.get_default(call_default_factory=True)})"
+        parser.add_argument(
+            "--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=description
+        )
+
+
+def add_switch(parser: argparse.ArgumentParser, flag: str, dest: str, value: bool, help: str) -> None:
+    """A flag without a value that sets ``dest`` to ``value`` (None when absent: the file's value stands)."""
+    parser.add_argument(flag, dest=dest, action="store_const", const=value, default=None, help=help)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from x0tta6bl4.mapek.config import ControllerConfig
 from x0tta6bl4.mesh.faults import ACTIONS, FAULT_TYPES, check_action, check_fault_type
-from x0tta6bl4.settings import load_options
+from x0tta6bl4.settings import add_field_flags, add_switch, load_options
 
 
 class FaultConfig(BaseModel):
@@ -141,43 +141,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", type=Path, default=None, help="YAML file with any RunConfig fields (flags win)"
     )
-    for name in _CLI_FIELDS:
-        field = RunConfig.model_fields[name]
-        default = field.get_default(call_default_factory=True)
-        kind: Any = field.annotation if field.annotation in (int, float) else str
-        parser.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=name,
-            type=kind,
-            default=None,
-            help=field.description
-            if "default" in (field.description or "")
-            else f"{field.description} (default: {default})",
-        )
-    parser.add_argument(
-        "--no-ebpf",
-        dest="ebpf",
-        action="store_const",
-        const=False,
-        default=None,
-        help="do not start eBPF telemetry sources (default: start them)",
+    add_field_flags(parser, RunConfig, _CLI_FIELDS)
+    add_switch(
+        parser, "--no-ebpf", "ebpf", False, "do not start eBPF telemetry sources (default: start them)"
     )
-    parser.add_argument(
-        "--in-process",
-        dest="in_process",
-        action="store_const",
-        const=True,
-        default=None,
-        help="run the mesh kernel in the driver, without shard actors",
+    add_switch(
+        parser, "--in-process", "in_process", True, "run the mesh kernel in the driver, without shard actors"
     )
-    parser.add_argument(
-        "--keep-mesh",
-        dest="keep_mesh",
-        action="store_const",
-        const=True,
-        default=None,
-        help="leave the shard actors running after the run",
-    )
+    add_switch(parser, "--keep-mesh", "keep_mesh", True, "leave the shard actors running after the run")
     parser.add_argument(
         "--mode",
         choices=("learning", "static", "no_remediation"),
@@ -187,21 +158,19 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--knowledge", default=None, help="SQLite knowledge store (default: <runs-dir>/knowledge.sqlite)"
     )
-    parser.add_argument(
+    add_switch(
+        parser,
         "--no-autonomy",
-        dest="autonomy",
-        action="store_const",
-        const=False,
-        default=None,
-        help="run the mesh and its faults without Serve and the controller",
+        "autonomy",
+        False,
+        "run the mesh and its faults without Serve and the controller",
     )
-    parser.add_argument(
+    add_switch(
+        parser,
         "--serve-forever",
-        dest="serve_forever",
-        action="store_const",
-        const=True,
-        default=None,
-        help="keep Serve and the Ray dashboard up after the run (until Ctrl-C)",
+        "serve_forever",
+        True,
+        "keep Serve and the Ray dashboard up after the run (until Ctrl-C)",
     )
     parser.add_argument(
         "--json",
