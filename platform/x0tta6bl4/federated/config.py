@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from x0tta6bl4.models.registry import default_registry_uri
-from x0tta6bl4.settings import load_options
+from x0tta6bl4.settings import add_field_flags, add_switch, load_options
 
 #: The packaged detector spec (the same file as models.graphsage.DEFAULT_SPEC_PATH, named here
 #: without importing torch, so bad flags are refused in a fraction of a second).
@@ -142,32 +142,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", type=Path, default=None, help="YAML file with any TrainConfig fields (flags win)"
     )
-    for name in _VALUE_FIELDS:
-        field = TrainConfig.model_fields[name]
-        kind: Any = field.annotation if field.annotation in (int, float) else str
-        if name == "crash_region":
-            kind = int
-        description = field.description or ""
-        if "default" not in description:
-            description += f" (default: {field.get_default(call_default_factory=True)})"
-        parser.add_argument(
-            "--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=description
-        )
-    parser.add_argument(
-        "--promote",
-        dest="promote",
-        action="store_const",
-        const=True,
-        default=None,
-        help="promote the new version so Serve loads it (default: do not)",
+    add_field_flags(parser, TrainConfig, _VALUE_FIELDS, types={"crash_region": int})
+    add_switch(
+        parser, "--promote", "promote", True, "promote the new version so Serve loads it (default: do not)"
     )
-    parser.add_argument(
+    add_switch(
+        parser,
         "--keep-mesh",
-        dest="keep_mesh",
-        action="store_const",
-        const=True,
-        default=None,
-        help="leave the shard actors running after training (default: remove them)",
+        "keep_mesh",
+        True,
+        "leave the shard actors running after training (default: remove them)",
     )
     parser.add_argument(
         "--json",
