@@ -329,7 +329,7 @@ def _recall_rows(base: str) -> list[dict[str, Any]]:
 
 
 def _hnsw_rows(quick: bool) -> list[dict[str, Any]]:
-    from x0tta6bl4.rag.hnsw_bench import hnsw_vs_exact, real_embeddings
+    from x0tta6bl4.bench.hnsw import hnsw_vs_exact, real_embeddings
 
     n = 2_000 if quick else 100_000
     _say(f"hnswlib vs exact search on {n} real MiniLM embeddings (cached after the first run)")

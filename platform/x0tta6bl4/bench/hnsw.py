@@ -1,4 +1,4 @@
-"""Benchmark helpers: real MiniLM embeddings of generated mesh texts, hnswlib against exact numpy search."""
+"""hnswlib against exact numpy search, on real MiniLM embeddings of generated mesh texts."""
 
 from __future__ import annotations
 
