@@ -1,10 +1,11 @@
 """MeshShard actors on a local Ray: named, detached, identical to the in-process kernel, and crash-safe."""
 
+import contextlib
 import os
 import signal
-import time
 
 import numpy as np
+import psutil
 import pytest
 
 from x0tta6bl4 import RAY_NAMESPACE
@@ -93,7 +94,8 @@ def test_a_killed_shard_restarts_from_its_checkpoint_and_the_run_is_unchanged(ra
             status = mesh.status()[2]
             killed["pid"] = status["pid"]
             os.kill(status["pid"], signal.SIGKILL)
-            time.sleep(0.5)
+            with contextlib.suppress(psutil.NoSuchProcess):  # gone before the next step is sent
+                psutil.Process(status["pid"]).wait(timeout=30)
 
     try:
         frames = _run(mesh, _actions(spec), on_tick=kill_mid_run)
