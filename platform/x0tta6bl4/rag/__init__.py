@@ -1,1 +1,1 @@
-"""Retrieval-augmented remediation: runbook corpus, labelled incidents, index and retriever."""
+"""Retrieval-augmented remediation: vector index, BM25, on-disk store, ranking, semantic cache, retriever."""

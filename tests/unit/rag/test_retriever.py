@@ -1,7 +1,6 @@
 """Retriever: held-out recall@3, persistence without rebuild, durable ingest, cache path, typed errors, concurrency."""
 
 import json
-import os
 import shutil
 import threading
 
@@ -10,14 +9,9 @@ import pytest
 
 from x0tta6bl4.corpus import load_incidents
 from x0tta6bl4.errors import ConfigError
-from x0tta6bl4.models.embedder import load_embedder
-from x0tta6bl4.rag.retriever import (
-    QueryResult,
-    RetrievalInputError,
-    Retriever,
-    RetrieverConfig,
-    default_data_dir,
-)
+from x0tta6bl4.rag.ranking import QueryResult
+from x0tta6bl4.rag.retriever import Retriever, RetrieverConfig, default_data_dir
+from x0tta6bl4.rag.store import RetrievalInputError
 
 SOLAR_DOC = {
     "title": "Solar brown-out — a solar-powered relay sags at dusk",
@@ -44,22 +38,6 @@ processor throttles its clock.
 def embedded(retriever):
     """Texts the retriever has embedded since it was opened (proves what was or was not embedded)."""
     return retriever.stats()["embedder"]["texts_embedded"]
-
-
-@pytest.fixture(scope="module")
-def model():
-    import torch
-
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-    return load_embedder(max_seq_length=256)
-
-
-@pytest.fixture(scope="module")
-def built(model, tmp_path_factory):
-    """A store built once from the packaged runbooks; tests copy it instead of re-embedding."""
-    root = tmp_path_factory.mktemp("template")
-    Retriever.open(RetrieverConfig(data_dir=root), model=model)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -335,76 +313,6 @@ def test_search_takes_embeddings_directly_and_stats_count(shared):
     assert all(isinstance(r, QueryResult) and len(r.passages) == 2 for r in dense)
     stats = shared.stats()
     assert stats["documents"] == 12 and stats["ef"] == 64 and stats["index_size"] == stats["chunks"]
-
-
-def _bm25_reference(texts, query, k1=1.2, b=0.75):
-    """Okapi BM25 term by term, straight from its definition."""
-    from collections import Counter
-
-    from x0tta6bl4.rag.retriever import tokenize
-
-    docs = [Counter(tokenize(t)) for t in texts]
-    lengths = np.array([sum(d.values()) for d in docs], dtype=np.float64)
-    out = np.zeros(len(texts))
-    for term in tokenize(query):
-        df = sum(term in d for d in docs)
-        if not df:
-            continue
-        idf = np.log(1.0 + (len(docs) - df + 0.5) / (df + 0.5))
-        for i, d in enumerate(docs):
-            tf = d.get(term, 0)
-            out[i] += idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * lengths[i] / lengths.mean()))
-    return out
-
-
-def test_bm25_batch_scores_equal_the_definition_and_follow_added_texts():
-    from x0tta6bl4.rag.retriever import BM25
-
-    texts = ["link flaps on relay 7", "relay queue overflow, queue drops", "disk full on gateway"]
-    queries = ["queue queue relay", "nothing matches here", "gateway disk", ""]
-    bm25 = BM25()
-    bm25.add(texts)
-    many = bm25.scores_many(queries)
-    assert many.shape == (4, 3)
-    for row, query in zip(many, queries, strict=True):
-        np.testing.assert_allclose(row, _bm25_reference(texts, query), rtol=1e-12)
-        np.testing.assert_allclose(bm25.scores(query), row, rtol=1e-12)
-    assert not many[1].any() and not many[3].any()
-    bm25.add(["gateway reboot loop"])  # idf and the average length move
-    np.testing.assert_allclose(
-        bm25.scores("gateway disk"),
-        _bm25_reference([*texts, "gateway reboot loop"], "gateway disk"),
-        rtol=1e-12,
-    )
-    assert BM25().scores_many(["anything"]).shape == (1, 0)
-
-
-def test_ranking_equals_the_chunk_by_chunk_definition(model, built):
-    """Each runbook scores its best chunk cosine plus the weighted best scaled BM25 of its chunks."""
-    retriever = Retriever.open(RetrieverConfig(data_dir=built, candidates=10_000), model=model)
-    texts = [i.text for i in load_incidents(split="test")[:40]]
-    vectors = retriever.embed(texts)
-    chunks = [c.text for c in retriever._chunks]
-    chunk_vectors = retriever.embed(chunks)
-    weight = retriever.config.lexical_weight
-    for text, vec, result in zip(
-        texts, vectors, retriever.search(vectors, [5] * len(texts), texts), strict=True
-    ):
-        lexical = _bm25_reference(chunks, text)
-        lexical = lexical / lexical.max() if lexical.max() > 0 else lexical
-        cosine = chunk_vectors @ vec
-        expected = []
-        for doc_id in retriever._doc_order:
-            own = [i for i, c in enumerate(retriever._chunks) if c.doc == doc_id]
-            score = cosine[own].max() + weight * lexical[own].max()
-            best = own[int(np.argmax(cosine[own] + weight * lexical[own]))]
-            expected.append((-score, doc_id, retriever._chunks[best].heading))
-        expected.sort()
-        got = [(p.runbook_id, p.section) for p in result.passages]
-        assert got == [(doc_id, heading) for _, doc_id, heading in expected[:5]]
-        np.testing.assert_allclose(
-            [p.score for p in result.passages], [-s for s, _, _ in expected[:5]], atol=1e-5
-        )
 
 
 def test_result_dict_carries_every_field_of_its_passages(shared):

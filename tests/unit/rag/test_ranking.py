@@ -1,0 +1,38 @@
+"""Ranking: fused scores and the chosen chunk equal the chunk-by-chunk definition."""
+
+import numpy as np
+
+from x0tta6bl4.corpus import load_incidents
+from x0tta6bl4.rag.lexical import BM25
+from x0tta6bl4.rag.retriever import Retriever, RetrieverConfig
+
+
+def test_ranking_equals_the_chunk_by_chunk_definition(model, built):
+    """Each runbook scores its best chunk cosine plus the weighted best scaled BM25 of its chunks."""
+    retriever = Retriever.open(RetrieverConfig(data_dir=built, candidates=10_000), model=model)
+    texts = [i.text for i in load_incidents(split="test")[:40]]
+    vectors = retriever.embed(texts)
+    records = retriever._ranker.chunks
+    chunks = [c.text for c in records]
+    chunk_vectors = retriever.embed(chunks)
+    bm25 = BM25()  # equal to the definition: see test_lexical
+    bm25.add(chunks)
+    weight = retriever.config.lexical_weight
+    for text, vec, result in zip(
+        texts, vectors, retriever.search(vectors, [5] * len(texts), texts), strict=True
+    ):
+        lexical = bm25.scores(text)
+        lexical = lexical / lexical.max() if lexical.max() > 0 else lexical
+        cosine = chunk_vectors @ vec
+        expected = []
+        for doc_id in [d.id for d in retriever.documents]:
+            own = [i for i, c in enumerate(records) if c.doc == doc_id]
+            score = cosine[own].max() + weight * lexical[own].max()
+            best = own[int(np.argmax(cosine[own] + weight * lexical[own]))]
+            expected.append((-score, doc_id, records[best].heading))
+        expected.sort()
+        got = [(p.runbook_id, p.section) for p in result.passages]
+        assert got == [(doc_id, heading) for _, doc_id, heading in expected[:5]]
+        np.testing.assert_allclose(
+            [p.score for p in result.passages], [-s for s, _, _ in expected[:5]], atol=1e-5
+        )
