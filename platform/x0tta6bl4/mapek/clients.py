@@ -11,7 +11,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from x0tta6bl4.errors import X0tta6bl4Error
 from x0tta6bl4.serve.config import AnomalyUserConfig, ServeConfig, Thresholds
+from x0tta6bl4.serve.errors import ModelChangedError, RequestError, deployment_error
 from x0tta6bl4.serve.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -109,15 +111,16 @@ class ServedScorer:
             self.contract()
         assert self._contract is not None
         snapshot = Snapshot(list(node_ids), np.ascontiguousarray(window, dtype=np.float32), pairs)
-        status, body = (
-            self._handle.options(multiplexed_model_id=stream_id)
-            .score.remote(snapshot, self._contract[0], stream_id)
-            .result(timeout_s=self.timeout_s)
-        )
-        if status == 409:  # the served model changed its features: ask again next tick
-            self._contract = None
-        if status != 200:
-            raise RuntimeError(f"anomaly app answered {status}: {body!r}"[:300])
+        try:
+            body = (
+                self._handle.options(multiplexed_model_id=stream_id)
+                .score.remote(snapshot, self._contract[0], stream_id)
+                .result(timeout_s=self.timeout_s)
+            )
+        except RequestError as exc:
+            if isinstance(exc, ModelChangedError):
+                self._contract = None  # the served model changed its features: ask again next tick
+            raise RuntimeError(f"anomaly app answered {exc.status}: {exc.body()!r}"[:300]) from None
         return np.asarray(json.loads(body)["scores"], dtype=np.float32)
 
     def push_thresholds(self, default: float, per_node: dict[str, float]) -> None:
@@ -157,12 +160,14 @@ class ServedRunbooks:
         self._handle = serve.get_deployment_handle("RunbookRetriever", app_name=app_name)
 
     def query(self, text: str, k: int) -> dict[str, Any]:
-        status, body = self._handle.query.remote(text, k).result(timeout_s=self.timeout_s)
-        if status != 200:
-            raise RuntimeError(f"RAG app answered {status}: {body!r}"[:300])
+        try:
+            body = self._handle.query.remote(text, k).result(timeout_s=self.timeout_s)
+        except X0tta6bl4Error as exc:
+            raise RuntimeError(f"RAG app refused the query: {deployment_error(exc)}"[:300]) from None
         return dict(body)
 
     def ingest(self, documents: list[dict[str, Any]]) -> None:
-        status, body = self._handle.ingest.remote(documents).result(timeout_s=self.timeout_s)
-        if status != 200:
-            raise RuntimeError(f"RAG app refused the documents ({status}): {body!r}"[:300])
+        try:
+            self._handle.ingest.remote(documents).result(timeout_s=self.timeout_s)
+        except X0tta6bl4Error as exc:
+            raise RuntimeError(f"RAG app refused the documents: {deployment_error(exc)}"[:300]) from None

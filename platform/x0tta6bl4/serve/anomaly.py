@@ -27,7 +27,7 @@ from x0tta6bl4.models.registry import LoadedModel, ModelRegistry, RegistryError
 from x0tta6bl4.serve._private.batching import GreedyBatcher
 from x0tta6bl4.serve._private.hotswap import HotSwap
 from x0tta6bl4.serve.config import AnomalyConfig, AnomalyUserConfig
-from x0tta6bl4.serve.errors import RequestError
+from x0tta6bl4.serve.errors import ModelChangedError
 from x0tta6bl4.serve.schemas import SCORE_DECIMALS
 from x0tta6bl4.serve.snapshot import Limits, Snapshot, check_stream_id
 from x0tta6bl4.telemetry.windows import RollingInputs
@@ -260,45 +260,39 @@ class AnomalyDetector:
 
     async def score(
         self, snapshot: Snapshot, features: tuple[str, ...], stream_id: str | None = None
-    ) -> tuple[int, dict[str, Any] | bytes]:
+    ) -> bytes:
         """Score one checked snapshot (batched with concurrent ones).
 
         Args:
             snapshot: parsed and checked by the gateway against ``features``.
-            features: the column order the gateway used; when the served model now expects
-                another, the answer is 409 ``model_changed`` and the gateway re-parses.
+            features: the column order the gateway used.
             stream_id: live stream whose baselines to use and update.
 
         Returns:
-            ``(200, ScoreResponse as JSON bytes)`` (encoded here, so the gateway passes them on
-            untouched) or ``(4xx, ErrorBody)``: bad input is an answer, never a crash.
-        """
-        try:
-            served = self.scorer.model.get()
-            if tuple(features) != served.features:
-                raise RequestError(
-                    "the served model's features changed; re-check the snapshot",
-                    status=409,
-                    kind="model_changed",
-                )
-            stream = await self._stream(check_stream_id(stream_id)) if stream_id else None
-        except RequestError as exc:
-            return exc.status, exc.body()
-        return 200, await self._batcher.submit((snapshot, stream))
+            The ScoreResponse as JSON bytes (encoded here, so the gateway passes them on untouched).
 
-    async def score_batch(
-        self, items: list[tuple[Snapshot, tuple[str, ...]]]
-    ) -> tuple[int, list[tuple[int, dict[str, Any] | bytes]]]:
-        """Score several stateless snapshots sent as one call; each gets the answer :meth:`score` gives.
+        Raises:
+            ModelChangedError: the served model now expects other features; the gateway re-parses.
+            RequestError: ``stream_id`` is not a valid stream name.
+        """
+        served = self.scorer.model.get()
+        if tuple(features) != served.features:
+            raise ModelChangedError()
+        stream = await self._stream(check_stream_id(stream_id)) if stream_id else None
+        return await self._batcher.submit((snapshot, stream))
+
+    async def score_batch(self, items: list[tuple[Snapshot, tuple[str, ...]]]) -> list[bytes | BaseException]:
+        """Score several stateless snapshots sent as one call; each gets what :meth:`score` gives.
 
         The gateway sends the snapshots that arrived together in one call, so the hop from the
         gateway to this replica is paid once per batch, not once per request.
 
         Returns:
-            ``(200, [(status, body) per snapshot])``.
+            Per snapshot, its answer or the exception :meth:`score` raised for it (which fails
+            that snapshot alone).
         """
-        return 200, list(
-            await asyncio.gather(*(self.score(snapshot, features) for snapshot, features in items))
+        return await asyncio.gather(
+            *(self.score(snapshot, features) for snapshot, features in items), return_exceptions=True
         )
 
     async def _score_batch(self, items: list[tuple[Snapshot, RollingInputs | None]]) -> list[bytes]:

@@ -35,7 +35,23 @@ class ModelChangedError(RequestError):
     The gateway fetches the new feature order, re-checks the snapshot and asks again.
     """
 
-    def __init__(self) -> None:
-        super().__init__(
-            "the served model's features changed; re-check the snapshot", status=409, kind="model_changed"
-        )
+    def __init__(self, message: str = "the served model's features changed; re-check the snapshot") -> None:
+        super().__init__(message, status=409, kind="model_changed")
+
+
+class GatewayTimeoutError(X0tta6bl4Error):
+    """A deployment gave no answer within the gateway's request timeout (504)."""
+
+
+def deployment_error(exc: BaseException) -> BaseException:
+    """The typed error a deployment raised, else ``exc`` itself.
+
+    Ray delivers an exception raised in a replica as a ``RayTaskError`` subclass of its type, whose
+    text is the remote traceback; the replica's own exception, message included, is its ``cause``.
+    Exceptions a deployment returns as per-item results arrive as themselves.
+    """
+    from ray.exceptions import RayTaskError
+
+    if isinstance(exc, RayTaskError) and isinstance(exc.cause, X0tta6bl4Error):
+        return exc.cause
+    return exc

@@ -9,15 +9,17 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle
 
 from x0tta6bl4 import __version__
+from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
 from x0tta6bl4.rag.cache import CacheConfig
 from x0tta6bl4.serve._private.batching import GreedyBatcher
 from x0tta6bl4.serve._private.edge_cache import EdgeCache
 from x0tta6bl4.serve._private.limits import BodyLimitMiddleware, BodyTooLargeError
 from x0tta6bl4.serve.config import AnomalyConfig, HttpConfig, RagConfig
-from x0tta6bl4.serve.errors import RequestError
+from x0tta6bl4.serve.errors import GatewayTimeoutError, ModelChangedError, RequestError, deployment_error
 from x0tta6bl4.serve.schemas import (
     ErrorBody,
     IngestAnswer,
@@ -61,6 +63,22 @@ def _error(status: int, kind: str, message: str, details: list[dict[str, Any]] |
     return JSONResponse({"error": kind, "message": message, "details": details or []}, status_code=status)
 
 
+def _refusal(exc: X0tta6bl4Error) -> JSONResponse:
+    """The HTTP answer to a typed error: the gateway is the one place where errors become statuses.
+
+    The gateway's and the detector's refusals carry their status; no answer in time is a 504;
+    the retriever's bad input (a ConfigError) is a 422, and a store it cannot read or write is
+    the service's fault (503).
+    """
+    if isinstance(exc, RequestError):
+        return JSONResponse(exc.body(), status_code=exc.status)
+    if isinstance(exc, GatewayTimeoutError):
+        return _error(504, "timeout", str(exc))
+    if isinstance(exc, ConfigError):
+        return _error(422, "invalid_request", str(exc))
+    return _error(503, "store_unavailable", str(exc))
+
+
 @api.exception_handler(RequestValidationError)
 async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
@@ -75,8 +93,9 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
 
 
 @api.exception_handler(RequestError)
-async def _refused(request: Request, exc: RequestError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
+@api.exception_handler(GatewayTimeoutError)
+async def _refused(request: Request, exc: X0tta6bl4Error) -> JSONResponse:
+    return _refusal(exc)
 
 
 @api.exception_handler(BodyTooLargeError)
@@ -132,12 +151,12 @@ class Gateway:
         self._corpus_check_s = rag_cfg.corpus_check_s
         self._corpus_watch: asyncio.Task[None] | None = None
         # Concurrent queries reach the retriever as one call per batch, not one per query.
-        self._retrieval: GreedyBatcher[tuple[str, int, bool], tuple[int, Any]] = GreedyBatcher(
+        self._retrieval: GreedyBatcher[tuple[str, int, bool], dict[str, Any]] = GreedyBatcher(
             self._retrieve, rag_cfg.max_batch_size, rag_cfg.batch_wait_timeout_s, rag_cfg.batches_in_flight
         )
         # Concurrent stateless snapshots reach the detector as one call per batch, too.
         anomaly_cfg = AnomalyConfig.model_validate(anomaly_config or {})
-        self._scoring: GreedyBatcher[tuple[Snapshot, tuple[str, ...]], tuple[int, Any]] = GreedyBatcher(
+        self._scoring: GreedyBatcher[tuple[Snapshot, tuple[str, ...]], bytes] = GreedyBatcher(
             self._score_batch,
             anomaly_cfg.max_batch_size,
             anomaly_cfg.batch_wait_timeout_s,
@@ -151,17 +170,20 @@ class Gateway:
             "/v1/rag/documents": self.http.documents_max_bytes,
         }
 
-    async def _call(self, response: Any) -> tuple[int, Any]:
+    async def _call(self, response: Any) -> Any:
+        """A deployment's answer.
+
+        Raises:
+            GatewayTimeoutError: no answer within the request timeout.
+            X0tta6bl4Error: the typed error the deployment raised, as itself.
+        """
         try:
-            result: tuple[int, Any] = await asyncio.wait_for(response, self.http.request_timeout_s)
+            return await asyncio.wait_for(response, self.http.request_timeout_s)
         except TimeoutError:
             response.cancel()
-            return 504, {
-                "error": "timeout",
-                "message": f"no answer within {self.http.request_timeout_s} s",
-                "details": [],
-            }
-        return result
+            raise GatewayTimeoutError(f"no answer within {self.http.request_timeout_s} s") from None
+        except RayTaskError as exc:
+            raise deployment_error(exc) from None
 
     @api.post(
         SCORE_PATH,
@@ -182,29 +204,32 @@ class Gateway:
         """Scores per node and the alarms under the current thresholds. JSON or npz (`application/x-npz`)."""
         body = await request.body()
         media_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-        for _attempt in range(2):
-            features, limits = await self._contract()
-            # Parsed here, so the detector receives compact arrays rather than the raw body.
-            snapshot = parse_body(body, media_type, features, limits)
-            if stream_id:  # multiplexing sends a stream to the replica holding its baselines
-                handle = self.anomaly.options(multiplexed_model_id=stream_id)
-                status, payload = await self._call(handle.score.remote(snapshot, features, stream_id))
-            else:
-                status, payload = await self._scoring.submit((snapshot, features))
-            if status != 409:
+        for attempt in range(2):
+            try:
+                payload = await self._score(body, media_type, stream_id)
                 break
-            self._contract_cache = None  # a new model version with other features: fetch and re-check
-        if isinstance(payload, bytes):  # already JSON, encoded by the detector
-            return Response(payload, status_code=status, media_type="application/json")
-        return JSONResponse(payload, status_code=status)
+            except ModelChangedError:
+                self._contract_cache = None  # a new model version with other features: fetch and re-check
+                if attempt:
+                    raise
+        return Response(payload, media_type="application/json")  # already JSON, encoded by the detector
 
-    async def _score_batch(self, items: list[tuple[Snapshot, tuple[str, ...]]]) -> list[tuple[int, Any]]:
-        return await self._each(self.anomaly.score_batch.remote(items), len(items))
+    async def _score(self, body: bytes, media_type: str, stream_id: str | None) -> bytes:
+        features, limits = await self._contract()
+        # Parsed here, so the detector receives compact arrays rather than the raw body.
+        snapshot = parse_body(body, media_type, features, limits)
+        if stream_id:  # multiplexing sends a stream to the replica holding its baselines
+            handle = self.anomaly.options(multiplexed_model_id=stream_id)
+            answer: bytes = await self._call(handle.score.remote(snapshot, features, stream_id))
+            return answer
+        return await self._scoring.submit((snapshot, features))
 
-    async def _each(self, response: Any, count: int) -> list[tuple[int, Any]]:
-        """One ``(status, body)`` per item of a batched call; a call that fails fails every item."""
-        status, answers = await self._call(response)
-        return list(answers) if status == 200 else [(status, answers)] * count
+    async def _score_batch(
+        self, items: list[tuple[Snapshot, tuple[str, ...]]]
+    ) -> list[bytes | BaseException]:
+        """One detector call for snapshots that arrived together: an answer or an exception each."""
+        answers: list[bytes | BaseException] = await self._call(self.anomaly.score_batch.remote(items))
+        return answers
 
     async def _contract(self) -> tuple[tuple[str, ...], Limits]:
         if self._contract_cache is None:
@@ -228,8 +253,11 @@ class Gateway:
         summary="Runbook passages for one incident",
     )
     async def rag_query(self, query: RagQuery, cache: bool = _CACHE) -> Response:
-        status, body = await self._rag_answer(query.query, query.k, cache)
-        return Response(body, status_code=status, media_type="application/json")
+        try:
+            body = await self._rag_answer(query.query, query.k, cache)
+        except X0tta6bl4Error as exc:
+            return _refusal(exc)
+        return Response(body, media_type="application/json")
 
     @api.post(
         "/v1/rag/batch", response_model=RagBatchAnswer, responses=_ERRORS, summary="Answer many incidents"
@@ -241,32 +269,43 @@ class Gateway:
                 status=413,
                 kind="payload_too_large",
             )
-        results = await asyncio.gather(*(self._rag_answer(q.query, q.k, cache) for q in batch.queries))
-        for status, body in results:
-            if status != 200:
-                return Response(body, status_code=status, media_type="application/json")
-        joined = b'{"answers":[' + b",".join(body for _, body in results) + b"]}"
-        return Response(joined, media_type="application/json")
+        results = await asyncio.gather(
+            *(self._rag_answer(q.query, q.k, cache) for q in batch.queries), return_exceptions=True
+        )
+        bodies: list[bytes] = []
+        for result in results:  # the first refusal in the batch's order is the answer
+            if isinstance(result, X0tta6bl4Error):
+                return _refusal(result)
+            if isinstance(result, BaseException):
+                raise result
+            bodies.append(result)
+        return Response(b'{"answers":[' + b",".join(bodies) + b"]}", media_type="application/json")
 
-    async def _rag_answer(self, text: str, k: int, use_cache: bool) -> tuple[int, bytes]:
-        """One query's status and JSON body: an exact repeat from this gateway, else from the retriever."""
+    async def _rag_answer(self, text: str, k: int, use_cache: bool) -> bytes:
+        """One query's JSON answer: an exact repeat from this gateway, else from the retriever.
+
+        Raises:
+            X0tta6bl4Error: the retriever's refusal, or no answer in time.
+        """
         edge = self._edge if use_cache else None
         if edge is not None:
             if self._corpus_watch is None:
                 self._corpus_watch = asyncio.create_task(self._watch_corpus())
             hit = edge.get(text, k)
             if hit is not None:
-                return 200, hit
-        status, payload = await self._retrieval.submit((text, k, use_cache))
-        if edge is not None and status == 200:
+                return hit
+        payload = await self._retrieval.submit((text, k, use_cache))
+        if edge is not None:
             version = int(payload["corpus_version"])
             if version != edge.version:
                 await self._learn_corpus_version()
             edge.put(text, k, version, _json({**payload, "cached": True}))
-        return status, _json(payload)
+        return _json(payload)
 
-    async def _retrieve(self, items: list[tuple[str, int, bool]]) -> list[tuple[int, Any]]:
-        return await self._each(self.rag.query_many.remote(items), len(items))
+    async def _retrieve(self, items: list[tuple[str, int, bool]]) -> list[dict[str, Any] | BaseException]:
+        """One retriever call for queries that arrived together: an answer or an exception each."""
+        answers: list[dict[str, Any] | BaseException] = await self._call(self.rag.query_many.remote(items))
+        return answers
 
     async def _learn_corpus_version(self) -> None:
         assert self._edge is not None
@@ -291,10 +330,13 @@ class Gateway:
         summary="Add runbooks (durable before the answer)",
     )
     async def rag_documents(self, docs: RagDocuments) -> JSONResponse:
-        status, payload = await self._call(self.rag.ingest.remote([d.model_dump() for d in docs.documents]))
-        if status == 200 and self._edge is not None:
+        try:
+            payload = await self._call(self.rag.ingest.remote([d.model_dump() for d in docs.documents]))
+        except X0tta6bl4Error as exc:
+            return _refusal(exc)
+        if self._edge is not None:
             self._edge.observe(int(payload["corpus_version"]))  # read-your-writes through this gateway
-        return JSONResponse(payload, status_code=201 if status == 200 else status)
+        return JSONResponse(payload, status_code=201)
 
     @api.get("/v1/rag/stats", responses=_ERRORS, summary="Index, corpus and cache statistics")
     async def rag_stats(self) -> dict[str, Any]:

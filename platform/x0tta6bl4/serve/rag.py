@@ -17,17 +17,6 @@ from x0tta6bl4.serve.config import RagConfig
 
 log = logging.getLogger(__name__)
 
-Answer = tuple[int, dict[str, Any]]
-
-
-def _refusal(exc: Exception) -> Answer:
-    """Bad input is a 422; a store that cannot be read or written is the service's fault (503)."""
-    from x0tta6bl4.errors import ConfigError
-
-    if isinstance(exc, ConfigError):
-        return 422, {"error": "invalid_request", "message": str(exc), "details": []}
-    return 503, {"error": "store_unavailable", "message": str(exc), "details": []}
-
 
 @serve.deployment(
     name="RunbookRetriever",
@@ -42,6 +31,10 @@ class RunbookRetriever:
     Concurrent queries are embedded together (greedy batches); exact repeats are answered
     from the cache without embedding. The index and ingested documents live in the
     retriever's ``data_dir``, so a restarted replica reopens them.
+
+    Its methods raise the retriever's typed errors (``RetrievalInputError``, a ``ConfigError``,
+    for bad input; other ``X0tta6bl4Error`` subclasses when the store cannot be read or written);
+    the gateway turns them into HTTP answers.
     """
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -52,7 +45,7 @@ class RunbookRetriever:
         self.retriever = Retriever.open(RetrieverConfig.model_validate(self.config.retriever))
         self._priority = ComputePriority(self.config.compute_nice)
         # Queries are embedded on a thread of their own, which sets its own priority when it starts.
-        self._batcher: ThreadBatcher[tuple[str, int, bool], Answer] = ThreadBatcher(
+        self._batcher: ThreadBatcher[tuple[str, int, bool], dict[str, Any]] = ThreadBatcher(
             self._answer_batch,
             self.config.max_batch_size,
             self.config.batch_wait_timeout_s,
@@ -70,46 +63,41 @@ class RunbookRetriever:
         """The index answers a lookup (raises if the replica lost it)."""
         self.retriever.stats()
 
-    async def query(self, text: str, k: int = 3, use_cache: bool = True) -> Answer:
-        """Passages, fault type, action and ``corpus_version`` for one incident, or a 4xx refusal.
+    async def query(self, text: str, k: int = 3, use_cache: bool = True) -> dict[str, Any]:
+        """Passages, fault type, action and ``corpus_version`` for one incident.
 
         Exact repeats come from the cache here, without waiting for a batch.
+
+        Raises:
+            RetrievalInputError: an invalid query or ``k``.
+            X0tta6bl4Error: the store cannot be read.
         """
-        try:
-            self.retriever.check_query(text, k)
-        except X0tta6bl4Error as exc:
-            return _refusal(exc)
+        self.retriever.check_query(text, k)
         if use_cache:
             self._refresh()
             version = self.retriever.corpus_version  # read first: an old answer never carries a new version
             cached = self.retriever.cached(text, k)
             if cached is not None:
-                return 200, {**cached.to_dict(), "corpus_version": version}
+                return {**cached.to_dict(), "corpus_version": version}
         return await self._batcher.submit((text, k, use_cache))
 
-    async def query_many(self, items: list[tuple[str, int, bool]]) -> tuple[int, list[Answer]]:
-        """Answer ``(text, k, use_cache)`` queries in one call: ``(200, one answer or refusal each)``.
+    async def query_many(self, items: list[tuple[str, int, bool]]) -> list[dict[str, Any] | BaseException]:
+        """Answer ``(text, k, use_cache)`` queries in one call: per query, what :meth:`query` gives.
 
         The gateway batches concurrent HTTP requests into such calls and keeps several in
         flight; the queries of every call that arrives while a batch embeds join the next batch
         (the replica's greedy batcher), so the split of a closed loop of clients is two-way
         (running, waiting here) rather than three-way (also waiting at the gateway).
+
+        Returns:
+            Per query, its answer or the exception it raised (which fails that query alone).
         """
-        out: list[Answer] = []
-        valid: list[int] = []
-        for i, (text, k, _) in enumerate(items):
-            try:
-                self.retriever.check_query(text, k)
-            except X0tta6bl4Error as exc:
-                out.append(_refusal(exc))
-                continue
-            out.append((500, {}))
-            valid.append(i)
-        if valid:
-            answers = await asyncio.gather(*(self._batcher.submit(items[i]) for i in valid))
-            for i, answer in zip(valid, answers, strict=True):
-                out[i] = answer
-        return 200, out
+        return await asyncio.gather(*(self._query_batched(item) for item in items), return_exceptions=True)
+
+    async def _query_batched(self, item: tuple[str, int, bool]) -> dict[str, Any]:
+        """One query of :meth:`query_many`: checked here, then answered in the next batch."""
+        self.retriever.check_query(item[0], item[1])
+        return await self._batcher.submit(item)
 
     async def corpus_version(self) -> int:
         """The corpus version after picking up ingests made through other replicas."""
@@ -123,33 +111,36 @@ class RunbookRetriever:
         except X0tta6bl4Error as exc:  # keep answering from what is loaded
             log.warning("reloading the runbook store failed: %s", exc)
 
-    def _answer_batch(self, items: list[tuple[str, int, bool]]) -> list[Answer]:
-        """One batch of queries, answered on the embedding thread."""
+    def _answer_batch(self, items: list[tuple[str, int, bool]]) -> list[dict[str, Any] | BaseException]:
+        """One batch of queries, answered on the embedding thread: an answer or a typed error each."""
         self._refresh()
         version = self.retriever.corpus_version
         groups: dict[tuple[int, bool], list[int]] = defaultdict(list)
         for i, (_, k, use_cache) in enumerate(items):
             groups[(k, use_cache)].append(i)
-        out: list[Answer] = [(500, {})] * len(items)
+        unanswered = RuntimeError("the retriever returned no answer for this query")
+        out: list[dict[str, Any] | BaseException] = [unanswered] * len(items)
         for (k, use_cache), positions in groups.items():
             try:
                 results = self.retriever.query_batch([items[i][0] for i in positions], k, use_cache=use_cache)
             except X0tta6bl4Error as exc:
                 for i in positions:
-                    out[i] = _refusal(exc)
+                    out[i] = exc
                 continue
             for i, result in zip(positions, results, strict=False):
-                out[i] = (200, {**result.to_dict(), "corpus_version": version})
+                out[i] = {**result.to_dict(), "corpus_version": version}
         return out
 
-    async def ingest(self, documents: list[dict[str, Any]]) -> Answer:
-        """Add documents; answers only after they are on disk."""
-        try:
-            added = await asyncio.to_thread(self.retriever.ingest, documents)
-        except X0tta6bl4Error as exc:
-            return _refusal(exc)
+    async def ingest(self, documents: list[dict[str, Any]]) -> dict[str, Any]:
+        """Add documents; answers only after they are on disk.
+
+        Raises:
+            RetrievalInputError: no documents, or an invalid one (nothing is stored).
+            X0tta6bl4Error: the store cannot be written.
+        """
+        added = await asyncio.to_thread(self.retriever.ingest, documents)
         stats = self.retriever.stats()
-        return 200, {
+        return {
             "documents": added["added"],
             "chunks": added["chunks"],
             "total_documents": stats["documents"],

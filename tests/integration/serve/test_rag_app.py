@@ -79,12 +79,10 @@ def test_calls_that_arrive_while_a_batch_embeds_are_merged_into_the_next(deploye
         handle.query_many.remote([(f"gateway {k}{j} drops packets under load", k, False) for j in range(3)])
         for k in range(1, 7)
     ]
-    assert all(status == 200 for status, _ in [busy.result(timeout_s=120)])
+    assert all(isinstance(a, dict) for a in busy.result(timeout_s=120))
     for k, call in enumerate(calls, start=1):
-        status, answers = call.result(timeout_s=120)
-        assert (
-            status == 200 and [len(a["passages"]) for _, a in answers] == [k] * 3
-        )  # each call its own answers
+        answers = call.result(timeout_s=120)
+        assert [len(a["passages"]) for a in answers] == [k] * 3  # each call its own answers
     after = requests.get(f"{deployed.base}/v1/rag/stats", timeout=30).json()["batching"]
     batches = after["batches"] - before["batches"]
     queries = after["batches"] * after["mean_batch_size"] - before["batches"] * before["mean_batch_size"]
@@ -115,8 +113,8 @@ def test_an_ingest_through_another_gateway_empties_this_ones_cache(deployed) -> 
         "fault_type": "link_degradation",
         "action": "reroute",
     }
-    status, answer = handle.ingest.remote([doc]).result(timeout_s=120)
-    assert status == 200 and answer["corpus_version"] > first["corpus_version"]
+    answer = handle.ingest.remote([doc]).result(timeout_s=120)
+    assert answer["corpus_version"] > first["corpus_version"]
     deadline = time.monotonic() + 10 * deployed.config.rag.corpus_check_s + 10
     while True:
         again = rag(deployed.base, "query", body).json()
