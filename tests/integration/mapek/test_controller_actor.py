@@ -5,42 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 
 import pytest
 
 from x0tta6bl4.mapek.config import ControllerConfig
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def apps(ray_local, tmp_path_factory):
-    from ray import serve
-
-    from x0tta6bl4.models.bootstrap import BootstrapConfig, bootstrap_detector
-    from x0tta6bl4.models.registry import ModelRegistry
-    from x0tta6bl4.serve.app import build_app
-    from x0tta6bl4.serve.config import ServeConfig
-
-    root = tmp_path_factory.mktemp("mapek")
-    registry = ModelRegistry(root / "registry")
-    bootstrap_detector(registry, BootstrapConfig(nodes=300, ticks=80, epochs=2))
-    serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})
-    config = ServeConfig.model_validate(
-        {
-            "anomaly": {"registry": str(registry.uri), "bootstrap": False},
-            "rag": {"retriever": {"data_dir": str(root / "rag")}},
-        }
-    ).resolved()
-    serve.run(build_app(config), name=config.app_name, route_prefix="/")
-    yield config, root
-    serve.shutdown()  # later modules start Serve on their own port
+pytestmark = pytest.mark.ray
 
 
 def _step_until_alive(ray, controller, tick, timeout_s=90.0):
@@ -55,6 +26,8 @@ def _step_until_alive(ray, controller, tick, timeout_s=90.0):
 
 
 def test_controller_heals_survives_a_kill_and_rides_out_a_serve_outage(ray_local, apps, tmp_path):
+    """Uses the package's Serve deployment (``apps``) and deploys it a second time on purpose: the
+    outage is the application deleted, and the controller must analyse again once it is back."""
     ray = ray_local
     from ray import serve
 

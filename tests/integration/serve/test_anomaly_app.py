@@ -14,6 +14,8 @@ import requests
 from x0tta6bl4.bench.serve import snapshot_bodies
 from x0tta6bl4.telemetry.frame import FEATURES
 
+pytestmark = pytest.mark.ray
+
 NODES = 150
 
 

@@ -7,9 +7,12 @@ features and its edges must name its nodes, which JSON Schema cannot say), so th
 
 from __future__ import annotations
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
+
+pytestmark = pytest.mark.ray
 
 
 def test_every_operation_survives_generated_input(deployed) -> None:  # type: ignore[no-untyped-def]
