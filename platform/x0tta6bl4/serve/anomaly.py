@@ -172,7 +172,7 @@ class AnomalyScorer:
         out = []
         for (snapshot, _), (_, warm, ticks), s in zip(items, prepared, scores, strict=False):
             limit = thresholds.for_nodes(snapshot.node_ids)
-            # float32 scores printed as float64 carry ~17 digits of noise; rounding halves the body.
+            # float32 scores printed as float64 carry ~17 digits of noise; rounding shortens the body.
             # Alarms compare the rounded scores, so an answer never contradicts itself.
             rounded = np.round(s.astype(np.float64), SCORE_DECIMALS)
             above = np.nonzero(rounded > limit)[0]

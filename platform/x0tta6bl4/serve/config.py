@@ -81,7 +81,7 @@ class RagConfig(_Config):
         ge=1,
         description="query batches the gateway keeps in flight to the retriever, which merges all that "
         "queued while it embedded into its next batch: with 16, queries wait there rather than at the "
-        "gateway, and 32 clients make batches of ~15 instead of ~10 with 2",
+        "gateway, so the retriever's batches are larger",
     )
     max_ongoing_requests: int = Field(default=128, ge=1, description="requests in flight per replica")
     compute_nice: int | None = Field(

@@ -141,7 +141,7 @@ class Gateway:
         anomaly_config: dict[str, Any] | None = None,
     ) -> None:
         # Arguments and results go straight to the replicas over gRPC instead of through the
-        # object store (about a third less CPU per request here).
+        # object store (less CPU per request; docs/performance.md).
         self.anomaly = anomaly.options(_by_reference=False)
         self.rag = rag.options(_by_reference=False)
         self.http = HttpConfig.model_validate(http)

@@ -43,10 +43,10 @@ class GreedyBatcher(_BatchCounts, Generic[T, R]):
 
     Why not ``@serve.batch``: in Ray 2.55 it forms a batch every ``batch_wait_timeout_s``
     and queues it behind the running one, so a saturated replica works through many small
-    batches (1-4 queries per batch measured by ``bench serve``). Here a batch is formed only
-    when the handler is free, from what queued meanwhile (up to ``max_batch_size``). Items may
-    join until ``wait_s`` after the first one arrived: an idle batcher waits that long for
-    near-simultaneous items, a busy one, whose first item queued long ago, does not wait.
+    batches (see docs/performance.md). Here a batch is formed only when the handler is free,
+    from what queued meanwhile (up to ``max_batch_size``). Items may join until ``wait_s``
+    after the first one arrived: an idle batcher waits that long for near-simultaneous items,
+    a busy one, whose first item queued long ago, does not wait.
 
     When the handler forwards the batch to another process, a second batch in flight keeps
     that process busy while the first batch's results travel back (``max_concurrent_batches=2``).
@@ -148,10 +148,10 @@ class ThreadBatcher(_BatchCounts, Generic[T, R]):
 
     Why: with the model on the event loop, everything else the replica does for a batch (taking in
     the calls that arrived while it computed, sending back the answers) waits until the batch is
-    done and then holds up the next one: 7 % of the retriever's time under ``bench serve``'s
-    uncached load. On a thread of its own the model takes the next batch the moment it finishes
-    one, and the event loop does that work meanwhile, on another core (torch releases the GIL
-    inside its operators).
+    done and then holds up the next one (docs/performance.md has what this cost the retriever).
+    On a thread of its own the model takes the next batch the moment it finishes one, and the
+    event loop does that work meanwhile, on another core (torch releases the GIL inside its
+    operators).
 
     The thread takes everything that queued while it worked (up to ``max_batch_size``); an idle
     one waits until ``wait_s`` after its first item arrived for more to join. Results go back to

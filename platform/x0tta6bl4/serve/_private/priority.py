@@ -16,9 +16,8 @@ class ComputePriority:
     Why: Ray runs a worker's Python threads at nice 15 (``worker_niceness``) while the RPC threads
     of every worker (the HTTP proxy's included), the raylet and the GCS keep nice 0. On a node
     whose cores the proxy and the gateway share with a replica, their wake-ups then preempt the
-    model thread: under
-    ``bench serve``'s uncached RAG load the retriever's embedding thread was runnable but waiting
-    for a core 15-18 % of the time (``/proc/<pid>/task/<tid>/schedstat``); at nice 0, about 5 %.
+    model thread, which waits for a core while runnable (``/proc/<pid>/task/<tid>/schedstat``;
+    docs/performance.md has the figures at nice 15 and at nice 0).
 
     Lowering a nice value needs ``CAP_SYS_NICE`` (root has it). Without it the thread keeps Ray's
     value, one warning is logged, and :meth:`describe` says why.
