@@ -1,4 +1,4 @@
-"""Benchmark suites (`x0tta6bl4 bench <suite> --json`), one module per suite."""
+"""Benchmark suites (`x0tta6bl4 bench <suite> --json`): one module per suite in SUITES, plus shared helpers."""
 
 from __future__ import annotations
 

@@ -157,21 +157,12 @@ def real_embeddings(
         cached = np.load(path)
         if cached.shape == (n, 384) and cached.dtype == np.float32:
             return np.asarray(cached, dtype=np.float32)
+    from x0tta6bl4.models.embedder import encode_unit, load_embedder
+
     texts = generate_texts(n, seed)
     if model is None:
-        from x0tta6bl4.models.embedder import load_embedder
-
         model = load_embedder(max_seq_length=128)
-    matrix = np.asarray(
-        model.encode(
-            texts,
-            batch_size=batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        ),
-        dtype=np.float32,
-    )
+    matrix = encode_unit(model, texts, batch_size)
     root.mkdir(parents=True, exist_ok=True)
     with replacing(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, matrix)

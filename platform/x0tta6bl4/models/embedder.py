@@ -68,6 +68,22 @@ def load_embedder(path: str | os.PathLike[str] | None = None, max_seq_length: in
     return model
 
 
+def encode_unit(model: Any, texts: Sequence[str], batch_size: int = 32) -> F32:
+    """sentence-transformers' ``encode`` of ``texts`` as unit-length float32 rows (no progress bar).
+
+    Shapes:
+        ``[len(texts), dim]``.
+    """
+    out = model.encode(
+        list(texts),
+        batch_size=batch_size,
+        convert_to_numpy=True,
+        normalize_embeddings=True,
+        show_progress_bar=False,
+    )
+    return np.asarray(out, dtype=np.float32)
+
+
 class EmbedderLoRAConfig(BaseModel):
     """LoRA settings of the embedder and its contrastive fine-tuning."""
 
@@ -184,14 +200,7 @@ class EmbedderLoRA:
         if not texts:
             dim = int(self.model.get_sentence_embedding_dimension())
             return np.zeros((0, dim), dtype=np.float32)
-        out = self.model.encode(
-            list(texts),
-            batch_size=batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
-        return np.asarray(out, dtype=np.float32)
+        return encode_unit(self.model, texts, batch_size)
 
     def _embed(self, texts: list[str]) -> torch.Tensor:
         """Differentiable normalised embeddings (same pipeline as ``encode``)."""

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from x0tta6bl4.models.embedder import encode_unit
 from x0tta6bl4.models.unpadded import UnpaddedBertEncoder, UnsupportedEmbedderError, plan_passes, token_ids
 
 F32 = npt.NDArray[np.float32]
@@ -92,13 +93,7 @@ class BatchEncoder:
         lengths = [len(ids) for ids in token_ids(self.model, texts)]
         passes = plan_passes(lengths, self.max_texts_per_pass, self.pass_overhead_tokens)
         for rows in passes:
-            vectors = self.model.encode(
-                [texts[i] for i in rows],
-                batch_size=len(rows),
-                convert_to_numpy=True,
-                normalize_embeddings=True,
-                show_progress_bar=False,
-            )
-            out[rows] = np.asarray(vectors, dtype=np.float32).reshape(len(rows), self.dimension)
+            vectors = encode_unit(self.model, [texts[i] for i in rows], batch_size=len(rows))
+            out[rows] = vectors.reshape(len(rows), self.dimension)
         self._count(len(texts), len(passes))
         return out
