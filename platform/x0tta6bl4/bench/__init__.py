@@ -1,4 +1,4 @@
-"""Benchmark suites (`x0tta6bl4 bench <suite> --json`): one module per suite in SUITES, plus shared helpers."""
+"""Benchmark suites (`x0tta6bl4 bench <suite> --json`): a module per suite in SUITES, and shared helpers."""
 
 from __future__ import annotations
 
