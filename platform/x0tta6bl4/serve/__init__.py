@@ -1,6 +1,8 @@
 """Ray Serve applications: anomaly scoring and runbook retrieval behind one FastAPI gateway.
 
 Public surface: :func:`x0tta6bl4.serve.app.build_app` (also a Serve application builder),
-:class:`x0tta6bl4.serve.config.ServeConfig` and the HTTP bodies in
-:mod:`x0tta6bl4.serve.schemas`. Everything under ``_private`` may change.
+:class:`x0tta6bl4.serve.config.ServeConfig`, the HTTP bodies in :mod:`x0tta6bl4.serve.schemas`,
+the snapshot wire format in :mod:`x0tta6bl4.serve.snapshot` and the typed errors the deployments
+raise in :mod:`x0tta6bl4.serve.errors` (only the gateway maps them to HTTP answers). Everything
+under ``_private`` may change.
 """
