@@ -6,6 +6,7 @@ import subprocess
 import time
 
 import pytest
+
 from tests.e2e.conftest import BIN, REPO
 
 pytestmark = pytest.mark.slow

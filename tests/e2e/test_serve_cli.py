@@ -7,6 +7,7 @@ import time
 import urllib.request
 
 import pytest
+
 from tests.e2e.conftest import BIN, REPO
 
 pytestmark = pytest.mark.slow

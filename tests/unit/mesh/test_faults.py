@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-from tests.unit.mesh.conftest import descendants, run_mesh
 
+from tests.unit.mesh.conftest import descendants, run_mesh
 from x0tta6bl4.mesh.faults import FAULT_CODES, Fault
 
 START = 10

@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-from tests.unit.mesh.conftest import descendants, run_mesh
 
+from tests.unit.mesh.conftest import descendants, run_mesh
 from x0tta6bl4.mesh.faults import ACTIONS, FAULT_TYPES, HEALED_BY, Action, Fault
 
 START, ACT = 10, 14
