@@ -145,8 +145,8 @@ def personalised(
 
     A region calibrates its error tail on a couple of hundred ticks of its own faults. An
     output that stayed quiet there (packet drops in a region that saw no congestion) gets
-    a tail a fraction of the federation's and then dominates every score where it moves:
-    measured, one region's AUPRC fell from 0.85 to 0.34 that way. With the federation's
+    a tail a fraction of the federation's and then dominates every score where it moves
+    (docs/performance.md: what that did to one region's AUPRC). With the federation's
     scale (``shared["error_scale"]``, the FedAvg of every region's) the adapters still
     personalise the reconstruction, and scores keep one unit, and one threshold, across
     regions.

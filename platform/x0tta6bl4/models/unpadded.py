@@ -78,14 +78,13 @@ class UnpaddedBertEncoder:
     """Unit-normalised sentence embeddings of a BERT model, computed without padding.
 
     A padded forward pass pads every text of a batch to the longest, and every layer then works
-    on the pad tokens too: on random 10-query batches of incident text that is 10-15 % of the
-    work. Every BERT layer except attention acts token by token, so here the embeddings,
-    projections, feed-forward blocks and layer norms run on the ``[tokens, hidden]``
+    on the pad tokens too. Every BERT layer except attention acts token by token, so here the
+    embeddings, projections, feed-forward blocks and layer norms run on the ``[tokens, hidden]``
     concatenation of the batch's texts; only attention gathers its inputs into padded
     ``[texts, heads, longest, head_dim]`` views with a key mask, and the real tokens back. The
     texts are sorted by length and attention runs on the groups :func:`plan_passes` picks, so a
-    few long texts do not pad all the short ones (random 10-query batches: +7 %). Mean pooling
-    sums each text's tokens. sentence-transformers unpads only through FlashAttention-2's
+    few long texts do not pad all the short ones (docs/performance.md has what each saves). Mean
+    pooling sums each text's tokens. sentence-transformers unpads only through FlashAttention-2's
     variable-length kernels, which need CUDA.
 
     The weights are read from the model at every call, so the model may be changed in between
@@ -97,8 +96,7 @@ class UnpaddedBertEncoder:
             with absolute position embeddings and plain ``nn.Linear`` layers, a mean
             ``Pooling``, and optionally ``Normalize``.
         attention_group_overhead_tokens: fixed cost of one more attention group, in padded
-            tokens (default ``40``, the best of 40/80/160 on random 10-query batches on a 2-core
-            x86 host).
+            tokens (default ``40``; docs/performance.md says how it was chosen).
 
     Raises:
         UnsupportedEmbedderError: any other architecture, pooling or module stack (for example

@@ -88,8 +88,8 @@ class BatchEncoder:
         out = np.zeros((len(texts), self.dimension), np.float32)
         if not texts:
             return out
-        # Token counts only; encode() tokenizes each pass again, which costs about 2 % of the
-        # pass and keeps sentence-transformers' own pooling and truncation.
+        # Token counts only; encode() tokenizes each pass again, a small share of the pass that
+        # keeps sentence-transformers' own pooling and truncation.
         lengths = [len(ids) for ids in token_ids(self.model, texts)]
         passes = plan_passes(lengths, self.max_texts_per_pass, self.pass_overhead_tokens)
         for rows in passes:
