@@ -59,15 +59,21 @@ def replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
     fsync_dir(target.parent)
 
 
-def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> None:
+def write_atomic(path: str | os.PathLike[str], data: str | bytes, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` (text is written as UTF-8) atomically and durably.
+
+    ``mode`` is the new file's permission bits, set when the temporary file is created (before
+    any byte is written), so a private key written with ``0o600`` is never readable by others.
 
     Raises:
         OSError: the file cannot be written.
     """
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    with replacing(path) as tmp, open(tmp, "wb") as fh:
-        fh.write(payload)
+    with replacing(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)  # exactly `mode`, whatever the umask
+            fh.write(payload)
 
 
 def append_synced(path: str | os.PathLike[str], lines: Sequence[str]) -> None:

@@ -41,3 +41,12 @@ def test_append_synced_adds_lines_to_new_and_existing_files(tmp_path):
     append_synced(log, ["a", "b"])
     append_synced(log, ["c"])
     assert log.read_text().splitlines() == ["a", "b", "c"]
+
+
+def test_write_atomic_creates_a_private_file_with_the_mode_asked(tmp_path):
+    target = tmp_path / "key.pem"
+    write_atomic(target, b"secret", mode=0o600)
+    assert target.stat().st_mode & 0o777 == 0o600
+    write_atomic(target, b"rotated", mode=0o600)
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert target.read_bytes() == b"rotated"

@@ -1,0 +1,1 @@
+"""Zero trust: SPIFFE identities, the embedded CA, SVIDs and bundles, mTLS contexts, authorisation."""

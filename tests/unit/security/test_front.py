@@ -1,0 +1,225 @@
+"""The mTLS front, with real TLS 1.3 handshakes on loopback: who gets refused, how, and rotation under load.
+
+The six refusals the zero-trust issue names: no client certificate, wrong trust domain, an ID not
+allowed on the route (403 there only), an expired SVID, a revoked SVID (within one refresh), a
+TLS 1.2 client. The app behind the front is a real aiohttp server that echoes what it received.
+"""
+
+import asyncio
+import datetime as dt
+import http.client
+import json
+import ssl
+import threading
+import time
+
+import pytest
+from aiohttp import web
+
+from x0tta6bl4.security.authz import Policy
+from x0tta6bl4.security.ca import EmbeddedCA
+from x0tta6bl4.security.front import BackgroundFront, MtlsFront
+from x0tta6bl4.security.front_token import FRONT_TOKEN_HEADER, PEER_ID_HEADER
+from x0tta6bl4.security.source import EmbeddedSource
+from x0tta6bl4.security.tls import client_context
+
+TOKEN = "t" * 43
+POLICY = Policy.model_validate(
+    {
+        "rules": [
+            {"path": "/v1/rag/documents", "allow": ["spiffe://x0tta6bl4.local/operator/*"]},
+            {
+                "path": "/v1/**",
+                "allow": ["spiffe://x0tta6bl4.local/operator/*", "spiffe://x0tta6bl4.local/controller"],
+            },
+        ]
+    }
+)
+
+
+class Echo:
+    """A real HTTP app on loopback that answers with the identity headers it was given."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.port = None
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+
+    async def _start(self):
+        async def echo(request):
+            body = await request.read()
+            return web.json_response(
+                {
+                    "peer": request.headers.get(PEER_ID_HEADER),
+                    "token_ok": request.headers.get(FRONT_TOKEN_HEADER) == TOKEN,
+                    "path": request.path,
+                    "query": request.query_string,
+                    "bytes": len(body),
+                }
+            )
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", echo)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory):
+    return EmbeddedCA.open(tmp_path_factory.mktemp("front") / "ca", ca_ttl_s=6 * 3600)
+
+
+@pytest.fixture(scope="module")
+def front(ca):
+    echo = Echo()
+    source = EmbeddedSource(
+        "spiffe://x0tta6bl4.local/front", ca.directory, ttl_s=6, ip_addresses=["127.0.0.1"], refresh_s=0.2
+    )
+    running = BackgroundFront(
+        MtlsFront(source, POLICY, f"http://127.0.0.1:{echo.port}", TOKEN), "127.0.0.1", 0
+    )
+    running.port = running.start()
+    yield running
+    running.stop()
+    source.close()
+
+
+def bundles(ca):
+    return {ca.trust_domain: ca.bundle()}
+
+
+def connect(front, ctx):
+    conn = http.client.HTTPSConnection("127.0.0.1", front.port, context=ctx, timeout=10)
+    conn.connect()
+    return conn
+
+
+def call(conn, method="POST", path="/v1/anomaly/score", body=b"{}", headers=None):
+    conn.request(method, path, body=body, headers=headers or {})
+    resp = conn.getresponse()
+    return resp.status, json.loads(resp.read() or b"null")
+
+
+def refused_at_handshake_or_first_read(front, ctx):
+    """True when TLS refuses the client (TLS 1.3 servers report a client-certificate failure after the
+    client's side of the handshake has finished, so the refusal may surface on the first read)."""
+    try:
+        conn = connect(front, ctx)
+        call(conn, "GET", "/v1/anomaly/model")
+    except (ssl.SSLError, ConnectionError, http.client.RemoteDisconnected, OSError):
+        return True
+    return False
+
+
+def test_an_operator_gets_through_with_its_verified_id_and_spoofed_headers_are_dropped(front, ca):
+    svid = ca.issue_svid("spiffe://x0tta6bl4.local/operator/alice")
+    conn = connect(front, client_context(svid, bundles(ca)))
+    assert conn.sock.version() == "TLSv1.3"
+    status, body = call(
+        conn,
+        path="/v1/rag/documents?x=1",
+        body=b"abc",
+        headers={PEER_ID_HEADER: "spiffe://x0tta6bl4.local/operator/root", FRONT_TOKEN_HEADER: "guess"},
+    )
+    assert status == 200
+    assert body == {
+        "peer": "spiffe://x0tta6bl4.local/operator/alice",
+        "token_ok": True,
+        "path": "/v1/rag/documents",
+        "query": "x=1",
+        "bytes": 3,
+    }
+
+
+def test_refused_without_a_client_certificate(front, ca):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(cadata=ca.bundle().to_pem().decode())
+    assert refused_at_handshake_or_first_read(front, ctx)
+
+
+def test_refused_from_another_trust_domain(front, tmp_path):
+    other = EmbeddedCA.open(tmp_path / "partner", trust_domain="partner.example")
+    svid = other.issue_svid("spiffe://partner.example/operator/alice")
+    ctx = client_context(svid, {other.trust_domain: other.bundle()})
+    ctx.verify_mode = ssl.CERT_NONE  # the client trusts anything; the front must still refuse it
+    assert refused_at_handshake_or_first_read(front, ctx)
+
+
+def test_an_id_not_allowed_on_a_route_gets_403_there_only(front, ca):
+    svid = ca.issue_svid("spiffe://x0tta6bl4.local/controller")
+    conn = connect(front, client_context(svid, bundles(ca)))
+    status, body = call(conn, path="/v1/rag/documents")
+    assert status == 403 and body["error"] == "forbidden"
+    status, body = call(conn, path="/v1/anomaly/score")
+    assert status == 200 and body["peer"] == "spiffe://x0tta6bl4.local/controller"
+    status, _ = call(conn, "GET", "/admin")
+    assert status == 403
+
+
+def test_refused_once_expired(front, ca):
+    svid = ca.issue_svid("spiffe://x0tta6bl4.local/operator/shortlived", ttl_s=3)
+    ctx = client_context(svid, bundles(ca))
+    conn = connect(front, ctx)
+    first = call(conn)
+    assert first[0] == 200, first
+    time.sleep(max(0.0, (svid.not_after - dt.datetime.now(dt.UTC)).total_seconds()) + 0.3)
+    status, body = call(conn)  # the open connection is refused too, not only new handshakes
+    assert status == 401 and body["details"][0]["reason"] == "expired"
+    assert refused_at_handshake_or_first_read(front, ctx)
+
+
+def test_refused_within_one_refresh_of_revocation(front, ca):
+    svid = ca.issue_svid("spiffe://x0tta6bl4.local/operator/bob")
+    conn = connect(front, client_context(svid, bundles(ca)))
+    assert call(conn)[0] == 200
+    ca.revoke_svid(svid.leaf)
+    deadline = time.monotonic() + 2.0  # refresh is 0.2 s in this fixture
+    status = 200
+    while status == 200 and time.monotonic() < deadline:
+        status, body = call(conn)
+    assert status == 401 and body["details"][0]["reason"] == "revoked"
+    fresh = connect(front, client_context(svid, bundles(ca)))
+    assert call(fresh)[0] == 401
+
+
+def test_refused_over_tls_1_2(front, ca):
+    svid = ca.issue_svid("spiffe://x0tta6bl4.local/operator/alice")
+    ctx = client_context(svid, bundles(ca))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    assert refused_at_handshake_or_first_read(front, ctx)
+
+
+def test_rotation_under_load_fails_no_request(front, ca):
+    """The front's SVID (TTL 6 s) renews about every 3 s; clients also renew theirs and reconnect."""
+    rebuilds_before = front.front.stats.context_rebuilds
+    serials = set()
+    failures, done = [], 0
+    deadline = time.monotonic() + 10.0
+    svid = ca.issue_svid("spiffe://x0tta6bl4.local/operator/load", ttl_s=6)
+    conn = connect(front, client_context(svid, bundles(ca)))
+    n = 0
+    while time.monotonic() < deadline:
+        n += 1
+        if n % 25 == 0:  # a new connection now and then: a fresh handshake with the current SVIDs
+            if svid.renew_at(0) <= dt.datetime.now(dt.UTC):
+                svid = ca.issue_svid("spiffe://x0tta6bl4.local/operator/load", ttl_s=6)
+            conn.close()
+            conn = connect(front, client_context(svid, bundles(ca)))
+            serials.add(conn.sock.getpeercert(binary_form=True))
+        try:
+            status, body = call(conn)
+            if status != 200:
+                failures.append((status, body))
+        except Exception as exc:  # noqa: BLE001 - any failure counts
+            failures.append(repr(exc))
+        done += 1
+    assert failures == []
+    assert done > 100
+    assert front.front.stats.context_rebuilds - rebuilds_before >= 2
+    assert len(serials) >= 3  # handshakes saw at least three different front certificates
