@@ -1,4 +1,4 @@
-"""The ``x0tta6bl4`` command line: run, train, serve, bench, telemetry, doctor, models."""
+"""The ``x0tta6bl4`` command line: run, train, serve, bench, telemetry, doctor, models, identity."""
 
 from __future__ import annotations
 
@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     from x0tta6bl4.serve.cli import add_serve_command
 
     add_serve_command(sub)
+
+    from x0tta6bl4.security.cli import add_identity_command
+
+    add_identity_command(sub)
 
     return parser
 

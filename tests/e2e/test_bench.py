@@ -49,6 +49,14 @@ CONTRACT: dict[str, dict[str, str | tuple[str, ...] | None]] = {
         "false_alarms_per_1000_node_ticks": "static_false_alarms_per_1000_node_ticks",
         "controller_ticks_per_s": "mesh_pipeline_ticks_per_s",
     },
+    "security": {
+        "svid_issuance_per_s": None,
+        "mtls_handshake_ms": None,
+        "mtls_front_requests_per_s": "plain_loopback_requests_per_s",
+        "ray_auth_mesh_ticks_per_s": "no_auth_mesh_ticks_per_s",
+        "refused_cases": None,
+        "rotation_failed_requests": None,
+    },
 }
 
 
@@ -182,3 +190,13 @@ def test_bench_autonomy_quick_compares_the_three_modes_in_one_run(cli_env):
     scenarios = {key[1] for key in rows if key[1] not in (None, "all")}
     assert len(scenarios) >= 2, "every seed is reported beside the aggregate"
     assert rows[("controller_ticks_per_s", None)]["value"] > 0
+
+
+def test_bench_security_quick_follows_the_contract(cli_env):
+    doc = run_quick("security", cli_env, timeout=900)
+    rows = {r["name"]: r for r in doc["results"]}
+    handshake = rows["mtls_handshake_ms"]["params"]
+    assert 0 < handshake["p50_ms"] <= handshake["p95_ms"]
+    assert rows["rotation_failed_requests"]["params"]["front_rotations"] >= 1, "the run spans a rotation"
+    mesh = rows["ray_auth_mesh_ticks_per_s"]["params"]
+    assert (mesh["ray_auth_mode"], mesh["baseline_ray_auth_mode"]) == ("token", "disabled")

@@ -12,16 +12,23 @@ import numpy as np
 
 
 async def _drive(
-    url: str, bodies: Sequence[bytes], content_type: str, concurrency: int, duration_s: float, warmup_s: float
+    url: str,
+    bodies: Sequence[bytes],
+    content_type: str,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    extra_headers: dict[str, str] | None = None,
+    svid_dir: str | None = None,
 ) -> dict[str, Any]:
     import aiohttp
 
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     connection_errors = 0
-    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False, ssl=_client_tls(svid_dir))
     timeout = aiohttp.ClientTimeout(total=120)
-    headers = {"content-type": content_type}
+    headers = {"content-type": content_type, **(extra_headers or {})}
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         start = time.perf_counter()
         measure_from = start + warmup_s
@@ -64,6 +71,24 @@ async def _drive(
     }
 
 
+def _client_tls(svid_dir: str | None) -> Any:
+    """A TLS 1.3 client context presenting the SVID saved in ``svid_dir`` (with its bundle.pem), or False."""
+    if svid_dir is None:
+        return False
+    from pathlib import Path
+
+    from x0tta6bl4.security.bundle import TrustBundle
+    from x0tta6bl4.security.svid import Svid
+    from x0tta6bl4.security.tls import client_context
+
+    svid = Svid.load(svid_dir)
+    from cryptography import x509
+
+    authorities = tuple(x509.load_pem_x509_certificates((Path(svid_dir) / "bundle.pem").read_bytes()))
+    domain = svid.spiffe_id.trust_domain.name
+    return client_context(svid, {domain: TrustBundle(domain, authorities, 0, 0)})
+
+
 def _child(conn: Any, args: tuple[Any, ...]) -> None:
     try:
         conn.send(asyncio.run(_drive(*args)))
@@ -81,10 +106,14 @@ def run_load(
     concurrency: int = 32,
     duration_s: float = 10.0,
     warmup_s: float = 2.0,
+    headers: dict[str, str] | None = None,
+    svid_dir: str | None = None,
 ) -> dict[str, Any]:
     """Post ``bodies`` (round robin) to ``url`` from ``concurrency`` clients for ``duration_s`` seconds.
 
-    The clients run in a child process, so the caller's interpreter does not slow them.
+    The clients run in a child process, so the caller's interpreter does not slow them. Keep-alive
+    connections, as real clients use; ``svid_dir`` (``svid.pem``, ``svid.key``, ``bundle.pem``)
+    makes them mTLS clients of an ``https://`` URL; ``headers`` are added to every request.
 
     Returns:
         ``requests_per_s`` (answered 2xx per second), ``p50_ms``, ``p95_ms``, ``requests``,
@@ -97,7 +126,8 @@ def run_load(
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(
-        target=_child, args=(child, (url, list(bodies), content_type, concurrency, duration_s, warmup_s))
+        target=_child,
+        args=(child, (url, list(bodies), content_type, concurrency, duration_s, warmup_s, headers, svid_dir)),
     )
     proc.start()
     child.close()

@@ -12,9 +12,13 @@ import numpy as np
 import numpy.typing as npt
 
 from x0tta6bl4.errors import X0tta6bl4Error
+from x0tta6bl4.security.identity import WorkloadKind, workload_id
 from x0tta6bl4.serve.config import AnomalyUserConfig, ServeConfig, Thresholds
 from x0tta6bl4.serve.errors import ModelChangedError, RequestError, deployment_error
-from x0tta6bl4.serve.snapshot import Snapshot
+from x0tta6bl4.serve.snapshot import Snapshot, stream_key
+
+#: The controller's identity: its scoring stream belongs to it, so no HTTP caller can touch it.
+CONTROLLER_ID = str(workload_id(WorkloadKind.CONTROLLER))
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +117,8 @@ class ServedScorer:
         snapshot = Snapshot(list(node_ids), np.ascontiguousarray(window, dtype=np.float32), pairs)
         try:
             body = (
-                self._handle.options(multiplexed_model_id=stream_id)
-                .score.remote(snapshot, self._contract[0], stream_id)
+                self._handle.options(multiplexed_model_id=stream_key(CONTROLLER_ID, stream_id))
+                .score.remote(snapshot, self._contract[0], stream_id, CONTROLLER_ID)
                 .result(timeout_s=self.timeout_s)
             )
         except RequestError as exc:

@@ -25,11 +25,13 @@ from x0tta6bl4.models.inference import (
 )
 from x0tta6bl4.models.registry import LoadedModel, ModelRegistry, RegistryError
 from x0tta6bl4.serve._private.batching import GreedyBatcher
+from x0tta6bl4.serve._private.caller import ANONYMOUS
 from x0tta6bl4.serve._private.hotswap import HotSwap
+from x0tta6bl4.serve._private.streams import StreamTable
 from x0tta6bl4.serve.config import AnomalyConfig, AnomalyUserConfig
 from x0tta6bl4.serve.errors import ModelChangedError
 from x0tta6bl4.serve.schemas import SCORE_DECIMALS
-from x0tta6bl4.serve.snapshot import Limits, Snapshot, check_stream_id
+from x0tta6bl4.serve.snapshot import Limits, Snapshot, check_stream_id, stream_key
 from x0tta6bl4.telemetry.windows import RollingInputs
 
 log = logging.getLogger(__name__)
@@ -233,6 +235,9 @@ class AnomalyDetector:
         self._batcher: GreedyBatcher[tuple[Snapshot, RollingInputs | None], bytes] = GreedyBatcher(
             self._score_batch, self.config.max_batch_size, self.config.batch_wait_timeout_s
         )
+        self._streams: StreamTable[RollingInputs] = StreamTable(
+            self.config.max_streams_per_owner, self.config.max_stream_owners
+        )
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve's user_config hook: the model version and thresholds, applied in place.
@@ -250,16 +255,21 @@ class AnomalyDetector:
         self.scorer.model.get()
 
     @serve.multiplexed(max_num_models_per_replica=64)  # type: ignore[untyped-decorator]
-    async def _stream(self, stream_id: str) -> RollingInputs:
-        # Multiplexing routes a stream's calls to the replica that holds its baselines.
-        return RollingInputs(self.scorer.model.get().detector.spec.window)
+    async def _stream(self, key: str) -> RollingInputs:
+        # Multiplexing routes a stream's calls to the replica that holds its baselines; the state
+        # itself lives in the owner-bounded table, so Serve's own eviction loses nothing.
+        return self._streams.get(key, lambda: RollingInputs(self.scorer.model.get().detector.spec.window))
 
     def contract(self) -> tuple[tuple[str, ...], Limits]:
         """The feature order and limits the gateway checks snapshots against before sending them."""
         return self.scorer.model.get().features, self.scorer.limits
 
     async def score(
-        self, snapshot: Snapshot, features: tuple[str, ...], stream_id: str | None = None
+        self,
+        snapshot: Snapshot,
+        features: tuple[str, ...],
+        stream_id: str | None = None,
+        owner: str = ANONYMOUS,
     ) -> bytes:
         """Score one checked snapshot (batched with concurrent ones).
 
@@ -267,6 +277,9 @@ class AnomalyDetector:
             snapshot: parsed and checked by the gateway against ``features``.
             features: the column order the gateway used.
             stream_id: live stream whose baselines to use and update.
+            owner: the identity the stream belongs to (the front-verified caller, or the calling
+                workload's SPIFFE ID in the cluster); the same name under another owner is
+                another stream. Callers route with ``multiplexed_model_id=stream_key(owner, stream_id)``.
 
         Returns:
             The ScoreResponse as JSON bytes (encoded here, so the gateway passes them on untouched).
@@ -278,7 +291,8 @@ class AnomalyDetector:
         served = self.scorer.model.get()
         if tuple(features) != served.features:
             raise ModelChangedError()
-        stream = await self._stream(check_stream_id(stream_id)) if stream_id else None
+        name = check_stream_id(stream_id)
+        stream = await self._stream(stream_key(owner, name)) if name else None
         return await self._batcher.submit((snapshot, stream))
 
     async def score_batch(self, items: list[tuple[Snapshot, tuple[str, ...]]]) -> list[bytes | BaseException]:

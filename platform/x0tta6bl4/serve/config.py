@@ -58,6 +58,17 @@ class AnomalyConfig(_Config):
         "starts the next batch while the last one's scores travel back",
     )
     max_ongoing_requests: int = Field(default=64, ge=1, description="requests in flight per replica")
+    max_streams_per_owner: int = Field(
+        default=8,
+        ge=1,
+        description="live streams one identity keeps per replica; its next evicts its own oldest",
+    )
+    max_stream_owners: int = Field(
+        default=64,
+        ge=1,
+        description="identities with live streams per replica; a new one beyond this is refused (429) "
+        "unless an owner has been idle for 10 minutes",
+    )
     user: AnomalyUserConfig = Field(default_factory=AnomalyUserConfig, description="initial user_config")
     bootstrap: bool = Field(
         default=True,
@@ -122,6 +133,32 @@ class HttpConfig(_Config):
     batch_max_bytes: int = Field(default=4 << 20, gt=0, description="largest /v1/rag/batch body")
     documents_max_bytes: int = Field(default=8 << 20, gt=0, description="largest /v1/rag/documents body")
     max_batch_queries: int = Field(default=256, ge=1, description="queries per /v1/rag/batch call")
+    front_token_file: str | None = Field(
+        default=None,
+        description="0600 file with the mTLS front's secret: when set, the app answers only requests "
+        "that carry it (they came through the front, which names the caller's verified SPIFFE ID); "
+        "None serves plain HTTP to anonymous callers (development and benchmarks)",
+    )
+
+
+class FrontConfig(_Config):
+    """The mTLS front of ``x0tta6bl4 serve``: the one way in when enabled (Serve listens on loopback)."""
+
+    enabled: bool = Field(default=True, description="serve through the mTLS front (off: plain HTTP)")
+    host: str = Field(default="127.0.0.1", description="address the front binds")
+    port: int = Field(default=8443, ge=0, le=65535, description="HTTPS port of the front (0: any free)")
+    policy: str | None = Field(
+        default=None, description="authorisation policy file (default: cluster/authz.yaml)"
+    )
+    ca_dir: str | None = Field(
+        default=None,
+        description="embedded CA directory (default $X0TTA6BL4_CA_DIR or .x0tta6bl4/security/ca); "
+        "with SPIFFE_ENDPOINT_SOCKET set, SVIDs come from the Workload API instead",
+    )
+    svid_ttl_s: int | None = Field(default=None, ge=1, description="the front's SVID TTL (default: the CA's)")
+    dns_names: list[str] = Field(
+        default_factory=lambda: ["localhost"], description="DNS names in the front's SVID (for curl)"
+    )
 
 
 class ServeConfig(_Config):
@@ -137,6 +174,7 @@ class ServeConfig(_Config):
     anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
     rag: RagConfig = Field(default_factory=RagConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    front: FrontConfig = Field(default_factory=FrontConfig)
 
     def resolved(self) -> ServeConfig:
         """A copy whose local paths are absolute (replicas may run in another working directory)."""
@@ -147,4 +185,6 @@ class ServeConfig(_Config):
             out.rag.retriever.get("data_dir") or os.environ.get("X0TTA6BL4_RAG_DIR") or ".x0tta6bl4/rag"
         )
         out.rag.retriever["data_dir"] = str(Path(data_dir).expanduser().resolve())
+        if out.http.front_token_file is not None:
+            out.http.front_token_file = str(Path(out.http.front_token_file).expanduser().resolve())
         return out

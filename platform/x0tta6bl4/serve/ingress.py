@@ -15,7 +15,11 @@ from ray.serve.handle import DeploymentHandle
 from x0tta6bl4 import __version__
 from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
 from x0tta6bl4.rag.cache import CacheConfig
+from x0tta6bl4.security.errors import InvalidSpiffeIdError
+from x0tta6bl4.security.front_token import load_token
+from x0tta6bl4.security.identity import is_operator, parse_spiffe_id
 from x0tta6bl4.serve._private.batching import GreedyBatcher
+from x0tta6bl4.serve._private.caller import ANONYMOUS, CallerMiddleware, caller_of
 from x0tta6bl4.serve._private.edge_cache import EdgeCache
 from x0tta6bl4.serve._private.limits import BodyLimitMiddleware, BodyTooLargeError
 from x0tta6bl4.serve.config import AnomalyConfig, HttpConfig, RagConfig
@@ -32,7 +36,7 @@ from x0tta6bl4.serve.schemas import (
     ScoreRequest,
     ScoreResponse,
 )
-from x0tta6bl4.serve.snapshot import NPZ_MEDIA_TYPE, Limits, Snapshot, parse_body
+from x0tta6bl4.serve.snapshot import NPZ_MEDIA_TYPE, Limits, Snapshot, parse_body, stream_key
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for code, text in (
         (400, "malformed body"),
         (413, "body or snapshot too large"),
+        (401, "not through the mTLS front"),
+        (403, "the caller's identity may not do this"),
         (415, "unsupported media type"),
         (422, "well-formed but invalid input"),
         (503, "model not loaded"),
@@ -57,6 +63,7 @@ api = FastAPI(
     description="Anomaly scoring of mesh graph snapshots (GraphSAGE) and retrieval over runbooks.",
 )
 api.add_middleware(BodyLimitMiddleware, default_bytes=HttpConfig().documents_max_bytes)
+api.add_middleware(CallerMiddleware)  # outermost: requests that bypassed the front stop here
 
 
 def _error(status: int, kind: str, message: str, details: list[dict[str, Any]] | None = None) -> JSONResponse:
@@ -101,6 +108,13 @@ async def _refused(request: Request, exc: X0tta6bl4Error) -> JSONResponse:
 @api.exception_handler(BodyTooLargeError)
 async def _too_large(request: Request, exc: BodyTooLargeError) -> JSONResponse:
     return _error(413, "payload_too_large", "request body is larger than this route accepts")
+
+
+def _is_operator(caller: str) -> bool:
+    try:
+        return is_operator(parse_spiffe_id(caller))
+    except InvalidSpiffeIdError:
+        return False
 
 
 def _score_openapi() -> dict[str, Any]:
@@ -163,6 +177,8 @@ class Gateway:
             anomaly_cfg.batches_in_flight,
         )
         self._contract_cache: tuple[tuple[str, ...], Limits] | None = None
+        # With a front token, only requests that came through the mTLS front get in (CallerMiddleware).
+        api.state.front_token = load_token(self.http.front_token_file) if self.http.front_token_file else None
         api.state.body_limits_bytes = {
             SCORE_PATH: self.http.score_max_bytes,
             "/v1/rag/query": self.http.query_max_bytes,
@@ -206,7 +222,7 @@ class Gateway:
         media_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
         for attempt in range(2):
             try:
-                payload = await self._score(body, media_type, stream_id)
+                payload = await self._score(body, media_type, stream_id, caller_of(request))
                 break
             except ModelChangedError:
                 self._contract_cache = None  # a new model version with other features: fetch and re-check
@@ -214,13 +230,13 @@ class Gateway:
                     raise
         return Response(payload, media_type="application/json")  # already JSON, encoded by the detector
 
-    async def _score(self, body: bytes, media_type: str, stream_id: str | None) -> bytes:
+    async def _score(self, body: bytes, media_type: str, stream_id: str | None, caller: str) -> bytes:
         features, limits = await self._contract()
         # Parsed here, so the detector receives compact arrays rather than the raw body.
         snapshot = parse_body(body, media_type, features, limits)
-        if stream_id:  # multiplexing sends a stream to the replica holding its baselines
-            handle = self.anomaly.options(multiplexed_model_id=stream_id)
-            answer: bytes = await self._call(handle.score.remote(snapshot, features, stream_id))
+        if stream_id:  # a stream is the caller's own; multiplexing sends it to the replica holding it
+            handle = self.anomaly.options(multiplexed_model_id=stream_key(caller, stream_id))
+            answer: bytes = await self._call(handle.score.remote(snapshot, features, stream_id, caller))
             return answer
         return await self._scoring.submit((snapshot, features))
 
@@ -329,7 +345,11 @@ class Gateway:
         status_code=201,
         summary="Add runbooks (durable before the answer)",
     )
-    async def rag_documents(self, docs: RagDocuments) -> JSONResponse:
+    async def rag_documents(self, docs: RagDocuments, request: Request) -> JSONResponse:
+        caller = caller_of(request)
+        if caller != ANONYMOUS and not _is_operator(caller):
+            # The front's policy already says so; the app checks again (runbooks drive remediation).
+            return _error(403, "forbidden", f"{caller} may not add runbooks: operators only")
         try:
             payload = await self._call(self.rag.ingest.remote([d.model_dump() for d in docs.documents]))
         except X0tta6bl4Error as exc:

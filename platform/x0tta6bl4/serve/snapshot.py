@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import re
 import zipfile
@@ -246,6 +247,16 @@ def parse_body(body: bytes, media_type: str, features: Sequence[str], limits: Li
             kind="unsupported_media_type",
         )
     return parse_json(body, features, limits)
+
+
+def stream_key(owner: str, stream_id: str) -> str:
+    """The key a live stream is kept and routed under: its name scoped by the identity that owns it.
+
+    Two callers that use the same ``stream_id`` get two streams, so no caller can feed, reset or
+    evict another's baselines. Also the ``multiplexed_model_id`` that routes the stream's calls.
+    """
+    digest = hashlib.sha256(owner.encode("utf-8")).hexdigest()[:16]
+    return f"{digest}.{stream_id}"
 
 
 def check_stream_id(stream_id: str | None) -> str | None:

@@ -146,4 +146,27 @@ def doctor_main(args: argparse.Namespace) -> int:
         )
         print(f"  ok      {source.name}: attached to {', '.join(sorted(program.handlers))}{skipped}")
         program.close()
+    _print_tls_groups()
     return 0 if not blockers and not refused else 1
+
+
+def _print_tls_groups() -> None:
+    """Which key-exchange groups the mTLS front can negotiate here (one real handshake per group)."""
+    import tempfile
+
+    from x0tta6bl4.security.ca import EmbeddedCA
+    from x0tta6bl4.security.identity import WorkloadKind, workload_id
+    from x0tta6bl4.security.tls import key_exchange_groups
+
+    with tempfile.TemporaryDirectory(prefix="x0doctor-") as d:
+        ca = EmbeddedCA.open(d)
+        groups = key_exchange_groups(
+            ca.issue_svid(workload_id(WorkloadKind.FRONT)), {ca.trust_domain: ca.bundle()}
+        )
+    import ssl
+
+    print(f"mTLS key exchange ({ssl.OPENSSL_VERSION}, TLS 1.3):")
+    for group, ok in groups.items():
+        print(f"  {'ok     ' if ok else 'absent '} {group}")
+    if not groups.get("X25519MLKEM768"):
+        print("      the post-quantum hybrid needs OpenSSL 3.5+ under Python's ssl; classical X25519 is used")
