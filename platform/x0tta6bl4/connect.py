@@ -1,15 +1,23 @@
-"""The one place the platform connects to Ray (and, later, where mTLS contexts are made)."""
+"""The one place the platform connects to Ray, inside the Ray token boundary of ``security.ray_auth``."""
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from x0tta6bl4 import RAY_NAMESPACE
+from x0tta6bl4.errors import X0tta6bl4Error
+from x0tta6bl4.security import ray_auth
 
 log = logging.getLogger(__name__)
+
+#: How long a named cluster's GCS may take to answer the authentication probe.
+_PROBE_PATIENCE_S = 10.0
+#: Ray's authentication variables as they were before connect_ray changed them (restored on disconnect).
+_env_before: dict[str, str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -40,12 +48,25 @@ def platform_actor_options(name: str, **extra: Any) -> dict[str, Any]:
 def connect_ray(
     address: str | None = None, num_cpus: int | None = None, dashboard: bool = True
 ) -> RayConnection:
-    """Join a Ray cluster, or start a local one.
+    """Join a Ray cluster, or start a local one, inside the platform's Ray authentication boundary.
 
-    Order: the explicit ``address``; ``RAY_ADDRESS`` (set by ``ray job submit``); a
-    cluster started with ``ray start`` on this machine; otherwise a new local Ray.
-    Everything runs in the platform's namespace so named actors find each other.
+    Order: the explicit ``address``; ``RAY_ADDRESS`` (set by ``ray job submit``); the cluster named
+    by Ray's ``ray_current_cluster`` file (under world-writable ``/tmp``), joined only when it
+    requires a token and accepts the platform's; otherwise a new local Ray. With token
+    authentication on (the default, see :mod:`x0tta6bl4.security.ray_auth`) a local Ray runs in
+    token mode with the platform's token, and a named cluster is probed first: one that requires a
+    token gets the first candidate it accepts, one without authentication is joined with a warning
+    (it was named explicitly). ``X0TTA6BL4_RAY_AUTH=off`` leaves Ray's authentication as configured
+    and never joins the cluster of the file. Everything runs in the platform's namespace so named
+    actors find each other.
+
+    Raises:
+        RayAuthError: the named cluster requires a token and refuses every candidate, or
+            ``address="auto"`` names a cluster the platform will not join.
+        RayTokenError: the configured token or the platform's token file is unusable.
+        RayUnreachableError: the named cluster's GCS does not answer.
     """
+    global _env_before
     # Keep Ray from rewriting accelerator variables for zero-GPU workers (and from warning about it).
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     import ray
@@ -53,13 +74,48 @@ def connect_ray(
     if ray.is_initialized():
         ctx = ray.get_runtime_context()
         return RayConnection(ctx.gcs_address, False, None)
-    target = address or os.environ.get("RAY_ADDRESS")
-    if target is None and _local_cluster_alive():
-        target = "auto"
-    if target is not None:
+    before = ray_auth.auth_env_snapshot()
+    try:
+        conn = _connect(ray, address, num_cpus, dashboard)
+    except BaseException:
+        ray_auth.restore_auth_env(before)
+        raise
+    _env_before = before
+    return conn
+
+
+def _connect(ray: Any, address: str | None, num_cpus: int | None, dashboard: bool) -> RayConnection:
+    auth = ray_auth.auth_enabled()
+    target = address or os.environ.get("RAY_ADDRESS") or None
+    if target in (None, "auto"):
+        found = _current_cluster_address()
+        if found is not None and auth and _current_cluster_accepts_us(found):
+            target = found
+        elif target == "auto":
+            raise ray_auth.RayAuthError(
+                f"address 'auto' names {found or 'no cluster'} in {_current_cluster_file()}, and the "
+                "platform joins that cluster only when it requires a token and accepts ours"
+                f"{'' if auth else f' ({ray_auth.AUTH_SWITCH_ENV}=off)'}: name the cluster explicitly "
+                "(--ray-address or RAY_ADDRESS)"
+            )
+        else:
+            if found is not None and not auth:
+                log.warning(
+                    "not joining the Ray cluster at %s named by %s (%s=off); starting a local Ray",
+                    found,
+                    _current_cluster_file(),
+                    ray_auth.AUTH_SWITCH_ENV,
+                )
+            target = "local"
+    elif auth and not target.startswith("ray://") and target != "local":
+        _prepare_to_join(target)
+    if target != "local":
         info = ray.init(address=target, namespace=RAY_NAMESPACE, log_to_driver=False)
         return RayConnection(info.address_info["gcs_address"], False, info.dashboard_url or None)
+    if auth:
+        ray_auth.use_token_auth()
     info = ray.init(
+        address="local",  # never Ray's own fallback to the cluster named in /tmp
         namespace=RAY_NAMESPACE,
         num_cpus=num_cpus,
         include_dashboard=dashboard,
@@ -70,31 +126,98 @@ def connect_ray(
     return RayConnection(info.address_info["gcs_address"], True, info.dashboard_url or None)
 
 
-def _local_cluster_alive() -> bool:
-    """True when `ray start` left a cluster address file whose GCS answers."""
-    import socket
+class RayUnreachableError(X0tta6bl4Error, ConnectionError):
+    """The GCS of a named Ray cluster does not answer."""
 
-    path = "/tmp/ray/ray_current_cluster"
+
+def _prepare_to_join(address: str) -> None:
+    """Probe an explicitly named cluster and put this process in the mode it runs in."""
+    candidates = ray_auth.join_candidates()
+    probe = _probe(address, candidates)
+    if probe.auth is ray_auth.ClusterAuth.TOKEN_ACCEPTED and probe.source is not None:
+        ray_auth.use_token_auth(probe.source)
+    elif probe.auth is ray_auth.ClusterAuth.OPEN:
+        log.warning("the Ray cluster at %s runs without authentication; joining it as named", address)
+        ray_auth.use_no_auth()
+    elif probe.auth is ray_auth.ClusterAuth.TOKEN_REFUSED:
+        offered = ", ".join(c.describe() for c in candidates) or "no token (none is configured)"
+        raise ray_auth.RayAuthError(
+            f"the Ray cluster at {address} requires a token and refused {offered}: point "
+            "RAY_AUTH_TOKEN_PATH at that cluster's token file"
+        )
+    else:
+        raise RayUnreachableError(f"no Ray GCS answers at {address} ({probe.detail})")
+
+
+def _probe(address: str, candidates: list[ray_auth.TokenSource]) -> ray_auth.ProbeResult:
+    """:func:`ray_auth.probe_cluster`, retried for a few seconds while the GCS does not answer."""
+    deadline = time.monotonic() + _PROBE_PATIENCE_S
+    while True:
+        probe = ray_auth.probe_cluster(address, candidates)
+        if probe.auth is not ray_auth.ClusterAuth.UNREACHABLE or time.monotonic() > deadline:
+            return probe
+        time.sleep(0.5)
+
+
+def _current_cluster_file() -> str:
+    """Ray's ``ray_current_cluster`` file (``$RAY_TMPDIR/ray``, else ``/tmp/ray``), as ray.init reads it."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            host, _, port = fh.read().strip().rpartition(":")
+        from ray._common.utils import get_ray_address_file
+
+        return str(get_ray_address_file(None))
+    except ImportError:  # pragma: no cover - Ray moved it
+        return "/tmp/ray/ray_current_cluster"
+
+
+def _current_cluster_address() -> str | None:
+    """The GCS address in the ``ray_current_cluster`` file that ``ray start`` writes, if any."""
+    try:
+        with open(_current_cluster_file(), encoding="utf-8") as fh:
+            text = fh.read().strip()
     except OSError:
-        return False
-    try:
-        with socket.create_connection((host, int(port)), timeout=0.5):
-            return True
-    except (OSError, ValueError):
-        return False
+        return None
+    host, _, port = text.rpartition(":")
+    return text if host and port.isdigit() else None
+
+
+def _current_cluster_accepts_us(address: str) -> bool:
+    """True when the file's cluster requires a token and accepts one of ours (then this process uses it).
+
+    Anyone can write that file, so a cluster without authentication, or one that refuses our
+    token, is never joined from it.
+    """
+    probe = ray_auth.probe_cluster(address, ray_auth.join_candidates())
+    if probe.auth is ray_auth.ClusterAuth.TOKEN_ACCEPTED and probe.source is not None:
+        ray_auth.use_token_auth(probe.source)
+        return True
+    reason = {
+        ray_auth.ClusterAuth.OPEN: "it runs without authentication",
+        ray_auth.ClusterAuth.TOKEN_REFUSED: "it refuses the platform's token",
+        ray_auth.ClusterAuth.UNREACHABLE: "its GCS does not answer",
+    }[probe.auth]
+    log.warning(
+        "not joining the Ray cluster at %s named by %s: %s; starting a local Ray instead "
+        "(name a cluster with --ray-address or RAY_ADDRESS to join it)",
+        address,
+        _current_cluster_file(),
+        reason,
+    )
+    return False
 
 
 def disconnect_ray(conn: RayConnection) -> None:
-    """Shut down Ray if this process started it; otherwise just detach."""
+    """Shut down Ray if this process started it; otherwise just detach. Ray's authentication
+    variables go back to what they were before :func:`connect_ray` set them."""
     # Keep Ray from rewriting accelerator variables for zero-GPU workers (and from warning about it).
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     import ray
 
+    global _env_before
     if ray.is_initialized():
         ray.shutdown()
+    if _env_before is not None:  # later Ray clients of this process start as it was before
+        ray_auth.restore_auth_env(_env_before)
+        _env_before = None
     del conn
 
 

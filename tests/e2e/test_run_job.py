@@ -1,6 +1,7 @@
 """`x0tta6bl4 run` end to end: a small run's report, bad input refused, and `ray job submit`."""
 
 import json
+import secrets
 import socket
 import subprocess
 import time
@@ -157,6 +158,13 @@ def _free_port():
 
 
 def test_the_job_runs_through_ray_job_submit_on_a_real_head(tmp_path, cli_env):
+    # The head runs with Ray token authentication; `ray job submit` and `ray list` carry the token,
+    # and the job's driver (connect_ray through RAY_ADDRESS) inherits it from the head.
+    token_file = tmp_path / "ray_auth_token"
+    token_file.write_text(secrets.token_hex(32))
+    token_file.chmod(0o600)
+    cli_env["RAY_AUTH_MODE"] = "token"
+    cli_env["RAY_AUTH_TOKEN_PATH"] = str(token_file)
     port, dash = _free_port(), _free_port()
     ray = str(BIN / "ray")
     start = subprocess.run(
