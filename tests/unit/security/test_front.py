@@ -216,7 +216,7 @@ def test_rotation_under_load_fails_no_request(front, ca):
             status, body = call(conn)
             if status != 200:
                 failures.append((status, body))
-        except Exception as exc:  # noqa: BLE001 - any failure counts
+        except Exception as exc:
             failures.append(repr(exc))
         done += 1
     assert failures == []
