@@ -11,6 +11,7 @@ from typing import Any
 from x0tta6bl4 import RAY_NAMESPACE
 from x0tta6bl4.errors import X0tta6bl4Error
 from x0tta6bl4.security import ray_auth
+from x0tta6bl4.security.errors import RayAuthError
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def _connect(ray: Any, address: str | None, num_cpus: int | None, dashboard: boo
         if found is not None and auth and _current_cluster_accepts_us(found):
             target = found
         elif target == "auto":
-            raise ray_auth.RayAuthError(
+            raise RayAuthError(
                 f"address 'auto' names {found or 'no cluster'} in {_current_cluster_file()}, and the "
                 "platform joins that cluster only when it requires a token and accepts ours"
                 f"{'' if auth else f' ({ray_auth.AUTH_SWITCH_ENV}=off)'}: name the cluster explicitly "
@@ -141,7 +142,7 @@ def _prepare_to_join(address: str) -> None:
         ray_auth.use_no_auth()
     elif probe.auth is ray_auth.ClusterAuth.TOKEN_REFUSED:
         offered = ", ".join(c.describe() for c in candidates) or "no token (none is configured)"
-        raise ray_auth.RayAuthError(
+        raise RayAuthError(
             f"the Ray cluster at {address} requires a token and refused {offered}: point "
             "RAY_AUTH_TOKEN_PATH at that cluster's token file"
         )

@@ -1,18 +1,18 @@
-"""One local Ray for the integration tests of a session (shared: starting Ray costs seconds)."""
+"""One local Ray for the integration tests of a session (shared: starting Ray costs seconds).
 
-import os
+It is started through :func:`x0tta6bl4.connect.connect_ray`, as the platform starts it: in token
+mode with the platform's Ray token, never joining a cluster named in ``/tmp``.
+"""
 
 import pytest
 
 
 @pytest.fixture(scope="session")
 def ray_local():
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     import ray
 
-    from x0tta6bl4 import RAY_NAMESPACE
+    from x0tta6bl4.connect import connect_ray, disconnect_ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=True, namespace=RAY_NAMESPACE, log_to_driver=False)
+    conn = connect_ray(num_cpus=2)
     yield ray
-    ray.shutdown()
+    disconnect_ray(conn)

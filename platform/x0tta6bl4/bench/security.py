@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import json
-import logging
 import os
 import socket
 import ssl
@@ -26,7 +25,7 @@ import numpy as np
 
 from x0tta6bl4.bench._load import run_load
 from x0tta6bl4.bench._report import result
-from x0tta6bl4.connect import free_local_port
+from x0tta6bl4.connect import connect_ray, disconnect_ray, free_local_port
 from x0tta6bl4.security.authz import Policy
 from x0tta6bl4.security.ca import EmbeddedCA
 from x0tta6bl4.security.front import BackgroundFront, MtlsFront
@@ -75,7 +74,6 @@ def _save(ca: EmbeddedCA, spiffe_id: str, out: Path, ttl_s: int | None = None) -
 
 
 def _served(ca: EmbeddedCA, tmp: Path, quick: bool) -> list[dict[str, Any]]:
-    import ray
     from ray import serve
 
     from x0tta6bl4.bench.serve import snapshot_bodies
@@ -91,7 +89,7 @@ def _served(ca: EmbeddedCA, tmp: Path, quick: bool) -> list[dict[str, Any]]:
     token = load_or_create_token(token_file)
     port = free_local_port()
     rows: list[dict[str, Any]] = []
-    ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    conn = connect_ray(dashboard=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         config = ServeConfig.model_validate(
@@ -121,7 +119,7 @@ def _served(ca: EmbeddedCA, tmp: Path, quick: bool) -> list[dict[str, Any]]:
         rows.append(_rotation(ca, upstream, token, tmp, 6.0 if quick else 20.0))
     finally:
         serve.shutdown()
-        ray.shutdown()
+        disconnect_ray(conn)
     return rows
 
 

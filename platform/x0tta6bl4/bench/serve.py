@@ -17,7 +17,7 @@ import numpy as np
 from x0tta6bl4.bench._ceiling import Ceiling
 from x0tta6bl4.bench._load import run_load
 from x0tta6bl4.bench._report import result
-from x0tta6bl4.connect import free_local_port
+from x0tta6bl4.connect import connect_ray, disconnect_ray, free_local_port
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,6 @@ def _query_texts(count: int, seed: int) -> list[str]:
 
 
 def _serve_results(quick: bool) -> list[dict[str, Any]]:
-    import ray
     from ray import serve
 
     from x0tta6bl4.models.bootstrap import BootstrapConfig, bootstrap_detector
@@ -95,7 +94,7 @@ def _serve_results(quick: bool) -> list[dict[str, Any]]:
         _say("training a bootstrap detector")
         bootstrap_detector(registry, BootstrapConfig(nodes=300, ticks=80, epochs=2) if quick else None)
         port = free_local_port()
-        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        conn = connect_ray(dashboard=False)
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": port})
             config = ServeConfig.model_validate(
@@ -162,7 +161,7 @@ def _serve_results(quick: bool) -> list[dict[str, Any]]:
             rows.extend(_rag_rows(base, quick, common))
         finally:
             serve.shutdown()
-            ray.shutdown()
+            disconnect_ray(conn)
     return rows
 
 

@@ -35,3 +35,11 @@ class AuthorizationError(SecurityError):
 
 class CaError(SecurityError):
     """The embedded CA's state on disk is missing, unreadable or inconsistent."""
+
+
+class RayAuthError(SecurityError):
+    """A Ray cluster refused the platform's credential, or the platform will not join it without one."""
+
+
+class RayTokenError(RayAuthError, ConfigError):
+    """The token or its file is unusable: missing, empty, readable by others, or a bad switch value."""

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from x0tta6bl4.durable import fsync_dir
-from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
+from x0tta6bl4.security.errors import RayTokenError
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +43,6 @@ RAY_DEFAULT_TOKEN_PATH = Path("~") / ".ray" / "auth_token"
 _RAY_AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 _OFF = {"off", "0", "false", "no", "disabled"}
 _ON = {"", "token", "on", "1", "true", "yes"}
-
-
-class RayAuthError(X0tta6bl4Error):
-    """A Ray cluster refused the platform's credential, or the platform will not join it without one."""
-
-
-class RayTokenError(RayAuthError, ConfigError):
-    """The token or its file is unusable: missing, empty, readable by others, or a bad switch value."""
 
 
 class ClusterAuth(enum.Enum):
