@@ -7,6 +7,7 @@ import subprocess
 import time
 
 import pytest
+import requests
 
 from tests.e2e.conftest import BIN, REPO
 
@@ -149,6 +150,51 @@ def test_bad_config_files_are_refused_with_the_reason(tmp_path, cli_env, yaml_te
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_serve_forever_keeps_the_apps_up_behind_the_mtls_front_only(tmp_path, cli_env):
+    """After the run, `--serve-forever` opens the mTLS front; Serve's own port refuses callers around it."""
+    serve_port, front_port = _free_port(), _free_port()
+    args = ["run", "--nodes", "200", "--regions", "2", "--ticks", "10", "--faults-per-1000-ticks", "0"]
+    args += ["--no-ebpf", "--runs-dir", str(tmp_path), "--run-id", "forever", "--serve-forever"]
+    args += ["--serve-port", str(serve_port), "--front-port", str(front_port)]
+    proc = subprocess.Popen(
+        [str(BIN / "x0tta6bl4"), *args],
+        cwd=REPO,
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        issued = _run(["identity", "issue", "operator/ci", "--out", str(tmp_path / "op")], cli_env, 60)
+        assert issued.returncode == 0, issued.stderr
+        operator = requests.Session()
+        operator.trust_env = False  # REQUESTS_CA_BUNDLE would replace the platform's bundle
+        operator.cert = (str(tmp_path / "op" / "svid.pem"), str(tmp_path / "op" / "svid.key"))
+        operator.verify = str(tmp_path / "op" / "bundle.pem")
+        front = f"https://localhost:{front_port}"
+        deadline, health = time.time() + 300, None
+        while time.time() < deadline and proc.poll() is None and health is None:
+            try:
+                resp = operator.get(f"{front}/healthz", timeout=5)
+                health = resp.json() if resp.status_code == 200 else None
+            except requests.RequestException:
+                time.sleep(1)
+        assert health is not None and health["status"] == "ok", "the front never answered"
+        assert operator.get(f"{front}/v1/rag/stats", timeout=30).status_code == 200
+        direct = requests.get(f"http://127.0.0.1:{serve_port}/v1/rag/stats", timeout=30)
+        assert direct.status_code == 401 and direct.json()["error"] == "unauthenticated"
+        anonymous = requests.Session()
+        anonymous.trust_env = False
+        with pytest.raises(requests.exceptions.ConnectionError):  # no client SVID: the front hangs up
+            anonymous.get(f"{front}/healthz", verify=str(tmp_path / "op" / "bundle.pem"), timeout=30)
+    finally:
+        proc.terminate()
+        _out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err[-3000:]
+    assert (tmp_path / "forever" / "report.json").exists()
+    assert f"serving through the mTLS front: https://localhost:{front_port}" in err and "curl --cacert" in err
 
 
 def _free_port():

@@ -96,7 +96,14 @@ class RunConfig(BaseModel):
     )
     serve_port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the Serve apps")
     serve_forever: bool = Field(
-        default=False, description="keep Serve and the Ray dashboard up after the run until interrupted"
+        default=False,
+        description="keep Serve (behind its mTLS front) and the dashboard up after the run until Ctrl-C",
+    )
+    front_port: int = Field(
+        default=8443,
+        ge=0,
+        le=65535,
+        description="HTTPS port of the mTLS front that serve_forever opens (0: any free)",
     )
 
     @model_validator(mode="after")
@@ -133,6 +140,7 @@ _CLI_FIELDS = (
     "run_id",
     "ray_address",
     "serve_port",
+    "front_port",
 )
 
 
@@ -170,7 +178,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--serve-forever",
         "serve_forever",
         True,
-        "keep Serve and the Ray dashboard up after the run (until Ctrl-C)",
+        "keep Serve (through the mTLS front) and the Ray dashboard up after the run (until Ctrl-C)",
     )
     parser.add_argument(
         "--json",

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from x0tta6bl4.mesh.faults import Action, Fault, random_schedule
 from x0tta6bl4.mesh.pipeline import LocalMesh, Mesh, ShardedMesh, TickResult
 from x0tta6bl4.mesh.shard import MeshSpec
 from x0tta6bl4.mesh.topology import Topology, TopologySpec
+
+if TYPE_CHECKING:
+    from x0tta6bl4.serve.config import ServeConfig
 
 log = logging.getLogger(__name__)
 
@@ -308,9 +311,12 @@ def deploy_serve(config: RunConfig) -> dict[str, Any]:
     from ray import serve
 
     from x0tta6bl4.serve.app import build_app
-    from x0tta6bl4.serve.config import ServeConfig
+    from x0tta6bl4.serve.front import require_front_token
 
-    serve_config = ServeConfig.model_validate({"http": {"port": config.serve_port}}).resolved()
+    serve_config = _serve_config(config)
+    # The controller calls the deployments through handles, inside Ray's token boundary; over HTTP the
+    # gateway believes only the mTLS front (401 to anyone else on Serve's loopback port).
+    require_front_token(serve_config)
     serve.start(
         http_options={
             "host": serve_config.http.host,
@@ -321,6 +327,15 @@ def deploy_serve(config: RunConfig) -> dict[str, Any]:
     log.warning("deploying the Serve apps (detector and runbook index)...")
     serve.run(build_app(serve_config), name=serve_config.app_name, route_prefix=serve_config.route_prefix)
     return serve_config.model_dump(mode="json")
+
+
+def _serve_config(config: RunConfig) -> ServeConfig:
+    """The ServeConfig of the run's apps: Serve on loopback at ``serve_port``, the front at ``front_port``."""
+    from x0tta6bl4.serve.config import ServeConfig
+
+    return ServeConfig.model_validate(
+        {"http": {"port": config.serve_port}, "front": {"port": config.front_port}}
+    ).resolved()
 
 
 def _local_core(plan: Plan, controller_config: Any) -> Any:
@@ -386,19 +401,24 @@ def main_from_args(args: argparse.Namespace) -> int:
 
 
 def serve_forever(config: RunConfig) -> None:
-    """Keep Serve, the controller and the Ray dashboard up until Ctrl-C or SIGTERM, then tear down."""
+    """Keep Serve (behind its mTLS front), the controller and the dashboard up until Ctrl-C or SIGTERM."""
     import signal
     import threading
 
     import ray
     from ray import serve
 
+    from x0tta6bl4.serve.front import build_front, curl_hint, front_url
+
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    url = f"http://127.0.0.1:{config.serve_port}"
-    print(
-        f"serving: {url}/docs, {url}/v1/anomaly/score, {url}/v1/rag/query (Ctrl-C to stop)", file=sys.stderr
-    )
+    serve_config = _serve_config(config)
+    front = build_front(serve_config)
+    if front is None:  # the run's ServeConfig never turns the front off
+        raise ConfigError("the run's Serve apps are reachable only through the mTLS front")
+    url = front_url(serve_config, front.start())
+    print(f"serving through the mTLS front: {url} (Ctrl-C to stop)", file=sys.stderr)
+    print(curl_hint(url), file=sys.stderr)
     try:
         while not stop.is_set():
             stop.wait(0.5)
@@ -407,6 +427,7 @@ def serve_forever(config: RunConfig) -> None:
     from x0tta6bl4 import RAY_NAMESPACE
     from x0tta6bl4.mapek.controller import CONTROLLER_NAME
 
+    front.stop()
     with contextlib.suppress(Exception):
         ray.kill(ray.get_actor(CONTROLLER_NAME, namespace=RAY_NAMESPACE))
     with contextlib.suppress(Exception):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import socket
 import sys
 import threading
 import time
@@ -12,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from x0tta6bl4.security.front import BackgroundFront
     from x0tta6bl4.serve.config import ServeConfig
 
 
@@ -118,8 +116,11 @@ def serve_main(args: argparse.Namespace) -> int:
 
     from x0tta6bl4.connect import connect_ray, disconnect_ray
     from x0tta6bl4.serve.app import build_app
+    from x0tta6bl4.serve.front import build_front, curl_hint, front_url
 
-    front = _prepare_front(config)  # before Ray: a bad policy or CA fails fast
+    if not config.front.enabled:
+        _say("WARNING: --no-front: plain HTTP, every caller is anonymous and may add runbooks")
+    front = build_front(config)  # before Ray: a bad policy or CA fails fast
     conn = connect_ray(args.ray_address)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -135,14 +136,10 @@ def serve_main(args: argparse.Namespace) -> int:
         serve.run(build_app(config), name=config.app_name, route_prefix=config.route_prefix)
         if front is not None:
             port = front.start()
-            host = "localhost" if config.front.host in ("127.0.0.1", "0.0.0.0") else config.front.host
-            url = f"https://{host}:{port}{config.route_prefix.rstrip('/')}"
+            url = front_url(config, port)
             policy = config.front.policy or "cluster/authz.yaml"
             _say(f"mTLS front: {url} (client SVID required; policy {policy})")
-            _say(
-                "an operator's SVID: x0tta6bl4 identity issue operator/$USER --out op; then "
-                f"curl --cacert op/bundle.pem --cert op/svid.pem --key op/svid.key {url}/healthz"
-            )
+            _say(curl_hint(url))
         else:
             url = f"http://{config.http.host}:{config.http.port}{config.route_prefix.rstrip('/')}"
             _say(f"ready: {url}/docs (OpenAPI), {url}/v1/anomaly/score, {url}/v1/rag/query")
@@ -163,50 +160,6 @@ def serve_main(args: argparse.Namespace) -> int:
     finally:
         disconnect_ray(conn)
     return 0
-
-
-def _prepare_front(config: ServeConfig) -> BackgroundFront | None:
-    """The mTLS front for ``config`` (not yet listening), after pointing the app at its token.
-
-    Serve stays on loopback behind it; the token file (0600) sits beside the CA.
-    """
-    from x0tta6bl4.errors import ConfigError
-    from x0tta6bl4.security.authz import Policy
-    from x0tta6bl4.security.ca import default_ca_dir
-    from x0tta6bl4.security.front import BackgroundFront, MtlsFront
-    from x0tta6bl4.security.front_token import load_or_create_token
-    from x0tta6bl4.security.identity import WorkloadKind, workload_id
-    from x0tta6bl4.security.source import open_source
-
-    if not config.front.enabled:
-        _say("WARNING: --no-front: plain HTTP, every caller is anonymous and may add runbooks")
-        return None
-    if config.http.host not in ("127.0.0.1", "localhost", "::1"):
-        raise ConfigError(
-            f"Serve listens on loopback behind the mTLS front; bind the front instead (--front-host), "
-            f"not Serve ({config.http.host})"
-        )
-    policy = Policy.load(config.front.policy)
-    ca_dir = Path(config.front.ca_dir) if config.front.ca_dir else default_ca_dir()
-    token_file = ca_dir.parent / "front.token"
-    token = load_or_create_token(token_file)
-    config.http.front_token_file = str(token_file.resolve())
-    ips = ["127.0.0.1"] + ([config.front.host] if _is_ip(config.front.host) else [])
-    dns = [*config.front.dns_names, socket.gethostname()]
-    source = open_source(workload_id(WorkloadKind.FRONT), ca_dir, config.front.svid_ttl_s, dns, ips)
-    upstream = f"http://127.0.0.1:{config.http.port}"
-    front = MtlsFront(source, policy, upstream, token, max_body_bytes=config.http.score_max_bytes)
-    return BackgroundFront(front, config.front.host, config.front.port)
-
-
-def _is_ip(text: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return text not in ("0.0.0.0", "::")
 
 
 def registry_model_name() -> str:
