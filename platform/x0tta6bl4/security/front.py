@@ -27,7 +27,7 @@ import ssl
 import threading
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -39,7 +39,7 @@ from x0tta6bl4.security.authz import Policy, authorise
 from x0tta6bl4.security.errors import AuthorizationError, PeerRejectedError
 from x0tta6bl4.security.front_token import FRONT_TOKEN_HEADER, PEER_ID_HEADER
 from x0tta6bl4.security.source import SvidSource
-from x0tta6bl4.security.tls import PeerVerifier, key_exchange_groups, server_context
+from x0tta6bl4.security.tls import PeerVerifier, key_exchange_groups, negotiated_group, server_context
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,8 @@ class FrontStats:
     refused_forbidden: int = 0
     upstream_errors: int = 0
     context_rebuilds: int = 0
+    #: Verified connections per negotiated key-exchange group (``unknown`` where unreadable).
+    groups: dict[str, int] = field(default_factory=dict)
 
 
 class MtlsFront:
@@ -116,8 +118,7 @@ class MtlsFront:
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
-        #: Which key-exchange groups a handshake here can use (probed at start; Python 3.11's ssl
-        #: cannot report the group each connection negotiated, so this is what the log says).
+        #: Which key-exchange groups a handshake here can use (probed at start).
         self.key_exchange: dict[str, bool] = {}
         source.subscribe(self._rebuild)
 
@@ -192,6 +193,10 @@ class MtlsFront:
         if cached is None or cached.generation != generation:
             der = ssl_obj.getpeercert(binary_form=True)
             spiffe_id = str(verifier.verify(der))
+            if cached is None:  # a new connection: say how it was secured
+                group = negotiated_group(ssl_obj) or "unknown"
+                self.stats.groups[group] = self.stats.groups.get(group, 0) + 1
+                log.info("mTLS connection from %s: %s, key exchange %s", spiffe_id, ssl_obj.version(), group)
             cached = _Verified(generation, spiffe_id, x509.load_der_x509_certificate(der))
             self._cache[ssl_obj] = cached
         if cached.leaf.not_valid_after_utc <= dt.datetime.now(dt.UTC):

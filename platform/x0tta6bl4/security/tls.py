@@ -11,9 +11,12 @@ rotation never interrupts a connection.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime as dt
+import functools
 import os
 import ssl
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -202,9 +205,9 @@ def key_exchange_groups(svid: Svid, bundles: Mapping[str, TrustBundle]) -> dict[
     """Which key-exchange groups a handshake through Python's ``ssl`` can really use here.
 
     Each candidate gets one in-memory TLS 1.3 handshake with the server restricted to it.
-    Python's ``ssl`` (3.11) can neither set a group list nor report the negotiated group, so
-    this probe is how ``x0tta6bl4 doctor`` and the front's log know: a context left at the
-    defaults prefers X25519MLKEM768 wherever the linked OpenSSL (3.5+) offers it.
+    Python's ``ssl`` (3.11) cannot set a group list, so this probe is how ``x0tta6bl4 doctor`` and
+    the front's start-up log know which exist: a context left at the defaults prefers
+    X25519MLKEM768 wherever the linked OpenSSL (3.5+) offers it.
     """
     out: dict[str, bool] = {}
     for group in CANDIDATE_GROUPS:
@@ -216,6 +219,65 @@ def key_exchange_groups(svid: Svid, bundles: Mapping[str, TrustBundle]) -> dict[
             continue
         out[group] = _handshake_in_memory(server, client_context(svid, bundles))
     return out
+
+
+#: ``SSL_ctrl`` command behind OpenSSL's ``SSL_get_negotiated_group`` macro (``ssl.h``, 3.0+).
+_SSL_CTRL_GET_NEGOTIATED_GROUP = 134
+_PTR = ctypes.sizeof(ctypes.c_void_p)
+
+
+def negotiated_group(conn: ssl.SSLObject | ssl.SSLSocket) -> str | None:
+    """The key-exchange group an established TLS connection negotiated (``None`` where unreadable).
+
+    Python 3.11's ``ssl`` has no accessor for it (one named ``group()`` is used when present), so
+    this asks the OpenSSL the ``ssl`` module links, through ``SSL_get_negotiated_group`` on the
+    connection's ``SSL*``. CPython's ``_ssl`` object holds ``Socket``, ``ssl`` and ``ctx`` right after
+    its header; the pointer is used only when the ``ctx`` slot is seen to hold this connection's
+    own context object and OpenSSL then reports the same protocol version as ``conn.version()``,
+    so another layout or library gives ``None`` rather than a wrong answer.
+    """
+    accessor = getattr(conn, "group", None)
+    if callable(accessor):
+        named = accessor()
+        return str(named) if named else None
+    lib = _libssl()
+    inner = getattr(conn, "_sslobj", None)
+    if lib is None or inner is None or type(inner).__basicsize__ < 5 * _PTR:
+        return None
+    if ctypes.c_void_p.from_address(id(inner) + 4 * _PTR).value != id(inner.context):
+        return None
+    ssl_ptr = ctypes.c_void_p.from_address(id(inner) + 3 * _PTR).value
+    version = conn.version()
+    if not ssl_ptr or version is None or lib.SSL_get_version(ssl_ptr) != version.encode():
+        return None
+    nid = int(lib.SSL_ctrl(ssl_ptr, _SSL_CTRL_GET_NEGOTIATED_GROUP, 0, None))
+    name = lib.SSL_group_to_name(ssl_ptr, nid) if nid > 0 else None
+    return name.decode() if name else None
+
+
+@functools.cache
+def _libssl() -> ctypes.CDLL | None:
+    """The one libssl mapped into this process (the ``ssl`` module's), or ``None``."""
+    if sys.implementation.name != "cpython" or hasattr(sys, "gettotalrefcount"):  # other object layouts
+        return None
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            paths = {line.split()[-1] for line in maps if "/libssl.so" in line}
+    except OSError:
+        return None
+    if len(paths) != 1:
+        return None
+    try:
+        lib = ctypes.CDLL(paths.pop())
+        lib.SSL_ctrl.restype = ctypes.c_long
+        lib.SSL_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+        lib.SSL_group_to_name.restype = ctypes.c_char_p
+        lib.SSL_group_to_name.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.SSL_get_version.restype = ctypes.c_char_p
+        lib.SSL_get_version.argtypes = [ctypes.c_void_p]
+    except (OSError, AttributeError):
+        return None
+    return lib
 
 
 def _handshake_in_memory(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> bool:

@@ -21,7 +21,7 @@ from x0tta6bl4.security.ca import EmbeddedCA
 from x0tta6bl4.security.front import BackgroundFront, MtlsFront
 from x0tta6bl4.security.front_token import FRONT_TOKEN_HEADER, PEER_ID_HEADER
 from x0tta6bl4.security.source import EmbeddedSource
-from x0tta6bl4.security.tls import client_context
+from x0tta6bl4.security.tls import client_context, negotiated_group
 
 TOKEN = "t" * 43
 POLICY = Policy.model_validate(
@@ -117,6 +117,7 @@ def refused_at_handshake_or_first_read(front, ctx):
 
 def test_an_operator_gets_through_with_its_verified_id_and_spoofed_headers_are_dropped(front, ca):
     svid = ca.issue_svid("spiffe://x0tta6bl4.local/operator/alice")
+    groups_before = sum(front.front.stats.groups.values())
     conn = connect(front, client_context(svid, bundles(ca)))
     assert conn.sock.version() == "TLSv1.3"
     status, body = call(
@@ -133,6 +134,10 @@ def test_an_operator_gets_through_with_its_verified_id_and_spoofed_headers_are_d
         "query": "x=1",
         "bytes": 3,
     }
+    # The front logged and counted how the connection was secured: the group both ends negotiated.
+    assert sum(front.front.stats.groups.values()) == groups_before + 1
+    assert front.front.stats.groups.get(negotiated_group(conn.sock), 0) >= 1
+    assert negotiated_group(conn.sock) in ("x25519", "X25519MLKEM768")  # OpenSSL's default preference
 
 
 def test_refused_without_a_client_certificate(front, ca):

@@ -1,6 +1,7 @@
 """Peer verification: one SPIFFE ID, a chain to its own trust domain's bundle, valid now, not revoked."""
 
 import datetime as dt
+import ssl
 
 import pytest
 from cryptography import x509
@@ -10,7 +11,14 @@ from cryptography.x509.oid import NameOID
 
 from x0tta6bl4.security.ca import EmbeddedCA
 from x0tta6bl4.security.errors import PeerRejectedError
-from x0tta6bl4.security.tls import PeerVerifier, Revocations, key_exchange_groups
+from x0tta6bl4.security.tls import (
+    PeerVerifier,
+    Revocations,
+    client_context,
+    key_exchange_groups,
+    negotiated_group,
+    server_context,
+)
 
 
 def der(cert):
@@ -152,3 +160,43 @@ def test_the_group_probe_handshakes_for_real(ca):
     groups = key_exchange_groups(svid, {ca.trust_domain: ca.bundle()})
     assert groups["X25519"] is True  # every OpenSSL 3 has it
     assert set(groups) >= {"X25519MLKEM768", "prime256v1"}
+
+
+def _established(server_ctx, client_ctx):
+    """Both ends of a finished in-memory handshake."""
+    s_in, s_out, c_in, c_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    client = client_ctx.wrap_bio(c_in, c_out, server_side=False)
+    done = set()
+    for _ in range(20):
+        for obj, out_bio, peer_in in ((client, c_out, s_in), (server, s_out, c_in)):
+            if obj not in done:
+                try:
+                    obj.do_handshake()
+                    done.add(obj)
+                except ssl.SSLWantReadError:
+                    pass
+            if data := out_bio.read():
+                peer_in.write(data)
+    assert done == {client, server}
+    return server, client
+
+
+@pytest.mark.parametrize(
+    ("forced", "reported"), [("prime256v1", "secp256r1"), ("secp384r1", "secp384r1"), ("X25519", "x25519")]
+)
+def test_the_negotiated_group_is_read_from_the_connection(ca, forced, reported):
+    svid = ca.issue_svid("spiffe://x0tta6bl4.local/front")
+    bundles = {ca.trust_domain: ca.bundle()}
+    server_ctx = server_context(svid, bundles)
+    server_ctx.set_ecdh_curve(forced)  # the server allows this group only, so it is what both ends agree
+    server, client = _established(server_ctx, client_context(svid, bundles))
+    assert negotiated_group(server) == reported
+    assert negotiated_group(client) == reported
+
+
+def test_a_connection_without_a_handshake_has_no_group(ca):
+    svid = ca.issue_svid("spiffe://x0tta6bl4.local/front")
+    bundles = {ca.trust_domain: ca.bundle()}
+    unstarted = server_context(svid, bundles).wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
+    assert negotiated_group(unstarted) is None
