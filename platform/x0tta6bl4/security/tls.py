@@ -217,7 +217,7 @@ def key_exchange_groups(svid: Svid, bundles: Mapping[str, TrustBundle]) -> dict[
         except ValueError:
             out[group] = False
             continue
-        out[group] = _handshake_in_memory(server, client_context(svid, bundles))
+        out[group] = handshake_in_memory(server, client_context(svid, bundles)) is not None
     return out
 
 
@@ -280,7 +280,10 @@ def _libssl() -> ctypes.CDLL | None:
     return lib
 
 
-def _handshake_in_memory(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> bool:
+def handshake_in_memory(
+    server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> tuple[ssl.SSLObject, ssl.SSLObject] | None:
+    """Both ends (server, client) of a TLS handshake over memory buffers, or ``None`` if it failed."""
     s_in, s_out, c_in, c_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
     server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
     client = client_ctx.wrap_bio(c_in, c_out, server_side=False)
@@ -294,10 +297,10 @@ def _handshake_in_memory(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext)
                 except ssl.SSLWantReadError:
                     pass
                 except ssl.SSLError:
-                    return False
+                    return None
             data = out_bio.read()
             if data:
                 peer_in.write(data)
         if all(done.values()):
-            return True
-    return False
+            return server, client
+    return None

@@ -25,7 +25,6 @@ def require_front_token(config: ServeConfig) -> str:
     Raises:
         ConfigError: Serve would listen beyond loopback (bind the front there instead).
     """
-    from x0tta6bl4.security.ca import default_ca_dir
     from x0tta6bl4.security.front_token import load_or_create_token
 
     if config.http.host not in _LOOPBACK:
@@ -33,7 +32,7 @@ def require_front_token(config: ServeConfig) -> str:
             f"Serve listens on loopback behind the mTLS front; bind the front instead (--front-host), "
             f"not Serve ({config.http.host})"
         )
-    token_file = (_ca_dir(config) or default_ca_dir()).parent / "front.token"
+    token_file = _ca_dir(config).parent / "front.token"
     token = load_or_create_token(token_file)
     config.http.front_token_file = str(token_file.resolve())
     return token
@@ -46,7 +45,6 @@ def build_front(config: ServeConfig) -> BackgroundFront | None:
     (:func:`require_front_token`), and a bad policy or CA fails before Ray starts.
     """
     from x0tta6bl4.security.authz import Policy
-    from x0tta6bl4.security.ca import default_ca_dir
     from x0tta6bl4.security.front import BackgroundFront, MtlsFront
     from x0tta6bl4.security.identity import WorkloadKind, workload_id
     from x0tta6bl4.security.source import open_source
@@ -57,8 +55,7 @@ def build_front(config: ServeConfig) -> BackgroundFront | None:
     token = require_front_token(config)
     ips = ["127.0.0.1"] + ([config.front.host] if _is_ip(config.front.host) else [])
     dns = [*config.front.dns_names, socket.gethostname()]
-    ca_dir = _ca_dir(config) or default_ca_dir()
-    source = open_source(workload_id(WorkloadKind.FRONT), ca_dir, config.front.svid_ttl_s, dns, ips)
+    source = open_source(workload_id(WorkloadKind.FRONT), _ca_dir(config), config.front.svid_ttl_s, dns, ips)
     upstream = f"http://127.0.0.1:{config.http.port}"
     front = MtlsFront(source, policy, upstream, token, max_body_bytes=config.http.score_max_bytes)
     return BackgroundFront(front, config.front.host, config.front.port)
@@ -78,8 +75,10 @@ def curl_hint(url: str) -> str:
     )
 
 
-def _ca_dir(config: ServeConfig) -> Path | None:
-    return Path(config.front.ca_dir) if config.front.ca_dir else None
+def _ca_dir(config: ServeConfig) -> Path:
+    from x0tta6bl4.security.ca import default_ca_dir
+
+    return Path(config.front.ca_dir) if config.front.ca_dir else default_ca_dir()
 
 
 def _is_ip(text: str) -> bool:

@@ -15,6 +15,7 @@ from x0tta6bl4.security.tls import (
     PeerVerifier,
     Revocations,
     client_context,
+    handshake_in_memory,
     key_exchange_groups,
     negotiated_group,
     server_context,
@@ -162,26 +163,6 @@ def test_the_group_probe_handshakes_for_real(ca):
     assert set(groups) >= {"X25519MLKEM768", "prime256v1"}
 
 
-def _established(server_ctx, client_ctx):
-    """Both ends of a finished in-memory handshake."""
-    s_in, s_out, c_in, c_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
-    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
-    client = client_ctx.wrap_bio(c_in, c_out, server_side=False)
-    done = set()
-    for _ in range(20):
-        for obj, out_bio, peer_in in ((client, c_out, s_in), (server, s_out, c_in)):
-            if obj not in done:
-                try:
-                    obj.do_handshake()
-                    done.add(obj)
-                except ssl.SSLWantReadError:
-                    pass
-            if data := out_bio.read():
-                peer_in.write(data)
-    assert done == {client, server}
-    return server, client
-
-
 @pytest.mark.parametrize(
     ("forced", "reported"), [("prime256v1", "secp256r1"), ("secp384r1", "secp384r1"), ("X25519", "x25519")]
 )
@@ -190,7 +171,9 @@ def test_the_negotiated_group_is_read_from_the_connection(ca, forced, reported):
     bundles = {ca.trust_domain: ca.bundle()}
     server_ctx = server_context(svid, bundles)
     server_ctx.set_ecdh_curve(forced)  # the server allows this group only, so it is what both ends agree
-    server, client = _established(server_ctx, client_context(svid, bundles))
+    established = handshake_in_memory(server_ctx, client_context(svid, bundles))
+    assert established is not None
+    server, client = established
     assert negotiated_group(server) == reported
     assert negotiated_group(client) == reported
 
