@@ -1,0 +1,62 @@
+"""`x0tta6bl4 identity`: issue, inspect, rotate, revoke and bundle through the real CLI; bad input exits 2 in one line."""
+
+import json
+import stat
+
+import pytest
+
+from x0tta6bl4.cli import main
+
+
+@pytest.fixture
+def ca_dir(tmp_path, monkeypatch):
+    path = tmp_path / "ca"
+    monkeypatch.setenv("X0TTA6BL4_CA_DIR", str(path))
+    return path
+
+
+def identity(capsys, *args):
+    code = main(["identity", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_an_operator_svid_in_one_command_then_inspected_rotated_and_revoked(ca_dir, tmp_path, capsys):
+    alice = tmp_path / "alice"
+    code, out, _ = identity(capsys, "issue", "operator/alice", "--out", str(alice))
+    assert code == 0 and out.startswith("spiffe://x0tta6bl4.local/operator/alice serial ")
+    assert stat.S_IMODE((alice / "svid.key").stat().st_mode) == 0o600
+    assert (alice / "bundle.pem").read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
+
+    code, out, _ = identity(capsys, "inspect", str(alice), "--json")
+    first = json.loads(out)
+    assert code == 0 and first["state"] == "valid" and first["spiffe_id"].endswith("/operator/alice")
+
+    assert identity(capsys, "rotate", "--out", str(alice))[0] == 0
+    code, out, _ = identity(capsys, "inspect", str(alice), "--json")
+    rotated = json.loads(out)
+    assert code == 0 and rotated["serial"] != first["serial"] and rotated["spiffe_id"] == first["spiffe_id"]
+
+    assert identity(capsys, "revoke", "--svid", str(alice))[0] == 0
+    code, out, _ = identity(capsys, "inspect", str(alice), "--json")
+    assert code == 1 and json.loads(out)["state"].startswith("revoked")
+
+    code, out, _ = identity(capsys, "bundle", "--format", "jwks")
+    assert code == 0 and json.loads(out)["keys"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["issue", "spiffe://x0tta6bl4.local/a/../b"], "spiffe"),
+        (["issue", "nobody/x"], "neither a SPIFFE ID nor"),
+        (["inspect", "no-such-dir"], "cannot read a certificate"),
+        (["revoke", "--serial", "zz-not-hex"], "hex serial"),
+        (["rotate"], "--out DIR"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(ca_dir, tmp_path, monkeypatch, capsys, args, needle):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = identity(capsys, *args)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("x0tta6bl4: error:") and needle in err
