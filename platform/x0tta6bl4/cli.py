@@ -99,9 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_command(sub)
 
-    from x0tta6bl4.security.cli import add_identity_command
+    from x0tta6bl4.security.cli import add_identity_command, add_ledger_command
 
     add_identity_command(sub)
+    add_ledger_command(sub)
 
     return parser
 

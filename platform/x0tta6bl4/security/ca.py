@@ -29,7 +29,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from filelock import FileLock
 from spiffe import SpiffeId
@@ -200,6 +200,52 @@ class EmbeddedCA:
             InvalidSpiffeIdError: the ID is invalid or belongs to another trust domain.
             ConfigError: a TTL that is not positive or outlives the authority.
         """
+        sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
+        try:
+            sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        builder, auth = self._leaf(spiffe_id, public_key, ttl_s, sans, signing=False)
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+        return (builder.sign(auth.key, hashes.SHA256()),)
+
+    def issue_signer(
+        self,
+        spiffe_id: SpiffeId | str,
+        ed25519_public: ed25519.Ed25519PublicKey,
+        mldsa65_public: mldsa.MLDSA65PublicKey,
+        ttl_s: int | None = None,
+    ) -> x509.Certificate:
+        """Certify a workload's signing keys (see :mod:`x0tta6bl4.security.signing`).
+
+        The certificate is over the Ed25519 key, names ``spiffe_id`` and carries the ML-DSA-65
+        public key in an extension; it allows signing, not TLS. Its lifetime defaults to
+        :data:`~x0tta6bl4.security.signing.DEFAULT_SIGNER_TTL_S`, capped by the authority's.
+
+        Raises:
+            InvalidSpiffeIdError, ConfigError: as :meth:`issue`.
+        """
+        from x0tta6bl4.security.signing import DEFAULT_SIGNER_TTL_S, MLDSA_KEY_OID
+
+        ttl = DEFAULT_SIGNER_TTL_S if ttl_s is None else ttl_s
+        builder, auth = self._leaf(spiffe_id, ed25519_public, ttl, [], signing=True)
+        builder = builder.add_extension(
+            x509.UnrecognizedExtension(MLDSA_KEY_OID, mldsa65_public.public_bytes_raw()), critical=False
+        )
+        return builder.sign(auth.key, hashes.SHA256())
+
+    def _leaf(
+        self,
+        spiffe_id: SpiffeId | str,
+        public_key: ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey,
+        ttl_s: int | None,
+        extra_sans: list[x509.GeneralName],
+        signing: bool,
+    ) -> tuple[x509.CertificateBuilder, _Authority]:
+        """The parts every leaf shares: subject, SPIFFE URI SAN, validity, key usage, key ids."""
         sid = parse_spiffe_id(str(spiffe_id))
         if sid.trust_domain.name != self.trust_domain:
             raise ConfigError(f"{sid} is outside the trust domain {self.trust_domain!r}")
@@ -211,13 +257,8 @@ class EmbeddedCA:
             auth = self._authority(self._state["active"])
         now = _now()
         not_after = min(now + dt.timedelta(seconds=ttl), auth.cert.not_valid_after_utc)
-        sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(sid))]
-        sans += [x509.DNSName(n) for n in dns_names]
-        try:
-            sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        cert = (
+        sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(sid)), *extra_sans]
+        builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, self.trust_domain)]))
             .issuer_name(auth.cert.subject)
@@ -230,7 +271,7 @@ class EmbeddedCA:
             .add_extension(
                 x509.KeyUsage(
                     digital_signature=True,
-                    content_commitment=False,
+                    content_commitment=signing,
                     key_encipherment=False,
                     data_encipherment=False,
                     key_agreement=False,
@@ -241,17 +282,12 @@ class EmbeddedCA:
                 ),
                 critical=True,
             )
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                critical=False,
-            )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(auth.key.public_key()), critical=False
             )
-            .sign(auth.key, hashes.SHA256())
         )
-        return (cert,)
+        return builder, auth
 
     def issue_svid(
         self,
@@ -301,6 +337,9 @@ class EmbeddedCA:
             if victim == self._state["active"]:
                 self._new_authority()
             self._state["authorities"] = [a for a in self._state["authorities"] if a["id"] != victim]
+            # Remembered so that signatures its signers made stop verifying (an authority that
+            # merely expired still vouches for what was signed while it was valid).
+            self._state.setdefault("removed", []).append(victim)
             self._publish()
 
     def revoke(self, serial: int) -> None:

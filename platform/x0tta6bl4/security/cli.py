@@ -54,6 +54,100 @@ def add_identity_command(sub: Any) -> None:
     p.set_defaults(handler=identity_main)
 
 
+def add_ledger_command(sub: Any) -> None:
+    """Register ``ledger`` on the top-level subparsers."""
+    p = sub.add_parser(
+        "ledger",
+        help="the signed audit ledger: show entries, verify chain, signatures and head",
+        description="Read and verify the audit ledger ($X0TTA6BL4_LEDGER_DIR or .x0tta6bl4/ledger).",
+    )
+    p.add_argument("--ledger-dir", type=Path, help="the ledger's directory (default as above)")
+    p.add_argument("--ca-dir", type=Path, help="the CA whose signers are trusted (default $X0TTA6BL4_CA_DIR)")
+    actions = p.add_subparsers(dest="action", required=True)
+    show = actions.add_parser("show", help="print entries (newest last)")
+    show.add_argument("--kind", help="only entries of this kind (e.g. remediation.action)")
+    show.add_argument("--since", type=int, default=0, help="first sequence number (default 0)")
+    show.add_argument("--until", type=int, help="last sequence number (default: the end)")
+    show.add_argument("--last", type=int, help="only the last N entries shown")
+    show.add_argument("--json", action="store_true", help="one JSON entry per line (signatures included)")
+    show.add_argument("--head", action="store_true", help="print only the current head SEQ:HASH")
+    verify = actions.add_parser("verify", help="verify every entry; exit 1 naming the first bad one")
+    verify.add_argument(
+        "--against",
+        help="a head published earlier, SEQ:HASH, or a run report (report.json) whose ledger range to check",
+    )
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(handler=ledger_main)
+
+
+def _head_from(text: str) -> Any:
+    from x0tta6bl4.security.ledger import LedgerHead
+
+    path = Path(text)
+    if ":" not in text or path.exists():
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+            return LedgerHead.parse(str(report["ledger"]["head"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"--against {text[:80]!r}: not SEQ:HASH nor a run report with a ledger range ({exc})"
+            ) from None
+    return LedgerHead.parse(text)
+
+
+def ledger_main(args: argparse.Namespace) -> int:
+    """Show or verify the ledger; verify exits 1 when any entry or the head fails."""
+    from x0tta6bl4.security.ca import default_ca_dir
+    from x0tta6bl4.security.ledger import Ledger
+    from x0tta6bl4.security.signing import SignatureVerifier
+
+    ledger = Ledger(args.ledger_dir)
+    if not ledger.directory.is_dir():
+        raise ConfigError(f"no ledger in {ledger.directory} (set --ledger-dir or $X0TTA6BL4_LEDGER_DIR)")
+    out = sys.stdout
+    if args.action == "show":
+        if args.head:
+            out.write(f"{ledger.current()}\n")
+            return 0
+        rows = []
+        for _, entry in ledger.lines():
+            if isinstance(entry, str):
+                rows.append({"error": entry})
+                continue
+            seq = entry.get("seq")
+            if not isinstance(seq, int) or seq < args.since or (args.until is not None and seq > args.until):
+                continue
+            if args.kind and entry.get("kind") != args.kind:
+                continue
+            rows.append(entry)
+        if args.last is not None:
+            rows = rows[-max(0, args.last) :] if args.last > 0 else []
+        for entry in rows:
+            if args.json:
+                out.write(json.dumps(entry, sort_keys=True) + "\n")
+            elif "error" in entry:
+                out.write(f"!! {entry['error']}\n")
+            else:
+                data = json.dumps(entry.get("data", {}), sort_keys=True)
+                out.write(
+                    f"{entry['seq']:>6} {str(entry.get('time', ''))[:19]} {entry.get('kind', ''):<19} "
+                    f"{entry.get('actor', '')}  {entry.get('subject', '')}  {data[:160]}\n"
+                )
+        return 0
+    against = _head_from(args.against) if args.against else None
+    report = ledger.verify(SignatureVerifier(args.ca_dir or default_ca_dir()), against)
+    if args.json:
+        out.write(json.dumps(report.to_dict(), indent=1) + "\n")
+    elif report.ok:
+        signers = ", ".join(f"{k} {v}" for k, v in sorted(report.signers.items()))
+        out.write(
+            f"ok: {report.entries} entries, head {report.head}, checked against {report.against}; {signers}\n"
+        )
+    else:
+        out.write(f"FAILED after {report.entries} good entries: {report.problem}\n")
+    return 0 if report.ok else 1
+
+
 def _resolve_id(text: str, trust_domain: str) -> str:
     """A full SPIFFE ID from itself or from ``<kind>[/<instance>]`` (``operator/alice``, ``controller``)."""
     from x0tta6bl4.security.identity import WorkloadKind, parse_spiffe_id, workload_id
@@ -86,18 +180,22 @@ def identity_main(args: argparse.Namespace) -> int:
 
     ca = EmbeddedCA.open(args.ca_dir)
     out = sys.stdout
+    record = _recorder(ca)
     if args.action == "issue":
         spiffe_id = _resolve_id(args.id, ca.trust_domain)
         target = args.out or Path(spiffe_id.split("://", 1)[1].split("/", 1)[1].replace("/", "-"))
         svid = ca.issue_svid(spiffe_id, args.ttl, args.dns, args.ip)
         svid.save(target)
         (target / "bundle.pem").write_bytes(ca.bundle().to_pem())
+        record("svid.issue", str(svid.spiffe_id), {"serial": f"{svid.serial:x}", "ttl_s": args.ttl})
         out.write(f"{svid.spiffe_id} serial {svid.serial:x} until {svid.not_after.isoformat()}\n")
         out.write(f"  {target / 'svid.pem'}  {target / 'svid.key'} (0600)  {target / 'bundle.pem'}\n")
         return 0
     if args.action == "rotate":
         if args.authority:
-            out.write(f"new signing authority {ca.rotate()}\n")
+            ident = ca.rotate()
+            record("authority.rotate", ident, {})
+            out.write(f"new signing authority {ident}\n")
             return 0
         if args.out is None:
             raise ConfigError("identity rotate needs --out DIR (an SVID directory) or --authority")
@@ -111,11 +209,15 @@ def identity_main(args: argparse.Namespace) -> int:
         svid = ca.issue_svid(old.spiffe_id, args.ttl, dns, ips)
         svid.save(args.out)
         (args.out / "bundle.pem").write_bytes(ca.bundle().to_pem())
+        record(
+            "svid.rotate", str(svid.spiffe_id), {"serial": f"{svid.serial:x}", "previous": f"{old.serial:x}"}
+        )
         out.write(f"{svid.spiffe_id} serial {svid.serial:x} until {svid.not_after.isoformat()}\n")
         return 0
     if args.action == "revoke":
         if args.authority:
             ca.remove_authority(args.authority)
+            record("authority.remove", args.authority, {})
             out.write(f"authority {args.authority} removed; bundle sequence {ca.bundle().sequence}\n")
         elif args.serial:
             try:
@@ -123,10 +225,12 @@ def identity_main(args: argparse.Namespace) -> int:
             except ValueError:
                 raise ConfigError(f"--serial takes a hex serial number, got {args.serial[:40]!r}") from None
             ca.revoke(serial)
+            record("svid.revoke", f"serial {serial:x}", {"serial": f"{serial:x}"})
             out.write(f"revoked serial {serial:x}\n")
         else:
             leaf = _leaf(args.svid)
             ca.revoke_svid(leaf)
+            record("svid.revoke", f"serial {leaf.serial_number:x}", {"serial": f"{leaf.serial_number:x}"})
             out.write(f"revoked serial {leaf.serial_number:x}\n")
         return 0
     if args.action == "inspect":
@@ -141,6 +245,19 @@ def identity_main(args: argparse.Namespace) -> int:
             out.write(bundle.to_pem().decode())
         return 0
     raise ConfigError(f"unknown action {args.action}")
+
+
+def _recorder(ca: Any) -> Any:
+    """Appends the CA's decisions to the audit ledger, signed by the CA's own signing identity."""
+    from x0tta6bl4.security.identity import WorkloadKind, workload_id
+    from x0tta6bl4.security.ledger import AuditRecorder, Ledger
+    from x0tta6bl4.security.signing import Signer
+
+    def record(kind: str, subject: str, data: dict[str, Any]) -> None:
+        signer = Signer.obtain(ca, workload_id(WorkloadKind.AUTHORITY, None, ca.trust_domain))
+        AuditRecorder(Ledger(), signer).record(kind, subject, data)
+
+    return record
 
 
 def _inspect(ca: Any, path: Path, as_json: bool) -> int:

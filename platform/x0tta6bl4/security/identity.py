@@ -44,6 +44,7 @@ class WorkloadKind(StrEnum):
     FLOWER_SERVER = "flower/server"
     FLOWER_CLIENT = "flower/client"
     OPERATOR = "operator"
+    AUTHORITY = "ca"
 
     @property
     def needs_instance(self) -> bool:
