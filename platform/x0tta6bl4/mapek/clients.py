@@ -36,7 +36,7 @@ class LocalScorer:
 
         config = AnomalyConfig() if registry is None else AnomalyConfig(registry=registry)
         self._scorer = AnomalyScorer(config)
-        ensure_promoted(self._scorer.registry)
+        ensure_promoted(self._scorer.registry, None, self._scorer.provenance)
         self._scorer.apply(AnomalyUserConfig())
         self._streams: dict[str, RollingInputs] = {}
         self._window = self._scorer.model.get().detector.spec.window

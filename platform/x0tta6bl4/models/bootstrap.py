@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -11,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from x0tta6bl4.models.graphsage import DetectorSpec, GraphSAGEDetector
 from x0tta6bl4.models.registry import LoadedModel, ModelRegistry, VersionMismatchError
 from x0tta6bl4.models.versions import ModelVersion
+from x0tta6bl4.security.provenance import ProvenancePolicy
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +39,17 @@ def score_threshold(scores: np.ndarray, labels: np.ndarray | None = None) -> flo
 
 
 def bootstrap_detector(
-    registry: ModelRegistry, config: BootstrapConfig | None = None, *, promote: bool = True
+    registry: ModelRegistry,
+    config: BootstrapConfig | None = None,
+    *,
+    promote: bool = True,
+    provenance: ProvenancePolicy | None = None,
 ) -> ModelVersion:
-    """Train a detector centrally on one simulated scenario, write it to ``registry`` and promote it.
+    """Train a detector centrally on one simulated scenario, write it to ``registry`` (signed) and promote it.
 
     Labels are used only to pick the healthy scores the suggested threshold comes from
-    (and for the recorded AUPRC); training itself sees none.
+    (and for the recorded AUPRC); training itself sees none. The version is signed by the
+    trainer identity of ``provenance`` (default: this machine's embedded CA).
 
     Returns:
         The written version.
@@ -80,28 +88,65 @@ def bootstrap_detector(
         "before the first federated run (`x0tta6bl4 train`). Self-supervised; simulator labels only chose "
         f"the suggested threshold ({THRESHOLD_QUANTILE:.1%} quantile of healthy scores).\n"
     )
-    version = registry.write_version(spec.name, full_arrays(detector), spec.to_dict(), metrics, card)
+    return publish_version(
+        registry, spec.name, full_arrays(detector), spec.to_dict(), metrics, card, promote, provenance
+    )
+
+
+def publish_version(
+    registry: ModelRegistry,
+    model: str,
+    tensors: Mapping[str, Any],
+    spec: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    card: str,
+    promote: bool,
+    provenance: ProvenancePolicy | None = None,
+) -> ModelVersion:
+    """Write a version signed by the trainer's identity, optionally promote it, and record both in the ledger.
+
+    Args:
+        registry, model, tensors, spec, metrics, card: as :meth:`ModelRegistry.write_version`.
+        promote: make it the version Serve loads.
+        provenance: where the trainer's signing identity and the ledger are (default: the
+            embedded CA and ledger of this machine).
+    """
+    from x0tta6bl4.security.identity import WorkloadKind
+
+    policy = provenance or ProvenancePolicy()
+    audit = policy.recorder(WorkloadKind.TRAINER)
+    version = registry.write_version(model, tensors, spec, metrics, card, signer=audit.signer)
+    summary = {
+        k: metrics[k] for k in ("trained_by", "score_threshold", "auprc", "train_auprc") if k in metrics
+    }
+    audit.record("model.train", f"{model}/{version.version}", {"registry": registry.uri, **summary})
     if promote:
         registry.promote(version.model, version.version)
+        audit.record("model.promote", f"{model}/{version.version}", {"registry": registry.uri})
     return version
 
 
-def ensure_promoted(registry: ModelRegistry, config: BootstrapConfig | None = None) -> ModelVersion:
-    """The promoted detector version; trains and promotes a bootstrap one when there is none."""
+def ensure_promoted(
+    registry: ModelRegistry, config: BootstrapConfig | None = None, provenance: ProvenancePolicy | None = None
+) -> ModelVersion:
+    """The promoted detector version; trains and promotes a (signed) bootstrap one when there is none."""
     name = DetectorSpec.load().name
     promoted = registry.promoted(name)
     if promoted is not None:
         return promoted
     log.warning("no promoted %s in %s: training a bootstrap version (about 10 s)", name, registry.uri)
-    return bootstrap_detector(registry, config)
+    return bootstrap_detector(registry, config, provenance=provenance)
 
 
 def load_detector(
-    registry: ModelRegistry, version: str | None = None
+    registry: ModelRegistry, version: str | None = None, provenance: ProvenancePolicy | None = None
 ) -> tuple[GraphSAGEDetector, LoadedModel]:
     """Load a detector version (None = the promoted one), verified, in eval mode.
 
+    With ``provenance`` its signature must satisfy the policy first (Serve passes one).
+
     Raises:
+        UntrustedVersionError: unsigned or signed by an identity the policy does not allow.
         RegistryError: nothing promoted, unknown or corrupt version; VersionMismatchError when
             its spec or weights do not make a detector of this code's kind.
     """
@@ -109,7 +154,7 @@ def load_detector(
     from x0tta6bl4.models.lora import load_full_arrays
 
     name = DetectorSpec.load().name
-    loaded = registry.load(name, version)
+    loaded = registry.load(name, version, provenance=provenance)
     try:
         spec = DetectorSpec.parse(loaded.spec, source=f"{loaded.version} spec.yaml")
         detector = GraphSAGEDetector(spec)

@@ -28,6 +28,8 @@ SPEC = "spec.yaml"
 METRICS = "metrics.json"
 CARD = "MODEL_CARD.md"
 MANIFEST = "manifest.json"
+#: A version's signature over its manifest (written after it; never an extra file).
+SIGNATURE = "SIGNATURE.json"
 RESERVED_FILES = frozenset({WEIGHTS, SPEC, METRICS, CARD, MANIFEST})
 MANIFEST_FORMAT = 1
 
@@ -76,7 +78,7 @@ def check_relpath(relpath: str) -> str:
         or "/".join(parts) != relpath
     ):
         raise ConfigError(f"invalid extra file path {relpath!r}: use a relative POSIX path without '..'")
-    if relpath in RESERVED_FILES:
+    if relpath in RESERVED_FILES or relpath == SIGNATURE:
         raise ConfigError(f"extra file {relpath!r} clashes with the registry's own {relpath}")
     return relpath
 

@@ -24,6 +24,7 @@ from x0tta6bl4.models.inference import (
     window_inputs,
 )
 from x0tta6bl4.models.registry import LoadedModel, ModelRegistry, RegistryError
+from x0tta6bl4.security.provenance import ProvenancePolicy
 from x0tta6bl4.serve._private.batching import GreedyBatcher
 from x0tta6bl4.serve._private.caller import ANONYMOUS
 from x0tta6bl4.serve._private.hotswap import HotSwap
@@ -90,6 +91,7 @@ class AnomalyScorer:
     def __init__(self, config: AnomalyConfig) -> None:
         self.config = config
         self.registry = ModelRegistry(config.registry)
+        self.provenance = ProvenancePolicy(config.provenance)
         self.model: HotSwap[ServedModel] = HotSwap(name="anomaly detector")
         self._user: AnomalyUserConfig | None = None
         self._thresholds = _Thresholds(FALLBACK_THRESHOLD, {}, 0)
@@ -133,7 +135,7 @@ class AnomalyScorer:
         )
 
     def _load(self, version: str | None) -> ServedModel:
-        detector, loaded = load_detector(self.registry, version)
+        detector, loaded = load_detector(self.registry, version, self.provenance)
         return ServedModel(detector, loaded)
 
     def inputs(
@@ -215,6 +217,10 @@ class AnomalyScorer:
             "per_node_thresholds": len(self._thresholds.per_node),
             "thresholds_version": self._thresholds.version,
             "last_load_error": self.model.last_error,
+            "provenance": {
+                "require_signatures": self.config.provenance.require_signatures,
+                "model_signers": list(self.config.provenance.model_signers),
+            },
         }
 
 
@@ -247,7 +253,7 @@ class AnomalyDetector:
         """
         user = AnomalyUserConfig.model_validate(user_config)
         if self.config.bootstrap and user.model_version is None and self.scorer.model.current is None:
-            await asyncio.to_thread(ensure_promoted, self.scorer.registry)
+            await asyncio.to_thread(ensure_promoted, self.scorer.registry, None, self.scorer.provenance)
         await asyncio.to_thread(self.scorer.apply, user)
 
     def check_health(self) -> None:

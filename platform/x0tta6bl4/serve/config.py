@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from x0tta6bl4.models.registry import default_registry_uri
+from x0tta6bl4.security.provenance import ProvenanceConfig
 
 
 class _Config(BaseModel):
@@ -73,6 +74,11 @@ class AnomalyConfig(_Config):
     bootstrap: bool = Field(
         default=True,
         description="train and promote a small bootstrap detector when the registry has none promoted",
+    )
+    provenance: ProvenanceConfig = Field(
+        default_factory=ProvenanceConfig,
+        description="whose signatures a model version needs before it is served (an unsigned or "
+        "disallowed version is refused and the previous one keeps serving)",
     )
 
 
@@ -181,6 +187,7 @@ class ServeConfig(_Config):
         out = self.model_copy(deep=True)
         if "://" not in out.anomaly.registry:
             out.anomaly.registry = str(Path(out.anomaly.registry).expanduser().resolve())
+        out.anomaly.provenance = out.anomaly.provenance.resolved()
         data_dir = (
             out.rag.retriever.get("data_dir") or os.environ.get("X0TTA6BL4_RAG_DIR") or ".x0tta6bl4/rag"
         )
