@@ -4,8 +4,10 @@
 #      installed with apt when running as root; otherwise the missing ones are listed with the command.
 #   2. Kernel headers for BCC when the running kernel ships none (/lib/modules/$(uname -r)/build).
 #   3. tracefs mounted (eBPF tracepoints).
-#   4. The virtualenv .venv with requirements/lock.txt and the package (editable), plus a .pth that
-#      makes Debian's `bcc` importable (appended after the venv's own site-packages).
+#   4. The virtualenv .venv: pip pinned by hash (requirements/pip.txt), then requirements/lock.txt in
+#      pip's hash-checking mode (--require-hashes: every package pinned, every file checked against the
+#      lock's sha256s; scripts/lock_hashes.py regenerates them), then the package (editable), plus a .pth
+#      that makes Debian's `bcc` importable and nothing else of Debian's dist-packages.
 # A stamp file makes the second run take well under a second when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,13 +15,14 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
 STAMP=$VENV/.x0tta6bl4-setup
+DEBIAN_BCC=/usr/lib/python3/dist-packages/bcc
 APT_PACKAGES=(python3-bpfcc bpfcc-tools iproute2 iptables iperf3 linux-headers-amd64)
 KREL=$(uname -r)
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 
 want_hash() {
-  { cat pyproject.toml requirements/lock.txt scripts/setup.sh; echo "$KREL"; } | sha256sum | cut -d' ' -f1
+  { cat pyproject.toml requirements/*.txt scripts/setup.sh; echo "$KREL"; } | sha256sum | cut -d' ' -f1
 }
 
 missing_apt() {
@@ -70,15 +73,27 @@ python_setup() {
   if [ ! -x "$VENV/bin/python" ]; then
     say "creating $VENV"
     "$PY" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install -q --upgrade pip
   fi
+  "$VENV/bin/python" -m pip install -q --require-hashes -r requirements/pip.txt
   say "installing pinned Python dependencies (first run takes a few minutes)"
-  "$VENV/bin/python" -m pip install -q -r requirements/lock.txt
-  "$VENV/bin/python" -m pip install -q --no-deps -e .
-  local site
+  "$VENV/bin/python" -m pip install -q --require-hashes -r requirements/lock.txt
+  # No build isolation: the editable build uses the lock's setuptools, not an unpinned download.
+  "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
+  bcc_path
+}
+
+# Debian's BCC module (python3-bpfcc) and nothing else from /usr/lib/python3/dist-packages (Debian's
+# numpy, yaml, cryptography, apt, ... stay out): .venv/debian-bcc holds one symlink, bcc -> Debian's
+# bcc, and a .pth lists that directory only, after the venv's own packages (zz_ sorts last). The link
+# is made even before python3-bpfcc is installed: it starts resolving once the package is there.
+bcc_path() {
+  local site dir
   site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-  # Debian's BCC module only: appended after the venv's packages so Debian's numpy never wins.
-  echo "/usr/lib/python3/dist-packages" > "$site/zz_debian_bcc.pth"
+  dir="$(cd "$VENV" && pwd)/debian-bcc"
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  ln -s "$DEBIAN_BCC" "$dir/bcc"
+  echo "$dir" > "$site/zz_debian_bcc.pth"
 }
 
 system_setup

@@ -146,7 +146,9 @@ def ebpf_blockers() -> list[Blocker]:
         )
     if importlib.util.find_spec("bcc") is None:
         pth = Path(sysconfig.get_paths()["purelib"]) / "zz_debian_bcc.pth"
-        link = f"echo {DEBIAN_BCC_DIR} > {pth}"
+        # As scripts/setup.sh does: a directory holding only a bcc link, never all of dist-packages.
+        linkdir = Path(sysconfig.get_paths()["data"]) / "debian-bcc"
+        link = f"mkdir -p {linkdir} && ln -sfn {DEBIAN_BCC_DIR}/bcc {linkdir}/bcc && echo {linkdir} > {pth}"
         installed = (DEBIAN_BCC_DIR / "bcc").is_dir()
         blockers.append(
             Blocker(
