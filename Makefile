@@ -24,6 +24,7 @@ lint: setup
 	$(BIN)/ruff format --check platform jobs tests
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_quality.py -k "not quality_gate"
+	$(BIN)/python scripts/bandit_gate.py
 
 bench: setup
 	$(BIN)/x0tta6bl4 bench mesh --json
