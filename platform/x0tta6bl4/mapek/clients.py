@@ -78,6 +78,9 @@ class LocalRunbooks:
     def ingest(self, documents: list[dict[str, Any]]) -> None:
         self._retriever.ingest(documents)
 
+    def signatures(self, doc_ids: list[str]) -> dict[str, dict[str, Any]]:
+        return self._retriever.signatures(doc_ids)
+
 
 class ServedScorer:
     """The served anomaly app through its deployment handle (numpy arrays travel, no JSON).
@@ -175,3 +178,11 @@ class ServedRunbooks:
             self._handle.ingest.remote(documents).result(timeout_s=self.timeout_s)
         except X0tta6bl4Error as exc:
             raise RuntimeError(f"RAG app refused the documents: {deployment_error(exc)}"[:300]) from None
+
+    def signatures(self, doc_ids: list[str]) -> dict[str, dict[str, Any]]:
+        try:
+            return dict(self._handle.signatures.remote(doc_ids).result(timeout_s=self.timeout_s))
+        except X0tta6bl4Error as exc:
+            raise RuntimeError(
+                f"RAG app refused the signature lookup: {deployment_error(exc)}"[:300]
+            ) from None

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from x0tta6bl4.security.provenance import ProvenanceConfig
+
 #: How the controller runs: detect only, fixed thresholds, or everything it can learn.
 Mode = Literal["no_remediation", "static", "learning"]
 
@@ -121,6 +123,14 @@ class ControllerConfig(BaseModel):
     )
     ingest_resolved: bool = Field(default=True, description="add resolved incidents to the RAG corpus")
     stream_id: str = Field(default="mapek", description="stream id the controller scores under")
+    provenance: ProvenanceConfig = Field(
+        default_factory=ProvenanceConfig,
+        description="whose runbook signatures make an action executable, and where the controller's "
+        "audit ledger and signing identity are",
+    )
+    audit: bool = Field(
+        default=True, description="record threshold pushes, actions and their verdicts in the audit ledger"
+    )
 
     @property
     def learning(self) -> bool:

@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.sparse import identity
 
+from x0tta6bl4.mapek.audit import ControllerAudit
 from x0tta6bl4.mapek.config import ControllerConfig
 from x0tta6bl4.mapek.incidents import Attempt, Incident, signature
 from x0tta6bl4.mapek.interfaces import MeshView, Runbooks, Scorer, StepResult
@@ -105,6 +106,7 @@ class ControllerCore:
             "pushes": 0,
             "push_errors": 0,
         }
+        self.audit = ControllerAudit(config, run_id, self.counters, self.errors)
         self.stats = knowledge.action_stats()
         self._last_push = -1
         #: Tick of the checkpoint this controller resumed from (None: it started fresh).
@@ -432,7 +434,7 @@ class ControllerCore:
             ranked = sorted(learned.items(), key=lambda kv: -(kv[1][0] + 1) / (kv[1][0] + kv[1][1] + 2))
             candidates += [(a, "knowledge") for a, (ok, bad) in ranked if ok > bad]
         answer = inc.plan or {}
-        named = [answer.get("action")] + [p.get("action") for p in answer.get("passages", [])]
+        named = self.audit.signed_actions(inc.incident_id, answer, self.runbooks, errors)
         for name in named:
             if name is None:
                 continue
@@ -458,6 +460,7 @@ class ControllerCore:
             self.knowledge.save_action(self.run_id, inc.incident_id, attempt.to_dict())
             self.knowledge.save_incident(self.run_id, inc.to_dict())
             reason = f"incident {inc.incident_id} ({source}): {inc.description}"[:300]
+            self.audit.action_sent(inc.incident_id, attempt, tick + 1)
             return Action(name, node, peer, tick + 1, reason=reason)
         return None
 
@@ -524,6 +527,7 @@ class ControllerCore:
     def _judge(self, tick: int, inc: Incident, attempt: Attempt, ok: bool) -> None:
         attempt.outcome = "success" if ok else "failed"
         attempt.judged_tick = tick
+        self.audit.action_judged(inc.incident_id, attempt, tick)
         self.knowledge.save_action(self.run_id, inc.incident_id, attempt.to_dict())
         if self.config.learning:
             self.knowledge.record_outcome(inc.signature, attempt.action, ok)
@@ -537,7 +541,7 @@ class ControllerCore:
         if status == "resolved" and self.config.ingest_resolved and self.runbooks is not None:
             doc = inc.resolved_document(self.run_id, tick)
             try:
-                self.runbooks.ingest([doc])
+                self.runbooks.ingest([self.audit.signed_document(doc)])
             except Exception as exc:
                 msg = f"tick {tick}: adding incident {inc.incident_id} to the runbook corpus failed ({exc})"
                 log.warning(msg)
@@ -564,6 +568,11 @@ class ControllerCore:
             self.counters["push_errors"] += 1
             return False
         self.counters["pushes"] += 1
+        self.audit.record(
+            "thresholds.push",
+            "served detector",
+            {"tick": tick, "default": default, "per_node": len(per_node)},
+        )
         return True
 
     def summary(self) -> dict[str, Any]:

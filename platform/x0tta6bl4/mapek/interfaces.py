@@ -44,6 +44,10 @@ class Runbooks(Protocol):
         """Add documents to the corpus (durable before it returns)."""
         ...
 
+    def signatures(self, doc_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Signature records (``claim``, ``signature``) of the signed documents among ``doc_ids``."""
+        ...
+
 
 @dataclasses.dataclass(frozen=True)
 class MeshView:

@@ -111,11 +111,13 @@ def publish_version(
         provenance: where the trainer's signing identity and the ledger are (default: the
             embedded CA and ledger of this machine).
     """
+    from x0tta6bl4.models.signing import sign_version
     from x0tta6bl4.security.identity import WorkloadKind
 
     policy = provenance or ProvenancePolicy()
     audit = policy.recorder(WorkloadKind.TRAINER)
-    version = registry.write_version(model, tensors, spec, metrics, card, signer=audit.signer)
+    version = registry.write_version(model, tensors, spec, metrics, card)
+    sign_version(registry, version.model, version.version, audit.signer)
     summary = {
         k: metrics[k] for k in ("trained_by", "score_threshold", "auprc", "train_auprc") if k in metrics
     }
@@ -154,7 +156,13 @@ def load_detector(
     from x0tta6bl4.models.lora import load_full_arrays
 
     name = DetectorSpec.load().name
-    loaded = registry.load(name, version, provenance=provenance)
+    if provenance is not None:
+        from x0tta6bl4.models.signing import check_signature
+
+        resolved = version or registry.promoted_id(name)
+        if resolved is not None:
+            check_signature(registry, name, resolved, provenance)
+    loaded = registry.load(name, version)
     try:
         spec = DetectorSpec.parse(loaded.spec, source=f"{loaded.version} spec.yaml")
         detector = GraphSAGEDetector(spec)

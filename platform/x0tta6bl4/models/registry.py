@@ -44,9 +44,6 @@ from x0tta6bl4.models.versions import (
 if TYPE_CHECKING:
     import torch
 
-    from x0tta6bl4.security.provenance import ProvenancePolicy
-    from x0tta6bl4.security.signing import Signer
-
 log = logging.getLogger(__name__)
 
 DEFAULT_REGISTRY = "models/registry"
@@ -67,17 +64,6 @@ class CorruptVersionError(RegistryError):
 
 class VersionMismatchError(RegistryError):
     """A stored version is intact but not what the caller expects (model name, tensor shapes, spec)."""
-
-
-class UntrustedVersionError(RegistryError):
-    """A version that is unsigned, or signed by an identity the provenance policy does not allow.
-
-    ``reason`` is the signature check's word (``unsigned``, ``disallowed``, ``bad-signature``, ...).
-    """
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 class RegistryNotWritableError(RegistryError):
@@ -260,7 +246,6 @@ class ModelRegistry:
         card: str,
         parent: str | None = None,
         extra_files: Mapping[str, bytes] | None = None,
-        signer: Signer | None = None,
     ) -> ModelVersion:
         """Store a new version: weights, spec, metrics, card, extra files, then the manifest (commit).
 
@@ -274,8 +259,6 @@ class ModelRegistry:
             card: Short model card in Markdown.
             parent: The version this one was trained from, if any.
             extra_files: More files by relative POSIX path (e.g. a merged sentence-transformers model).
-            signer: The writer's signing identity: the manifest is signed right after it is
-                committed (see :meth:`sign_version`); None leaves the version unsigned.
 
         Returns:
             The committed version.
@@ -325,65 +308,25 @@ class ModelRegistry:
                 "the incomplete version has no manifest and is ignored"
             ) from exc
         written = ModelVersion(model, version, self._url(vdir), created, clean_metrics, parent)
-        if signer is not None:
-            self.sign_version(model, version, signer)
         log.info("registry: wrote %s (%d tensors, %d files)", written, len(cpu), len(files))
         return written
 
-    def sign_version(self, model: str, version: str, signer: Signer) -> str:
-        """Sign a version's manifest (it lists every file's SHA-256) and store ``SIGNATURE.json``.
-
-        Returns:
-            The signer's SPIFFE ID.
-
-        Raises:
-            RegistryError: unknown or corrupt version; RegistryNotWritableError: the write failed.
-        """
-        from x0tta6bl4.security.provenance import MODEL_CONTEXT
-
+    def read_version_file(self, model: str, version: str, name: str) -> bytes:
+        """One file of a version directory as stored (manifest and signature too), unverified."""
         check_model_name(model)
         check_version_id(version)
-        self._manifest(model, version)
-        raw = self._fs.cat_file(self._path(model, version, MANIFEST))
-        record = signer.sign(raw, MODEL_CONTEXT).to_dict()
+        return bytes(self._fs.cat_file(self._path(model, version, name)))
+
+    def write_version_file(self, model: str, version: str, name: str, data: bytes) -> None:
+        """Replace ``SIGNATURE.json`` of a committed version atomically (no other file may change)."""
+        if name != SIGNATURE:
+            raise ConfigError(f"only {SIGNATURE} may be written into a committed version, not {name!r}")
+        check_model_name(model)
+        check_version_id(version)
         try:
-            self._put(
-                self._path(model, version, SIGNATURE), json.dumps(record, indent=1).encode(), atomic=True
-            )
+            self._put(self._path(model, version, name), data, atomic=True)
         except OSError as exc:
-            raise RegistryNotWritableError(f"cannot sign {model} {version} in {self.uri}: {exc}") from exc
-        log.info("registry: %s/%s signed by %s", model, version, signer.spiffe_id)
-        return str(signer.spiffe_id)
-
-    def check_signature(self, model: str, version: str, policy: ProvenancePolicy) -> str | None:
-        """Verify a version's signature against ``policy``; returns the signer's SPIFFE ID.
-
-        With ``policy.config.require_signatures`` off, a failed check is logged and None returned.
-
-        Raises:
-            UntrustedVersionError: unsigned, or a signature that fails or is not allowed.
-        """
-        from x0tta6bl4.security.signing import SignatureError
-
-        vdir = self._path(model, version)
-        try:
-            manifest = self._fs.cat_file(f"{vdir}/{MANIFEST}")
-        except OSError as exc:
-            raise RegistryError(f"cannot read {model} {version}: {exc}") from exc
-        try:
-            record: Any = json.loads(self._fs.cat_file(f"{vdir}/{SIGNATURE}"))
-        except FileNotFoundError:
-            record = None
-        except (OSError, ValueError) as exc:
-            record = {"unreadable": str(exc)}
-        try:
-            return policy.check_model(record, manifest)
-        except SignatureError as exc:
-            message = f"{model} version {version} is refused: {exc} ({exc.reason})"
-            if not policy.config.require_signatures:
-                log.warning("%s; accepted because require_signatures is off", message)
-                return None
-            raise UntrustedVersionError(exc.reason, message) from None
+            raise RegistryNotWritableError(f"cannot write {name} of {model} {version}: {exc}") from exc
 
     # ----------------------------------------------------------------- reading
 
@@ -568,7 +511,6 @@ class ModelRegistry:
         *,
         expect_tensors: Mapping[str, tuple[int, ...]] | None = None,
         expect_spec: Mapping[str, Any] | None = None,
-        provenance: ProvenancePolicy | None = None,
     ) -> LoadedModel:
         """Load and verify a version: every file's sha256, the weights' header, and the expectations.
 
@@ -577,10 +519,8 @@ class ModelRegistry:
             version: Version id; None loads the promoted version.
             expect_tensors: Tensors that must exist with exactly these shapes (others are allowed).
             expect_spec: Spec entries that must exist with exactly these values.
-            provenance: When given, the version's signature must satisfy it (checked first).
 
         Raises:
-            UntrustedVersionError: ``provenance`` given and the signature is missing or refused.
             RegistryError: Unknown version, or None given and nothing promoted.
             CorruptVersionError: Missing file, hash/size mismatch, unreadable weights or spec.
             VersionMismatchError: Wrong model name, tensor shape or spec value.
@@ -599,8 +539,6 @@ class ModelRegistry:
                 )
         check_version_id(version)
         manifest = self._manifest(model, version)
-        if provenance is not None:
-            self.check_signature(model, version, provenance)
         mv = self._version_from(model, version, manifest)
         where = f"{model} version {version}"
 

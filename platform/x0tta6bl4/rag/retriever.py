@@ -22,6 +22,7 @@ from x0tta6bl4.errors import ConfigError
 from x0tta6bl4.rag.cache import CacheConfig, CacheKey, SemanticCache
 from x0tta6bl4.rag.encoding import BatchEncoder
 from x0tta6bl4.rag.index import RWLock, VectorIndex
+from x0tta6bl4.rag.provenance import SignatureRecords, document_claim
 from x0tta6bl4.rag.ranking import QueryResult, Ranker
 from x0tta6bl4.rag.store import (
     EMBEDDING_DIM,
@@ -34,6 +35,9 @@ from x0tta6bl4.rag.store import (
     parse_document,
     store_fingerprint,
 )
+from x0tta6bl4.security.identity import WorkloadKind
+from x0tta6bl4.security.provenance import RUNBOOK_CONTEXT, ProvenanceConfig, ProvenancePolicy
+from x0tta6bl4.security.signing import SignatureError
 
 F32 = npt.NDArray[np.float32]
 
@@ -104,6 +108,16 @@ class RetrieverConfig(BaseModel):
         "into length-sorted passes wherever the padding saved outweighs another pass",
     )
     cache: CacheConfig = Field(default_factory=CacheConfig, description="semantic query cache")
+    provenance: ProvenanceConfig = Field(
+        default_factory=ProvenanceConfig,
+        description="whose runbook signatures are accepted (an ingested document with a signature that "
+        "fails is refused; one without is stored but no controller acts on it)",
+    )
+    sign_packaged_as: str | None = Field(
+        default="operator/installer",
+        description="identity that signs the packaged runbooks when the store is built (they were "
+        "installed from the hash-checked lock); None: they stay unsigned until an operator signs them",
+    )
 
 
 _fingerprints: dict[tuple[Any, ...], str] = {}
@@ -157,6 +171,8 @@ class Retriever:
         self._ranker = Ranker({}, config.lexical_weight, config.candidates)
         self._index = VectorIndex(EMBEDDING_DIM, config.m, config.ef_construction, config.ef)
         self._documents_size = -1
+        self._signatures = SignatureRecords(config.data_dir)
+        self._policy = ProvenancePolicy(config.provenance)
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -191,7 +207,26 @@ class Retriever:
         retriever = cls(cfg, model, fingerprint)
         with retriever._store.lock():
             retriever._load_or_build()
+            retriever._sign_packaged()
         return retriever
+
+    def _sign_packaged(self) -> None:
+        """Sign packaged runbooks that lack a current signature as ``sign_packaged_as`` (lock held)."""
+        if self.config.sign_packaged_as is None:
+            return
+        self._signatures.load()
+        unsigned = [d for d in packaged_documents() if self._signatures.matching(d) is None]
+        if not unsigned:
+            return
+        audit = self._policy.recorder(self.config.sign_packaged_as)
+        entries = []
+        for doc in unsigned:
+            claim = document_claim(doc)
+            entries.append((doc.id, claim, audit.signer.sign(claim, RUNBOOK_CONTEXT).to_dict()))
+            audit.record(
+                "runbook.ingest", doc.id, {"digest": doc.digest, "action": doc.action, "packaged": True}
+            )
+        self._signatures.add(entries)
 
     @property
     def fingerprint(self) -> str:
@@ -413,10 +448,18 @@ class Retriever:
         if isinstance(documents, str | Mapping) or not documents:
             raise RetrievalInputError("ingest takes a non-empty list of documents")
         cfg = self.config
+        signatures = [d.get("signature") if isinstance(d, Mapping) else None for d in documents]
         docs = [
-            parse_document(d, i, cfg.max_document_chars, cfg.chunk_words, cfg.overlap_words)
+            parse_document(
+                {k: v for k, v in d.items() if k != "signature"} if isinstance(d, Mapping) else d,
+                i,
+                cfg.max_document_chars,
+                cfg.chunk_words,
+                cfg.overlap_words,
+            )
             for i, d in enumerate(documents)
         ]
+        signed = self._verify_signatures(docs, signatures)
         ids = [d.id for d in docs]
         if len(set(ids)) != len(ids):
             raise RetrievalInputError(
@@ -432,6 +475,7 @@ class Retriever:
                     new.append(doc)
                 elif old.digest != doc.digest:
                     raise RetrievalInputError(f"document id {doc.id!r} is taken by a different document")
+            self._record_ingest(docs, signed)
             if not new:
                 return {"documents": ids, "added": 0, "chunks": 0}
             records = [r for d in new for r in self._chunk(d)]
@@ -446,6 +490,50 @@ class Retriever:
             self.cache.clear()
             self._documents_size = self._store.documents_size()
         return {"documents": ids, "added": len(new), "chunks": len(records)}
+
+    def _verify_signatures(
+        self, docs: Sequence[Document], signatures: Sequence[Any]
+    ) -> dict[str, tuple[bytes, dict[str, Any], str]]:
+        """(claim, signature, signer) by document id for the signed documents; a bad signature refuses all."""
+        out: dict[str, tuple[bytes, dict[str, Any], str]] = {}
+        for i, (doc, sig) in enumerate(zip(docs, signatures, strict=True)):
+            if sig is None:
+                continue
+            claim = document_claim(doc)
+            try:
+                signer = self._policy.check_runbook(sig, claim)
+            except SignatureError as exc:
+                raise RetrievalInputError(
+                    f"document {i} ({doc.id}): signature refused ({exc.reason}): {exc}"
+                ) from None
+            out[doc.id] = (claim, dict(sig), signer)
+        return out
+
+    def _record_ingest(
+        self, docs: Sequence[Document], signed: Mapping[str, tuple[bytes, dict[str, Any], str]]
+    ) -> None:
+        """Keep verified signatures and write one ledger entry per document (store lock held)."""
+        self._signatures.add((doc_id, claim, sig) for doc_id, (claim, sig, _) in signed.items())
+        audit = self._policy.recorder(WorkloadKind.SERVE_RAG)
+        for doc in docs:
+            signer = signed[doc.id][2] if doc.id in signed else None
+            audit.record(
+                "runbook.ingest", doc.id, {"digest": doc.digest, "action": doc.action, "signed_by": signer}
+            )
+
+    def signatures(self, doc_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The current signature record (``claim``, ``signature``) of each signed document among ``doc_ids``.
+
+        A record whose claim no longer matches the stored document is left out.
+        """
+        self._signatures.load()
+        out: dict[str, dict[str, Any]] = {}
+        for doc_id in doc_ids:
+            doc = self._ranker.document(doc_id)
+            rec = None if doc is None else self._signatures.matching(doc)
+            if rec is not None:
+                out[doc_id] = rec
+        return out
 
     # ------------------------------------------------------------------ introspection
     def stats(self) -> dict[str, Any]:

@@ -149,18 +149,9 @@ def ledger_main(args: argparse.Namespace) -> int:
 
 
 def _resolve_id(text: str, trust_domain: str) -> str:
-    """A full SPIFFE ID from itself or from ``<kind>[/<instance>]`` (``operator/alice``, ``controller``)."""
-    from x0tta6bl4.security.identity import WorkloadKind, parse_spiffe_id, workload_id
+    from x0tta6bl4.security.identity import resolve_workload_id
 
-    if text.startswith("spiffe://"):
-        return str(parse_spiffe_id(text))
-    for kind in sorted(WorkloadKind, key=lambda k: -len(k.value)):
-        if text == kind.value:
-            return str(workload_id(kind, None, trust_domain))
-        if text.startswith(kind.value + "/"):
-            return str(workload_id(kind, text[len(kind.value) + 1 :], trust_domain))
-    known = ", ".join(k.value for k in WorkloadKind)
-    raise ConfigError(f"{text[:60]!r} is neither a SPIFFE ID nor <kind>[/<instance>] (kinds: {known})")
+    return str(resolve_workload_id(text, trust_domain))
 
 
 def _leaf(path: Path) -> Any:

@@ -149,3 +149,22 @@ def kind_of(spiffe_id: SpiffeId) -> WorkloadKind | None:
 def is_operator(spiffe_id: SpiffeId) -> bool:
     """True for operator identities (the only ones allowed to write runbooks)."""
     return kind_of(spiffe_id) is WorkloadKind.OPERATOR
+
+
+def resolve_workload_id(text: str, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> SpiffeId:
+    """A SPIFFE ID from itself or from ``<kind>[/<instance>]`` (``operator/alice``, ``controller``).
+
+    Raises:
+        InvalidSpiffeIdError: neither form.
+    """
+    if text.startswith("spiffe://"):
+        return parse_spiffe_id(text)
+    for kind in sorted(WorkloadKind, key=lambda k: -len(k.value)):
+        if text == kind.value:
+            return workload_id(kind, None, trust_domain)
+        if text.startswith(kind.value + "/"):
+            return workload_id(kind, text[len(kind.value) + 1 :], trust_domain)
+    known = ", ".join(k.value for k in WorkloadKind)
+    raise InvalidSpiffeIdError(
+        f"{text[:60]!r} is neither a SPIFFE ID nor <kind>[/<instance>] (kinds: {known})"
+    )

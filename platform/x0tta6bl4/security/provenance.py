@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from x0tta6bl4.security.identity import DEFAULT_TRUST_DOMAIN, WorkloadKind, parse_spiffe_id, workload_id
+from x0tta6bl4.security.identity import (
+    DEFAULT_TRUST_DOMAIN,
+    WorkloadKind,
+    parse_spiffe_id,
+    resolve_workload_id,
+    workload_id,
+)
 from x0tta6bl4.security.signing import HybridSignature, SignatureError, SignatureVerifier, Signer
 
 if TYPE_CHECKING:
@@ -41,8 +47,9 @@ class ProvenanceConfig(BaseModel):
         "prefix ending in /* (e.g. operator/*)",
     )
     runbook_signers: list[str] = Field(
-        default_factory=lambda: ["operator/*"],
-        description="identities allowed to sign runbooks (same forms as model_signers)",
+        default_factory=lambda: ["operator/*", "controller"],
+        description="identities allowed to sign runbooks (same forms as model_signers); the controller "
+        "signs the documents it writes about incidents it resolved",
     )
 
     def resolved(self) -> ProvenanceConfig:
@@ -119,14 +126,21 @@ class ProvenancePolicy:
         """:meth:`check` for a runbook's text against ``runbook_signers``."""
         return self.check(record, text, RUNBOOK_CONTEXT, self.config.runbook_signers)
 
-    def signer(self, kind: WorkloadKind, instance: str | None = None) -> Signer:
-        """This machine's signing identity of a workload (from the configured CA, made on first use)."""
+    def signer(self, kind: WorkloadKind | str, instance: str | None = None) -> Signer:
+        """This machine's signing identity of a workload (from the configured CA, made on first use).
+
+        ``kind`` may also be a whole ``<kind>[/<instance>]`` or SPIFFE ID string.
+        """
         from x0tta6bl4.security.ca import EmbeddedCA
 
         ca = EmbeddedCA.open(self.config.ca_dir)
-        return Signer.obtain(ca, workload_id(kind, instance, ca.trust_domain))
+        if isinstance(kind, WorkloadKind):
+            sid = workload_id(kind, instance, ca.trust_domain)
+        else:
+            sid = resolve_workload_id(kind, ca.trust_domain)
+        return Signer.obtain(ca, sid)
 
-    def recorder(self, kind: WorkloadKind, instance: str | None = None) -> AuditRecorder:
+    def recorder(self, kind: WorkloadKind | str, instance: str | None = None) -> AuditRecorder:
         """The workload's pen on the configured audit ledger."""
         from x0tta6bl4.security.ledger import AuditRecorder, Ledger
 

@@ -192,6 +192,8 @@ class ServeConfig(_Config):
             out.rag.retriever.get("data_dir") or os.environ.get("X0TTA6BL4_RAG_DIR") or ".x0tta6bl4/rag"
         )
         out.rag.retriever["data_dir"] = str(Path(data_dir).expanduser().resolve())
+        prov = ProvenanceConfig.model_validate(out.rag.retriever.get("provenance") or {})
+        out.rag.retriever["provenance"] = prov.resolved().model_dump()
         if out.http.front_token_file is not None:
             out.http.front_token_file = str(Path(out.http.front_token_file).expanduser().resolve())
         return out

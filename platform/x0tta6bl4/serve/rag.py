@@ -147,6 +147,11 @@ class RunbookRetriever:
             "corpus_version": stats["corpus_version"],
         }
 
+    async def signatures(self, doc_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The verified signature records of these documents (the controller checks them again)."""
+        await asyncio.to_thread(self._refresh)
+        return self.retriever.signatures(doc_ids[:64])
+
     def stats(self) -> dict[str, Any]:
         """Corpus, index and cache statistics, and how well this replica's queries were batched."""
         stats: dict[str, Any] = self.retriever.stats()

@@ -131,6 +131,11 @@ class RagDocument(_Body):
     title: str | None = Field(default=None, max_length=200)
     fault_type: str | None = Field(default=None, max_length=64)
     action: str | None = Field(default=None, max_length=64)
+    signature: dict[str, Any] | None = Field(
+        default=None,
+        description="the operator's signature over the runbook's claim (`x0tta6bl4 runbook sign` writes "
+        "it); a signature that fails is refused (400), an unsigned runbook is stored but never acted on",
+    )
 
 
 class RagDocuments(_Body):

@@ -8,7 +8,8 @@ import pytest
 
 from x0tta6bl4.models.bootstrap import BootstrapConfig, bootstrap_detector
 from x0tta6bl4.models.lora import full_arrays
-from x0tta6bl4.models.registry import ModelRegistry, UntrustedVersionError
+from x0tta6bl4.models.registry import ModelRegistry
+from x0tta6bl4.models.signing import UntrustedVersionError, check_signature, sign_version
 from x0tta6bl4.security.ca import EmbeddedCA
 from x0tta6bl4.security.identity import WorkloadKind
 from x0tta6bl4.security.ledger import Ledger
@@ -36,17 +37,19 @@ def _copy_version(
     from x0tta6bl4.models.bootstrap import load_detector
 
     detector, loaded = load_detector(registry, version)
-    signer = ProvenancePolicy(cfg).signer(signer_kind) if signer_kind else None
-    return registry.write_version(
-        loaded.version.model, full_arrays(detector), loaded.spec, loaded.metrics, loaded.card, signer=signer
-    ).version
+    written = registry.write_version(
+        loaded.version.model, full_arrays(detector), loaded.spec, loaded.metrics, loaded.card
+    )
+    if signer_kind is not None:
+        sign_version(registry, written.model, written.version, ProvenancePolicy(cfg).signer(signer_kind))
+    return written.version
 
 
 def test_bootstrap_signs_as_trainer_and_records_training_and_promotion(setup) -> None:
     registry, cfg, version = setup
     name = registry.models()[0]
     assert (
-        registry.check_signature(name, version, ProvenancePolicy(cfg)) == "spiffe://x0tta6bl4.local/trainer"
+        check_signature(registry, name, version, ProvenancePolicy(cfg)) == "spiffe://x0tta6bl4.local/trainer"
     )
     ledger = Ledger(cfg.ledger_dir)
     kinds = [(e["kind"], e["subject"]) for _, e in ledger.lines() if isinstance(e, dict)]
@@ -67,7 +70,7 @@ def test_refused_version_leaves_the_previous_one_serving_and_says_why(setup, sig
     assert described["version"] == version
     assert candidate in described["last_load_error"] and f"({reason})" in described["last_load_error"]
     with pytest.raises(UntrustedVersionError) as err:
-        registry.load(registry.models()[0], candidate, provenance=ProvenancePolicy(cfg))
+        check_signature(registry, registry.models()[0], candidate, ProvenancePolicy(cfg))
     assert err.value.reason == reason
 
 
@@ -78,7 +81,7 @@ def test_a_tampered_signature_file_is_refused(setup, tmp_path: Path) -> None:
     sig_path = Path(registry.uri.removeprefix("file://")) / name / candidate / "SIGNATURE.json"
     sig_path.write_text(sig_path.read_text().replace('"mldsa65": "', '"mldsa65": "AAAA'))
     with pytest.raises(UntrustedVersionError) as err:
-        registry.check_signature(name, candidate, ProvenancePolicy(cfg))
+        check_signature(registry, name, candidate, ProvenancePolicy(cfg))
     assert err.value.reason in {"bad-signature", "malformed"}
 
 
@@ -86,5 +89,5 @@ def test_require_signatures_off_accepts_and_returns_no_signer(setup) -> None:
     registry, cfg, version = setup
     candidate = _copy_version(registry, version, None, cfg)
     lax = ProvenancePolicy(cfg.model_copy(update={"require_signatures": False}))
-    assert registry.check_signature(registry.models()[0], candidate, lax) is None
+    assert check_signature(registry, registry.models()[0], candidate, lax) is None
     EmbeddedCA.open(cfg.ca_dir)  # the CA is intact after all of the above
