@@ -52,16 +52,17 @@ class SignatureRecords:
     def __init__(self, root: Path) -> None:
         self.path = root / SIGNATURES
         self._records: dict[str, dict[str, Any]] = {}
-        self._size = -1
+        self._stamp: tuple[int, int, int] | None = None
 
     def load(self) -> None:
         """Re-read the file when it changed (a torn last line is skipped: its ingest never answered)."""
         try:
-            size = self.path.stat().st_size
+            st = self.path.stat()
         except FileNotFoundError:
-            self._records, self._size = {}, 0
+            self._records, self._stamp = {}, None
             return
-        if size == self._size:
+        stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+        if stamp == self._stamp:
             return
         records: dict[str, dict[str, Any]] = {}
         with self.path.open("rb") as fh:
@@ -71,7 +72,7 @@ class SignatureRecords:
                     records[str(rec["id"])] = {"claim": str(rec["claim"]), "signature": rec["signature"]}
                 except (ValueError, KeyError, TypeError):
                     continue
-        self._records, self._size = records, size
+        self._records, self._stamp = records, stamp
 
     def add(self, entries: Iterable[tuple[str, bytes, Mapping[str, Any]]]) -> None:
         """Append (id, claim, signature record) entries durably."""
@@ -81,7 +82,7 @@ class SignatureRecords:
         ]
         if lines:
             append_synced(self.path, lines)
-            self._size = -1
+            self._stamp = None
             self.load()
 
     def get(self, doc_id: str) -> dict[str, Any] | None:

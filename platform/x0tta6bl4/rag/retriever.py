@@ -147,6 +147,14 @@ def embedder_fingerprint(path: str | os.PathLike[str] | None = None) -> str:
     return _fingerprints[memo]
 
 
+def _unwrapped(document: str | Mapping[str, Any]) -> str | Mapping[str, Any]:
+    """A document without its signature; ``{"text": markdown}`` alone (as HTTP sends it) is the markdown."""
+    if not isinstance(document, Mapping):
+        return document
+    body = {k: v for k, v in document.items() if k != "signature" and v is not None}
+    return body["text"] if set(body) == {"text"} and isinstance(body["text"], str) else body
+
+
 class Retriever:
     """Answers incident descriptions with the best runbooks and the remediation they recommend.
 
@@ -450,13 +458,7 @@ class Retriever:
         cfg = self.config
         signatures = [d.get("signature") if isinstance(d, Mapping) else None for d in documents]
         docs = [
-            parse_document(
-                {k: v for k, v in d.items() if k != "signature"} if isinstance(d, Mapping) else d,
-                i,
-                cfg.max_document_chars,
-                cfg.chunk_words,
-                cfg.overlap_words,
-            )
+            parse_document(_unwrapped(d), i, cfg.max_document_chars, cfg.chunk_words, cfg.overlap_words)
             for i, d in enumerate(documents)
         ]
         signed = self._verify_signatures(docs, signatures)
