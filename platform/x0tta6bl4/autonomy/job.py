@@ -22,6 +22,7 @@ from x0tta6bl4.mesh.faults import Action, Fault, random_schedule
 from x0tta6bl4.mesh.pipeline import LocalMesh, Mesh, ShardedMesh, TickResult
 from x0tta6bl4.mesh.shard import MeshSpec
 from x0tta6bl4.mesh.topology import Topology, TopologySpec
+from x0tta6bl4.security.ledger import Ledger
 
 if TYPE_CHECKING:
     from x0tta6bl4.serve.config import ServeConfig
@@ -151,6 +152,8 @@ def execute(plan: Plan, on_tick: Callable[[TickResult], None] | None = None) -> 
     loop = _Autonomy(plan, mesh, hosts) if config.autonomy else None
     progress = _Progress(config.ticks)
     timeline: list[dict[str, float]] = []
+    audit_ledger = Ledger(config.controller.provenance.resolved().ledger_dir)
+    ledger_start = audit_ledger.current()
     started = time.perf_counter()
     host_frames: list[Any] = []
     decided: tuple[Action, ...] = ()
@@ -221,6 +224,15 @@ def execute(plan: Plan, on_tick: Callable[[TickResult], None] | None = None) -> 
         ):
             report["summary"][key] = autonomy_report["detection"][key]
         report["summary"]["incidents"] = autonomy_report["remediation"]["incidents"]
+    ledger_end = audit_ledger.current()
+    report["ledger"] = {
+        "dir": str(audit_ledger.directory),
+        "from_seq": ledger_start.seq + 1,
+        "to_seq": ledger_end.seq,
+        "head": str(ledger_end),
+        "verify": f"x0tta6bl4 ledger verify --ledger-dir {audit_ledger.directory} --against "
+        f"{plan.run_dir / 'report.json'}",
+    }
     report["path"] = str(write_report(report, plan.run_dir / "report.json"))
     if timeline:
         from x0tta6bl4.mapek.plot import timeline_png
@@ -238,7 +250,9 @@ class _Autonomy:
         config = plan.config
         self.plan = plan
         knowledge = config.controller.knowledge_path or str(config.runs_dir / "knowledge.sqlite")
-        self.controller_config = config.controller.model_copy(update={"knowledge_path": knowledge})
+        self.controller_config = config.controller.model_copy(
+            update={"knowledge_path": knowledge, "provenance": config.controller.provenance.resolved()}
+        )
         self.actions = 0
         self.local: Any = None
         self.actor: Any = None
