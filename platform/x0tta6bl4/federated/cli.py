@@ -31,8 +31,8 @@ def train_cli(args: argparse.Namespace) -> int:
     """Validate, train, write the registry version, print the report.
 
     Bad input (ConfigError, RegistryError) propagates to the caller, which prints one line
-    and exits 2; a run that fails once started (too few client replies) prints one line and
-    returns 1.
+    and exits 2; a run that fails once started (too few accepted client updates, a
+    deployment process or its ServerApp failing) prints one line and returns 1.
     """
     config = config_from_args(args)  # before the heavy imports (torch, flwr): bad flags fail fast
     from x0tta6bl4.federated.report import print_result
@@ -43,9 +43,10 @@ def train_cli(args: argparse.Namespace) -> int:
     except (ConfigError, RegistryError):
         raise
     except X0tta6bl4Error as exc:
-        from x0tta6bl4.federated.server_app import TooFewRepliesError  # imports flwr: only when needed
+        from x0tta6bl4.federated.deployment import DeploymentError
+        from x0tta6bl4.federated.outcome import FederationFailedError, TooFewRepliesError
 
-        if not isinstance(exc, TooFewRepliesError):
+        if not isinstance(exc, TooFewRepliesError | DeploymentError | FederationFailedError):
             raise
         sys.stderr.write(f"x0tta6bl4 train: failed: {exc}\n")
         return EXIT_FAILED

@@ -14,6 +14,7 @@ from flwr.clientapp import ClientApp
 
 from x0tta6bl4.errors import ConfigError
 from x0tta6bl4.federated import task
+from x0tta6bl4.models.data import GraphSeries
 from x0tta6bl4.models.graphsage import DetectorSpec
 
 #: Keys of the records in a message's RecordDict (the strategies' defaults for arrays and config).
@@ -30,6 +31,10 @@ NUM_EXAMPLES = "num-examples"
 REGION = "region"
 #: The overall round (full rounds, then LoRA rounds) at which ``crash_region`` raises.
 CRASH_ROUND = 2
+#: Scale of the ``poison_region`` testing aid's outlying update (after its NaN in overall round 1).
+POISON_SCALE = 1000.0
+#: SuperNode config key (``flower-supernode --node-config``) naming the file with its region's windows.
+DATA_PATH = "data-path"
 
 
 def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
@@ -49,6 +54,20 @@ def record_bytes(record: ArrayRecord) -> int:
 
 def _region(context: Context) -> int:
     return int(context.node_config["partition-id"])
+
+
+def _series(region: int, spec: DetectorSpec, context: Context) -> GraphSeries:
+    """The region's windows: the SuperNode's own file (deployment) or its MeshShard actor (simulation)."""
+    path = str(context.node_config.get(DATA_PATH, ""))
+    return task.region_series(region, spec, path or None)
+
+
+def _poisoned(arrays: Mapping[str, np.ndarray], updated: Mapping[str, np.ndarray], overall_round: int) -> Any:
+    """The ``poison_region`` testing aid's update: NaN in round 1, then the real update scaled 1000x."""
+    if overall_round == 1:
+        first = next(iter(updated))
+        return {**updated, first: np.full_like(updated[first], np.nan)}
+    return {k: (arrays[k] + POISON_SCALE * (v - arrays[k])).astype(v.dtype) for k, v in updated.items()}
 
 
 def _spec(config: ConfigRecord) -> DetectorSpec:
@@ -72,13 +91,17 @@ def _metrics(values: Mapping[str, float | int]) -> MetricRecord:
     return MetricRecord({k: (int(v) if isinstance(v, int) else float(v)) for k, v in values.items()})
 
 
-def client_app(crash_region: int | None = None) -> ClientApp:
-    """The ClientApp every simulated SuperNode runs; its partition id is its mesh region.
+def client_app() -> ClientApp:
+    """The ClientApp every SuperNode runs (simulated or a real process); its partition id is its mesh region.
 
-    Args:
-        crash_region: testing aid; this region's client raises RuntimeError in overall
-            round :data:`CRASH_ROUND` after loading its data, to show that a round goes
-            on with the other clients' replies.
+    Everything a round needs comes in the server's message (spec, phase, seed, epochs);
+    the node contributes its region (``partition-id``) and, in a deployment, the file of
+    that region's windows (``data-path``). Two testing aids also come from the round
+    config: ``crash-region`` (that region's client raises RuntimeError in overall round
+    :data:`CRASH_ROUND` after loading its data, to show that a round goes on with the
+    other replies) and ``poison-region`` (that region returns NaN in overall round 1 and
+    a :data:`POISON_SCALE`-times scaled update in every later round, to show that the
+    server rejects them).
     """
     app = ClientApp()
 
@@ -90,9 +113,9 @@ def client_app(crash_region: int | None = None) -> ClientApp:
         spec = _spec(config)
         phase = str(config["phase"])
         overall_round = int(config["global-round"])
-        series = task.region_series(region, spec)
+        series = _series(region, spec, context)
         load_s = time.perf_counter() - started
-        if crash_region is not None and region == crash_region and overall_round == CRASH_ROUND:
+        if region == int(config.get("crash-region", -1)) and overall_round == CRASH_ROUND:
             raise RuntimeError(
                 f"injected crash: region {region} fails in round {overall_round} (crash-region)"
             )
@@ -104,6 +127,8 @@ def client_app(crash_region: int | None = None) -> ClientApp:
             "seed": int(config["seed"]) + 1000 * overall_round + region,
         }
         updated, fit_metrics = task.fit(spec, series, phase, arrays, fit_config, base)
+        if region == int(config.get("poison-region", -1)):
+            updated = _poisoned(arrays, updated, overall_round)
         reply = RecordDict(
             {
                 ARRAYS: to_record(updated),
@@ -128,7 +153,7 @@ def client_app(crash_region: int | None = None) -> ClientApp:
         region = _region(context)
         spec = _spec(config)
         phase = str(config["phase"])
-        series = task.region_series(region, spec)
+        series = _series(region, spec, context)
         base = _base(message, context, phase)
         model = task.detector_from(spec, phase, from_record(message.content.array_records[ARRAYS]), base)
         scores = task.evaluate(model, series)
@@ -155,5 +180,5 @@ def client_app(crash_region: int | None = None) -> ClientApp:
     return app
 
 
-#: For Flower's own runners (``flwr run`` with ``clientapp = "x0tta6bl4.federated.client_app:app"``).
+#: For Flower's own runners (``flwr run``: ``clientapp = "x0tta6bl4.federated.client_app:app"``).
 app = client_app()

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from x0tta6bl4.federated.screening import DEFAULT_MAX_UPDATE_NORM_RATIO
 from x0tta6bl4.models.registry import default_registry_uri
 from x0tta6bl4.settings import add_field_flags, add_switch, load_options
 
@@ -18,6 +19,24 @@ DEFAULT_SPEC_PATH = Path(__file__).resolve().parent.parent / "models" / "graphsa
 
 #: Server-side aggregation strategies (Flower ``flwr.serverapp.strategy``).
 STRATEGIES = ("fedavg", "fedprox")
+
+#: The Flower app's run config keys (``[tool.flwr.app.config]`` of ``federated/app/pyproject.toml``,
+#: ``flwr run --run-config``); the ServerApp builds its settings from them in both modes.
+RUN_CONFIG_KEYS = (
+    "rounds",
+    "lora-rounds",
+    "local-epochs",
+    "strategy",
+    "proximal-mu",
+    "min-clients",
+    "seed",
+    "round-timeout-s",
+    "spec",
+    "max-update-norm-ratio",
+    "crash-region",
+    "poison-region",
+    "outcome-dir",
+)
 
 
 class TrainConfig(BaseModel):
@@ -73,7 +92,8 @@ class TrainConfig(BaseModel):
     client_cpus: float = Field(
         default=1.0,
         gt=0,
-        description="CPUs per Flower client actor (client_resources); the pool is total cluster CPUs / this",
+        description="CPUs per Flower client actor (client_resources); the pool is total cluster CPUs / this "
+        "(deployment: CPU threads of each ClientApp process)",
     )
     runs_dir: Path = Field(
         default=Path("runs"), description="where runs/<run-id>/ keeps the shards' checkpoints"
@@ -84,6 +104,33 @@ class TrainConfig(BaseModel):
         default=None,
         ge=0,
         description="testing aid (default: none): this region's client raises in overall round 2",
+    )
+    max_update_norm_ratio: float = Field(
+        default=DEFAULT_MAX_UPDATE_NORM_RATIO,
+        gt=1,
+        description="a client update whose norm is more than this many times the median of the round's "
+        "other updates is rejected (as is any NaN/inf)",
+    )
+    poison_region: int | None = Field(
+        default=None,
+        ge=0,
+        description="testing aid (default: none): this region's client returns NaN in round 1 and a "
+        "1000x-scaled update after",
+    )
+    deployment: bool = Field(
+        default=False,
+        description="run Flower's deployment runtime: a SuperLink (TLS from the platform CA, SuperNode "
+        "authentication) and one SuperNode process per region, instead of the Ray simulation",
+    )
+    ca_dir: Path | None = Field(
+        default=None,
+        description="deployment: the CA that issues the SuperLink's certificate "
+        "(default: $X0TTA6BL4_CA_DIR, else .x0tta6bl4/security/ca)",
+    )
+    rogue_supernode: bool = Field(
+        default=False,
+        description="deployment testing aid: also start a SuperNode with an unregistered key; "
+        "the run fails unless the SuperLink refuses it",
     )
 
     @model_validator(mode="before")
@@ -119,11 +166,41 @@ class TrainConfig(BaseModel):
                 f"min_clients ({self.min_clients}) cannot exceed regions ({self.regions}): "
                 "a round could never get enough replies"
             )
-        if self.crash_region is not None and self.crash_region >= self.regions:
-            raise ValueError(f"crash_region {self.crash_region} is not a region (0..{self.regions - 1})")
+        for name in ("crash_region", "poison_region"):
+            region = getattr(self, name)
+            if region is not None and region >= self.regions:
+                raise ValueError(f"{name} {region} is not a region (0..{self.regions - 1})")
+        if self.rogue_supernode and not self.deployment:
+            raise ValueError("rogue_supernode needs deployment (there are no SuperNodes to refuse otherwise)")
         if self.run_id is not None and ("/" in self.run_id or self.run_id in ("", ".", "..")):
             raise ValueError(f"run id {self.run_id!r} must be a plain name")
         return self
+
+
+def flower_run_config(config: TrainConfig, outcome_dir: str = "") -> dict[str, bool | int | float | str]:
+    """The Flower run config of a training run (every key of :data:`RUN_CONFIG_KEYS`).
+
+    Args:
+        config: the run.
+        outcome_dir: where the ServerApp writes its rounds and weights ("" = nowhere).
+    """
+    values: dict[str, bool | int | float | str] = {
+        "rounds": config.rounds,
+        "lora-rounds": config.lora_rounds,
+        "local-epochs": config.local_epochs,
+        "strategy": config.strategy,
+        "proximal-mu": config.proximal_mu,
+        "min-clients": config.min_clients,
+        "seed": config.seed,
+        "round-timeout-s": config.round_timeout_s,
+        "spec": str(config.spec.expanduser().resolve()),
+        "max-update-norm-ratio": config.max_update_norm_ratio,
+        "crash-region": -1 if config.crash_region is None else config.crash_region,
+        "poison-region": -1 if config.poison_region is None else config.poison_region,
+        "outcome-dir": outcome_dir,
+    }
+    assert tuple(values) == RUN_CONFIG_KEYS
+    return values
 
 
 def load_train_config(path: Path | None, overrides: dict[str, Any]) -> TrainConfig:
@@ -142,7 +219,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", type=Path, default=None, help="YAML file with any TrainConfig fields (flags win)"
     )
-    add_field_flags(parser, TrainConfig, _VALUE_FIELDS, types={"crash_region": int})
+    add_field_flags(parser, TrainConfig, _VALUE_FIELDS, types={"crash_region": int, "poison_region": int})
     add_switch(
         parser, "--promote", "promote", True, "promote the new version so Serve loads it (default: do not)"
     )
@@ -152,6 +229,21 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "keep_mesh",
         True,
         "leave the shard actors running after training (default: remove them)",
+    )
+    add_switch(
+        parser,
+        "--deployment",
+        "deployment",
+        True,
+        "Flower deployment runtime: SuperLink (TLS, SuperNode authentication) and one SuperNode process "
+        "per region (default: the Ray simulation)",
+    )
+    add_switch(
+        parser,
+        "--rogue-supernode",
+        "rogue_supernode",
+        True,
+        "deployment testing aid: also start a SuperNode with an unregistered key, which must be refused",
     )
     parser.add_argument(
         "--json",
@@ -163,5 +255,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The validated TrainConfig of parsed `x0tta6bl4 train` arguments (ConfigError on bad input)."""
-    overrides = {name: getattr(args, name, None) for name in (*_VALUE_FIELDS, "promote", "keep_mesh")}
+    switches = ("promote", "keep_mesh", "deployment", "rogue_supernode")
+    overrides = {name: getattr(args, name, None) for name in (*_VALUE_FIELDS, *switches)}
     return load_train_config(getattr(args, "config", None), overrides)

@@ -13,8 +13,8 @@ from x0tta6bl4 import __version__
 from x0tta6bl4.jsonsafe import json_safe
 
 if TYPE_CHECKING:  # run.py imports this module; these are only its types
+    from x0tta6bl4.federated.outcome import FederationOutcome, RoundRecord
     from x0tta6bl4.federated.run import TrainPlan, TrainResult
-    from x0tta6bl4.federated.server_app import FederationOutcome, RoundRecord
 
 
 def say(message: str) -> None:
@@ -42,6 +42,7 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 def progress_round(rec: RoundRecord, total: int) -> None:
     failed = f" ({rec.failed} failed)" if rec.failed else ""
+    failed += f" ({rec.rejected} rejected)" if rec.rejected else ""
     say(
         f"round {rec.round}/{total} {rec.phase:<4}  clients {rec.replied}/{rec.sampled}{failed}  "
         f"loss {fmt(rec.loss)}  auprc {fmt(rec.auprc)}  "
@@ -50,6 +51,8 @@ def progress_round(rec: RoundRecord, total: int) -> None:
     )
     for failure in rec.failures:
         say(f"  failed: {failure}")
+    for rejection in rec.rejections:
+        say(f"  rejected: {rejection}")
 
 
 def _phase_mean(rounds: list[dict[str, Any]], phase: str) -> float | None:
@@ -58,9 +61,21 @@ def _phase_mean(rounds: list[dict[str, Any]], phase: str) -> float | None:
 
 
 def build_metrics(
-    plan: TrainPlan, outcome: FederationOutcome, heldout: dict[str, Any], timings: dict[str, float]
+    plan: TrainPlan,
+    outcome: FederationOutcome,
+    heldout: dict[str, Any],
+    timings: dict[str, float],
+    deployment: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The version's metrics.json: headline held-out figures, per-round table, traffic, timings, config."""
+    """The version's metrics.json: headline held-out figures, per-round table, traffic, timings, config.
+
+    Args:
+        plan: the run.
+        outcome: what the federation produced.
+        heldout: the held-out evaluation.
+        timings: phase wall times.
+        deployment: what Flower's deployment runtime ran (None: the simulation).
+    """
     rounds = []
     for rec in outcome.rounds:
         row = rec.to_dict()
@@ -78,6 +93,9 @@ def build_metrics(
         "min_clients": plan.config.min_clients,
         "strategy": plan.config.strategy,
         "failed_replies": sum(r["failed"] for r in rounds),
+        "rejected_updates": sum(r["rejected"] for r in rounds),
+        "runtime": "deployment" if deployment is not None else "simulation",
+        "deployment": deployment,
         "bytes_per_round_full": _phase_mean(rounds, "full"),
         "bytes_per_round_lora": _phase_mean(rounds, "lora"),
         "model_bytes": outcome.full_bytes,
@@ -102,13 +120,19 @@ def model_card(plan: TrainPlan, metrics: Mapping[str, Any]) -> str:
         "predicts its telemetry. Trained without labels.",
         "",
         "## Training",
-        f"- Flower simulation, one client per mesh region: {c.regions} clients, "
-        f"at least {c.min_clients} replies per round.",
+        (
+            "- Flower deployment (SuperLink with TLS and SuperNode authentication), one SuperNode per "
+            if c.deployment
+            else "- Flower simulation, one client per "
+        )
+        + f"mesh region: {c.regions} clients, at least {c.min_clients} accepted updates per round "
+        f"(NaN/inf and updates over {c.max_update_norm_ratio:g}x the round's median norm are rejected).",
         f"- {c.rounds} full-model rounds ({c.strategy}"
         + (f", mu={c.proximal_mu}" if c.strategy == "fedprox" else "")
         + f"), then {c.lora_rounds} LoRA rounds (rank {plan.spec.lora.rank}, FedAvg of adapters).",
         f"- Data: simulated mesh, {c.nodes} nodes, {c.ticks} ticks, seed {c.seed}, "
-        f"{c.faults_per_1000_ticks:g} faults per 1,000 ticks; each client reads its region's MeshShard.",
+        f"{c.faults_per_1000_ticks:g} faults per 1,000 ticks; each client reads its region's "
+        + ("windows from its SuperNode's own file." if c.deployment else "MeshShard."),
         f"- Weights stored: the global adapters merged into the pre-trained weights (run {plan.run_id}).",
         "",
         "## Evaluation (held-out simulated mesh; labels used for evaluation only)",
@@ -178,6 +202,7 @@ def print_result(result: TrainResult, as_json: bool = False) -> None:
         value = m[key]
         summary.add_row(key.replace("_", " "), "-" if value is None else f"{value:.0f}")
     summary.add_row("failed replies", str(m["failed_replies"]))
+    summary.add_row("rejected updates", str(m["rejected_updates"]))
     for key in ("federation_s", "local_train_s", "overhead_s", "heldout_eval_s"):
         summary.add_row(key.replace("_", " "), fmt(m[key], 2))
     summary.add_row("version uri", result.uri + (" (promoted)" if result.promoted else ""))

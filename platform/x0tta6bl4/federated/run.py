@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from x0tta6bl4 import RAY_NAMESPACE
 from x0tta6bl4.errors import ConfigError
-from x0tta6bl4.federated.config import TrainConfig
+from x0tta6bl4.federated.config import TrainConfig, flower_run_config
 from x0tta6bl4.federated.report import build_metrics, model_card, progress_round, say
 from x0tta6bl4.mesh.faults import Fault, random_schedule
 from x0tta6bl4.mesh.topology import Topology, TopologySpec
@@ -28,7 +28,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_LOG_LEVEL", "ERROR")
 
 if TYPE_CHECKING:  # these import torch and flwr; the driver imports them only once input is valid
-    from x0tta6bl4.federated.server_app import FederationOutcome
+    from x0tta6bl4.federated.outcome import FederationOutcome
     from x0tta6bl4.mesh.pipeline import ShardedMesh
     from x0tta6bl4.models.graphsage import DetectorSpec, GraphSAGEDetector
 
@@ -178,27 +178,20 @@ def _federate(plan: TrainPlan, conn_address: str, mesh: ShardedMesh) -> Federati
     from flwr.simulation import run_simulation
 
     from x0tta6bl4.federated.client_app import client_app
-    from x0tta6bl4.federated.server_app import FederationOutcome, ServerSettings, server_app
+    from x0tta6bl4.federated.outcome import FederationOutcome
+    from x0tta6bl4.federated.server_app import server_app
 
     config = plan.config
-    settings = ServerSettings(
-        spec=plan.spec,
-        rounds=config.rounds,
-        lora_rounds=config.lora_rounds,
-        local_epochs=config.local_epochs,
-        strategy=config.strategy,
-        proximal_mu=config.proximal_mu,
-        min_clients=config.min_clients,
-        seed=config.seed,
-        round_timeout_s=config.round_timeout_s,
-    )
     outcome = FederationOutcome()
     total = config.rounds + config.lora_rounds
     run_simulation(
         server_app=server_app(
-            settings, outcome, on_round=lambda rec: progress_round(rec, total), on_done=_once(mesh.close)
+            outcome,
+            on_round=lambda rec: progress_round(rec, total),
+            on_done=_once(mesh.close),
+            run_config=flower_run_config(config),
         ),
-        client_app=client_app(crash_region=config.crash_region),
+        client_app=client_app(),
         num_supernodes=config.regions,
         backend_config={
             "client_resources": {"num_cpus": config.client_cpus, "num_gpus": 0.0},
@@ -207,6 +200,86 @@ def _federate(plan: TrainPlan, conn_address: str, mesh: ShardedMesh) -> Federati
         },
     )
     return outcome
+
+
+def _write_regions(plan: TrainPlan) -> dict[int, Path]:
+    """Each region's windows, pulled from its MeshShard as a simulated client would, into one file each."""
+    from x0tta6bl4.federated import task
+
+    files = {}
+    for region in range(plan.config.regions):
+        series = task.load_region_series(region, plan.spec)
+        files[region] = task.save_series_file(
+            series, plan.run_dir / "deployment" / "regions" / f"{region}.npz"
+        )
+    say(f"deployment: wrote the windows of {len(files)} regions for their SuperNodes")
+    return files
+
+
+def _federate_deployment(plan: TrainPlan, files: dict[int, Path]) -> tuple[FederationOutcome, dict[str, Any]]:
+    """Run the same Flower app on Flower's deployment runtime: SuperLink, SuperNodes, ``flwr run``.
+
+    The SuperNodes are processes outside the training job's Ray cluster; each reads only
+    its own region's file (``data-path`` in its node config). The ServerApp, started by
+    the SuperLink, writes rounds and final weights to ``outcome-dir``; this driver follows
+    them and stops every process when the run ends, fails or is interrupted.
+
+    Returns:
+        the outcome, and what the deployment was (addresses, identities, refusals) for metrics.json.
+    """
+    from x0tta6bl4.federated.deployment import DeploymentError, FlowerDeployment, new_node_key
+    from x0tta6bl4.federated.outcome import read_outcome, read_rounds
+
+    config = plan.config
+    root = plan.run_dir / "deployment"
+    out_dir = root / "outcome"
+    total = config.rounds + config.lora_rounds
+    deadline_s = total * config.round_timeout_s + 600.0
+    summary: dict[str, Any] = {}
+    with FlowerDeployment(root, config.ca_dir, say, threads=int(config.client_cpus)) as dep:
+        dep.start_superlink(svid_ttl_s=max(3600, int(deadline_s) + 600))
+        dep.add_supernodes(
+            {
+                f"region-{r}": {"partition-id": r, "num-partitions": config.regions, "data-path": str(f)}
+                for r, f in files.items()
+            }
+        )
+        refused = [dep.refuse_check(new_node_key(root / "keys", "rogue"))] if config.rogue_supernode else []
+        run_id = dep.run_app(flower_run_config(config, outcome_dir=str(out_dir)))
+        started = time.monotonic()
+        shown = 0
+        last_status = started
+        outcome = None
+        while outcome is None:
+            time.sleep(0.5)
+            outcome = read_outcome(out_dir)  # raises what the ServerApp raised
+            for rec in read_rounds(out_dir)[shown:]:
+                progress_round(rec, total)
+                shown += 1
+            dep.check_alive("superlink")
+            for name in dep.nodes:
+                dep.check_alive(name)
+            now = time.monotonic()
+            if outcome is None and now - last_status > 15.0:
+                last_status = now
+                status = dep.run_status(run_id)
+                if status.startswith("finished") and read_outcome(out_dir) is None:
+                    raise DeploymentError(
+                        f"flwr run {run_id} ended ({status}) without the ServerApp's outcome; "
+                        f"see {root / 'logs' / 'superlink.log'}"
+                    )
+            if outcome is None and now - started > deadline_s:
+                raise DeploymentError(f"flwr run {run_id} did not end within {deadline_s:.0f} s")
+        summary = {
+            "superlink": dep.address,
+            "tls": dep.tls,
+            "supernode_auth": True,
+            "supernodes": dep.nodes,
+            "refused_supernodes": refused,
+            "flower_run_id": run_id,
+            "logs": str(root / "logs"),
+        }
+    return outcome, summary
 
 
 def _heldout(plan: TrainPlan, outcome: FederationOutcome) -> tuple[GraphSAGEDetector, dict[str, Any]]:
@@ -284,13 +357,17 @@ def train_main(config: TrainConfig) -> TrainResult:
 
     Order: validate (spec, warm-up, LoRA fit, registry writable, topology) before Ray;
     connect Ray; run the mesh shards for ``ticks`` ticks; run the Flower simulation
-    (which shuts Ray down when it ends, so this must be its own driver); evaluate on a
-    held-out scenario in process; write (and optionally promote) the version.
+    (which shuts Ray down when it ends, so this must be its own driver), or with
+    ``deployment`` write each region's windows, disconnect Ray and run the same Flower
+    app on a SuperLink and SuperNode processes; evaluate on a held-out scenario in
+    process; write (and optionally promote) the version. Both modes share everything
+    after the federation.
 
     Raises:
         ConfigError, RegistryError: bad input, found before anything starts (also: this
             process is already connected to Ray, which Flower would disconnect).
-        TooFewRepliesError: a round got fewer than ``min_clients`` replies.
+        TooFewRepliesError: a round got fewer than ``min_clients`` accepted updates.
+        DeploymentError, FederationFailedError: the deployment's processes or its ServerApp failed.
     """
     started = time.perf_counter()
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
@@ -307,18 +384,27 @@ def train_main(config: TrainConfig) -> TrainResult:
     conn = connect_ray(config.ray_address)
     say(f"ray: {conn.address}{' (started here)' if conn.started_here else ''}  run {plan.run_id}")
     mesh = None
+    deployment: dict[str, Any] | None = None
     try:
-        _check_pool(config.client_cpus, config.regions)
+        if not config.deployment:
+            _check_pool(config.client_cpus, config.regions)
         t0 = time.perf_counter()
         mesh = _start_mesh(plan)
         mesh_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        outcome = _federate(plan, conn.address, mesh)
-        federation_s = time.perf_counter() - t0
+        if config.deployment:
+            files = _write_regions(plan)
+        else:
+            t0 = time.perf_counter()
+            outcome = _federate(plan, conn.address, mesh)
+            federation_s = time.perf_counter() - t0
     finally:
         if mesh is not None and ray.is_initialized():
             mesh.close()  # a no-op when the ServerApp already closed it
         disconnect_ray(conn)
+    if config.deployment:  # Flower's deployment runtime needs no Ray: the mesh is done
+        t0 = time.perf_counter()
+        outcome, deployment = _federate_deployment(plan, files)
+        federation_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     final, heldout = _heldout(plan, outcome)
     eval_s = time.perf_counter() - t0
@@ -329,7 +415,7 @@ def train_main(config: TrainConfig) -> TrainResult:
         "overhead_s": float(sum(r.overhead_s for r in outcome.rounds)),
         "heldout_eval_s": eval_s,
     }
-    metrics = build_metrics(plan, outcome, heldout, timings)
+    metrics = build_metrics(plan, outcome, heldout, timings, deployment)
     from x0tta6bl4.models import lora
 
     version = plan.registry.write_version(

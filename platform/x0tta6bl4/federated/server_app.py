@@ -5,16 +5,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, FedProx, Strategy
 
-from x0tta6bl4.errors import X0tta6bl4Error
+from x0tta6bl4.errors import ConfigError
 from x0tta6bl4.federated import task
 from x0tta6bl4.federated.client_app import (
     ARRAYS,
@@ -27,14 +27,19 @@ from x0tta6bl4.federated.client_app import (
     record_bytes,
     to_record,
 )
+from x0tta6bl4.federated.config import RUN_CONFIG_KEYS
+from x0tta6bl4.federated.outcome import (
+    Arrays,
+    FederationOutcome,
+    RoundCallback,
+    RoundRecord,
+    TooFewRepliesError,
+    round_writer,
+    write_outcome,
+)
+from x0tta6bl4.federated.screening import DEFAULT_MAX_UPDATE_NORM_RATIO, screen_updates
 from x0tta6bl4.models import lora
 from x0tta6bl4.models.graphsage import DetectorSpec
-
-Arrays = dict[str, npt.NDArray[Any]]
-
-
-class TooFewRepliesError(X0tta6bl4Error):
-    """A round got fewer successful client replies than ``min_clients``: the run stops."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +56,9 @@ class ServerSettings:
         min_clients: successful replies a training round needs.
         seed: seed of the initial weights and the clients' per-round seeds.
         round_timeout_s: how long a round waits for replies.
+        max_update_norm_ratio: the outlier factor of :func:`screen_updates`.
+        crash_region: testing aid, sent in every round's config (see the ClientApp).
+        poison_region: testing aid, sent in every round's config (see the ClientApp).
     """
 
     spec: DetectorSpec
@@ -62,67 +70,54 @@ class ServerSettings:
     min_clients: int
     seed: int
     round_timeout_s: float
+    max_update_norm_ratio: float = DEFAULT_MAX_UPDATE_NORM_RATIO
+    crash_region: int | None = None
+    poison_region: int | None = None
 
 
-@dataclasses.dataclass
-class RoundRecord:
-    """What one federated round did, cost and reached.
+def settings_from_run_config(run_config: Mapping[str, Any]) -> ServerSettings:
+    """The ServerApp's settings from a Flower run config (every key of ``config.RUN_CONFIG_KEYS``).
 
-    Times are wall-clock seconds measured by the server; ``local_train_s`` is the
-    slowest successful client's training loop (the round waits for it) and
-    ``overhead_s`` the rest of the training half of the round (transport,
-    serialisation, scheduling, data loading, aggregation, and queueing when there are
-    more regions than client actors). Bytes are serialised ArrayRecords (``np.save``
-    payloads plus names) that travel: ``bytes_down`` server to clients, ``bytes_up``
-    clients to server, ``bytes_eval`` the arrays sent for evaluation.
+    ``spec`` is a detector spec path ("" = the packaged one); ``crash-region`` and
+    ``poison-region`` are -1 when unused.
+
+    Raises:
+        ConfigError: a missing key or a value out of range.
     """
-
-    round: int
-    phase: str
-    phase_round: int
-    sampled: int = 0
-    replied: int = 0
-    failed: int = 0
-    failures: list[str] = dataclasses.field(default_factory=list)
-    regions: list[int] = dataclasses.field(default_factory=list)
-    train_wall_s: float = 0.0
-    local_train_s: float = 0.0
-    load_s: float = 0.0
-    overhead_s: float = 0.0
-    eval_s: float = 0.0
-    round_s: float = 0.0
-    bytes_down: int = 0
-    bytes_up: int = 0
-    bytes_eval: int = 0
-    loss: float | None = None
-    auprc: float | None = None
-    auroc: float | None = None
-    best_f1: float | None = None
-
-    @property
-    def bytes_train(self) -> int:
-        """Bytes of the training exchange (both directions)."""
-        return self.bytes_down + self.bytes_up
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["bytes_train"] = self.bytes_train
-        return out
-
-
-@dataclasses.dataclass
-class FederationOutcome:
-    """What the ServerApp hands back to the driver (filled while it runs)."""
-
-    rounds: list[RoundRecord] = dataclasses.field(default_factory=list)
-    base: Arrays | None = None
-    adapters: Arrays | None = None
-    personal: dict[int, Arrays] = dataclasses.field(default_factory=dict)
-    full_bytes: int = 0
-    adapter_bytes: int = 0
-
-
-RoundCallback = Callable[[RoundRecord], None]
+    missing = [k for k in RUN_CONFIG_KEYS if k not in run_config]
+    if missing:
+        raise ConfigError(f"the run config lacks {', '.join(missing)}")
+    c = run_config
+    strategy = str(c["strategy"])
+    if strategy not in ("fedavg", "fedprox"):
+        raise ConfigError(f"run config strategy {strategy!r}: use fedavg or fedprox")
+    ints = {k: int(c[k]) for k in ("rounds", "lora-rounds", "local-epochs", "min-clients", "seed")}
+    floats = {k: float(c[k]) for k in ("proximal-mu", "round-timeout-s", "max-update-norm-ratio")}
+    lows = {"rounds": 1, "lora-rounds": 0, "local-epochs": 1, "min-clients": 1, "seed": 0}
+    for key, low in lows.items():
+        if ints[key] < low:
+            raise ConfigError(f"run config {key}={ints[key]}: must be at least {low}")
+    if floats["round-timeout-s"] <= 0 or floats["proximal-mu"] < 0 or floats["max-update-norm-ratio"] <= 1:
+        raise ConfigError(
+            "run config: round-timeout-s must be > 0, proximal-mu >= 0, max-update-norm-ratio > 1"
+        )
+    spec_path = str(c["spec"])
+    spec = DetectorSpec.load(Path(spec_path)) if spec_path else DetectorSpec.load()
+    crash, poison = int(c["crash-region"]), int(c["poison-region"])
+    return ServerSettings(
+        spec=spec,
+        rounds=ints["rounds"],
+        lora_rounds=ints["lora-rounds"],
+        local_epochs=ints["local-epochs"],
+        strategy=strategy,
+        proximal_mu=floats["proximal-mu"],
+        min_clients=ints["min-clients"],
+        seed=ints["seed"],
+        round_timeout_s=floats["round-timeout-s"],
+        max_update_norm_ratio=floats["max-update-norm-ratio"],
+        crash_region=crash if crash >= 0 else None,
+        poison_region=poison if poison >= 0 else None,
+    )
 
 
 def aggregate_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
@@ -175,14 +170,19 @@ class TrackedStrategy(Strategy):  # type: ignore[misc]
     (:data:`~x0tta6bl4.federated.client_app.BASE`); the client keeps them in its
     ``Context.state`` and later messages carry adapters only.
 
+    Before aggregation every training reply is screened (:func:`screen_updates`): an update
+    with NaN/inf, arrays that do not fit the model, or an outlying norm is left out and
+    counted in the round record; the round then needs ``min_clients`` accepted updates.
+
     Args:
         inner: the Flower strategy that samples, configures and aggregates.
         phase: ``"full"`` or ``"lora"``.
         round_offset: overall rounds before this phase.
-        min_clients: successful training replies a round needs.
+        min_clients: accepted training updates a round needs.
         outcome: where round records and personalised adapters go.
         on_round: called with each finished round.
         base: the pre-trained weights (LoRA phase only).
+        max_update_norm_ratio: the outlier factor of :func:`screen_updates`.
     """
 
     def __init__(
@@ -194,8 +194,11 @@ class TrackedStrategy(Strategy):  # type: ignore[misc]
         outcome: FederationOutcome,
         on_round: RoundCallback | None = None,
         base: ArrayRecord | None = None,
+        max_update_norm_ratio: float = DEFAULT_MAX_UPDATE_NORM_RATIO,
     ) -> None:
         self.inner = inner
+        self.max_update_norm_ratio = max_update_norm_ratio
+        self._global: Arrays = {}
         self.phase = phase
         self.round_offset = round_offset
         self.min_clients = min_clients
@@ -238,16 +241,19 @@ class TrackedStrategy(Strategy):  # type: ignore[misc]
                 self.has_base.add(node)
         return ok, bad
 
-    def _failure(self, reply: Message) -> str:
+    def _who(self, reply: Message) -> str:
         node = int(reply.metadata.src_node_id)
-        who = f"region {self.node_region[node]}" if node in self.node_region else f"node {node}"
-        return f"{who}: {_reason(reply)}"
+        return f"region {self.node_region[node]}" if node in self.node_region else f"node {node}"
+
+    def _failure(self, reply: Message) -> str:
+        return f"{self._who(reply)}: {_reason(reply)}"
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._started = time.perf_counter()
         config["global-round"] = self.round_offset + server_round
+        self._global = from_record(arrays)
         planned = self.inner.configure_train(server_round, arrays, config, grid)
         messages = [self._with_base(m) for m in planned]
         self._record = RoundRecord(
@@ -263,17 +269,27 @@ class TrackedStrategy(Strategy):  # type: ignore[misc]
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        ok, bad = self._note_replies(replies)
+        valid, bad = self._note_replies(replies)
         rec = self._record
         assert rec is not None
-        rec.replied, rec.failed = len(ok), rec.sampled - len(ok)
+        rec.bytes_up = sum(_message_bytes(r) for r in valid)
+        reasons = screen_updates(
+            [from_record(r.content.array_records[ARRAYS]) if ARRAYS in r.content else {} for r in valid],
+            self._global,
+            self.max_update_norm_ratio,
+        )
+        ok = [r for r, why in zip(valid, reasons, strict=True) if why is None]
+        rec.rejections = [
+            f"{self._who(r)}: {why}" for r, why in zip(valid, reasons, strict=True) if why is not None
+        ]
+        rec.replied, rec.rejected = len(ok), len(valid) - len(ok)
+        rec.failed = rec.sampled - len(valid)
         rec.failures = [self._failure(r) for r in bad]
         if len(replies) < rec.sampled:
             rec.failures.append(f"{rec.sampled - len(replies)} client(s) did not reply in time")
         rec.regions = sorted(int(r.content.metric_records[METRICS][REGION]) for r in ok)  # type: ignore[arg-type]
-        rec.bytes_up = sum(_message_bytes(r) for r in ok)
         if len(ok) < self.min_clients:
-            detail = "; ".join(rec.failures) or "no replies"
+            detail = "; ".join(rec.failures + [f"rejected {x}" for x in rec.rejections]) or "no replies"
             raise TooFewRepliesError(
                 f"round {rec.round} ({self.phase}): {len(ok)} of {rec.sampled} clients replied, "
                 f"min_clients is {self.min_clients} ({detail})"
@@ -282,7 +298,7 @@ class TrackedStrategy(Strategy):  # type: ignore[misc]
             for reply in ok:
                 region = int(reply.content.metric_records[METRICS][REGION])  # type: ignore[arg-type]
                 self.personal[region] = reply.content.array_records[ARRAYS]
-        arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        arrays, metrics = self.inner.aggregate_train(server_round, ok)
         rec.train_wall_s = time.perf_counter() - self._started
         rec.local_train_s = _metric(metrics, "train_s") or 0.0
         rec.load_s = _metric(metrics, "load_s") or 0.0
@@ -347,11 +363,25 @@ def run_federation(
     trained are kept as its personalised model.
     """
     spec = settings.spec
-    config = {"spec": spec.model_dump_json(), "local-epochs": settings.local_epochs, "seed": settings.seed}
+    config: dict[str, Any] = {
+        "spec": spec.model_dump_json(),
+        "local-epochs": settings.local_epochs,
+        "seed": settings.seed,
+    }
+    for key, region in (("crash-region", settings.crash_region), ("poison-region", settings.poison_region)):
+        if region is not None:  # testing aids only: a normal round config does not mention them
+            config[key] = region
     initial = task.initial_arrays(spec, "full", settings.seed)
     outcome.full_bytes = lora.num_bytes(initial)
+    ratio = settings.max_update_norm_ratio
     full = TrackedStrategy(
-        _inner(settings, settings.strategy), "full", 0, settings.min_clients, outcome, on_round
+        _inner(settings, settings.strategy),
+        "full",
+        0,
+        settings.min_clients,
+        outcome,
+        on_round,
+        max_update_norm_ratio=ratio,
     )
     result = full.start(
         grid,
@@ -375,6 +405,7 @@ def run_federation(
         outcome,
         on_round,
         base=to_record(base),
+        max_update_norm_ratio=ratio,
     )
     result = tuned.start(
         grid,
@@ -389,31 +420,57 @@ def run_federation(
 
 
 def server_app(
-    settings: ServerSettings,
-    outcome: FederationOutcome,
+    outcome: FederationOutcome | None = None,
     on_round: RoundCallback | None = None,
     on_done: Callable[[], None] | None = None,
+    run_config: Mapping[str, Any] | None = None,
 ) -> ServerApp:
-    """The ServerApp of one training run.
+    """The ServerApp of a training run, built from its run config (simulation and deployment alike).
+
+    The settings come from ``context.run_config`` (what ``flwr run`` fuses from the app's
+    ``pyproject.toml`` and ``--run-config``), on top of ``run_config`` (the simulation's:
+    ``run_simulation`` passes an empty one). When the run config names an
+    ``outcome-dir``, the rounds and final weights are also written there
+    (:func:`write_outcome`): that is how a deployment's driver, another process, gets them.
 
     Args:
-        settings: both phases' settings.
-        outcome: filled with round records and final weights (read by the driver after the run).
+        outcome: filled with round records and final weights (default: a fresh one).
         on_round: live progress, called after every round.
         on_done: called when the ServerApp ends, successful or not, while Ray is still
             connected (Flower's Ray backend shuts Ray down right after).
+        run_config: the run config to start from (keys of ``context.run_config`` win).
     """
     app = ServerApp()
 
     def main(grid: Grid, context: Context) -> None:
         try:
-            run_federation(grid, settings, outcome, on_round)
+            config = {**(run_config or {}), **dict(context.run_config)}
+            out_dir = str(config.get("outcome-dir") or "")
+            target = outcome if outcome is not None else FederationOutcome()
+            callbacks = [c for c in (on_round, round_writer(out_dir) if out_dir else None) if c is not None]
+
+            def each_round(rec: RoundRecord) -> None:
+                for callback in callbacks:
+                    callback(rec)
+
+            try:
+                run_federation(grid, settings_from_run_config(config), target, each_round)
+            except Exception as exc:
+                if out_dir:
+                    write_outcome(out_dir, target, exc)
+                raise
+            if out_dir:
+                write_outcome(out_dir, target)
         finally:
             if on_done is not None:
                 on_done()
 
     app.main()(main)  # by call: flwr is untyped, a decorator would erase the type
     return app
+
+
+#: For Flower's own runners (``flwr run``: ``serverapp = "x0tta6bl4.federated.server_app:app"``).
+app = server_app()
 
 
 def as_float32(arrays: Arrays) -> Arrays:

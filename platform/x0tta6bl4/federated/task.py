@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,7 @@ from x0tta6bl4.models.data import GraphSeries, series_from_frames
 from x0tta6bl4.models.evaluate import detection_metrics
 from x0tta6bl4.models.graphsage import DetectorSpec, GraphSAGEDetector
 from x0tta6bl4.models.training import train_detector
+from x0tta6bl4.telemetry.windows import SeriesInputs
 
 #: Training phases: full-model rounds (pre-training), then adapter-only rounds.
 PHASES = ("full", "lora")
@@ -32,8 +35,50 @@ def _topology(spec: TopologySpec) -> Topology:
 
 
 @functools.lru_cache(maxsize=16)
-def _cached_region(region: int, spec_json: str) -> GraphSeries:
-    return load_region_series(region, DetectorSpec.model_validate_json(spec_json))
+def _cached_region(region: int, spec_json: str, path: str | None) -> GraphSeries:
+    spec = DetectorSpec.model_validate_json(spec_json)
+    if path is not None:
+        return load_series_file(path, spec)
+    return load_region_series(region, spec)
+
+
+def save_series_file(series: GraphSeries, path: str | os.PathLike[str]) -> Path:
+    """Write a region's series (levels, graph, ids, labels) to one ``.npz`` file, for a SuperNode to read.
+
+    A deployment's SuperNodes run outside the training job's Ray cluster: each gets the
+    file of its own region and nothing else, the same windows a simulated client pulls
+    from the MeshShard actor.
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, Any] = {
+        "levels": series.inputs.levels,
+        "edge_index": series.edge_index,
+        "node_ids": series.node_ids,
+        "region": series.region,
+    }
+    if series.labels is not None:
+        arrays["labels"] = series.labels
+    tmp = out.with_name(out.name + ".tmp")
+    with tmp.open("wb") as fh:
+        np.savez(fh, **arrays)
+    tmp.replace(out)
+    return out
+
+
+def load_series_file(path: str | os.PathLike[str], spec: DetectorSpec) -> GraphSeries:
+    """The series :func:`save_series_file` wrote (RegionDataError when it is missing or unreadable)."""
+    try:
+        with np.load(path) as data:
+            return GraphSeries(
+                inputs=SeriesInputs(spec.window, data["levels"]),
+                edge_index=data["edge_index"],
+                node_ids=data["node_ids"],
+                labels=data["labels"] if "labels" in data.files else None,
+                region=data["region"],
+            )
+    except (OSError, KeyError, ValueError) as exc:
+        raise RegionDataError(f"cannot read region windows from {path}: {exc}") from exc
 
 
 def load_region_series(region: int, spec: DetectorSpec, namespace: str = RAY_NAMESPACE) -> GraphSeries:
@@ -62,9 +107,16 @@ def load_region_series(region: int, spec: DetectorSpec, namespace: str = RAY_NAM
     return series_from_frames(spec.window, topology, frames, nodes)
 
 
-def region_series(region: int, spec: DetectorSpec) -> GraphSeries:
-    """:func:`load_region_series`, cached per process (a client trains on the same windows every round)."""
-    return _cached_region(region, spec.model_dump_json())
+def region_series(region: int, spec: DetectorSpec, path: str | None = None) -> GraphSeries:
+    """The region's series, cached per process (a client trains on the same windows every round).
+
+    Args:
+        region: the mesh region.
+        spec: detector spec (its window spec shapes the inputs).
+        path: a file from :func:`save_series_file` (deployment), or None: the region's
+            MeshShard actor (:func:`load_region_series`, simulation).
+    """
+    return _cached_region(region, spec.model_dump_json(), path)
 
 
 def new_detector(spec: DetectorSpec, seed: int = 0) -> GraphSAGEDetector:
