@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_identity_command(sub)
     add_ledger_command(sub)
 
+    from x0tta6bl4.rag.cli import add_runbook_command
+
+    add_runbook_command(sub)
+
     return parser
 
 

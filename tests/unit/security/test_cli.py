@@ -12,6 +12,7 @@ from x0tta6bl4.cli import main
 def ca_dir(tmp_path, monkeypatch):
     path = tmp_path / "ca"
     monkeypatch.setenv("X0TTA6BL4_CA_DIR", str(path))
+    monkeypatch.setenv("X0TTA6BL4_LEDGER_DIR", str(tmp_path / "ledger"))
     return path
 
 
@@ -60,3 +61,41 @@ def test_bad_input_is_one_line_and_exit_2(ca_dir, tmp_path, monkeypatch, capsys,
     code, out, err = identity(capsys, *args)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("x0tta6bl4: error:") and needle in err
+
+
+def test_identity_changes_are_in_the_ledger_and_verify(ca_dir, tmp_path, capsys):
+    alice = tmp_path / "alice"
+    identity(capsys, "issue", "operator/alice", "--out", str(alice))
+    identity(capsys, "rotate", "--out", str(alice))
+    identity(capsys, "revoke", "--svid", str(alice))
+    assert main(["ledger", "show", "--json"]) == 0
+    entries = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["kind"] for e in entries] == ["svid.issue", "svid.rotate", "svid.revoke"]
+    assert {e["actor"] for e in entries} == {"spiffe://x0tta6bl4.local/ca"}
+    assert main(["ledger", "verify"]) == 0
+    assert capsys.readouterr().out.startswith("ok: 3 entries")
+
+
+def test_ledger_verify_names_the_edited_entry_and_exits_1(ca_dir, tmp_path, capsys):
+    alice = tmp_path / "alice"
+    identity(capsys, "issue", "operator/alice", "--out", str(alice))
+    identity(capsys, "rotate", "--out", str(alice))
+    path = tmp_path / "ledger" / "entries.jsonl"
+    path.write_text(path.read_text().replace('"svid.rotate"', '"svid.revoke"'))
+    assert main(["ledger", "verify"]) == 1
+    assert "entry 1 (line 2)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ledger", "verify", "--against", "7:xyz"], "SEQ:SHA256-HEX"),
+        (["ledger", "verify", "--against", "missing-report.json"], "not SEQ:HASH nor a run report"),
+        (["ledger", "--ledger-dir", "/nonexistent/ledger", "show"], "no ledger in"),
+    ],
+)
+def test_ledger_bad_input_is_one_line_exit_2(ca_dir, tmp_path, capsys, args, message):
+    (tmp_path / "ledger").mkdir()
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("x0tta6bl4: error:") and message in err
