@@ -1,4 +1,4 @@
-"""Security suite: SVID issuance, mTLS handshakes, the front against plain HTTP, refusals, rotation, Ray auth.
+"""Security suite: SVIDs, mTLS handshakes, the front vs plain HTTP, refusals, rotation, Ray auth, provenance.
 
 The front is measured in front of the real Serve application (the scoring route, as ``bench
 serve`` loads it): the baseline is the same app reached over plain loopback HTTP at the same
@@ -53,6 +53,10 @@ def results(quick: bool = False) -> list[dict[str, Any]]:
         rows.append(_issuance(ca, 0.5 if quick else 3.0))
         rows.extend(_served(ca, Path(tmp), quick))
     rows.extend(_ray_auth_mesh(quick))
+    from x0tta6bl4.bench import provenance
+
+    _say("provenance: the signed ledger and signed model versions")
+    rows.extend(provenance.results(quick))
     return rows
 
 

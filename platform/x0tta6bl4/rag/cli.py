@@ -54,7 +54,7 @@ def runbook_main(args: argparse.Namespace) -> int:
     policy = ProvenancePolicy(ProvenanceConfig(ca_dir=str(args.ca_dir) if args.ca_dir else None))
     if args.action == "sign":
         signer = policy.signer(args.signer)
-        documents = []
+        documents: list[dict[str, Any]] = []
         for path in args.files:
             text = _read(path)
             try:
@@ -72,13 +72,13 @@ def runbook_main(args: argparse.Namespace) -> int:
         return 0
     try:
         body = json.loads(_read(args.body))
-        documents = body["documents"]
-        if not isinstance(documents, list):
+        items: list[Any] = body["documents"]
+        if not isinstance(items, list):
             raise TypeError("documents must be a list")
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{args.body}: not an ingest body ({exc})") from None
     failed = 0
-    for i, item in enumerate(documents):
+    for i, item in enumerate(items):
         try:
             doc = parse_document(item["text"], i, MAX_RUNBOOK_BYTES, 120, 0)
             signer_id = policy.check_runbook(item.get("signature"), document_claim(doc))

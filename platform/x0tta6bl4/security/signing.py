@@ -313,6 +313,35 @@ class SignatureVerifier:
             if ident in ident_by_skid:
                 revoked.update((ident_by_skid[ident], int(s, 16)) for s in serials)
         self._anchors, self._revoked = anchors, revoked
+        self._chained: dict[
+            bytes, tuple[SpiffeId, ed25519.Ed25519PublicKey, mldsa.MLDSA65PublicKey, bytes]
+        ] = {}
+
+    def _certified(
+        self, cert: x509.Certificate
+    ) -> tuple[SpiffeId, ed25519.Ed25519PublicKey, mldsa.MLDSA65PublicKey, bytes]:
+        """The certificate's ID, keys and issuer, once its chain to an anchor is checked (memoised)."""
+        fp = cert.fingerprint(hashes.SHA256())
+        known = self._chained.get(fp)
+        if known is not None:
+            return known
+        sid, ed_pub, ml_pub = signer_keys(cert)
+        if sid.trust_domain.name != self.trust_domain:
+            raise SignatureError("untrusted", f"signer {sid} is outside the trust domain {self.trust_domain}")
+        try:
+            akid = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+        except x509.ExtensionNotFound:
+            akid = None
+        anchor = self._anchors.get(akid or b"")
+        if anchor is None:
+            raise SignatureError("untrusted", f"the certificate of {sid} was not issued by this CA")
+        try:
+            cert.verify_directly_issued_by(anchor)
+        except (ValueError, TypeError, InvalidSignature):
+            raise SignatureError("untrusted", f"the certificate of {sid} does not verify") from None
+        known = (sid, ed_pub, ml_pub, akid or b"")
+        self._chained[fp] = known
+        return known
 
     def verify(
         self,
@@ -335,21 +364,8 @@ class SignatureVerifier:
                 ``disallowed`` (signer not in ``allowed``), ``bad-signature`` or ``malformed``.
         """
         cert = signature.certificate
-        sid, ed_pub, ml_pub = signer_keys(cert)
-        if sid.trust_domain.name != self.trust_domain:
-            raise SignatureError("untrusted", f"signer {sid} is outside the trust domain {self.trust_domain}")
-        try:
-            akid = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
-        except x509.ExtensionNotFound:
-            akid = None
-        anchor = self._anchors.get(akid or b"")
-        if anchor is None:
-            raise SignatureError("untrusted", f"the certificate of {sid} was not issued by this CA")
-        try:
-            cert.verify_directly_issued_by(anchor)
-        except (ValueError, TypeError, InvalidSignature):
-            raise SignatureError("untrusted", f"the certificate of {sid} does not verify") from None
-        if (akid or b"", cert.serial_number) in self._revoked:
+        sid, ed_pub, ml_pub, akid = self._certified(cert)
+        if (akid, cert.serial_number) in self._revoked:
             raise SignatureError("revoked", f"the signing certificate of {sid} is revoked")
         when = signature.signed_at
         if not cert.not_valid_before_utc <= when <= cert.not_valid_after_utc:
