@@ -23,7 +23,7 @@ def add_models_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"registry path or fsspec URI (default ${REGISTRY_ENV}, else models/registry)",
     )
-    sub = parser.add_subparsers(dest="models_command", required=True, metavar="{list,show,promote}")
+    sub = parser.add_subparsers(dest="models_command", required=True, metavar="{list,show,promote,sign}")
 
     ls = sub.add_parser("list", parents=[common], help="list models, or the versions of one model")
     ls.add_argument("--model", metavar="NAME", help="list this model's versions (default: all models)")
@@ -34,9 +34,19 @@ def add_models_arguments(parser: argparse.ArgumentParser) -> None:
     show.add_argument("version", nargs="?", help="version id (default: the promoted one, else the latest)")
     show.add_argument("--json", action="store_true", help="print JSON on stdout")
 
-    promote = sub.add_parser("promote", parents=[common], help="verify a version and make Serve use it")
+    promote = sub.add_parser(
+        "promote", parents=[common], help="verify a version (files and signature) and make Serve use it"
+    )
     promote.add_argument("model", help="model name")
     promote.add_argument("version", help="version id, e.g. v0003-20260101T120000")
+    promote.add_argument("--as", dest="actor", default="operator/local", help="who promotes (ledger entry)")
+
+    sign = sub.add_parser(
+        "sign", parents=[common], help="sign a version (e.g. one written before signing existed)"
+    )
+    sign.add_argument("model", help="model name")
+    sign.add_argument("version", help="version id")
+    sign.add_argument("--as", dest="actor", default="trainer", help="signing identity (default: trainer)")
 
 
 def _record(v: ModelVersion, promoted: str | None) -> dict[str, Any]:
@@ -114,6 +124,7 @@ def _show(registry: ModelRegistry, model: str, version: str | None, as_json: boo
     }
     record["spec"] = loaded.spec
     record["files"] = list(loaded.files)
+    record["signature"] = _signature_state(registry, model, version)
     if as_json:
         record["card"] = loaded.card
         print(json.dumps(record, indent=2, default=str))
@@ -122,6 +133,7 @@ def _show(registry: ModelRegistry, model: str, version: str | None, as_json: boo
     print(f"  uri       {record['uri']}")
     print(f"  created   {record['created_at']}")
     print(f"  parent    {record['parent'] or '-'}")
+    print(f"  signature {record['signature']}")
     for key, value in record["metrics"].items():
         print(f"  metric    {key} = {value}")
     for name, info in record["tensors"].items():
@@ -143,10 +155,40 @@ def models_main(args: argparse.Namespace) -> int:
         return _show(registry, args.model, args.version, args.json)
     check_model_name(args.model)
     check_version_id(args.version)
+    from x0tta6bl4.models.signing import check_signature, sign_version
+    from x0tta6bl4.security.provenance import ProvenancePolicy
+
+    policy = ProvenancePolicy()
+    audit = policy.recorder(args.actor)
+    subject = f"{args.model}/{args.version}"
+    if command == "sign":
+        registry.get(args.model, args.version)
+        signed_as = sign_version(registry, args.model, args.version, audit.signer)
+        audit.record("model.train", subject, {"registry": registry.uri, "signed_later": True})
+        print(f"signed {subject} as {signed_as}")
+        return 0
     try:
         before = registry.promoted_id(args.model)
     except RegistryError:  # an unreadable PROMOTED.json must not block promoting a good version
         before = None
+    signer_id = check_signature(registry, args.model, args.version, policy)
     registry.promote(args.model, args.version)
-    print(f"promoted {args.model} {args.version}" + (f" (was {before})" if before else ""))
+    audit.record(
+        "model.promote", subject, {"registry": registry.uri, "signed_by": signer_id, "previous": before}
+    )
+    print(
+        f"promoted {args.model} {args.version} (signed by {signer_id})"
+        + (f" (was {before})" if before else "")
+    )
     return 0
+
+
+def _signature_state(registry: ModelRegistry, model: str, version: str) -> str:
+    """``signed by <id>`` or ``refused: <why>`` under this machine's provenance policy."""
+    from x0tta6bl4.models.signing import UntrustedVersionError, check_signature
+    from x0tta6bl4.security.provenance import ProvenancePolicy
+
+    try:
+        return f"signed by {check_signature(registry, model, version, ProvenancePolicy())}"
+    except UntrustedVersionError as exc:
+        return f"refused ({exc.reason}): {exc}"

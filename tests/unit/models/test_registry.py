@@ -347,10 +347,22 @@ def _cli(reg: ModelRegistry, *argv: str) -> int:
     return models_main(parser.parse_args([*argv[:1], "--registry", reg.uri, *argv[1:]]))
 
 
+@pytest.fixture
+def provenance_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("X0TTA6BL4_CA_DIR", str(tmp_path / "ca"))
+    monkeypatch.setenv("X0TTA6BL4_LEDGER_DIR", str(tmp_path / "ledger"))
+    return tmp_path
+
+
 def test_cli_lists_shows_and_promotes_versions(
-    memory_registry: ModelRegistry, capsys: pytest.CaptureFixture[str]
+    memory_registry: ModelRegistry, capsys: pytest.CaptureFixture[str], provenance_env: Path
 ) -> None:
     v1, v2 = _write(memory_registry, 1), _write(memory_registry, 2)
+    with pytest.raises(RegistryError, match=r"refused: no signature.*\(unsigned\)"):
+        _cli(memory_registry, "promote", "graphsage", v1.version)
+    for v in (v1, v2):
+        assert _cli(memory_registry, "sign", "graphsage", v.version) == 0
+    assert "signed graphsage" in capsys.readouterr().out
 
     assert _cli(memory_registry, "promote", "graphsage", v1.version) == 0
     assert f"promoted graphsage {v1.version}" in capsys.readouterr().out
@@ -364,12 +376,15 @@ def test_cli_lists_shows_and_promotes_versions(
     assert _cli(memory_registry, "show", "graphsage") == 0
     out = capsys.readouterr().out
     assert f"graphsage {v1.version}  (promoted)  verified" in out
+    assert "signature signed by spiffe://x0tta6bl4.local/trainer" in out
     assert "tensor    conv1.weight (8, 4) torch.float32" in out
     assert _cli(memory_registry, "promote", "graphsage", v2.version) == 0
     assert f"(was {v1.version})" in capsys.readouterr().out
 
 
-def test_cli_errors_are_platform_errors_for_the_one_line_exit(memory_registry: ModelRegistry) -> None:
+def test_cli_errors_are_platform_errors_for_the_one_line_exit(
+    memory_registry: ModelRegistry, provenance_env: Path
+) -> None:
     _write(memory_registry)
 
     with pytest.raises(X0tta6bl4Error, match="invalid version id"):
