@@ -59,7 +59,8 @@ def add_ledger_command(sub: Any) -> None:
     p = sub.add_parser(
         "ledger",
         help="the signed audit ledger: show entries, verify chain, signatures and head",
-        description="Read and verify the audit ledger ($X0TTA6BL4_LEDGER_DIR or .x0tta6bl4/ledger).",
+        description="Read and verify the audit ledger ($X0TTA6BL4_LEDGER_DIR, else ledger/ beside the CA: "
+        ".x0tta6bl4/security/ledger).",
     )
     p.add_argument("--ledger-dir", type=Path, help="the ledger's directory (default as above)")
     p.add_argument("--ca-dir", type=Path, help="the CA whose signers are trusted (default $X0TTA6BL4_CA_DIR)")
@@ -98,10 +99,10 @@ def _head_from(text: str) -> Any:
 def ledger_main(args: argparse.Namespace) -> int:
     """Show or verify the ledger; verify exits 1 when any entry or the head fails."""
     from x0tta6bl4.security.ca import default_ca_dir
-    from x0tta6bl4.security.ledger import Ledger
+    from x0tta6bl4.security.ledger import Ledger, default_ledger_dir
     from x0tta6bl4.security.signing import SignatureVerifier
 
-    ledger = Ledger(args.ledger_dir)
+    ledger = Ledger(args.ledger_dir or default_ledger_dir(args.ca_dir))
     if not ledger.directory.is_dir():
         raise ConfigError(f"no ledger in {ledger.directory} (set --ledger-dir or $X0TTA6BL4_LEDGER_DIR)")
     out = sys.stdout
@@ -239,14 +240,11 @@ def identity_main(args: argparse.Namespace) -> int:
 
 
 def _recorder(ca: Any) -> Any:
-    """Appends the CA's decisions to the audit ledger, signed by the CA's own signing identity."""
-    from x0tta6bl4.security.identity import WorkloadKind, workload_id
-    from x0tta6bl4.security.ledger import AuditRecorder, Ledger
-    from x0tta6bl4.security.signing import Signer
+    """Appends the CA's decisions to the audit ledger beside it, signed by the CA's own identity."""
+    from x0tta6bl4.security.ledger import authority_recorder
 
     def record(kind: str, subject: str, data: dict[str, Any]) -> None:
-        signer = Signer.obtain(ca, workload_id(WorkloadKind.AUTHORITY, None, ca.trust_domain))
-        AuditRecorder(Ledger(), signer).record(kind, subject, data)
+        authority_recorder(ca).record(kind, subject, data)
 
     return record
 

@@ -66,9 +66,18 @@ KINDS = frozenset(
 )
 
 
-def default_ledger_dir() -> Path:
-    """``$X0TTA6BL4_LEDGER_DIR`` when set, otherwise ``.x0tta6bl4/ledger``."""
-    return Path(os.environ.get("X0TTA6BL4_LEDGER_DIR") or Path(".x0tta6bl4") / "ledger")
+def default_ledger_dir(ca_dir: str | os.PathLike[str] | None = None) -> Path:
+    """``$X0TTA6BL4_LEDGER_DIR`` when set, otherwise ``ledger`` beside the CA's directory.
+
+    With the default CA (``.x0tta6bl4/security/ca``) that is ``.x0tta6bl4/security/ledger``: a
+    ledger always pairs with the CA whose signers wrote it.
+    """
+    env = os.environ.get("X0TTA6BL4_LEDGER_DIR")
+    if env:
+        return Path(env)
+    from x0tta6bl4.security.ca import default_ca_dir
+
+    return Path(ca_dir if ca_dir is not None else default_ca_dir()).parent / "ledger"
 
 
 def _canonical(obj: Any) -> bytes:
@@ -147,6 +156,7 @@ class Ledger:
     """
 
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
+        """Open the ledger in ``directory`` (default :func:`default_ledger_dir`)."""
         self.directory = Path(directory) if directory is not None else default_ledger_dir()
         self._lock = FileLock(str(self.directory / ".lock")) if self.directory.exists() else None
         self._known_signers: set[str] = set()
@@ -402,8 +412,17 @@ class AuditRecorder:
         from x0tta6bl4.security.ca import EmbeddedCA
 
         ca = EmbeddedCA.open(ca_dir)
-        return cls(Ledger(ledger_dir), Signer.obtain(ca, spiffe_id))
+        ledger = Ledger(ledger_dir if ledger_dir is not None else default_ledger_dir(ca.directory))
+        return cls(ledger, Signer.obtain(ca, spiffe_id))
 
     def record(self, kind: str, subject: str, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Append one entry (see :meth:`Ledger.append`)."""
         return self.ledger.append(self.signer, kind, subject, data)
+
+
+def authority_recorder(ca: Any) -> AuditRecorder:
+    """The CA's own pen (identity ``ca``) on the ledger beside it: SVID issue, rotation, revocation."""
+    from x0tta6bl4.security.identity import WorkloadKind, workload_id
+
+    signer = Signer.obtain(ca, workload_id(WorkloadKind.AUTHORITY, None, ca.trust_domain))
+    return AuditRecorder(Ledger(default_ledger_dir(ca.directory)), signer)

@@ -39,7 +39,8 @@ class ProvenanceConfig(BaseModel):
         default=None, description="the CA whose signers are trusted (default $X0TTA6BL4_CA_DIR)"
     )
     ledger_dir: str | None = Field(
-        default=None, description="the audit ledger (default $X0TTA6BL4_LEDGER_DIR or .x0tta6bl4/ledger)"
+        default=None,
+        description="the audit ledger (default $X0TTA6BL4_LEDGER_DIR, else ledger/ beside the CA)",
     )
     model_signers: list[str] = Field(
         default_factory=lambda: ["trainer"],
@@ -59,7 +60,7 @@ class ProvenanceConfig(BaseModel):
 
         out = self.model_copy(deep=True)
         out.ca_dir = str(Path(self.ca_dir or default_ca_dir()).expanduser().resolve())
-        out.ledger_dir = str(Path(self.ledger_dir or default_ledger_dir()).expanduser().resolve())
+        out.ledger_dir = str(Path(self.ledger_dir or default_ledger_dir(out.ca_dir)).expanduser().resolve())
         return out
 
 

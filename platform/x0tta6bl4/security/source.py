@@ -28,6 +28,7 @@ from spiffe.errors import PySpiffeError
 from x0tta6bl4.security.bundle import TrustBundle, bundle_paths
 from x0tta6bl4.security.ca import EmbeddedCA, default_ca_dir
 from x0tta6bl4.security.errors import CaError, InvalidSvidError, SecurityError
+from x0tta6bl4.security.ledger import AuditRecorder, authority_recorder
 from x0tta6bl4.security.svid import Svid
 from x0tta6bl4.security.tls import Revocations
 
@@ -106,6 +107,7 @@ class EmbeddedSource:
         self._refresh_s = float(refresh_s if refresh_s is not None else self._ca.refresh_hint_s)
         self._subscribers = _Subscribers()
         self._lock = threading.Lock()
+        self._recorder: AuditRecorder | None = None
         self._svid = self._issue()
         self._renew_at = self._svid.renew_at(self._jitter)
         self._bundle_key: tuple[int, int] = (-1, -1)
@@ -149,7 +151,15 @@ class EmbeddedSource:
         return svid
 
     def _issue(self) -> Svid:
-        return self._ca.issue_svid(self._spiffe_id, self._ttl_s, *self._sans)
+        svid = self._ca.issue_svid(self._spiffe_id, self._ttl_s, *self._sans)
+        kind = "svid.rotate" if getattr(self, "_svid", None) is not None else "svid.issue"
+        try:  # the audit record never stands between a workload and its identity
+            if self._recorder is None:
+                self._recorder = authority_recorder(self._ca)
+            self._recorder.record(kind, self._spiffe_id, {"serial": f"{svid.serial:x}", "ttl_s": self._ttl_s})
+        except (SecurityError, OSError) as exc:
+            log.warning("audit ledger: %s of %s not recorded: %s", kind, self._spiffe_id, exc)
+        return svid
 
     def _reload_trust(self) -> bool:
         jwks, _ = bundle_paths(self._ca.directory)

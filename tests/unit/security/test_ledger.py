@@ -135,3 +135,24 @@ def test_head_parses_and_rejects_junk() -> None:
     for junk in ("", "12", "x:" + "ab" * 32, "3:" + "zz" * 32):
         with pytest.raises(ConfigError):
             LedgerHead.parse(junk)
+
+
+def test_a_workloads_svid_issue_and_rotation_land_in_the_ledger_beside_its_ca(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from x0tta6bl4.security.source import EmbeddedSource
+
+    monkeypatch.delenv("X0TTA6BL4_LEDGER_DIR", raising=False)
+    source = EmbeddedSource("spiffe://x0tta6bl4.local/front", ca_dir=tmp_path / "ca")
+    try:
+        source.renew_now()
+    finally:
+        source.close()
+    ledger = Ledger(tmp_path / "ledger")
+    entries = [e for _, e in ledger.lines() if isinstance(e, dict)]
+    assert [(e["kind"], e["actor"]) for e in entries] == [
+        ("svid.issue", "spiffe://x0tta6bl4.local/ca"),
+        ("svid.rotate", "spiffe://x0tta6bl4.local/ca"),
+    ]
+    assert entries[1]["data"]["serial"] == format(source.svid().serial, "x")
+    assert ledger.verify(SignatureVerifier(tmp_path / "ca")).ok
