@@ -14,8 +14,23 @@ from tests.e2e.conftest import REPO
         (["--strategy", "fedsgd"], "strategy: Input should be 'fedavg' or 'fedprox'"),
         (["--regions", "2", "--min-clients", "3"], "min_clients (3) cannot exceed regions (2)"),
         (["--registry", "{tmp}/a-file/registry"], "is not writable"),
+        (["--rogue-supernode"], "rogue_supernode needs deployment"),
+        (["--deployment", "--regions", "2", "--poison-region", "2"], "poison_region 2 is not a region"),
+        (
+            ["--deployment", "--max-update-norm-ratio", "0.5"],
+            "max_update_norm_ratio: Input should be greater than 1",
+        ),
+        (["--deployment", "--ca-dir", "{tmp}/a-file/ca"], "deployment: cannot open the CA in"),
     ],
-    ids=["unknown-strategy", "min-clients-above-regions", "unwritable-registry"],
+    ids=[
+        "unknown-strategy",
+        "min-clients-above-regions",
+        "unwritable-registry",
+        "rogue-without-deployment",
+        "poison-region-out-of-range",
+        "norm-ratio-not-above-1",
+        "ca-dir-unusable",
+    ],
 )
 def test_bad_input_is_one_line_and_exit_2_before_ray_starts(args, expected, tmp_path, cli_env):
     (tmp_path / "a-file").write_text("a file where the registry directory would go\n")

@@ -83,6 +83,28 @@ def new_node_key(directory: Path, name: str) -> NodeKey:
     return NodeKey(name, private_path, public_path, hashlib.sha256(public).hexdigest())
 
 
+def check_prerequisites(ca_dir: Path | None) -> None:
+    """Refuse a deployment that could not start, before anything runs: Flower's commands, the CA.
+
+    Raises:
+        ConfigError: a Flower command is missing next to this Python, or the CA cannot be opened.
+    """
+    from x0tta6bl4.errors import ConfigError
+    from x0tta6bl4.security.ca import EmbeddedCA
+
+    bindir = Path(sys.executable).parent
+    missing = [c for c in ("flower-superlink", "flower-supernode", "flwr") if not (bindir / c).exists()]
+    if missing:
+        raise ConfigError(
+            f"deployment needs Flower's commands next to {sys.executable}: {', '.join(missing)}"
+        )
+    try:
+        EmbeddedCA.open(ca_dir)
+    except (OSError, X0tta6bl4Error) as exc:
+        where = ca_dir if ca_dir is not None else "the default CA directory"
+        raise ConfigError(f"deployment: cannot open the CA in {where}: {exc}") from None
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -419,7 +441,7 @@ class FlowerDeployment:
         Raises:
             DeploymentError: it is still running after ``timeout_s``, exited otherwise, or was listed.
         """
-        before = len(self.listed_nodes())
+        before = len(self.nodes)  # wait_online checked that the SuperLink lists exactly these
         proc = self.start_supernode(key, {"partition-id": 0, "num-partitions": 1})
         try:
             code = proc.wait(timeout=timeout_s)

@@ -34,7 +34,9 @@ class RoundRecord:
     clients to server, ``bytes_eval`` the arrays sent for evaluation. ``replied`` counts
     the updates aggregated; ``rejected`` the valid replies whose update was refused
     (:func:`~x0tta6bl4.federated.screening.screen_updates`, reasons in
-    ``rejections``); ``failed`` errors and timeouts.
+    ``rejections``); ``failed`` errors and timeouts. ``norm_ratio_max`` is the largest
+    accepted update's norm over the median of the others' (how close honest clients came
+    to the rejection factor).
     """
 
     round: int
@@ -56,6 +58,7 @@ class RoundRecord:
     bytes_down: int = 0
     bytes_up: int = 0
     bytes_eval: int = 0
+    norm_ratio_max: float | None = None
     loss: float | None = None
     auprc: float | None = None
     auroc: float | None = None

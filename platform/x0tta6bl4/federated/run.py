@@ -81,6 +81,10 @@ def plan_training(config: TrainConfig) -> TrainPlan:
     """Check everything the run needs before Ray starts (ConfigError / RegistryError on bad input)."""
     registry = ModelRegistry(config.registry)
     registry.check_writable()  # first: it needs no torch, so this common mistake fails fastest
+    if config.deployment:
+        from x0tta6bl4.federated.deployment import check_prerequisites
+
+        check_prerequisites(config.ca_dir)
     from x0tta6bl4.federated import task
     from x0tta6bl4.models.graphsage import DetectorSpec
 

@@ -25,6 +25,22 @@ def update_norm(update: Mapping[str, np.ndarray], reference: Mapping[str, np.nda
     return math.sqrt(total)
 
 
+def norm_ratios(norms: Sequence[float | None]) -> list[float | None]:
+    """Each norm over the median of the *other* norms (None where it or every other one is None).
+
+    A median of zero gives inf for a positive norm (and NaN for a zero one).
+    """
+    out: list[float | None] = []
+    for i, norm in enumerate(norms):
+        others = [n for j, n in enumerate(norms) if j != i and n is not None]
+        if norm is None or not others:
+            out.append(None)
+            continue
+        median = float(np.median(others))
+        out.append(norm / median if median > 0 else (math.inf if norm > 0 else math.nan))
+    return out
+
+
 def screen_updates(
     updates: Sequence[Mapping[str, np.ndarray]],
     reference: Mapping[str, np.ndarray],
@@ -54,14 +70,11 @@ def screen_updates(
             reason = f"non-finite values (NaN/inf) in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}"
         reasons.append(reason)
         norms.append(update_norm(update, reference) if reason is None else None)
-    for i, norm in enumerate(norms):
-        others = [n for j, n in enumerate(norms) if j != i and n is not None]
-        if norm is None or not others:
-            continue
-        median = float(np.median(others))
-        if norm > max_norm_ratio * median:
+    for i, ratio in enumerate(norm_ratios(norms)):
+        norm = norms[i]
+        if ratio is not None and norm is not None and ratio > max_norm_ratio:
             reasons[i] = (
-                f"update norm {norm:.4g} is more than {max_norm_ratio:g}x the median {median:.4g} "
+                f"update norm {norm:.4g} is more than {max_norm_ratio:g}x the median {norm / ratio:.4g} "
                 "of the round's other updates"
             )
     return reasons

@@ -37,7 +37,12 @@ from x0tta6bl4.federated.outcome import (
     round_writer,
     write_outcome,
 )
-from x0tta6bl4.federated.screening import DEFAULT_MAX_UPDATE_NORM_RATIO, screen_updates
+from x0tta6bl4.federated.screening import (
+    DEFAULT_MAX_UPDATE_NORM_RATIO,
+    norm_ratios,
+    screen_updates,
+    update_norm,
+)
 from x0tta6bl4.models import lora
 from x0tta6bl4.models.graphsage import DetectorSpec
 
@@ -273,12 +278,14 @@ class TrackedStrategy(Strategy):  # type: ignore[misc]
         rec = self._record
         assert rec is not None
         rec.bytes_up = sum(_message_bytes(r) for r in valid)
-        reasons = screen_updates(
-            [from_record(r.content.array_records[ARRAYS]) if ARRAYS in r.content else {} for r in valid],
-            self._global,
-            self.max_update_norm_ratio,
-        )
+        updates = [from_record(r.content.array_records[ARRAYS]) if ARRAYS in r.content else {} for r in valid]
+        reasons = screen_updates(updates, self._global, self.max_update_norm_ratio)
         ok = [r for r, why in zip(valid, reasons, strict=True) if why is None]
+        ratios = norm_ratios(
+            [update_norm(u, self._global) for u, why in zip(updates, reasons, strict=True) if not why]
+        )
+        finite = [x for x in ratios if x is not None and math.isfinite(x)]
+        rec.norm_ratio_max = max(finite) if finite else None
         rec.rejections = [
             f"{self._who(r)}: {why}" for r, why in zip(valid, reasons, strict=True) if why is not None
         ]

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from x0tta6bl4.federated.screening import screen_updates, update_norm
+from x0tta6bl4.federated.screening import norm_ratios, screen_updates, update_norm
 
 GLOBAL = {"w": np.zeros((4, 3), np.float32), "b": np.zeros(3, np.float32)}
 
@@ -60,6 +60,13 @@ def test_the_factor_is_configurable_and_a_lone_update_has_nothing_to_compare_wit
     nan = _update(0.1)
     nan["w"][0, 0] = np.nan
     assert screen_updates([nan, _update(0.1)], GLOBAL)[1] is None
+
+
+def test_norm_ratios_compare_each_norm_with_the_median_of_the_others() -> None:
+    assert norm_ratios([1.0, 2.0, 4.0]) == [1 / 3, 2 / 2.5, 4 / 1.5]
+    assert norm_ratios([1.0, None, 3.0]) == [1 / 3, None, 3.0]
+    assert norm_ratios([5.0]) == [None]
+    assert norm_ratios([1.0, 0.0]) == [math.inf, 0.0]
 
 
 # ------------------------------------------------------------------- the strategy, with a fake grid
@@ -143,6 +150,7 @@ def test_a_poisoned_reply_is_left_out_of_the_average_and_counted(task_identity, 
     assert rec.regions == [0, 1] and len(rec.rejections) == 1 and rec.rejections[0].startswith("region 2: ")
     np.testing.assert_allclose(arrays["w"], np.full(4, 0.015), rtol=1e-6)  # mean of nodes 1 and 2 only
     assert rec.to_dict()["rejected"] == 1
+    assert rec.norm_ratio_max == pytest.approx(2.0)  # the accepted updates: 0.02 against 0.01
 
 
 def test_rejections_count_against_min_clients(task_identity) -> None:
@@ -152,3 +160,27 @@ def test_rejections_count_against_min_clients(task_identity) -> None:
         TooFewRepliesError, match=r"2 of 3 clients replied, min_clients is 3 \(rejected region 2"
     ):
         _run(_nan, min_clients=3)
+
+
+def test_the_embedder_federation_screens_its_updates_too(task_identity) -> None:
+    from flwr.app import ConfigRecord
+
+    from x0tta6bl4.federated.client_app import from_record, to_record
+    from x0tta6bl4.federated.embedder import ScreenedFedAvg
+
+    strategy = ScreenedFedAvg(
+        min_clients=2,
+        max_update_norm_ratio=10.0,
+        fraction_evaluate=0.0,
+        min_train_nodes=1,
+        min_available_nodes=1,
+    )
+    result = strategy.start(
+        PoisoningGrid(_scaled),
+        to_record({"w": np.zeros(4, np.float32)}),
+        num_rounds=1,
+        train_config=ConfigRecord(),
+    )
+    np.testing.assert_allclose(from_record(result.arrays)["w"], np.full(4, 0.015), rtol=1e-6)
+    (rnd,) = strategy.rounds
+    assert (rnd["replied"], rnd["rejected"]) == (2, 1) and "more than 10x the median" in rnd["rejections"][0]
