@@ -421,17 +421,21 @@ def train_main(config: TrainConfig) -> TrainResult:
     }
     metrics = build_metrics(plan, outcome, heldout, timings, deployment)
     from x0tta6bl4.models import lora
+    from x0tta6bl4.models.bootstrap import publish_version
+    from x0tta6bl4.security.provenance import ProvenanceConfig, ProvenancePolicy
 
-    version = plan.registry.write_version(
+    ca_dir = str(config.ca_dir) if config.ca_dir is not None else None
+    version = publish_version(  # signed by the trainer identity; training and promotion in the ledger
+        plan.registry,
         plan.spec.name,
         lora.full_arrays(final),
         plan.spec.to_dict(),
         metrics,
         model_card(plan, metrics),
+        config.promote,
+        ProvenancePolicy(ProvenanceConfig(ca_dir=ca_dir)),
     )
-    if config.promote:
-        plan.registry.promote(version.model, version.version)
-    say(f"registry: wrote {version}{' (promoted)' if config.promote else ''}")
+    say(f"registry: wrote {version} signed by the trainer{' (promoted)' if config.promote else ''}")
     return TrainResult(
         run_id=plan.run_id,
         model=version.model,
