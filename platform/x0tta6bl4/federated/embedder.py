@@ -26,6 +26,7 @@ from x0tta6bl4.errors import ConfigError
 from x0tta6bl4.federated.client_app import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, from_record, to_record
 from x0tta6bl4.federated.outcome import TooFewRepliesError
 from x0tta6bl4.federated.screening import DEFAULT_MAX_UPDATE_NORM_RATIO, screen_updates
+from x0tta6bl4.federated.server_app import aggregate_metrics
 
 Arrays = dict[str, npt.NDArray[Any]]
 
@@ -148,6 +149,7 @@ class ScreenedFedAvg(FedAvg):  # type: ignore[misc]
         updates = [from_record(r.content.array_records[ARRAYS]) for r in valid]
         reasons = screen_updates(updates, self._global, self.max_update_norm_ratio)
         ok = [r for r, why in zip(valid, reasons, strict=True) if why is None]
+        ok.sort(key=lambda r: int(r.content.metric_records[METRICS]["region"]))  # type: ignore[arg-type]
         record = {
             "round": server_round,
             "replied": len(ok),
@@ -184,6 +186,7 @@ def embedder_server_app(
             weighted_by_key=NUM_EXAMPLES,
             arrayrecord_key=ARRAYS,
             configrecord_key=CONFIG,
+            train_metrics_aggr_fn=aggregate_metrics,
         )
         config = ConfigRecord(
             {

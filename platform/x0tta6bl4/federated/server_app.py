@@ -305,6 +305,9 @@ class TrackedStrategy(Strategy):  # type: ignore[misc]
             for reply in ok:
                 region = int(reply.content.metric_records[METRICS][REGION])  # type: ignore[arg-type]
                 self.personal[region] = reply.content.array_records[ARRAYS]
+        # A weighted float32 sum depends on its order: in region order, the same updates give the same
+        # model whichever client finished first, in the simulation and in a deployment alike.
+        ok.sort(key=lambda r: int(r.content.metric_records[METRICS][REGION]))  # type: ignore[arg-type]
         arrays, metrics = self.inner.aggregate_train(server_round, ok)
         rec.train_wall_s = time.perf_counter() - self._started
         rec.local_train_s = _metric(metrics, "train_s") or 0.0
