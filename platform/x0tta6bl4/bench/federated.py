@@ -306,19 +306,15 @@ def _federated(spec: DetectorSpec, size: dict[str, Any]) -> list[dict[str, Any]]
 def _embedder(quick: bool) -> list[dict[str, Any]]:
     """Federated LoRA fine-tuning of the RAG embedder: recall@3 on held-out incidents before and after.
 
-    Each region fine-tunes the shared adapters on its own (incident, runbook) pairs; the
-    adapters are averaged by pair count after every round (FedAvg), and only they travel.
+    Each region's Flower ClientApp fine-tunes the shared adapters on its own (incident,
+    runbook) pairs; the ServerApp screens the updates and averages them by pair count
+    (FedAvg) after every round, and only adapters travel (``federated.embedder``).
     """
     from x0tta6bl4.corpus import load_incidents, load_runbooks
-    from x0tta6bl4.models.embedder import (
-        EmbedderLoRA,
-        retrieval_recall_at_k,
-        runbook_passages,
-        training_pairs,
-    )
+    from x0tta6bl4.federated.embedder import EmbedderFederation, federate_embedder
+    from x0tta6bl4.models.embedder import EmbedderLoRA, retrieval_recall_at_k
 
     runbooks = load_runbooks()
-    negatives = runbook_passages(runbooks)  # every batch also ranks all runbooks
     test = load_incidents("test")
     regions = sorted({i.region for i in load_incidents("train")})
     rounds = 1 if quick else 2
@@ -326,31 +322,22 @@ def _embedder(quick: bool) -> list[dict[str, Any]]:
         test = test[:40]
     embedder = EmbedderLoRA()
     before = retrieval_recall_at_k(embedder.encode, test, runbooks)
-    state = embedder.adapter_state()
     started = time.perf_counter()
-    for rnd in range(rounds):
-        states, weights = [], []
-        for region in regions[:2] if quick else regions:
-            embedder.load_adapter_state(state)
-            pairs = training_pairs(load_incidents("train", region), runbooks)
-            embedder.fit(
-                pairs[:16] if quick else pairs,
-                epochs=1,
-                lr=1e-3,
-                seed=100 * rnd + region,
-                negatives=negatives,
-            )
-            states.append(embedder.adapter_state())
-            weights.append(float(len(pairs)))
-        total = sum(weights)
-        state = {
-            k: np.asarray(sum(w * st[k] for w, st in zip(weights, states, strict=True)) / total, np.float32)
-            for k in state
-        }
-        _log(f"embedder round {rnd + 1}/{rounds} done ({time.perf_counter() - started:.0f} s)")
+    fed = EmbedderFederation(
+        regions=tuple(regions[:2] if quick else regions), rounds=rounds, max_pairs=16 if quick else None
+    )
+    state, fed_rounds = federate_embedder(fed, embedder.adapter_state())
+    took = time.perf_counter() - started
+    _log(f"embedder: {rounds} Flower round(s) over {len(fed.regions)} regions ({took:.0f} s)")
     embedder.load_adapter_state(state)
     after = retrieval_recall_at_k(embedder.encode, test, runbooks)
-    params = {"held_out_incidents": len(test), "regions": len(regions), "rounds": rounds, "k": 3}
+    params = {
+        "held_out_incidents": len(test),
+        "regions": len(fed.regions),
+        "rounds": rounds,
+        "k": 3,
+        "rejected_updates": sum(r["rejected"] for r in fed_rounds),
+    }
     adapter_bytes = float(sum(v.nbytes for v in state.values()))
     return [
         result(
