@@ -209,31 +209,47 @@ class FlowerDeployment:
         self.procs[name] = proc
         return proc
 
-    def _cli(self, args: list[str], timeout: float = 120.0) -> Any:
-        """Run ``flwr ARGS --format json`` against this SuperLink; its JSON answer."""
+    def _cli_many(self, commands: list[list[str]], timeout: float = 120.0) -> list[Any]:
+        """Run ``flwr ARGS --format json`` commands against this SuperLink at once; their JSON answers."""
         flwr = str(Path(sys.executable).parent / "flwr")
-        try:
-            proc = subprocess.run(
+        procs = [
+            subprocess.Popen(
                 [flwr, *args, "--format", "json"],
-                capture_output=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 text=True,
                 env=self._env("cli"),
                 cwd=self.root,
-                timeout=timeout,
             )
-        except subprocess.TimeoutExpired as exc:
-            raise DeploymentError(f"flwr {args[0]} {args[1] if len(args) > 1 else ''} timed out") from exc
+            for args in commands
+        ]
+        answers = []
         try:
-            answer = json.loads(proc.stdout[proc.stdout.index("{") :])
-        except ValueError:
-            answer = None
-        if proc.returncode != 0 or not isinstance(answer, dict) or not answer.get("success"):
-            detail = (answer or {}).get("error-message") if isinstance(answer, dict) else None
-            detail = (
-                detail or (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or [""])[-1]
-            )
-            raise DeploymentError(f"flwr {' '.join(args[:2])} failed: {' '.join(str(detail).split())[:300]}")
-        return answer
+            for args, proc in zip(commands, procs, strict=True):
+                what = " ".join(args[:2])
+                try:
+                    out, err = proc.communicate(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    raise DeploymentError(f"flwr {what} timed out") from None
+                try:
+                    answer = json.loads(out[out.index("{") :])
+                except ValueError:
+                    answer = None
+                if proc.returncode != 0 or not isinstance(answer, dict) or not answer.get("success"):
+                    detail = answer.get("error-message") if isinstance(answer, dict) else None
+                    detail = detail or (err.strip().splitlines() or out.strip().splitlines() or [""])[-1]
+                    raise DeploymentError(f"flwr {what} failed: {' '.join(str(detail).split())[:300]}")
+                answers.append(answer)
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        return answers
+
+    def _cli(self, args: list[str], timeout: float = 120.0) -> Any:
+        """Run ``flwr ARGS --format json`` against this SuperLink; its JSON answer."""
+        return self._cli_many([args], timeout)[0]
 
     def alive(self, name: str) -> bool:
         """Whether the named process still runs."""
@@ -375,11 +391,6 @@ class FlowerDeployment:
 
     # ------------------------------------------------------------------ SuperNodes
 
-    def register(self, key: NodeKey) -> int:
-        """Register a SuperNode's public key with the SuperLink (``flwr supernode register``); its node id."""
-        answer = self._cli(["supernode", "register", str(key.public_path), CONNECTION])
-        return int(answer["node-id"])
-
     def start_supernode(self, key: NodeKey, node_config: Mapping[str, int | str]) -> subprocess.Popen[bytes]:
         """Start ``flower-supernode`` for ``key.name``, trusting only the CA bundle, signing with its key."""
         config = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in node_config.items())
@@ -432,17 +443,15 @@ class FlowerDeployment:
                 f"the SuperLink lists online nodes {sorted(online)}, expected {sorted(expected)}"
             )
 
-    def refuse_check(self, key: NodeKey, timeout_s: float = START_TIMEOUT_S) -> dict[str, Any]:
-        """Start a SuperNode whose key was never registered and check that the SuperLink refuses it.
+    def _check_refused(self, key: NodeKey, proc: subprocess.Popen[bytes], timeout_s: float) -> dict[str, Any]:
+        """Check that the SuperLink refused the unregistered SuperNode ``proc``.
 
         Refused means: the process exits non-zero with Flower's connection-refused message, and
-        the SuperLink's node list does not grow.
+        the SuperLink lists no node besides the registered ones.
 
         Raises:
             DeploymentError: it is still running after ``timeout_s``, exited otherwise, or was listed.
         """
-        before = len(self.nodes)  # wait_online checked that the SuperLink lists exactly these
-        proc = self.start_supernode(key, {"partition-id": 0, "num-partitions": 1})
         try:
             code = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -451,22 +460,55 @@ class FlowerDeployment:
             ) from None
         log = self.root / "logs" / f"{key.name}.log"
         text = log.read_text(encoding="utf-8", errors="replace")
-        after = self.listed_nodes()
-        if code == 0 or REFUSED_MARK not in text or len(after) != before:
+        listed = {str(n["node-id"]) for n in self.listed_nodes()}
+        registered = {str(n["node_id"]) for n in self.nodes.values()}
+        if code == 0 or REFUSED_MARK not in text or listed != registered:
             raise DeploymentError(f"the unregistered SuperNode {key.name} was not refused: {_tail(log)}")
         reason = next((line.strip() for line in text.splitlines() if "[code:" in line), REFUSED_MARK)
         self.say(f"deployment: SuperNode {key.name} with an unregistered key refused ({reason})")
         return {"name": key.name, "exit_code": code, "reason": reason, "key_sha256": key.fingerprint}
 
-    def add_supernodes(self, node_configs: Mapping[str, Mapping[str, int | str]]) -> None:
-        """Generate, register and start one SuperNode per entry, and wait until all are online."""
-        for name, node_config in node_configs.items():
-            key = new_node_key(self.root / "keys", name)
-            node_id = self.register(key)
-            self.nodes[name] = {"node_id": node_id, "key_sha256": key.fingerprint, **node_config}
-            self.start_supernode(key, node_config)
+    def add_supernodes(
+        self, node_configs: Mapping[str, Mapping[str, int | str]], rogue: bool = False
+    ) -> dict[str, Any] | None:
+        """Generate, register and start one SuperNode per entry, and wait until all are online.
+
+        Each key is registered with ``flwr supernode register`` (all at once) before its
+        SuperNode starts.
+
+        Args:
+            node_configs: each SuperNode's name and ``--node-config``.
+            rogue: also start a SuperNode whose key is never registered, and check that the
+                SuperLink refuses it.
+
+        Returns:
+            the refused SuperNode's record (with ``rogue``), else None.
+
+        Raises:
+            DeploymentError: a registration or a SuperNode failed, or the rogue was let in.
+        """
+        keys = {name: new_node_key(self.root / "keys", name) for name in node_configs}
+        answers = self._cli_many(
+            [["supernode", "register", str(k.public_path), CONNECTION] for k in keys.values()]
+        )
+        for (name, key), answer in zip(keys.items(), answers, strict=True):
+            self.nodes[name] = {
+                "node_id": int(answer["node-id"]),
+                "key_sha256": key.fingerprint,
+                **node_configs[name],
+            }
+            self.start_supernode(key, node_configs[name])
+        unregistered = new_node_key(self.root / "keys", "rogue") if rogue else None
+        proc = (
+            self.start_supernode(unregistered, {"partition-id": 0, "num-partitions": 1})
+            if unregistered
+            else None
+        )
         self.wait_online(list(node_configs))
         self.say(f"deployment: {len(node_configs)} SuperNodes registered and online")
+        if unregistered is None or proc is None:
+            return None
+        return self._check_refused(unregistered, proc, START_TIMEOUT_S)
 
     # ------------------------------------------------------------------ the run
 

@@ -231,7 +231,7 @@ def _federate_deployment(plan: TrainPlan, files: dict[int, Path]) -> tuple[Feder
     Returns:
         the outcome, and what the deployment was (addresses, identities, refusals) for metrics.json.
     """
-    from x0tta6bl4.federated.deployment import DeploymentError, FlowerDeployment, new_node_key
+    from x0tta6bl4.federated.deployment import DeploymentError, FlowerDeployment
     from x0tta6bl4.federated.outcome import read_outcome, read_rounds
 
     config = plan.config
@@ -242,13 +242,14 @@ def _federate_deployment(plan: TrainPlan, files: dict[int, Path]) -> tuple[Feder
     summary: dict[str, Any] = {}
     with FlowerDeployment(root, config.ca_dir, say, threads=int(config.client_cpus)) as dep:
         dep.start_superlink(svid_ttl_s=max(3600, int(deadline_s) + 600))
-        dep.add_supernodes(
+        rogue = dep.add_supernodes(
             {
                 f"region-{r}": {"partition-id": r, "num-partitions": config.regions, "data-path": str(f)}
                 for r, f in files.items()
-            }
+            },
+            rogue=config.rogue_supernode,
         )
-        refused = [dep.refuse_check(new_node_key(root / "keys", "rogue"))] if config.rogue_supernode else []
+        refused = [rogue] if rogue is not None else []
         run_id = dep.run_app(flower_run_config(config, outcome_dir=str(out_dir)))
         started = time.monotonic()
         shown = 0
