@@ -56,6 +56,10 @@ CONTRACT: dict[str, dict[str, str | tuple[str, ...] | None]] = {
         "ray_auth_mesh_ticks_per_s": "no_auth_mesh_ticks_per_s",
         "refused_cases": None,
         "rotation_failed_requests": None,
+        "ledger_appends_per_s": "unsigned_durable_appends_per_s",
+        "ledger_verify_entries_per_s": "hash_chain_check_entries_per_s",
+        "artifact_sign_ms": "write_version_ms",
+        "artifact_verify_ms": "verified_load_ms",
     },
 }
 

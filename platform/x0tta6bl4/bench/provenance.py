@@ -21,7 +21,7 @@ from x0tta6bl4.bench._report import result
 from x0tta6bl4.durable import append_synced, write_atomic
 from x0tta6bl4.security.ca import EmbeddedCA
 from x0tta6bl4.security.identity import WorkloadKind
-from x0tta6bl4.security.ledger import Ledger, _body, _canonical
+from x0tta6bl4.security.ledger import Ledger, entry_body
 from x0tta6bl4.security.provenance import ProvenanceConfig, ProvenancePolicy
 from x0tta6bl4.security.signing import SignatureVerifier
 
@@ -74,7 +74,7 @@ def _ledger(root: Path, policy: ProvenancePolicy, entries: int) -> list[dict[str
     prev = "0" * 64
     for line in lines:  # the chain and hash checks alone
         entry = json.loads(line)
-        if entry["prev"] != prev or hashlib.sha256(_canonical(_body(entry))).hexdigest() != entry["hash"]:
+        if entry["prev"] != prev or hashlib.sha256(entry_body(entry)).hexdigest() != entry["hash"]:
             raise RuntimeError("bench ledger chain broken")  # pragma: no cover
         prev = entry["hash"]
     chain_s = time.perf_counter() - t0

@@ -57,6 +57,11 @@ def results(quick: bool = False) -> list[dict[str, Any]]:
 
     _say("provenance: the signed ledger and signed model versions")
     rows.extend(provenance.results(quick))
+    if not quick:  # two whole trainings (about 3 minutes even tiny); the deployment has its own test
+        from x0tta6bl4.bench import flower_deployment
+
+        _say("Flower deployment mode against the simulation")
+        rows.extend(flower_deployment.results(quick))
     return rows
 
 

@@ -91,6 +91,11 @@ def _body(entry: Mapping[str, Any]) -> dict[str, Any]:
     return {k: entry.get(k) for k in _BODY_KEYS}
 
 
+def entry_body(entry: Mapping[str, Any]) -> bytes:
+    """The canonical bytes of an entry's body: what its ``hash`` is the SHA-256 of, and what is signed."""
+    return _canonical(_body(entry))
+
+
 @dataclasses.dataclass(frozen=True)
 class LedgerHead:
     """A published position of the ledger: the last entry's sequence number and hash.

@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 
 from x0tta6bl4.security.ca import EmbeddedCA
-from x0tta6bl4.security.ledger import GENESIS, Ledger, LedgerHead, _body, _canonical
+from x0tta6bl4.security.ledger import GENESIS, Ledger, LedgerHead, entry_body
 from x0tta6bl4.security.signing import SignatureVerifier, Signer
 
 CONTROLLER = "spiffe://x0tta6bl4.local/controller"
@@ -76,7 +76,7 @@ def test_a_rehashed_entry_signed_by_another_identity_is_forged(ledger: Ledger, c
     last = json.loads(lines[-1])
     last["data"]["verdict"] = "failed"
     last["signer_fingerprint"] = intruder.certificate.fingerprint(hashes.SHA256()).hex()
-    body = _canonical(_body(last))
+    body = entry_body(last)
     last["hash"] = hashlib.sha256(body).hexdigest()
     last["signature"] = intruder.sign(body, "ledger-entry").to_dict()
     _write(ledger, [*lines[:-1], json.dumps(last)])
@@ -89,7 +89,7 @@ def test_a_self_signed_forgery_is_untrusted(ledger: Ledger, ca: EmbeddedCA, tmp_
     lines = _lines(ledger)
     last = json.loads(lines[-1])
     last["data"]["verdict"] = "failed"
-    body = _canonical(_body(last))
+    body = entry_body(last)
     last["hash"] = hashlib.sha256(body).hexdigest()
     last["signature"] = rogue.sign(body, "ledger-entry").to_dict()  # with its certificate inline
     _write(ledger, [*lines[:-1], json.dumps(last)])
