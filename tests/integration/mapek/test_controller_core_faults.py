@@ -27,6 +27,16 @@ class _Runbooks:
     def ingest(self, documents: list[dict[str, Any]]) -> None:
         return None
 
+    def signatures(self, doc_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Its one runbook, signed by an operator: the controller acts only on signed runbooks."""
+        from x0tta6bl4.rag.provenance import document_claim
+        from x0tta6bl4.rag.store import Document
+        from x0tta6bl4.security.provenance import RUNBOOK_CONTEXT, ProvenancePolicy
+
+        claim = document_claim(Document("x", "stand-in", "stand-in runbook", None, self.action))
+        signature = ProvenancePolicy().signer("operator/test").sign(claim, RUNBOOK_CONTEXT)
+        return {"x": {"claim": claim.decode(), "signature": signature.to_dict()}} if "x" in doc_ids else {}
+
 
 @pytest.fixture(scope="module")
 def scorer(tmp_path_factory):
