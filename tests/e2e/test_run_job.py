@@ -69,7 +69,10 @@ def test_run_writes_a_report_with_faults_timeline_and_summary(tmp_path, cli_env)
     assert report["summary"]["mttr_ticks"] > 0
     assert {"detection", "remediation", "hosts", "actions", "config"} <= report.keys()
     assert "tick 100/100" in proc.stderr  # live progress (plain lines when not on a terminal)
-    assert (tmp_path / "small" / "checkpoints" / "region-0.ckpt").exists()
+    assert sorted(p.name for p in (tmp_path / "small" / "checkpoints").glob("region-0-*.ckpt")) == [
+        "region-0-t00000089.ckpt",
+        "region-0-t00000099.ckpt",
+    ]
     # The loop closed: served scores, learned thresholds pushed back, incidents healed, figures reported.
     summary = report["summary"]
     for key in ("f1", "mttd_ticks", "mttr_ticks", "false_alarms_per_1000_node_ticks", "precision", "recall"):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import pickle
 import time
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -14,10 +16,20 @@ import numpy.typing as npt
 from x0tta6bl4 import RAY_NAMESPACE
 from x0tta6bl4.connect import platform_actor_options
 from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
+from x0tta6bl4.mesh.checkpoint import CheckpointError
 from x0tta6bl4.mesh.control import MeshControl
 from x0tta6bl4.mesh.faults import Action
+from x0tta6bl4.mesh.journal import JOURNAL_NAME, ActionJournal
 from x0tta6bl4.mesh.region import SUMMARY_FIELDS, Message, empty_message
-from x0tta6bl4.mesh.shard import MeshShardActor, MeshSpec, ShardCore, StepOutput, shard_name
+from x0tta6bl4.mesh.shard import (
+    MeshShardActor,
+    MeshSpec,
+    ShardBehindError,
+    ShardCore,
+    StepOutput,
+    read_checkpoint,
+    shard_name,
+)
 from x0tta6bl4.mesh.topology import Topology
 from x0tta6bl4.telemetry.frame import TelemetryFrame
 
@@ -69,6 +81,8 @@ class LocalMesh:
         self.control = MeshControl(topology, list(spec.faults), spec.control)
         self.cores = [ShardCore(topology, r, spec) for r in range(topology.num_regions)]
         self._messages: list[Message] = [empty_message()] * topology.num_regions
+        directory = spec.checkpoint_dir
+        self.journal = ActionJournal(Path(directory) / JOURNAL_NAME) if directory else None
 
     @property
     def tick(self) -> int:
@@ -78,6 +92,8 @@ class LocalMesh:
         for action in actions:
             action.validate(self.topology)
         tick = self.control.tick + 1
+        if self.journal is not None:
+            self.journal.append(tick, actions)
         self.control.advance(tick, actions)
         frames, messages, summaries = [], [], []
         for r, core in enumerate(self.cores):
@@ -105,11 +121,25 @@ class ShardedMesh:
     previous boundary message: small, only nodes on region borders), hands it to every
     shard, and collects frames, messages and summaries in one round trip per shard. A shard that dies is
     restarted by Ray from its last checkpoint; the driver replays the ticks since then
-    from the messages and actions it kept, so the run continues bit-identically.
+    from the messages and actions it kept, so the run continues bit-identically. That covers a
+    shard that dies during a step, one restarted between two steps (it answers
+    :class:`ShardBehindError`) and one that dies again during its replay, up to
+    ``max_recoveries`` attempts per shard and tick; every wait on a shard has a timeout.
+
+    The tick's actions go to the action journal (``<checkpoint_dir>/actions.jsonl``) before the
+    tick is sent, so a run whose driver died can be resumed: every shard rewinds to the newest
+    checkpoint they all hold and the driver replays the journal from there.
     """
 
     def __init__(
-        self, topology: Topology, spec: MeshSpec, keep_actors: bool = False, fetch_frames: bool = False
+        self,
+        topology: Topology,
+        spec: MeshSpec,
+        keep_actors: bool = False,
+        fetch_frames: bool = False,
+        resume: bool = False,
+        step_timeout_s: float = 60.0,
+        max_recoveries: int = 3,
     ) -> None:
         """Create the shard actors (replacing any left over under the same names).
 
@@ -119,6 +149,16 @@ class ShardedMesh:
             keep_actors: leave the actors running after :meth:`close` (default False).
             fetch_frames: bring every frame to the driver each tick (default False: frames
                 stay in the shards' recent-frame buffers until someone pulls them).
+            resume: continue an interrupted run from the shards' newest common checkpoint
+                (:attr:`resumed_from` says which tick; :attr:`journal` holds the actions applied
+                after it) instead of starting at tick 0 (default False).
+            step_timeout_s: longest wait for one shard's step before it counts as failed (default 60).
+            max_recoveries: recovery attempts per shard and tick before :class:`ShardLostError`
+                (default 3).
+
+        Raises:
+            ConfigError: ``spec`` has no checkpoint directory.
+            ShardLostError: ``resume`` and the shards hold no common readable checkpoint.
         """
         import ray
 
@@ -128,7 +168,13 @@ class ShardedMesh:
         self.spec = spec
         self.keep_actors = keep_actors
         self.fetch_frames = fetch_frames
+        self.step_timeout_s = step_timeout_s
+        self.max_recoveries = max_recoveries
         self.control = MeshControl(topology, list(spec.faults), spec.control)
+        self.journal = ActionJournal(Path(spec.checkpoint_dir) / JOURNAL_NAME)
+        if not resume:
+            self.journal.entries.clear()  # a new run with this directory starts its own journal
+            self.journal.path.unlink(missing_ok=True)
         self._remote = ray.remote(MeshShardActor)
         self.actors = []
         for r in range(topology.num_regions):
@@ -138,10 +184,32 @@ class ShardedMesh:
             self.actors.append(
                 self._remote.options(**platform_actor_options(name, max_task_retries=0)).remote(r, spec)
             )
-        self._history = max(spec.checkpoint_every_ticks + 3, 16)
+        # Two checkpoints' worth: a shard whose newest checkpoint is torn restores the one before.
+        self._history = max(2 * spec.checkpoint_every_ticks + 3, 16)
         self._messages: dict[int, list[Message]] = {}  # tick -> message of every region
         self._actions: dict[int, tuple[Action, ...]] = {}
+        #: Shard recoveries (restarts replayed back to the current tick).
         self.restarts = 0
+        #: Tick of the common checkpoint a resumed run continued from (None: not resumed).
+        self.resumed_from: int | None = self._resume() if resume else None
+
+    def _resume(self) -> int:
+        """Rewind every shard to the newest checkpoint all of them hold; load the driver's control state."""
+        import ray
+
+        held = ray.get([a.checkpoints.remote() for a in self.actors], timeout=self.step_timeout_s)
+        common: list[int] = sorted(set.intersection(*(set(map(int, ticks)) for ticks in held)), reverse=True)
+        for tick in common:
+            try:
+                messages = ray.get([a.rewind.remote(tick) for a in self.actors], timeout=self.step_timeout_s)
+                state = read_checkpoint(self.spec.checkpoint_dir or "", 0, tick)
+            except CheckpointError as exc:
+                log_warning(f"checkpoint of tick {tick} unusable for resuming ({exc}); trying an older one")
+                continue
+            self.control.load_state(state["control"])
+            self._messages[tick] = list(messages)
+            return tick
+        raise ShardLostError(f"the shards hold no common readable checkpoint in {self.spec.checkpoint_dir}")
 
     @property
     def tick(self) -> int:
@@ -161,19 +229,25 @@ class ShardedMesh:
         return self.actors[region].step_packed.options(enable_task_events=False).remote(payload)
 
     def step(self, actions: tuple[Action, ...] = ()) -> TickResult:
+        """Advance every shard one tick with ``actions`` (journaled first).
+
+        Raises:
+            ShardLostError: a shard could not be brought back to this tick.
+        """
         import ray
 
         for action in actions:
             action.validate(self.topology)
         tick = self.control.tick + 1
         self._actions[tick] = actions
+        self.journal.append(tick, actions)
         payload = self._payload(tick)
         refs = [self._submit(r, payload) for r in range(len(self.actors))]
         self.control.advance(tick, actions)
         try:
-            outs = ray.get(refs)
-        except ray.exceptions.RayActorError:
-            outs = self._recover(tick, refs)
+            outs = list(ray.get(refs, timeout=self.step_timeout_s))
+        except (ray.exceptions.RayError, ShardBehindError):
+            outs = [self._recover(r, tick, ref) for r, ref in enumerate(refs)]
         self._messages[tick] = [o[1] for o in outs]
         for old in [t for t in self._messages if t <= tick - self._history]:
             del self._messages[old]
@@ -181,24 +255,41 @@ class ShardedMesh:
         frames = [o[0] for o in outs] if self.fetch_frames else None
         return TickResult(tick, frames, np.sum([o[2] for o in outs], axis=0), actions)
 
-    def _recover(self, tick: int, refs: list[Any]) -> list[StepOutput]:
-        """Bring every dead shard back to ``tick`` by replaying from its checkpoint."""
+    def _recover(self, region: int, tick: int, ref: Any) -> StepOutput:
+        """Region ``region``'s output of ``tick``: as sent, or after bringing its restarted shard back.
+
+        A restarted shard is at its checkpoint's tick: the ticks since are replayed from the
+        messages and actions the driver kept. A failure during the replay starts the recovery
+        again, up to ``max_recoveries`` times.
+        """
         import ray
 
-        outs: list[StepOutput] = []
-        for r, ref in enumerate(refs):
+        error: BaseException | None = None
+        for attempt in range(self.max_recoveries + 1):
             try:
-                outs.append(ray.get(ref))
-                continue
-            except ray.exceptions.RayActorError:
-                pass
-            self.restarts += 1
-            restored = int(self._wait_alive(r)["tick"])
-            for t in range(restored + 1, tick):
-                replayed: StepOutput = ray.get(self._submit(r, self._payload(t)))
-                self._messages[t][r] = replayed[1]  # equal to the lost one: the kernel is deterministic
-            outs.append(ray.get(self._submit(r, self._payload(tick))))
-        return outs
+                if attempt == 0:
+                    out: StepOutput = ray.get(ref, timeout=self.step_timeout_s)
+                    return out
+                self.restarts += 1
+                at = int(self._wait_alive(region)["tick"])
+                if at >= tick:
+                    raise ShardLostError(f"shard {region} is at tick {at}, past {tick}: its output is lost")
+                for t in range(at + 1, tick):
+                    replayed: StepOutput = ray.get(
+                        self._submit(region, self._payload(t)), timeout=self.step_timeout_s
+                    )
+                    # equal to the lost one: the kernel is deterministic
+                    self._messages[t][region] = replayed[1]
+                out = ray.get(self._submit(region, self._payload(tick)), timeout=self.step_timeout_s)
+                return out
+            except ShardLostError:
+                raise
+            except (ray.exceptions.RayError, ShardBehindError) as exc:
+                error = exc
+        raise ShardLostError(
+            f"shard {region} failed {self.max_recoveries + 1} times at tick {tick}: "
+            f"{type(error).__name__}: {error}"
+        )
 
     def _wait_alive(self, region: int, timeout_s: float = 60.0) -> dict[str, Any]:
         import ray
@@ -221,12 +312,13 @@ class ShardedMesh:
 
         if result.frames is not None:
             return TelemetryFrame.concat(result.frames)
-        return TelemetryFrame.concat(ray.get([a.frame.remote(result.tick) for a in self.actors]))
+        frames = ray.get([a.frame.remote(result.tick) for a in self.actors], timeout=self.step_timeout_s)
+        return TelemetryFrame.concat(frames)
 
     def status(self) -> list[dict[str, Any]]:
         import ray
 
-        return list(ray.get([a.status.remote() for a in self.actors]))
+        return list(ray.get([a.status.remote() for a in self.actors], timeout=self.step_timeout_s))
 
     def close(self) -> None:
         import ray
@@ -235,4 +327,9 @@ class ShardedMesh:
             ray.get([a.flush.remote() for a in self.actors], timeout=30)
         if not self.keep_actors:
             for actor in self.actors:
-                ray.kill(actor)
+                with contextlib.suppress(Exception):
+                    ray.kill(actor)
+
+
+def log_warning(message: str) -> None:
+    logging.getLogger(__name__).warning(message)

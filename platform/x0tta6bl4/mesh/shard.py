@@ -1,12 +1,13 @@
-"""MeshShard: one region's simulator as a restartable Ray actor with checkpoints and an action journal."""
+"""MeshShard: one region's simulator as a restartable Ray actor with checkpoints it can rewind to."""
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import json
+import logging
 import os
 import pickle
+import re
 import threading
 import time
 from pathlib import Path
@@ -15,7 +16,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from x0tta6bl4.durable import append_synced, write_atomic
+from x0tta6bl4.durable import write_atomic
+from x0tta6bl4.errors import X0tta6bl4Error
+from x0tta6bl4.mesh.checkpoint import CheckpointError, decode_state, encode_state
 from x0tta6bl4.mesh.control import ControlParams, MeshControl
 from x0tta6bl4.mesh.faults import Action, Fault
 from x0tta6bl4.mesh.region import Message, RegionSim, TrafficParams
@@ -34,7 +37,7 @@ class MeshSpec:
         faults: the fault schedule.
         control: control-plane timing.
         traffic: traffic and capacity model.
-        checkpoint_dir: where shards write checkpoints and journals (None: no durability).
+        checkpoint_dir: where shards write checkpoints (None: no durability).
         checkpoint_every_ticks: ticks between checkpoints (default 10).
         recent_frames: frames each shard keeps for consumers that pull them (default 64).
     """
@@ -52,6 +55,42 @@ class MeshSpec:
 #: What one shard step returns: the region's frame (None when the driver did not ask for it:
 #: it stays in the shard's recent frames), its boundary message, its summary vector.
 StepOutput = tuple[TelemetryFrame | None, Message, npt.NDArray[np.float64]]
+
+
+#: Checkpoints a shard keeps: the newest and the one before (a torn newest, or a resume that needs
+#: every shard at the same tick, falls back to it).
+KEEP_CHECKPOINTS = 2
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_file(directory: str | os.PathLike[str], region: int, tick: int) -> Path:
+    """Where region ``region``'s checkpoint taken after ``tick`` lives."""
+    return Path(directory) / f"region-{region}-t{tick:08d}.ckpt"
+
+
+def checkpoint_ticks(directory: str | os.PathLike[str], region: int) -> list[int]:
+    """Ticks of region ``region``'s checkpoints on disk, oldest first."""
+    pattern = re.compile(rf"^region-{region}-t(\d{{8}})\.ckpt$")
+    found = (pattern.match(p.name) for p in Path(directory).glob(f"region-{region}-t*.ckpt"))
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+def read_checkpoint(directory: str | os.PathLike[str], region: int, tick: int) -> dict[str, Any]:
+    """One checkpoint's state (``tick``, ``sim``, ``control``, ``message``).
+
+    Raises:
+        CheckpointError: missing, torn or not this format.
+    """
+    path = checkpoint_file(directory, region, tick)
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: {exc.strerror}") from None
+    state = decode_state(blob)
+    if not isinstance(state, dict) or state.get("region") != region or state.get("tick") != tick:
+        raise CheckpointError(f"{path} does not hold region {region} at tick {tick}")
+    return state
 
 
 #: Ticks between metric exports of a shard (the step latency histogram samples one step of each).
@@ -78,6 +117,9 @@ class ShardCore:
         self.sim = RegionSim(topology, region, spec.seed, spec.traffic)
         self.restored_tick: int | None = None
         self.recent: collections.deque[TelemetryFrame] = collections.deque(maxlen=spec.recent_frames)
+        self.last_message: Message | None = None
+        #: Checkpoint writes that failed, and unreadable checkpoints skipped on restore (newest last).
+        self.checkpoint_errors: list[str] = []
         self._writer: threading.Thread | None = None
         self._ckpt_dir = Path(spec.checkpoint_dir) if spec.checkpoint_dir else None
         if self._ckpt_dir is not None:
@@ -88,22 +130,12 @@ class ShardCore:
     def tick(self) -> int:
         return self.sim.tick
 
-    @property
-    def checkpoint_path(self) -> Path | None:
-        return self._ckpt_dir / f"region-{self.region}.ckpt" if self._ckpt_dir else None
-
-    @property
-    def journal_path(self) -> Path | None:
-        return self._ckpt_dir / f"region-{self.region}.journal.jsonl" if self._ckpt_dir else None
-
     def step(
         self, tick: int, actions: tuple[Action, ...], inbound: list[Message]
     ) -> tuple[TelemetryFrame, Message, npt.NDArray[np.float64]]:
         """Advance to ``tick`` with the tick's actions and the other regions' last messages."""
         if tick != self.sim.tick + 1:
-            raise RuntimeError(f"region {self.region} is at tick {self.sim.tick}; asked for tick {tick}")
-        if actions:
-            self._journal(tick, actions)
+            raise ShardBehindError(self.region, self.sim.tick, tick)
         self.control.advance(tick, actions)
         features, message, summary = self.sim.step(self.control, inbound)
         a, b = self.sim.first, self.sim.last
@@ -116,6 +148,7 @@ class ShardCore:
             labels=self.control.labels[a:b].copy(),
             region=self.region,
         )
+        self.last_message = message
         if self._ckpt_dir is not None and (tick + 1) % self.spec.checkpoint_every_ticks == 0:
             self.checkpoint()
         self.recent.append(frame)
@@ -130,18 +163,35 @@ class ShardCore:
 
     # ------------------------------------------------------------- durability
     def checkpoint(self) -> None:
-        """Snapshot the state now; write and fsync it on a background thread."""
-        path = self.checkpoint_path
-        if path is None:
+        """Snapshot the state now; write and fsync it on a background thread, then prune old ones."""
+        if self._ckpt_dir is None:
             return
-        blob = pickle.dumps(
-            {"region": self.region, "sim": self.sim.dynamic_state(), "control": self.control.state()},
-            protocol=pickle.HIGHEST_PROTOCOL,
+        state = {
+            "region": self.region,
+            "tick": self.sim.tick,
+            "sim": self.sim.dynamic_state(),
+            "control": self.control.state(),
+            "message": self.last_message,
+        }
+        blob = encode_state(state)
+        self.flush()
+        self._writer = threading.Thread(
+            target=self._write, args=(self._ckpt_dir, self.sim.tick, blob), daemon=True
         )
-        if self._writer is not None:
-            self._writer.join()
-        self._writer = threading.Thread(target=write_atomic, args=(path, blob), daemon=True)
         self._writer.start()
+
+    def _write(self, directory: Path, tick: int, blob: bytes) -> None:
+        try:
+            write_atomic(checkpoint_file(directory, self.region, tick), blob)
+            for old in checkpoint_ticks(directory, self.region)[:-KEEP_CHECKPOINTS]:
+                checkpoint_file(directory, self.region, old).unlink(missing_ok=True)
+        except OSError as exc:  # reported by status() and counted by the driver; the run goes on
+            self._error(f"checkpoint of tick {tick} not written: {exc}")
+
+    def _error(self, message: str) -> None:
+        log.warning("region %d: %s", self.region, message)
+        self.checkpoint_errors.append(message)
+        del self.checkpoint_errors[:-20]
 
     def flush(self) -> None:
         """Wait for the checkpoint being written, if any."""
@@ -150,26 +200,49 @@ class ShardCore:
             self._writer = None
 
     def _restore(self) -> None:
-        path = self.checkpoint_path
-        if path is None or not path.exists():
-            return
-        state: dict[str, Any] = pickle.loads(path.read_bytes())
+        """Load the newest readable checkpoint (a torn or foreign newest one is skipped and reported)."""
+        assert self._ckpt_dir is not None
+        for tick in reversed(checkpoint_ticks(self._ckpt_dir, self.region)):
+            try:
+                self.rewind(tick)
+                return
+            except CheckpointError as exc:
+                self._error(f"checkpoint of tick {tick} skipped: {exc}")
+
+    def rewind(self, tick: int) -> Message:
+        """Go back (or forward) to the checkpoint taken after ``tick``; its outbound message.
+
+        Raises:
+            CheckpointError: that checkpoint is missing or unreadable.
+        """
+        if self._ckpt_dir is None:
+            raise CheckpointError(f"region {self.region} keeps no checkpoints")
+        self.flush()
+        state = read_checkpoint(self._ckpt_dir, self.region, tick)
         self.sim.load_dynamic_state(state["sim"])
         self.control.load_state(state["control"])
+        self.last_message = state["message"]
+        self.recent.clear()
         self.restored_tick = self.sim.tick
+        if self.last_message is None:
+            raise CheckpointError(f"region {self.region}'s checkpoint of tick {tick} holds no message")
+        return self.last_message
 
-    def _journal(self, tick: int, actions: tuple[Action, ...]) -> None:
-        path = self.journal_path
-        if path is None:
-            return
-        append_synced(path, [json.dumps({"tick": tick, "time": time.time(), **a.to_dict()}) for a in actions])
 
-    def journal(self) -> list[dict[str, Any]]:
-        """Every action this region has applied, from its durable journal."""
-        path = self.journal_path
-        if path is None or not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+class ShardBehindError(X0tta6bl4Error):
+    """A shard was asked for a tick that does not follow its own (it restarted from a checkpoint).
+
+    The driver catches it and replays the ticks the shard is missing.
+    """
+
+    def __init__(self, region: int, at_tick: int, asked_tick: int) -> None:
+        super().__init__(f"region {region} is at tick {at_tick}; asked for tick {asked_tick}")
+        self.region = region
+        self.at_tick = at_tick
+        self.asked_tick = asked_tick
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.region, self.at_tick, self.asked_tick))
 
 
 class MeshShardActor:
@@ -234,11 +307,18 @@ class MeshShardActor:
             "tick": self.core.tick,
             "nodes": self.core.sim.num_nodes,
             "restored_tick": self.core.restored_tick,
+            "checkpoint_errors": list(self.core.checkpoint_errors),
             "pid": os.getpid(),
         }
 
-    def journal(self) -> list[dict[str, Any]]:
-        return self.core.journal()
+    def rewind(self, tick: int) -> Message:
+        """Go back to the checkpoint taken after ``tick`` (a resumed run puts every shard there)."""
+        return self.core.rewind(tick)
+
+    def checkpoints(self) -> list[int]:
+        """Ticks of this region's checkpoints on disk."""
+        directory = self.spec.checkpoint_dir
+        return checkpoint_ticks(directory, self.core.region) if directory else []
 
     def flush(self) -> None:
         self.core.flush()

@@ -3,6 +3,8 @@
 import contextlib
 import os
 import signal
+import threading
+import time
 
 import numpy as np
 import psutil
@@ -37,7 +39,7 @@ def _run(mesh, actions, ticks=TICKS, on_tick=None):
     for t in range(ticks):
         if on_tick is not None:
             on_tick(t)
-        frames.append(mesh.frame(mesh.step(actions.get(t, ()))))
+        frames.append(mesh.frame(mesh.step(actions.get(mesh.tick + 1, ()))))
     return frames
 
 
@@ -107,5 +109,71 @@ def test_a_killed_shard_restarts_from_its_checkpoint_and_the_run_is_unchanged(ra
     assert after["restored_tick"] == 19  # the checkpoint written after tick 19 (every 10 ticks)
     for ref, got in zip(reference, frames, strict=True):
         assert np.array_equal(ref.features, got.features)
-    journal = (tmp_path / "region-0.journal.jsonl").read_text().splitlines()
-    assert journal and '"restart_node"' in journal[0]
+    journal = (tmp_path / "actions.jsonl").read_text().splitlines()  # the driver's, one for all shards
+    assert len(journal) == 1 and '"restart_node"' in journal[0]
+
+
+def _kill(pid):
+    os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(pid).wait(timeout=30)
+
+
+def _restarted(mesh, region, old_pid, timeout_s=60):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            status = mesh.status()[region]
+            if status["pid"] != old_pid:
+                return status
+        time.sleep(0.2)
+    raise AssertionError(f"shard {region} did not restart")
+
+
+def test_shards_restarted_between_ticks_and_again_during_their_replay_are_recovered(
+    ray_local, tmp_path, reference
+):
+    topology = TOPO.build()
+    spec = _spec(tmp_path, topology)
+    mesh = ShardedMesh(topology, spec)
+
+    def kill_between_ticks(t):
+        if t == 25:  # shard 1 dies and Ray restarts it at its tick-19 checkpoint before tick 25 is sent
+            pid = mesh.status()[1]["pid"]
+            _kill(pid)
+            assert _restarted(mesh, 1, pid)["restored_tick"] == 19
+        if t == 32:  # shard 3 dies, and dies again as soon as it is back (while the driver replays it)
+            pid = mesh.status()[3]["pid"]
+            _kill(pid)
+
+            def again():
+                with contextlib.suppress(Exception):
+                    _kill(_restarted(mesh, 3, pid)["pid"])
+
+            threading.Thread(target=again, daemon=True).start()
+
+    try:
+        frames = _run(mesh, _actions(spec), on_tick=kill_between_ticks)
+    finally:
+        mesh.close()
+    assert mesh.restarts >= 3
+    for ref, got in zip(reference, frames, strict=True):
+        assert np.array_equal(ref.features, got.features)
+
+
+def test_a_run_whose_driver_died_resumes_from_the_common_checkpoint_bit_for_bit(ray_local, tmp_path, reference):
+    topology = TOPO.build()
+    spec = _spec(tmp_path, topology)
+    actions = _actions(spec)
+    first = ShardedMesh(topology, spec, keep_actors=True)
+    _run(first, actions, ticks=27)  # the driver "dies" here: its shards live on at tick 26
+    del first
+    resumed = ShardedMesh(topology, spec, resume=True)
+    try:
+        assert resumed.resumed_from == 19 and resumed.tick == 19
+        journal = resumed.journal.entries
+        frames = _run(resumed, {t: journal.get(t, a) for t, a in actions.items()}, ticks=TICKS - 20)
+    finally:
+        resumed.close()
+    for ref, got in zip(reference[20:], frames, strict=True):
+        assert np.array_equal(ref.features, got.features)
