@@ -50,3 +50,32 @@ def test_write_atomic_creates_a_private_file_with_the_mode_asked(tmp_path):
     write_atomic(target, b"rotated", mode=0o600)
     assert target.stat().st_mode & 0o777 == 0o600
     assert target.read_bytes() == b"rotated"
+
+
+_KILLED_WRITER = """
+import os, signal, sys
+import x0tta6bl4.durable as durable
+
+real = durable.fsync_file
+def die_before_rename(path):
+    real(path)
+    os.kill(os.getpid(), signal.SIGKILL)  # the new content is on disk, not yet renamed
+durable.fsync_file = die_before_rename
+durable.write_atomic(sys.argv[1], "new content " * 1000)
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_the_previous_content_whole(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    target = tmp_path / "PROMOTED.json"
+    write_atomic(target, '{"version": "old"}')
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_WRITER, str(target)], capture_output=True, timeout=60
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    assert target.read_text() == '{"version": "old"}'
+    write_atomic(target, '{"version": "new"}')  # the next write is unaffected by the leftover
+    assert target.read_text() == '{"version": "new"}'

@@ -6,7 +6,14 @@ import argparse
 import json
 from typing import Any
 
-from x0tta6bl4.models.registry import REGISTRY_ENV, ModelRegistry, RegistryError, default_registry_uri
+from x0tta6bl4.models.registry import (
+    REGISTRY_ENV,
+    ModelRegistry,
+    RegistryError,
+    UnservableVersionError,
+    check_servable,
+    default_registry_uri,
+)
 from x0tta6bl4.models.versions import ModelVersion, check_model_name, check_version_id
 
 
@@ -117,8 +124,13 @@ def _show(registry: ModelRegistry, model: str, version: str | None, as_json: boo
         if version is None:
             raise RegistryError(f"model {model} has no versions in {registry.uri}")
     check_version_id(version)
-    loaded = registry.load(model, version)
+    loaded = registry.load(model, version, servable=False)  # shown even when it cannot serve
     record = _record(loaded.version, promoted)
+    try:
+        check_servable(f"{model} version {version}", loaded.tensors, loaded.metrics, loaded._manifest)
+        record["servable"] = "yes"
+    except UnservableVersionError as exc:
+        record["servable"] = f"no: {exc}"
     record["tensors"] = {
         n: {"shape": list(t.shape), "dtype": str(t.dtype)} for n, t in loaded.tensors.items()
     }
@@ -134,6 +146,7 @@ def _show(registry: ModelRegistry, model: str, version: str | None, as_json: boo
     print(f"  created   {record['created_at']}")
     print(f"  parent    {record['parent'] or '-'}")
     print(f"  signature {record['signature']}")
+    print(f"  servable  {record['servable']}")
     for key, value in record["metrics"].items():
         print(f"  metric    {key} = {value}")
     for name, info in record["tensors"].items():

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
-from x0tta6bl4.durable import write_atomic
+from x0tta6bl4.durable import append_synced, fsync_dir, write_atomic
 from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
 from x0tta6bl4.models.versions import (
     CARD,
@@ -30,14 +30,19 @@ from x0tta6bl4.models.versions import (
     VERSION_ID_RE,
     WEIGHTS,
     ModelVersion,
+    check_manifest_files,
     check_model_name,
     check_relpath,
+    check_safe_relpath,
     check_version_id,
     cpu_tensors,
     metrics_json,
+    non_finite_paths,
+    non_finite_tensors,
     sha256_hex,
     spec_yaml,
     tensor_table,
+    unservable_scores,
     version_key,
 )
 
@@ -50,6 +55,9 @@ DEFAULT_REGISTRY = "models/registry"
 REGISTRY_ENV = "X0TTA6BL4_REGISTRY"
 
 PROMOTED = "PROMOTED.json"
+#: Every promotion of a model, one JSON record a line, appended before PROMOTED.json is replaced:
+#: where the current promotion is read from when PROMOTED.json is torn or unreadable.
+PROMOTIONS = "PROMOTIONS.jsonl"
 
 _CHUNK = 8 << 20
 
@@ -68,6 +76,31 @@ class VersionMismatchError(RegistryError):
 
 class RegistryNotWritableError(RegistryError):
     """The registry location cannot be written; raised before training starts, naming the OS reason."""
+
+
+class UnsafePathError(CorruptVersionError):
+    """A file path that would leave its directory: in a (tampered) manifest, or through a symlink.
+
+    Absolute paths, ``..``, control characters (NUL), duplicates, a file that is also another's
+    directory, or a symlink that leads outside the version or the extraction target.
+    """
+
+
+class UnservableVersionError(RegistryError):
+    """An intact version that must not serve: NaN/inf weights, or non-finite recorded validation scores.
+
+    A RegistryError, so Serve keeps the previous version serving and reports this one's refusal
+    (``last_load_error``); ``reasons`` lists what is wrong (``weights: conv1.weight``, ``metrics: auprc``).
+    """
+
+    def __init__(self, message: str, reasons: list[str]) -> None:
+        super().__init__(message)
+        self.reasons = reasons
+
+
+class PromotionRecordError(CorruptVersionError):
+    """``PROMOTED.json`` is empty, torn or names no valid version, and the promotion history has no
+    intact record to fall back to: promote a version again to repair it."""
 
 
 def default_registry_uri() -> str:
@@ -126,14 +159,26 @@ class LoadedModel:
         Returns:
             ``dest`` as a Path.
         """
-        root = Path(dest)
         wanted = [f for f in self.files if f.startswith(prefix)]
         if not wanted:
             raise RegistryError(f"{self.version} has no extra files under {prefix!r}")
+        subpaths: dict[str, str] = {}
         for relpath in wanted:
-            target = root / relpath[len(prefix) :].lstrip("/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(self.read_file(relpath))
+            sub = relpath[len(prefix) :].lstrip("/")
+            try:
+                check_safe_relpath(sub)
+            except ConfigError as exc:
+                raise UnsafePathError(
+                    f"{self.version}: cannot extract {relpath!r} under {prefix!r}: {exc}"
+                ) from None
+            subpaths[relpath] = sub
+        root = Path(dest)
+        root.mkdir(parents=True, exist_ok=True)
+        real_root = Path(os.path.realpath(root))
+        for relpath, sub in subpaths.items():
+            target = real_root / sub
+            _make_parents_inside(real_root, target, str(self.version))
+            write_atomic(target, self.read_file(relpath))  # replaces a symlink, never writes through it
         return root
 
 
@@ -175,11 +220,17 @@ class ModelRegistry:
     def _url(self, path: str) -> str:
         return self.uri if path == self._root else str(self._fs.unstrip_protocol(path))
 
-    def _put(self, path: str, data: bytes, *, atomic: bool = False) -> None:
-        """Write one file; ``atomic`` on local disk writes a temporary file and renames it."""
+    def _put(self, path: str, data: bytes) -> None:
+        """Write one file whole: on local disk atomically and fsynced (old or new content after a crash).
+
+        Other filesystems get one ``pipe_file``: object stores (S3, GCS, Azure) make an object
+        visible only whole, but give no rename; what a crash leaves on other remote filesystems
+        (SFTP, HDFS, ...) is theirs to say. Versions are therefore committed by their manifest,
+        written last, and readers check every file against it.
+        """
         parent = path.rsplit("/", 1)[0]
         self._fs.makedirs(parent, exist_ok=True)
-        if atomic and self._local:
+        if self._local:
             write_atomic(path, data)
         else:
             self._fs.pipe_file(path, data)
@@ -273,6 +324,7 @@ class ModelRegistry:
         cpu = cpu_tensors(tensors)
         spec_bytes = spec_yaml(model, spec)
         clean_metrics = metrics_json(metrics)
+        non_finite = non_finite_paths(metrics)
         files: dict[str, bytes] = {
             WEIGHTS: save_safetensors(cpu, metadata={"model": model}),
             SPEC: spec_bytes,
@@ -294,12 +346,21 @@ class ModelRegistry:
                 "created_at": created.isoformat(),
                 "parent": parent,
                 "metrics": clean_metrics,
+                # strict JSON stores NaN/inf as null: record which were, so a load can refuse them
+                "non_finite_metrics": non_finite,
                 "tensors": tensor_table(cpu),
                 "files": {p: {"sha256": sha256_hex(d), "size": len(d)} for p, d in sorted(files.items())},
             }
             for relpath, data in files.items():
                 self._put(f"{vdir}/{relpath}", data)
-            self._put(f"{vdir}/{MANIFEST}", json.dumps(manifest, indent=2).encode(), atomic=True)
+            if self._local:  # every directory entry on disk before the manifest commits the version
+                subdirs = {"/".join(r.split("/")[:i]) for r in files for i in range(1, r.count("/") + 1)}
+                for directory in sorted(subdirs, key=lambda d: -d.count("/")):  # deepest first
+                    fsync_dir(f"{vdir}/{directory}")
+                fsync_dir(vdir)
+                fsync_dir(self._path(model))
+                fsync_dir(self._root)
+            self._put(f"{vdir}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
         except RegistryError:
             raise
         except OSError as exc:
@@ -324,7 +385,7 @@ class ModelRegistry:
         check_model_name(model)
         check_version_id(version)
         try:
-            self._put(self._path(model, version, name), data, atomic=True)
+            self._put(self._path(model, version, name), data)
         except OSError as exc:
             raise RegistryNotWritableError(f"cannot write {name} of {model} {version}: {exc}") from exc
 
@@ -347,7 +408,7 @@ class ModelRegistry:
         except OSError as exc:
             raise RegistryError(f"cannot read {where}: {exc}") from exc
         try:
-            manifest: dict[str, Any] = json.loads(raw)
+            manifest: dict[str, Any] = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
             files = manifest["files"]
             ok = (
                 isinstance(manifest, dict)
@@ -362,6 +423,10 @@ class ModelRegistry:
             raise CorruptVersionError(f"{where}: {MANIFEST} is unreadable ({exc})") from exc
         if not ok:
             raise CorruptVersionError(f"{where}: {MANIFEST} is malformed")
+        try:
+            check_manifest_files(files)
+        except ConfigError as exc:
+            raise UnsafePathError(f"{where}: {MANIFEST} is refused: {exc}") from None
         if manifest["model"] != model:
             raise VersionMismatchError(f"{where}: its manifest says it is model {manifest['model']!r}")
         if manifest["version"] != version:
@@ -385,6 +450,7 @@ class ModelRegistry:
         """Read one file of a version and check its size and sha256 against the manifest."""
         path = self._path(model, version, relpath)
         where = f"{model} version {version}"
+        self._check_inside(model, version, path)
         try:
             data = bytes(self._fs.cat_file(path))
         except FileNotFoundError:
@@ -398,6 +464,7 @@ class ModelRegistry:
         """Check a (possibly large) file's sha256 without keeping it in memory."""
         path = self._path(model, version, relpath)
         where = f"{model} version {version}"
+        self._check_inside(model, version, path)
         digest = hashlib.sha256()
         size = 0
         try:
@@ -410,6 +477,17 @@ class ModelRegistry:
         except OSError as exc:
             raise RegistryError(f"cannot read {relpath} of {where}: {exc}") from exc
         self._check_digest(where, relpath, manifest, size, digest.hexdigest())
+
+    def _check_inside(self, model: str, version: str, path: str) -> None:
+        """On local disk, refuse a version file that resolves (through symlinks) outside its version."""
+        if not self._local:
+            return
+        vdir = os.path.realpath(self._path(model, version))
+        real = os.path.realpath(path)
+        if os.path.commonpath([vdir, real]) != vdir:
+            raise UnsafePathError(
+                f"{model} version {version}: {path} leads outside the version directory (to {real})"
+            )
 
     @staticmethod
     def _check_digest(where: str, relpath: str, manifest: Mapping[str, Any], size: int, sha: str) -> None:
@@ -459,21 +537,71 @@ class ModelRegistry:
         return self._version_from(model, version, self._manifest(model, version))
 
     def promoted_id(self, model: str) -> str | None:
-        """The promoted version id of ``model`` (None if none), without checking that version."""
+        """The promoted version id of ``model`` (None if none), without checking that version.
+
+        ``PROMOTED.json`` is written atomically (local disk) or as one object (object stores), so
+        it is normally whole. Should it be empty, torn or name no valid version anyway (a crash
+        under an older writer, a damaged disk), the last intact record of the promotion history
+        (``PROMOTIONS.jsonl``, appended before each replacement) is used instead, with a warning:
+        replicas keep starting on the version an operator last promoted.
+
+        Raises:
+            PromotionRecordError: PROMOTED.json is unusable and the history has no intact record.
+            RegistryError: the file cannot be read (I/O error).
+        """
         check_model_name(model)
         path = self._path(model, PROMOTED)
         try:
-            record = json.loads(self._fs.cat_file(path))
-            version = record["version"]
+            raw = self._fs.cat_file(path)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise RegistryError(f"cannot read {self._url(path)}: {exc}") from exc
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CorruptVersionError(f"{self._url(path)} is unreadable ({exc})") from exc
-        if not isinstance(version, str) or not VERSION_ID_RE.match(version):
-            raise CorruptVersionError(f"{self._url(path)} names no valid version ({version!r})")
-        return version
+        version = _promoted_version(raw)
+        if version is not None:
+            return version
+        fallback = self._last_promotion(model)
+        if fallback is None:
+            raise PromotionRecordError(
+                f"{self._url(path)} is empty, torn or names no valid version, and {PROMOTIONS} has no "
+                f"intact record; promote a version again: `x0tta6bl4 models promote {model} VERSION "
+                f"--registry {self.uri}`"
+            )
+        log.warning(
+            "registry: %s is unreadable; using the last promotion recorded in %s: %s",
+            self._url(path),
+            PROMOTIONS,
+            fallback,
+        )
+        return fallback
+
+    def _last_promotion(self, model: str) -> str | None:
+        """The version of the last intact line of ``PROMOTIONS.jsonl`` (torn lines are skipped)."""
+        try:
+            raw = bytes(self._fs.cat_file(self._path(model, PROMOTIONS)))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise RegistryError(f"cannot read {self._url(self._path(model, PROMOTIONS))}: {exc}") from exc
+        for line in reversed(raw.splitlines()):
+            version = _promoted_version(line)
+            if version is not None:
+                return version
+        return None
+
+    def _append_promotion(self, model: str, line: bytes) -> None:
+        """Append one record to the history: synced on local disk, the whole file rewritten elsewhere."""
+        path = self._path(model, PROMOTIONS)
+        if self._local:
+            append_synced(path, [line.decode()])
+            return
+        try:
+            old = bytes(self._fs.cat_file(path))
+        except FileNotFoundError:
+            old = b""
+        if old and not old.endswith(b"\n"):
+            old += b"\n"  # a torn last line stays torn, on its own line
+        self._fs.pipe_file(path, old + line + b"\n")
 
     def promoted(self, model: str) -> ModelVersion | None:
         """The version Serve should use for ``model``, or None if none has been promoted."""
@@ -482,11 +610,14 @@ class ModelRegistry:
         return None if version is None else self.get(model, version)
 
     def promote(self, model: str, version: str) -> None:
-        """Make ``version`` the one Serve loads, after verifying every file of it.
+        """Make ``version`` the one Serve loads, after verifying every file of it and that it can serve.
+
+        The record is appended to ``PROMOTIONS.jsonl`` and then replaces ``PROMOTED.json``, both durably.
 
         Raises:
             RegistryError: Unknown version, or PROMOTED.json cannot be written.
             CorruptVersionError / VersionMismatchError: The version fails verification.
+            UnservableVersionError: NaN/inf weights or non-finite validation scores.
         """
         self.load(model, version)
         try:
@@ -499,7 +630,9 @@ class ModelRegistry:
             "previous": previous,
         }
         try:
-            self._put(self._path(model, PROMOTED), json.dumps(record, indent=2).encode(), atomic=True)
+            # history first: a crash between the two leaves PROMOTED.json whole (old or new)
+            self._append_promotion(model, json.dumps(record, separators=(",", ":")).encode())
+            self._put(self._path(model, PROMOTED), json.dumps(record, indent=2).encode())
         except OSError as exc:
             raise RegistryNotWritableError(f"cannot promote {model} {version} in {self.uri}: {exc}") from exc
         log.info("registry: promoted %s/%s (was %s)", model, version, previous)
@@ -511,6 +644,7 @@ class ModelRegistry:
         *,
         expect_tensors: Mapping[str, tuple[int, ...]] | None = None,
         expect_spec: Mapping[str, Any] | None = None,
+        servable: bool = True,
     ) -> LoadedModel:
         """Load and verify a version: every file's sha256, the weights' header, and the expectations.
 
@@ -519,11 +653,14 @@ class ModelRegistry:
             version: Version id; None loads the promoted version.
             expect_tensors: Tensors that must exist with exactly these shapes (others are allowed).
             expect_spec: Spec entries that must exist with exactly these values.
+            servable: Also refuse a version that cannot serve (NaN/inf in its weights, or a
+                validation score recorded as NaN/inf); False only to inspect one.
 
         Raises:
             RegistryError: Unknown version, or None given and nothing promoted.
             CorruptVersionError: Missing file, hash/size mismatch, unreadable weights or spec.
             VersionMismatchError: Wrong model name, tensor shape or spec value.
+            UnservableVersionError: ``servable`` and the weights or validation scores are not finite.
         """
         from safetensors.torch import load as load_safetensors
 
@@ -584,5 +721,64 @@ class ModelRegistry:
             raise VersionMismatchError(
                 f"{where} does not match what the caller expects: {'; '.join(problems)}"
             )
+        if servable:
+            check_servable(where, tensors, metrics, manifest)
 
         return LoadedModel(mv, tensors, spec, metrics, card, extra, self, manifest)
+
+
+def check_servable(
+    where: str, tensors: Mapping[str, torch.Tensor], metrics: Mapping[str, Any], manifest: Mapping[str, Any]
+) -> None:
+    """Refuse a version whose weights hold NaN/inf or whose validation scores are not finite.
+
+    Scores are read from ``metrics.json`` and the manifest (NaN/inf there means a writer other
+    than this registry, or tampering) and from the manifest's ``non_finite_metrics`` (what this
+    registry stored as null because it was NaN/inf when the version was written).
+
+    Raises:
+        UnservableVersionError: naming the tensors and scores at fault.
+    """
+    reasons = [f"weights: {name}" for name in non_finite_tensors(tensors)]
+    scores = unservable_scores(metrics, manifest.get("non_finite_metrics"))
+    scores += [k for k in unservable_scores(manifest.get("metrics") or {}) if k not in scores]
+    reasons += [f"metrics: {name}" for name in scores]
+    if reasons:
+        raise UnservableVersionError(
+            f"{where} cannot serve: NaN or infinite values in {'; '.join(reasons)}", reasons
+        )
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json object hook: a key given twice (JSON keeps the last silently) makes the manifest corrupt."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} appears twice")
+        out[key] = value
+    return out
+
+
+def _promoted_version(raw: bytes) -> str | None:
+    """The version a PROMOTED.json (or history line) names, or None if it is empty, torn or invalid."""
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    version = record.get("version") if isinstance(record, dict) else None
+    return version if isinstance(version, str) and VERSION_ID_RE.match(version) else None
+
+
+def _make_parents_inside(root: Path, target: Path, where: str) -> None:
+    """Create ``target``'s missing parent directories below ``root``, refusing any that leads outside it."""
+    current = root
+    for part in target.relative_to(root).parts[:-1]:
+        current = current / part
+        if not current.exists() and not current.is_symlink():
+            current.mkdir()
+        real = os.path.realpath(current)
+        if os.path.commonpath([root, real]) != str(root) or not os.path.isdir(real):
+            raise UnsafePathError(
+                f"{where}: cannot extract into {current}: it leads outside {root} (to {real}) "
+                "or is not a directory"
+            )

@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import math
 import re
+import unicodedata
 from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -35,6 +37,7 @@ MANIFEST_FORMAT = 1
 
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 VERSION_ID_RE = re.compile(r"^v(\d{4,})-(\d{8}T\d{6})$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 def check_model_name(model: str) -> str:
@@ -67,20 +70,64 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def check_relpath(relpath: str) -> str:
-    """An extra file's path: relative, POSIX, no ``..``, not one of the registry's own file names."""
+def check_safe_relpath(relpath: str, what: str = "file path") -> str:
+    """``relpath`` if it stays below the directory it is joined to, else ConfigError.
+
+    Relative, POSIX, normalised (no ``.``, ``..`` or empty parts), no backslash, NUL or other
+    control character: such a path joined to a directory names a file inside it, never outside.
+    """
     parts = PurePosixPath(relpath).parts if isinstance(relpath, str) else ()
     if (
         not parts
         or relpath.startswith("/")
         or "\\" in relpath
+        or any(ord(c) < 32 or c == "\x7f" for c in relpath)
         or any(p in ("", ".", "..") for p in parts)
         or "/".join(parts) != relpath
     ):
-        raise ConfigError(f"invalid extra file path {relpath!r}: use a relative POSIX path without '..'")
+        raise ConfigError(
+            f"invalid {what} {relpath!r}: use a relative POSIX path without '..' or control characters"
+        )
+    return relpath
+
+
+def check_relpath(relpath: str) -> str:
+    """An extra file's path: a safe relative path (see check_safe_relpath), not one of the registry's own."""
+    check_safe_relpath(relpath, "extra file path")
     if relpath in RESERVED_FILES or relpath == SIGNATURE:
         raise ConfigError(f"extra file {relpath!r} clashes with the registry's own {relpath}")
     return relpath
+
+
+def check_manifest_files(files: Mapping[str, Any]) -> None:
+    """Re-validate the file table of a manifest read back from storage (it may have been tampered with).
+
+    Every path must be one of the registry's own files or a valid extra file path; no two may
+    name the same file on a case-insensitive filesystem, and no file may also be a directory of
+    another (``a`` and ``a/b``). Each entry needs a non-negative integer size and a hex sha256.
+
+    Raises:
+        ConfigError: naming the first offending path.
+    """
+    seen: dict[str, str] = {}
+    for relpath, entry in files.items():
+        if relpath not in RESERVED_FILES - {MANIFEST}:
+            check_relpath(relpath)
+        folded = unicodedata.normalize("NFC", relpath).casefold()
+        if folded in seen:
+            raise ConfigError(f"file paths {seen[folded]!r} and {relpath!r} name the same file")
+        seen[folded] = relpath
+        size, sha = entry.get("size"), entry.get("sha256")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ConfigError(f"file {relpath!r} has an invalid size {size!r}")
+        if not isinstance(sha, str) or not _SHA256_RE.match(sha):
+            raise ConfigError(f"file {relpath!r} has an invalid sha256 {sha!r}")
+    for folded, relpath in seen.items():
+        parts = folded.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if parent in seen:
+                raise ConfigError(f"file {seen[parent]!r} is also a directory of {relpath!r}")
 
 
 def cpu_tensors(tensors: Mapping[str, torch.Tensor | np.ndarray[Any, Any]]) -> dict[str, torch.Tensor]:
@@ -131,6 +178,58 @@ def metrics_json(metrics: Mapping[str, Any]) -> dict[str, Any]:
         return dict(json_safe(dict(metrics), strict=True))
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
+
+
+#: Metric names (top level of a version's metrics) that are validation scores: a version whose
+#: recorded value of one is NaN/inf (or was when written) cannot serve. ``loss`` is not one:
+#: a diverged loss shows in the weights, which are checked themselves.
+SCORE_SUFFIXES = ("threshold", "auprc", "auroc", "f1", "precision", "recall")
+
+
+def is_score_name(name: str) -> bool:
+    """Whether a top-level metric is a validation score (``auprc``, ``train_best_f1``, ``threshold``)."""
+    return any(name == s or name.endswith("_" + s) for s in SCORE_SUFFIXES)
+
+
+def non_finite_paths(metrics: Mapping[str, Any]) -> list[str]:
+    """Dotted paths of the NaN/inf numbers in ``metrics`` (``heldout.global.auprc``, ``rounds.3.loss``)."""
+    found: list[str] = []
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, np.generic | np.ndarray):
+            value = value.tolist()
+        if isinstance(value, float) and not math.isfinite(value):
+            found.append(path)
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                walk(item, f"{path}.{key}" if path else str(key))
+        elif isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                walk(item, f"{path}.{i}" if path else str(i))
+
+    walk(metrics, "")
+    return found
+
+
+def unservable_scores(metrics: Mapping[str, Any], recorded_non_finite: Any = ()) -> list[str]:
+    """The validation scores that make a version unservable: top-level score metrics that are NaN/inf,
+    or that the manifest records as non-finite when written (strict JSON stored them as null).
+    """
+    bad = [k for k in non_finite_paths(metrics) if "." not in k and is_score_name(k)]
+    if isinstance(recorded_non_finite, list):
+        bad += [k for k in recorded_non_finite if isinstance(k, str) and is_score_name(k) and k not in bad]
+    return bad
+
+
+def non_finite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    import torch
+
+    return [
+        name
+        for name, t in tensors.items()
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all())
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
