@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from x0tta6bl4 import __version__
+from x0tta6bl4.durable import write_atomic
 from x0tta6bl4.jsonsafe import json_safe
 
 if TYPE_CHECKING:
@@ -82,6 +83,12 @@ def print_summary(report: dict[str, Any], as_json: bool) -> None:
 
 
 def write_report(report: dict[str, Any], path: Path) -> Path:
-    """Write ``report`` as strict JSON (numpy as Python values, NaN as null, paths as text); returns it."""
-    path.write_text(json.dumps(json_safe(report), indent=1, default=os.fspath), encoding="utf-8")
+    """Write ``report`` as strict JSON (numpy as Python values, NaN as null, paths as text); returns it.
+
+    The file is replaced atomically and fsynced (its directory is created if missing): after a
+    crash it holds the previous report or this one, never a torn one.
+    """
+    text = json.dumps(json_safe(report), indent=1, default=os.fspath)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, text)
     return path
