@@ -30,8 +30,14 @@ FRONT_MATTER_KEYS: tuple[str, ...] = (
 )
 SEVERITIES: tuple[str, ...] = ("low", "medium", "high", "critical")
 
+#: Longest front matter accepted, in characters: runbooks may come from HTTP requests, and YAML
+#: parsing is slow Python, so its input is bounded (real front matter is a few hundred characters).
+MAX_FRONT_MATTER_CHARS = 16_384
+
+# Runbooks may come from HTTP requests, so every pattern here runs in time linear in its input:
+# anchored, with no two adjacent quantifiers that can match the same characters (headings are
+# parsed with string methods, see _heading).
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
-_HEADING_RE = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 _ITEM_RE = re.compile(r"^\s{0,3}(?:[-*+]|\d+[.)])\s+")
 _FRONT_RE = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
 
@@ -122,6 +128,10 @@ def parse_runbook(text: str, path: str | Path = "<string>") -> Runbook:
     match = _FRONT_RE.match(text.lstrip("\ufeff"))
     if match is None:
         raise RunbookError(f"{where}: a runbook must start with YAML front matter between two '---' lines")
+    if len(match.group(1)) > MAX_FRONT_MATTER_CHARS:
+        raise RunbookError(
+            f"{where}: front matter has {len(match.group(1))} characters; at most {MAX_FRONT_MATTER_CHARS}"
+        )
     try:
         meta = yaml.safe_load(match.group(1))
     except yaml.YAMLError as exc:
@@ -224,6 +234,18 @@ def as_traversable(directory: str | Path | Traversable) -> Traversable:
 
 
 # --------------------------------------------------------------------------- chunks
+def _heading(line: str) -> str | None:
+    """The text of a Markdown ATX heading line (1 to 6 ``#``, whitespace, text, optional closing ``#``s).
+
+    String methods rather than a regex: the pattern ``^(#{1,6})\\s+(.*?)\\s*#*\\s*$`` backtracks
+    cubically on a line of spaces, and runbook text comes from HTTP requests. Same result, linear.
+    """
+    hashes = len(line) - len(line.lstrip("#"))
+    if not 1 <= hashes <= 6 or len(line) == hashes or not line[hashes].isspace():
+        return None
+    return line[hashes:].strip().rstrip("#").rstrip()
+
+
 def _sections(body: str) -> list[tuple[str, list[str]]]:
     """Split Markdown into (heading, paragraphs) in order; each list item counts as a paragraph."""
     out: list[tuple[str, list[str]]] = [("", [])]
@@ -235,10 +257,10 @@ def _sections(body: str) -> list[tuple[str, list[str]]]:
             para.clear()
 
     for line in body.splitlines():
-        m = _HEADING_RE.match(line)
-        if m:
+        heading = _heading(line)
+        if heading is not None:
             flush()
-            out.append((m.group(2), []))
+            out.append((heading, []))
         elif line.strip():
             if _ITEM_RE.match(line):
                 flush()
