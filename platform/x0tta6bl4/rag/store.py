@@ -20,7 +20,7 @@ import numpy as np
 from filelock import FileLock
 
 from x0tta6bl4.corpus import Runbook, RunbookError, chunk_text, load_runbooks, parse_runbook
-from x0tta6bl4.durable import append_synced, write_atomic
+from x0tta6bl4.durable import append_synced, fsync_dir, write_atomic
 from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
 from x0tta6bl4.mesh.faults import ACTIONS, FAULT_TYPES, HEALED_BY
 from x0tta6bl4.rag.index import IndexStoreError, VectorIndex
@@ -278,6 +278,7 @@ class Store:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             (self.root / "store.json").unlink(missing_ok=True)  # a crash from here on means: rebuild
+            fsync_dir(self.root)  # the removal reaches the disk before any new file does
             write_atomic(self.root / "documents.jsonl", "".join(_document_line(d) + "\n" for d in ingested))
             write_atomic(self.root / "chunks.jsonl", "".join(_record_line(r) + "\n" for r in records))
             index.save(self.root / "index")
