@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,11 @@ class RunConfig(BaseModel):
     tick_interval_s: float = Field(
         default=0.0, ge=0, description="wall-clock pause per tick (0: as fast as possible)"
     )
-    runs_dir: Path = Field(default=Path("runs"), description="where runs/<run-id>/report.json is written")
+    runs_dir: Path = Field(
+        default_factory=lambda: Path(os.environ.get("X0TTA6BL4_RUNS_DIR", "runs")),
+        description="where <run-id>/report.json is written (X0TTA6BL4_RUNS_DIR, else runs/; made absolute "
+        "when the run starts: under `ray job submit` give an absolute or shared path)",
+    )
     run_id: str | None = Field(default=None, description="run id (default: time stamp and seed)")
     ray_address: str | None = Field(
         default=None,
@@ -179,6 +184,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "serve_forever",
         True,
         "keep Serve (through the mTLS front) and the Ray dashboard up after the run (until Ctrl-C)",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        default=None,
+        help="continue run RUN_ID (in --runs-dir) whose driver died, from its shards' checkpoints and "
+        "action journal, with the config it was started with",
     )
     parser.add_argument(
         "--json",

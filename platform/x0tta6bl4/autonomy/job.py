@@ -16,10 +16,11 @@ import numpy as np
 
 from x0tta6bl4.autonomy.config import RunConfig, config_from_args
 from x0tta6bl4.autonomy.report import build_report, print_summary, write_report
-from x0tta6bl4.errors import ConfigError
+from x0tta6bl4.autonomy.ticklog import TICKS_NAME, TickLog, load_run_config, read_ticks, save_run_config
+from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
 from x0tta6bl4.mesh.control import ControlParams
 from x0tta6bl4.mesh.faults import Action, Fault, random_schedule
-from x0tta6bl4.mesh.pipeline import LocalMesh, Mesh, ShardedMesh, TickResult
+from x0tta6bl4.mesh.pipeline import LocalMesh, Mesh, ShardedMesh, ShardLostError, TickResult
 from x0tta6bl4.mesh.shard import MeshSpec
 from x0tta6bl4.mesh.topology import Topology, TopologySpec
 from x0tta6bl4.security.ledger import Ledger
@@ -73,6 +74,7 @@ def plan_run(config: RunConfig) -> Plan:
     run_id = config.run_id or time.strftime("%Y%m%d-%H%M%S") + f"-s{config.seed}"
     if "/" in run_id or run_id in ("", ".", ".."):
         raise ConfigError(f"run id {run_id!r} must be a plain name")
+    config = config.model_copy(update={"runs_dir": config.runs_dir.resolve()})
     return Plan(
         config, topology_spec, topology, tuple(faults), {t: tuple(a) for t, a in actions.items()}, run_id
     )
@@ -128,12 +130,28 @@ def _start_hosts(config: RunConfig, topology: Topology) -> dict[int, Any]:
     return {ids[ray_node]: handle for ray_node, handle in handles.items()}
 
 
-def execute(plan: Plan, on_tick: Callable[[TickResult], None] | None = None) -> dict[str, Any]:
-    """Run a planned job on Ray (or in process) and return its report (also written to disk)."""
+def execute(
+    plan: Plan, on_tick: Callable[[TickResult], None] | None = None, resume: bool = False
+) -> dict[str, Any]:
+    """Run a planned job on Ray (or in process) and return its report (also written to disk).
+
+    The report is written whatever happens: a run that fails part-way gets one with ``status``
+    ``failed`` and the error, then the error is raised. With ``resume`` the run continues a run
+    whose driver died (same run id): the shards rewind to their newest common checkpoint, the
+    ticks after it are replayed with the journaled actions, and the run goes on from there.
+
+    Raises:
+        ConfigError: ``resume`` in process (only a sharded mesh keeps what a resume needs).
+        ShardLostError: a shard could not be brought back (after its retries).
+    """
     from x0tta6bl4.connect import connect_ray, disconnect_ray
 
     config = plan.config
+    if resume and config.in_process:
+        raise ConfigError("--resume needs the sharded mesh (the in-process kernel keeps no checkpoints)")
     plan.run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        save_run_config(plan.run_dir, config.model_dump_json())
     spec = MeshSpec(
         topology=plan.topology_spec,
         seed=config.seed,
@@ -146,50 +164,70 @@ def execute(plan: Plan, on_tick: Callable[[TickResult], None] | None = None) -> 
     mesh: Mesh = (
         LocalMesh(plan.topology, spec)
         if config.in_process
-        else ShardedMesh(plan.topology, spec, keep_actors=config.keep_mesh)
+        else ShardedMesh(plan.topology, spec, keep_actors=config.keep_mesh, resume=resume)
     )
+    replay = _Replay.load(plan, mesh) if resume else _Replay.none()
+    ticks_log = TickLog(plan.run_dir / TICKS_NAME, replay.kept_records())
     hosts = _start_hosts(config, plan.topology) if conn is not None else {}
     loop = _Autonomy(plan, mesh, hosts) if config.autonomy else None
+    if loop is not None:
+        replay.rebuild_alarms(loop)
     progress = _Progress(config.ticks)
-    timeline: list[dict[str, float]] = []
+    timeline: list[dict[str, Any]] = replay.timeline()
     audit_ledger = Ledger(config.controller.provenance.resolved().ledger_dir)
     ledger_start = audit_ledger.current()
     started = time.perf_counter()
     host_frames: list[Any] = []
-    decided: tuple[Action, ...] = ()
+    decided: tuple[Action, ...] = replay.decided_after()
+    elapsed = 0.0
+    host_report: list[dict[str, Any]] = []
+    autonomy_report: dict[str, Any] | None = None
+    failure: BaseException | None = None
     try:
-        for _ in range(config.ticks):
+        while mesh.tick + 1 < config.ticks:
             tick = mesh.tick + 1
-            result = mesh.step(plan.actions.get(tick, ()) + decided)
+            replayed = replay.record(tick)
+            actions = replay.actions(tick) if replayed is not None else plan.actions.get(tick, ()) + decided
+            result = mesh.step(actions)
             s = result.summary_dict()
-            timeline.append(
-                {
-                    "tick": result.tick,
-                    "serviceable": s["serviceable"],
-                    "down": s["down"],
-                    "faulty_nodes": s["labelled"],
-                    "mean_latency_ms": s["latency_sum_ms"] / max(1.0, s["nodes"]),
-                    "active_faults": len(mesh.control.active_faults()),
-                }
-            )
+            entry: dict[str, Any] = {
+                "tick": result.tick,
+                "serviceable": s["serviceable"],
+                "down": s["down"],
+                "faulty_nodes": s["labelled"],
+                "mean_latency_ms": s["latency_sum_ms"] / max(1.0, s["nodes"]),
+                "active_faults": len(mesh.control.active_faults()),
+            }
+            timeline.append(entry)
+            record: dict[str, Any] = {"tick": tick, "timeline": entry}
             state = ""
             if loop is not None:
-                step = loop.step(result, 1.0 - s["serviceable"] / max(1.0, s["nodes"]))
-                decided = step.actions
-                timeline[-1].update(
-                    {
-                        "alarmed_nodes": len(step.alarmed),
-                        "open_incidents": step.open_incidents,
-                        "mesh_state": step.mesh_state,
-                    }
-                )
-                state = f"  {step.mesh_state}  incidents {step.open_incidents}  actions {loop.actions}"
+                if replayed is not None:  # the controller saw this tick before the driver died
+                    alarmed = [int(n) for n in replayed.get("alarmed", [])]
+                    decided = ()
+                    entry.update({k: v for k, v in replayed["timeline"].items() if k in _AUTONOMY_FIELDS})
+                else:
+                    step = loop.step(result, 1.0 - s["serviceable"] / max(1.0, s["nodes"]))
+                    decided = step.actions
+                    alarmed = list(step.alarmed)
+                    entry.update(
+                        {
+                            "alarmed_nodes": len(step.alarmed),
+                            "open_incidents": step.open_incidents,
+                            "mesh_state": step.mesh_state,
+                        }
+                    )
+                at_fault = _at_fault(mesh)
+                loop.note_alarms(alarmed, at_fault)
+                record.update(alarmed=alarmed, at_fault=at_fault, decided=[a.to_dict() for a in decided])
+                state = f"  {entry.get('mesh_state', '')}  incidents {entry.get('open_incidents', 0)}"
+                state += f"  actions {loop.actions}"
+            ticks_log.append(record, sync=(tick + 1) % config.checkpoint_every_ticks == 0)
             if on_tick is not None:
                 on_tick(result)
             progress.update(
                 result.tick,
-                f"serviceable {s['serviceable'] / s['nodes']:.1%}  "
-                f"faults {timeline[-1]['active_faults']}{state}",
+                f"serviceable {s['serviceable'] / s['nodes']:.1%}  faults {entry['active_faults']}{state}",
             )
             if hosts and tick % 10 == 0:
                 host_frames = _poll_hosts(list(hosts.values()))
@@ -197,10 +235,14 @@ def execute(plan: Plan, on_tick: Callable[[TickResult], None] | None = None) -> 
                 time.sleep(config.tick_interval_s)
         elapsed = time.perf_counter() - started
         host_report = _host_report(hosts, host_frames, plan.topology) if hosts else []
-        restarts = getattr(mesh, "restarts", 0)
         autonomy_report = loop.finish(mesh) if loop is not None else None
+    except Exception as exc:  # the report is still written, marked failed; then the error is raised
+        elapsed = time.perf_counter() - started
+        failure = exc
+        log.error("run %s failed at tick %d: %s: %s", plan.run_id, mesh.tick, type(exc).__name__, exc)
     finally:
         progress.close()
+        ticks_log.close()
         if loop is not None:
             loop.close(keep=config.keep_mesh or config.serve_forever)
         mesh.close()
@@ -209,7 +251,18 @@ def execute(plan: Plan, on_tick: Callable[[TickResult], None] | None = None) -> 
             _stop_hosts(list(hosts.values()))
         if conn is not None and not keep:
             disconnect_ray(conn)
+    restarts = getattr(mesh, "restarts", 0)
     report = build_report(plan, mesh, timeline, elapsed, restarts, host_report)
+    report["status"] = "failed" if failure is not None else "completed"
+    if failure is not None:
+        report["error"] = f"{type(failure).__name__}: {failure}"[:2000]
+    report["recovery"] = {
+        "shard_restarts": restarts,
+        "controller_failures": loop.failures if loop is not None else 0,
+        "controller_failed_ticks": loop.failed_ticks if loop is not None else 0,
+        "resumed_from_tick": replay.resumed_from,
+        "replayed_ticks": replay.replayed_ticks,
+    }
     if autonomy_report is not None:
         report["detection"] = autonomy_report["detection"]
         report["remediation"] = autonomy_report["remediation"]
@@ -238,7 +291,94 @@ def execute(plan: Plan, on_tick: Callable[[TickResult], None] | None = None) -> 
         from x0tta6bl4.mapek.plot import timeline_png
 
         report["timeline_png"] = str(timeline_png(report, plan.run_dir / "timeline.png"))
+    if failure is not None:
+        raise failure
     return report
+
+
+#: Timeline fields the controller contributes (a replayed tick takes them from its record).
+_AUTONOMY_FIELDS = ("alarmed_nodes", "open_incidents", "mesh_state")
+
+
+@dataclasses.dataclass
+class _Replay:
+    """What a resumed run takes from the interrupted one: tick records and journaled actions."""
+
+    resumed_from: int | None
+    records: dict[int, dict[str, Any]]
+    journal: dict[int, tuple[Action, ...]]
+    last_tick: int
+
+    @classmethod
+    def none(cls) -> _Replay:
+        return cls(None, {}, {}, -1)
+
+    @classmethod
+    def load(cls, plan: Plan, mesh: Mesh) -> _Replay:
+        """The interrupted run's records; its shards have rewound to ``mesh.tick``."""
+        resumed_from = getattr(mesh, "resumed_from", None)
+        assert resumed_from is not None
+        records = read_ticks(plan.run_dir / TICKS_NAME)
+        missing = [t for t in range(resumed_from + 1) if t not in records]
+        if missing:
+            raise ShardLostError(
+                f"the run's tick records stop before tick {missing[0]} (its checkpoints are at tick "
+                f"{resumed_from}): nothing consistent to resume from"
+            )
+        journal = dict(mesh.journal.entries) if isinstance(mesh, ShardedMesh) else {}
+        last = max(
+            [t for t in records if t > resumed_from] + [t for t in journal if t > resumed_from], default=-1
+        )
+        log.warning("resuming run %s from tick %d (replaying up to tick %d)", plan.run_id, resumed_from, last)
+        return cls(resumed_from, records, journal, last)
+
+    @property
+    def replayed_ticks(self) -> int:
+        return max(0, self.last_tick - (self.resumed_from if self.resumed_from is not None else -1))
+
+    def kept_records(self) -> list[dict[str, Any]]:
+        if self.resumed_from is None:
+            return []
+        return [self.records[t] for t in range(self.resumed_from + 1)]
+
+    def timeline(self) -> list[dict[str, Any]]:
+        return [dict(r["timeline"]) for r in self.kept_records()]
+
+    def record(self, tick: int) -> dict[str, Any] | None:
+        """The interrupted run's record of ``tick`` if it is replayed (the driver had got that far)."""
+        if self.resumed_from is None or tick > self.last_tick:
+            return None
+        return self.records.get(tick, {"tick": tick, "timeline": {}})
+
+    def actions(self, tick: int) -> tuple[Action, ...]:
+        return self.journal.get(tick, ())
+
+    def decided_after(self) -> tuple[Action, ...]:
+        """What the controller decided at the checkpoint tick, for the first tick after it."""
+        if self.resumed_from is None or self.last_tick > self.resumed_from:
+            return ()
+        record = self.records.get(self.resumed_from, {})
+        return tuple(Action(**a) for a in record.get("decided", []))
+
+    def rebuild_alarms(self, loop: _Autonomy) -> None:
+        """Feed the evaluation's alarm ledger the ticks that are not re-run."""
+        if self.resumed_from is None:
+            return
+        for t in range(self.resumed_from + 1):
+            record = self.records[t]
+            loop.note_alarms(
+                [int(n) for n in record.get("alarmed", [])], [int(n) for n in record.get("at_fault", [])]
+            )
+
+
+def _at_fault(mesh: Mesh) -> list[int]:
+    """Nodes of the faults active at the mesh's current tick."""
+    return [
+        n
+        for status in mesh.control.active_faults()
+        for n in (status.fault.node, status.fault.peer)
+        if n is not None
+    ]
 
 
 class _Autonomy:
@@ -271,23 +411,68 @@ class _Autonomy:
             adjacency = mesh_view(plan.topology, len(names)).adjacency()
         self.ledger = AlarmLedger(adjacency, self.controller_config.correlation_hops)
         self.mesh = mesh
+        #: Controller calls that failed (the actor died or did not answer in time).
+        self.failures = 0
+        #: Ticks the controller could not be asked about at all (no actions decided for them).
+        self.failed_ticks = 0
+        self._last: Any = None
 
     def step(self, result: TickResult, unserviceable_share: float) -> Any:
         if self.local is not None:
             step = self.local.step(result.tick, self.mesh.frame(result).features, unserviceable_share)
         else:
-            import ray
-
-            step = ray.get(self.actor.step.remote(result.tick, unserviceable_share))
+            step = self._call("step", result.tick, unserviceable_share)
+            if step is None:  # the controller stayed away: this tick decides nothing
+                self.failed_ticks += 1
+                step = self._idle(result.tick)
+        self._last = step
         self.actions += len(step.actions)
-        at_fault = [
-            n
-            for status in self.mesh.control.active_faults()
-            for n in (status.fault.node, status.fault.peer)
-            if n is not None
-        ]
-        self.ledger.add(step.alarmed, at_fault, self.plan.topology.num_nodes)
         return step
+
+    def note_alarms(self, alarmed: list[int], at_fault: list[int]) -> None:
+        """Record one tick's alarms against the nodes at fault then (for the evaluation)."""
+        self.ledger.add(tuple(alarmed), at_fault, self.plan.topology.num_nodes)
+
+    def _idle(self, tick: int) -> Any:
+        from x0tta6bl4.mapek.interfaces import StepResult
+
+        last = self._last
+        return StepResult(
+            tick,
+            (),
+            False,
+            last.mesh_state if last is not None else "HEALTHY",
+            last.alarmed if last is not None else (),
+            last.open_incidents if last is not None else 0,
+            errors=("controller unavailable",),
+        )
+
+    def _call(self, method: str, *args: Any) -> Any:
+        """One controller call with a timeout; a dead controller is awaited (Ray restarts it) and asked again.
+
+        Returns None when it still fails after :data:`CONTROLLER_RETRIES` tries.
+        """
+        import ray
+
+        for _ in range(CONTROLLER_RETRIES):
+            try:
+                return ray.get(getattr(self.actor, method).remote(*args), timeout=CONTROLLER_TIMEOUT_S)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+                self.failures += 1
+                log.warning("controller call %s failed (%s); waiting for it to come back", method, exc)
+                self._wait_for_controller()
+        return None
+
+    def _wait_for_controller(self) -> None:
+        import ray
+
+        deadline = time.monotonic() + CONTROLLER_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                ray.get(self.actor.status.remote(), timeout=5)
+                return
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                time.sleep(0.5)
 
     def finish(self, mesh: Mesh) -> dict[str, Any]:
         from x0tta6bl4.mapek.evaluate import evaluate
@@ -296,9 +481,9 @@ class _Autonomy:
             incidents = [i.to_dict() for i in self.local.incidents]
             summary = self.local.summary()
         else:
-            import ray
-
-            incidents, summary = ray.get([self.actor.incidents.remote(), self.actor.summary.remote()])
+            incidents, summary = self._call("incidents"), self._call("summary")
+            if incidents is None or summary is None:
+                raise ControllerLostError("the controller did not answer for its incidents and summary")
         faults = [status.to_dict() for status in mesh.control.faults]
         detection = evaluate(faults, incidents, mesh.tick + 1, self.ledger)
         return {"detection": detection, "remediation": summary, "incidents": incidents}
@@ -312,6 +497,16 @@ class _Autonomy:
         ray.kill(self.actor)
         with contextlib.suppress(Exception):
             serve.delete(self.serve_config["app_name"])
+
+
+#: Tries of one controller call, and how long each may take (a restarted controller reloads its
+#: learner from SQLite and reconnects to Serve first).
+CONTROLLER_RETRIES = 3
+CONTROLLER_TIMEOUT_S = 60.0
+
+
+class ControllerLostError(X0tta6bl4Error):
+    """The controller did not come back after its retries."""
 
 
 def _ray_node_ids() -> list[str]:
@@ -386,11 +581,24 @@ def _stop_hosts(hosts: list[Any]) -> None:
         ray.kill(handle)
 
 
+def _host_status(ray: Any, handle: Any, tries: int = 3) -> dict[str, Any]:
+    """A host source's status; a source that is restarting is asked again, one that stays away is said so."""
+    error: Exception | None = None
+    for _ in range(tries):
+        try:
+            status: dict[str, Any] = ray.get(handle.status.remote(), timeout=30)
+            return status
+        except Exception as exc:  # RayActorError, GetTimeoutError: it may be restarting
+            error = exc
+            time.sleep(1.0)
+    return {"source": "unavailable", "error": f"{type(error).__name__}: {error}"[:300]}
+
+
 def _host_report(hosts: dict[int, Any], frames: list[Any], topology: Topology) -> list[dict[str, Any]]:
     """Each host's telemetry source, why eBPF is off (if it is), and where it joins the mesh."""
     import ray
 
-    statuses = ray.get([h.status.remote() for h in hosts.values()], timeout=30)
+    statuses = [_host_status(ray, h) for h in hosts.values()]
     gateways = np.flatnonzero(topology.gateways)
     out = []
     for i, (mesh_id, status) in enumerate(zip(hosts, statuses, strict=True)):
@@ -404,14 +612,33 @@ def _host_report(hosts: dict[int, Any], frames: list[Any], topology: Topology) -
 
 
 def main_from_args(args: argparse.Namespace) -> int:
-    """`x0tta6bl4 run`: validate, plan, execute, print."""
+    """`x0tta6bl4 run`: validate, plan, execute, print (``--resume``: continue an interrupted run)."""
+    resume = getattr(args, "resume", None)
     config = config_from_args(args)
+    if resume is not None:
+        config = resumed_config(config, resume)
     plan = plan_run(config)
-    report = execute(plan)
+    report = execute(plan, resume=resume is not None)
     print_summary(report, as_json=bool(getattr(args, "print_json", False)))
     if config.serve_forever and not config.in_process:
         serve_forever(config)
     return 0
+
+
+def resumed_config(given: RunConfig, run_id: str) -> RunConfig:
+    """The config run ``run_id`` was started with (from ``given.runs_dir``); where to reach Ray may change.
+
+    Raises:
+        ConfigError: no such run, or its saved config is unreadable.
+    """
+    if "/" in run_id or run_id in ("", ".", ".."):
+        raise ConfigError(f"run id {run_id!r} must be a plain name")
+    saved = load_run_config(given.runs_dir.resolve() / run_id)
+    saved.update(run_id=run_id, ray_address=given.ray_address)
+    try:
+        return RunConfig.model_validate(saved)
+    except ValueError as exc:
+        raise ConfigError(f"run {run_id}'s saved config is invalid: {exc}") from None
 
 
 def serve_forever(config: RunConfig) -> None:
