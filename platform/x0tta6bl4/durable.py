@@ -79,13 +79,20 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes, mode: int = 0o
 def append_synced(path: str | os.PathLike[str], lines: Sequence[str]) -> None:
     """Append text lines (a newline is added to each) and fsync; a new file's directory is synced too.
 
+    If the file ends in a torn line (a crash mid-append left no final newline), the new lines
+    start on a line of their own, so they never merge into the torn one.
+
     Raises:
         OSError: the file cannot be written.
     """
     target = Path(path)
     existed = target.exists()
-    with target.open("a", encoding="utf-8") as fh:
-        fh.write("".join(line + "\n" for line in lines))
+    with target.open("a+b") as fh:
+        torn = False
+        if fh.seek(0, os.SEEK_END) > 0:
+            fh.seek(-1, os.SEEK_END)
+            torn = fh.read(1) != b"\n"
+        fh.write((("\n" if torn else "") + "".join(line + "\n" for line in lines)).encode("utf-8"))
         fh.flush()
         os.fsync(fh.fileno())
     if not existed:

@@ -79,3 +79,10 @@ def test_a_writer_killed_mid_write_leaves_the_previous_content_whole(tmp_path):
     assert target.read_text() == '{"version": "old"}'
     write_atomic(target, '{"version": "new"}')  # the next write is unaffected by the leftover
     assert target.read_text() == '{"version": "new"}'
+
+
+def test_lines_appended_after_a_torn_line_start_on_a_line_of_their_own(tmp_path):
+    log = tmp_path / "journal.jsonl"
+    log.write_bytes(b'{"tick": 1}\n{"tick": 2, "act')  # a crash mid-append
+    append_synced(log, ['{"tick": 3}'])
+    assert log.read_text().splitlines() == ['{"tick": 1}', '{"tick": 2, "act', '{"tick": 3}']

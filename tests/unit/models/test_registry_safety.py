@@ -167,6 +167,8 @@ def test_a_torn_promoted_json_without_history_is_a_typed_error_naming_the_fix(tm
         reg.promoted_id("m")
     reg.promote("m", mv.version)  # an unreadable record never blocks promoting a good version
     assert reg.promoted_id("m") == mv.version
+    (tmp_path / "m" / PROMOTED).write_bytes(b"{")  # the new history line did not merge into the torn one
+    assert reg.promoted_id("m") == mv.version
 
 
 def test_promotion_history_works_on_object_stores(memory_registry: ModelRegistry) -> None:
