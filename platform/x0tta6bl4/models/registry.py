@@ -186,10 +186,14 @@ class ModelRegistry:
     """Model versions under ``<uri>/<model>/<version>/`` on local disk or any fsspec filesystem.
 
     A version is committed by its ``manifest.json``, written last (object stores have no atomic
-    rename); directories without one are incomplete and ignored. Every load checks every file's
-    sha256 against the manifest, so a corrupt or swapped version is refused rather than served.
-    Promotion writes ``<model>/PROMOTED.json``, which Serve reads. One writer per model is expected
-    (the training driver); on local disk version directories are also reserved exclusively.
+    rename); directories without one are incomplete and ignored. On local disk every file is
+    written atomically and fsynced, and every directory synced, before the manifest; on object
+    stores each file is one whole object. Every load re-validates the manifest's paths and checks
+    every file's sha256 against it, so a corrupt, swapped or tampered version is refused rather
+    than served; so is one with NaN/inf weights or validation scores. Promotion appends to
+    ``<model>/PROMOTIONS.jsonl`` and replaces ``<model>/PROMOTED.json``, which Serve reads. One
+    writer per model is expected (the training driver); on local disk version directories are
+    also reserved exclusively.
     """
 
     def __init__(self, uri: str | os.PathLike[str] = DEFAULT_REGISTRY) -> None:
