@@ -139,6 +139,12 @@ class HttpConfig(_Config):
     batch_max_bytes: int = Field(default=4 << 20, gt=0, description="largest /v1/rag/batch body")
     documents_max_bytes: int = Field(default=8 << 20, gt=0, description="largest /v1/rag/documents body")
     max_batch_queries: int = Field(default=256, ge=1, description="queries per /v1/rag/batch call")
+    inflight_body_bytes: int = Field(
+        default=256 << 20,
+        gt=0,
+        description="request bodies a gateway replica holds at once, all routes together; a request "
+        "that would pass it gets a 503 with Retry-After",
+    )
     front_token_file: str | None = Field(
         default=None,
         description="0600 file with the mTLS front's secret: when set, the app answers only requests "

@@ -43,15 +43,58 @@ class GatewayTimeoutError(X0tta6bl4Error):
     """A deployment gave no answer within the gateway's request timeout (504)."""
 
 
+class ServiceUnavailableError(X0tta6bl4Error):
+    """A deployment cannot answer now: its replica died, is restarting or is overloaded (503).
+
+    The caller may try again after ``retry_after_s`` seconds (the ``Retry-After`` header).
+    """
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self) -> tuple[type[ServiceUnavailableError], tuple[str, int]]:
+        return (type(self), (str(self), self.retry_after_s))
+
+
+def _unavailable_types() -> tuple[type[BaseException], ...]:
+    """Errors that say a replica or its node is gone or overloaded, not that the request was wrong."""
+    from ray import exceptions as rex
+    from ray.serve import exceptions as sex
+
+    return (
+        rex.RayActorError,  # ActorDiedError, ActorUnavailableError
+        rex.WorkerCrashedError,
+        rex.NodeDiedError,
+        rex.LocalRayletDiedError,
+        rex.RaySystemError,
+        rex.ObjectLostError,
+        rex.OwnerDiedError,
+        rex.OutOfMemoryError,
+        rex.TaskCancelledError,
+        sex.BackPressureError,
+        sex.DeploymentUnavailableError,
+        sex.RequestCancelledError,
+    )
+
+
 def deployment_error(exc: BaseException) -> BaseException:
     """The typed error a deployment raised, else ``exc`` itself.
 
     Ray delivers an exception raised in a replica as a ``RayTaskError`` subclass of its type, whose
     text is the remote traceback; the replica's own exception, message included, is its ``cause``.
-    Exceptions a deployment returns as per-item results arrive as themselves.
+    Exceptions a deployment returns as per-item results arrive as themselves. A replica that died,
+    restarts or sheds load (Ray's and Serve's system errors, also when they arrive wrapped) is a
+    :class:`ServiceUnavailableError`, so the caller gets a 503 with ``Retry-After``, not a 500.
     """
     from ray.exceptions import RayTaskError
 
     if isinstance(exc, RayTaskError) and isinstance(exc.cause, X0tta6bl4Error):
         return exc.cause
+    unavailable = _unavailable_types()
+    cause = exc.cause if isinstance(exc, RayTaskError) else exc
+    if isinstance(cause, unavailable) or isinstance(exc, unavailable):
+        name = type(cause).__name__
+        first = (str(cause).strip().splitlines() or [""])[0][:300]
+        return ServiceUnavailableError(f"a backend replica cannot answer now ({name}: {first})")
     return exc

@@ -9,8 +9,8 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
-from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException
 
 from x0tta6bl4 import __version__
 from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
@@ -21,9 +21,15 @@ from x0tta6bl4.security.identity import is_operator, parse_spiffe_id
 from x0tta6bl4.serve._private.batching import GreedyBatcher
 from x0tta6bl4.serve._private.caller import ANONYMOUS, CallerMiddleware, caller_of
 from x0tta6bl4.serve._private.edge_cache import EdgeCache
-from x0tta6bl4.serve._private.limits import BodyLimitMiddleware, BodyTooLargeError
+from x0tta6bl4.serve._private.limits import BodyLimitMiddleware, BodyTooLargeError, JsonErrorsMiddleware
 from x0tta6bl4.serve.config import AnomalyConfig, HttpConfig, RagConfig
-from x0tta6bl4.serve.errors import GatewayTimeoutError, ModelChangedError, RequestError, deployment_error
+from x0tta6bl4.serve.errors import (
+    GatewayTimeoutError,
+    ModelChangedError,
+    RequestError,
+    ServiceUnavailableError,
+    deployment_error,
+)
 from x0tta6bl4.serve.schemas import (
     ErrorBody,
     IngestAnswer,
@@ -50,7 +56,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (403, "the caller's identity may not do this"),
         (415, "unsupported media type"),
         (422, "well-formed but invalid input"),
-        (503, "model not loaded"),
+        (503, "a backend cannot answer now (model not loaded, replica restarting or overloaded)"),
         (504, "timed out"),
     )
 }
@@ -63,27 +69,44 @@ api = FastAPI(
     description="Anomaly scoring of mesh graph snapshots (GraphSAGE) and retrieval over runbooks.",
 )
 api.add_middleware(BodyLimitMiddleware, default_bytes=HttpConfig().documents_max_bytes)
-api.add_middleware(CallerMiddleware)  # outermost: requests that bypassed the front stop here
+api.add_middleware(CallerMiddleware)  # requests that bypassed the front stop here
+api.add_middleware(JsonErrorsMiddleware)  # outermost: whatever fails, the answer is JSON
+
+#: Bodies up to this size are parsed on the event loop; larger ones on a thread (bounded by _PARSERS).
+_INLINE_PARSE_BYTES = 64 << 10
+#: Large bodies parsed at once per gateway replica (their Python objects are many times their size).
+_PARSERS = 2
+#: How long /healthz waits for each backend.
+_HEALTHZ_TIMEOUT_S = 5.0
 
 
-def _error(status: int, kind: str, message: str, details: list[dict[str, Any]] | None = None) -> JSONResponse:
-    return JSONResponse({"error": kind, "message": message, "details": details or []}, status_code=status)
+def _error(
+    status: int,
+    kind: str,
+    message: str,
+    details: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = {"error": kind, "message": message, "details": details or []}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _refusal(exc: X0tta6bl4Error) -> JSONResponse:
     """The HTTP answer to a typed error: the gateway is the one place where errors become statuses.
 
     The gateway's and the detector's refusals carry their status; no answer in time is a 504;
-    the retriever's bad input (a ConfigError) is a 422, and a store it cannot read or write is
-    the service's fault (503).
+    the retriever's bad input (a ConfigError) is a 422; a replica that died, restarts or sheds
+    load is a 503 with ``Retry-After``, and so is a store that cannot be read or written.
     """
     if isinstance(exc, RequestError):
         return JSONResponse(exc.body(), status_code=exc.status)
     if isinstance(exc, GatewayTimeoutError):
         return _error(504, "timeout", str(exc))
+    if isinstance(exc, ServiceUnavailableError):
+        return _error(503, "unavailable", str(exc), headers={"Retry-After": str(exc.retry_after_s)})
     if isinstance(exc, ConfigError):
         return _error(422, "invalid_request", str(exc))
-    return _error(503, "store_unavailable", str(exc))
+    return _error(503, "store_unavailable", str(exc), headers={"Retry-After": "1"})
 
 
 @api.exception_handler(RequestValidationError)
@@ -99,10 +122,16 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
     return _error(422, "invalid_request", f"{where}: {first.get('msg')}", details)
 
 
-@api.exception_handler(RequestError)
-@api.exception_handler(GatewayTimeoutError)
+@api.exception_handler(X0tta6bl4Error)
 async def _refused(request: Request, exc: X0tta6bl4Error) -> JSONResponse:
     return _refusal(exc)
+
+
+@api.exception_handler(HTTPException)
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """Starlette's own refusals (no such route, method not allowed) in the same JSON shape."""
+    kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return _error(exc.status_code, kind, str(exc.detail), headers=dict(exc.headers or {}))
 
 
 @api.exception_handler(BodyTooLargeError)
@@ -139,8 +168,8 @@ def _json(payload: Any) -> bytes:
     name="Gateway",
     ray_actor_options={"num_cpus": 0.5},
     max_ongoing_requests=256,
-    health_check_period_s=10.0,
-    health_check_timeout_s=30.0,
+    health_check_period_s=5.0,
+    health_check_timeout_s=15.0,
 )
 @serve.ingress(api)
 class Gateway:
@@ -177,6 +206,7 @@ class Gateway:
             anomaly_cfg.batches_in_flight,
         )
         self._contract_cache: tuple[tuple[str, ...], Limits] | None = None
+        self._parsers: asyncio.Semaphore | None = None  # created on the event loop, at first use
         # With a front token, only requests that came through the mTLS front get in (CallerMiddleware).
         api.state.front_token = load_token(self.http.front_token_file) if self.http.front_token_file else None
         api.state.body_limits_bytes = {
@@ -185,21 +215,39 @@ class Gateway:
             "/v1/rag/batch": self.http.batch_max_bytes,
             "/v1/rag/documents": self.http.documents_max_bytes,
         }
+        api.state.inflight_body_bytes = self.http.inflight_body_bytes
 
-    async def _call(self, response: Any) -> Any:
+    async def check_health(self) -> None:
+        """Serve's health check of the gateway, run on the event loop that serves its requests.
+
+        A loop stuck in a long computation never runs it, so Serve's ``health_check_timeout_s``
+        marks the replica unhealthy and replaces it; a replica that cannot route (no handles, no
+        limits) fails it outright. Backends are not called: their own checks cover them, and a
+        dead backend must not take the gateway, and its 503s, down with it.
+        """
+        await asyncio.sleep(0)
+        if self.anomaly is None or self.rag is None or not getattr(api.state, "body_limits_bytes", None):
+            raise RuntimeError("the gateway is not set up to route requests")
+
+    async def _call(self, response: Any, timeout_s: float | None = None) -> Any:
         """A deployment's answer.
 
         Raises:
-            GatewayTimeoutError: no answer within the request timeout.
+            GatewayTimeoutError: no answer within ``timeout_s`` (default: the request timeout).
+            ServiceUnavailableError: the replica died, is restarting or sheds load.
             X0tta6bl4Error: the typed error the deployment raised, as itself.
         """
+        timeout_s = self.http.request_timeout_s if timeout_s is None else timeout_s
         try:
-            return await asyncio.wait_for(response, self.http.request_timeout_s)
+            return await asyncio.wait_for(response, timeout_s)
         except TimeoutError:
             response.cancel()
-            raise GatewayTimeoutError(f"no answer within {self.http.request_timeout_s} s") from None
-        except RayTaskError as exc:
-            raise deployment_error(exc) from None
+            raise GatewayTimeoutError(f"no answer within {timeout_s} s") from None
+        except Exception as exc:  # a replica's typed error, or Ray's word that it is gone: mapped
+            mapped = deployment_error(exc)
+            if mapped is exc:
+                raise
+            raise mapped from None
 
     @api.post(
         SCORE_PATH,
@@ -233,7 +281,7 @@ class Gateway:
     async def _score(self, body: bytes, media_type: str, stream_id: str | None, caller: str) -> bytes:
         features, limits = await self._contract()
         # Parsed here, so the detector receives compact arrays rather than the raw body.
-        snapshot = parse_body(body, media_type, features, limits)
+        snapshot = await self._parse(body, media_type, features, limits)
         if stream_id:  # a stream is the caller's own; multiplexing sends it to the replica holding it
             handle = self.anomaly.options(multiplexed_model_id=stream_key(caller, stream_id))
             answer: bytes = await self._call(handle.score.remote(snapshot, features, stream_id, caller))
@@ -247,9 +295,25 @@ class Gateway:
         answers: list[bytes | BaseException] = await self._call(self.anomaly.score_batch.remote(items))
         return answers
 
+    async def _parse(
+        self, body: bytes, media_type: str, features: tuple[str, ...], limits: Limits
+    ) -> Snapshot:
+        """The checked snapshot of a body: small ones here, large ones on a thread, a few at a time.
+
+        A large body's parse would hold up every other request on this event loop, the health
+        check included; on a thread the loop keeps turning. Few at once, because a body's Python
+        objects take many times its size before they become arrays.
+        """
+        if len(body) <= _INLINE_PARSE_BYTES:
+            return parse_body(body, media_type, features, limits)
+        if self._parsers is None:
+            self._parsers = asyncio.Semaphore(_PARSERS)
+        async with self._parsers:
+            return await asyncio.to_thread(parse_body, body, media_type, features, limits)
+
     async def _contract(self) -> tuple[tuple[str, ...], Limits]:
         if self._contract_cache is None:
-            self._contract_cache = await self.anomaly.contract.remote()
+            self._contract_cache = await self._call(self.anomaly.contract.remote())
         return self._contract_cache
 
     @api.get(
@@ -259,7 +323,7 @@ class Gateway:
         summary="Describe the served detector",
     )
     async def model(self) -> dict[str, Any]:
-        info: dict[str, Any] = await self.anomaly.describe.remote()
+        info: dict[str, Any] = await self._call(self.anomaly.describe.remote())
         return info
 
     @api.post(
@@ -360,13 +424,19 @@ class Gateway:
 
     @api.get("/v1/rag/stats", responses=_ERRORS, summary="Index, corpus and cache statistics")
     async def rag_stats(self) -> dict[str, Any]:
-        stats: dict[str, Any] = await self.rag.stats.remote()
+        stats: dict[str, Any] = await self._call(self.rag.stats.remote())
         if self._edge is not None:
             stats["edge_cache"] = self._edge.stats()
         return stats
 
-    @api.get("/healthz", summary="Liveness: the gateway and both backends answer")
+    @api.get("/healthz", responses=_ERRORS, summary="Liveness: the gateway and both backends answer")
     async def healthz(self) -> dict[str, Any]:
-        info = await self.anomaly.describe.remote()
-        stats = await self.rag.stats.remote()
+        """200 when both backends answer within a few seconds, else a 503 with ``Retry-After``."""
+        try:
+            info, stats = await asyncio.gather(
+                self._call(self.anomaly.describe.remote(), _HEALTHZ_TIMEOUT_S),
+                self._call(self.rag.stats.remote(), _HEALTHZ_TIMEOUT_S),
+            )
+        except GatewayTimeoutError as exc:
+            raise ServiceUnavailableError(f"a backend did not answer: {exc}") from None
         return {"status": "ok", "model_version": info["version"], "documents": stats.get("documents")}

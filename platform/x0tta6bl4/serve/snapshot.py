@@ -6,13 +6,17 @@ import dataclasses
 import hashlib
 import io
 import re
+import struct
 import zipfile
+import zlib
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import ValidationError
+from pydantic_core import from_json
 
 from x0tta6bl4.serve.errors import RequestError
 from x0tta6bl4.serve.schemas import ScoreRequest
@@ -71,46 +75,243 @@ class Limits:
     max_edges: int
 
 
+def json_budget(features: Sequence[str], limits: Limits) -> tuple[int, int]:
+    """Most JSON values and arrays a score request within ``limits`` can hold.
+
+    A JSON body becomes Python objects many times its size, so :func:`parse_json` counts its
+    commas and brackets (a cheap byte scan) against these before parsing anything.
+    """
+    f = max(len(features), 1)
+    values = limits.max_ticks * limits.max_nodes * f + limits.max_nodes + 2 * limits.max_edges + 4 * f
+    arrays = limits.max_ticks * limits.max_nodes + limits.max_ticks + limits.max_edges
+    return values + _JSON_SLACK, arrays + 64
+
+
+#: Values and arrays allowed beyond :func:`json_budget` (room for the 200,000 names of a request
+#: whose names are all wrong still gets its 422 naming them, not a 413).
+_JSON_SLACK = 1 << 18
+
+
 def parse_json(body: bytes, features: Sequence[str], limits: Limits) -> Snapshot:
-    """Decode and check a JSON :class:`ScoreRequest` body."""
+    """Decode and check a JSON :class:`ScoreRequest` body.
+
+    Bounded before allocation: the body's values are counted against :func:`json_budget`
+    first; the feature matrix is checked for shape and limits while still lists, then
+    converted one tick at a time (other threads run in between).
+    """
+    max_values, max_arrays = json_budget(features, limits)
+    values, arrays = body.count(b",") + 1, body.count(b"[")
+    if values > max_values or arrays > max_arrays:
+        raise RequestError(
+            f"score request holds about {max(values, 1)} values in {arrays} arrays; a snapshot within "
+            f"this service's limits has at most {max_values} in {max_arrays} (send large snapshots as npz)",
+            status=413,
+            kind="payload_too_large",
+        )
     try:
-        req = ScoreRequest.model_validate_json(body)
+        raw = from_json(body, allow_inf_nan=False)
+    except ValueError as exc:
+        try:
+            from_json(body, allow_inf_nan=True)
+        except ValueError:
+            raise RequestError(
+                f"score request is not valid JSON: {exc}", status=400, kind="malformed_json"
+            ) from None
+        raise RequestError(
+            "score request: NaN and Infinity are not JSON numbers; values must be finite "
+            "(send null for a value that was not measured)"
+        ) from None
+    head = raw
+    if isinstance(raw, dict) and isinstance(raw.get("features"), list):
+        head = {**raw, "features": []}  # checked below, without building a pydantic list of lists
+    try:
+        req = ScoreRequest.model_validate(head)
     except ValidationError as exc:
         raise validation_error(exc, "score request") from exc
+    node_ids, names = list(req.node_ids), list(req.feature_names)
+    check_nodes(node_ids, limits)
+    check_names(names, features)
+    window = _json_window(raw["features"], len(node_ids), len(names), limits)
+    return check(node_ids, names, window, req.edges, features, limits)
+
+
+def _json_window(rows: list[Any], n: int, f: int, limits: Limits) -> F32:
+    """The ``[ticks, nodes, features]`` float32 window of a JSON ``features`` value (null = NaN).
+
+    Its shape is read from the lists and checked against ``n`` nodes, ``f`` features and the
+    limits before any array is allocated.
+    """
+    three_d = bool(rows) and isinstance(rows[0], list) and bool(rows[0]) and isinstance(rows[0][0], list)
+    ticks = rows if three_d else [rows]
+    first = ticks[0]
+    shape = [len(ticks)] if three_d else []
+    shape += [len(first), len(first[0]) if first and isinstance(first[0], list) else 0]
+    if shape[-2:] != [n, f]:
+        raise RequestError(
+            f"features must be [nodes][features] = [{n}][{f}] or [ticks][{n}][{f}]; got shape {shape}"
+        )
+    if len(ticks) > limits.max_ticks:
+        raise RequestError(
+            f"a window of {len(ticks)} ticks is longer than this service keeps ({limits.max_ticks})",
+            status=413,
+            kind="payload_too_large",
+        )
+    for tick in ticks:
+        if not isinstance(tick, list) or len(tick) != n:
+            raise RequestError(f"features: every tick must have {n} rows, one per node")
+        for row in tick:
+            if not isinstance(row, list) or len(row) != f:
+                raise RequestError(f"features: rows of different lengths (every row must have {f} values)")
+    window = np.empty((len(ticks), n, f), dtype=np.float32)
+    for t, tick in enumerate(ticks):
+        try:
+            window[t] = np.asarray(tick, dtype=np.float32)
+        except (ValueError, TypeError) as exc:
+            raise RequestError(f"features: values must be numbers or null ({exc})") from None
+    return window
+
+
+#: The arrays of an npz body: name -> dtype kinds accepted and number of dimensions.
+_NPZ_ARRAYS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "node_ids": ("iuU", (1,)),
+    "feature_names": ("U", (1,)),
+    "features": ("fiu", (2, 3)),
+    "edges": ("iuUf", (2,)),  # float only when empty (numpy's default dtype of no edges)
+}
+#: Longest string in an npz body's ``node_ids`` or ``feature_names`` (as in the JSON schema).
+_NPZ_MAX_CHARS = 128
+_EOCD = struct.Struct("<4s4H2LH")  # zip end-of-central-directory record
+
+
+def _malformed(message: str) -> RequestError:
+    return RequestError(
+        f"score request is not a readable npz archive: {message}", status=400, kind="malformed_body"
+    )
+
+
+def _npz_members(body: bytes) -> zipfile.ZipFile:
+    """The body as a zip archive, refused before its directory is parsed when it is not a small npz."""
+    if body.startswith(b"\x93NUMPY"):
+        raise RequestError(
+            "score request is a single .npy array, not an npz archive: send node_ids, feature_names, "
+            "features and edges together (numpy.savez)",
+            status=400,
+            kind="malformed_body",
+        )
+    if not body.startswith(b"PK\x03\x04"):
+        raise _malformed("it does not start like a zip archive")
+    end = body.rfind(b"PK\x05\x06", max(0, len(body) - _EOCD.size - 0xFFFF))
+    if end < 0 or len(body) - end < _EOCD.size:
+        raise _malformed("no zip directory at its end")
+    _, disk, _, _, entries, dir_size, _, _ = _EOCD.unpack_from(body, end)
+    if (
+        disk
+        or entries > len(_NPZ_ARRAYS)
+        or dir_size > 64 << 10
+        or body[max(0, end - 20) : end - 16] == b"PK\x06\x07"
+    ):
+        raise RequestError(
+            f"npz: at most {len(_NPZ_ARRAYS)} arrays ({', '.join(_NPZ_ARRAYS)}) in one plain zip archive; "
+            f"this one lists {entries}"
+        )
     try:
-        window = np.asarray(req.features, dtype=np.float32)
-    except ValueError as exc:  # ragged rows
-        raise RequestError(f"features: rows of different lengths ({exc})") from exc
-    return check(list(req.node_ids), list(req.feature_names), window, req.edges, features, limits)
+        return zipfile.ZipFile(io.BytesIO(body))
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, struct.error) as exc:
+        raise _malformed(str(exc)) from None
+
+
+def _npz_member_limits(name: str, n_features: int, limits: Limits) -> tuple[int, ...]:
+    """Largest shape per dimension of one npz array under ``limits``."""
+    names = n_features + _JSON_SLACK
+    return {
+        "node_ids": (limits.max_nodes,),
+        "feature_names": (names,),
+        "features": (limits.max_ticks, limits.max_nodes, names),
+        "edges": (limits.max_edges, 2),
+    }[name]
+
+
+def _npz_array(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, n_features: int, limits: Limits) -> Any:
+    """Read one array after its zip entry and .npy header passed every check (no allocation before)."""
+    kinds, ndims = _NPZ_ARRAYS[name]
+    if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise RequestError(f"npz: {name} must be stored or deflated, unencrypted")
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f, max_header_size=4096)
+        elif version in ((2, 0), (3, 0)):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f, max_header_size=4096)
+        else:
+            raise _malformed(f"{name} has .npy version {version}")
+        if (
+            dtype.hasobject
+            or dtype.kind not in kinds
+            or len(shape) not in ndims
+            or dtype.itemsize > 4 * _NPZ_MAX_CHARS
+        ):
+            raise RequestError(
+                f"npz: {name} must be {' or '.join(map(str, ndims))}-d of kind {kinds!r} "
+                f"(numbers, or strings of at most {_NPZ_MAX_CHARS} characters); got {len(shape)}-d {dtype}"
+            )
+        largest = _npz_member_limits(name, n_features, limits)[-len(shape) :]
+        if any(d > m for d, m in zip(shape, largest, strict=True)):
+            raise RequestError(
+                f"npz: {name} has shape {list(shape)}; this service accepts at most {list(largest)}",
+                status=413,
+                kind="payload_too_large",
+            )
+        need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if info.file_size - f.tell() != need:
+            raise _malformed(
+                f"{name} holds {info.file_size - f.tell()} bytes of data; its header says {need}"
+            )
+    with zf.open(info) as f:
+        return np.lib.format.read_array(f, allow_pickle=False, max_header_size=4096)
 
 
 def parse_npz(body: bytes, features: Sequence[str], limits: Limits) -> Snapshot:
     """Decode and check an npz body: arrays ``node_ids``, ``feature_names``, ``features`` and ``edges``
-    (``[edges, 2]`` node ids), as :func:`encode_npz` writes them. NaN = not measured."""
+    (``[edges, 2]`` node ids), as :func:`encode_npz` writes them. NaN = not measured.
+
+    Bounded before allocation: the zip directory, each entry's declared size and each array's
+    ``.npy`` header (dtype, shape) are checked against the limits before any array is read.
+    """
+    zf = _npz_members(body)
+    infos = zf.infolist()
+    given = [i.filename.removesuffix(".npy") for i in infos]
+    unknown = sorted(set(given) - set(_NPZ_ARRAYS))
+    missing = sorted({"node_ids", "feature_names", "features"} - set(given))
+    if unknown or missing or len(set(given)) != len(given):
+        raise RequestError(f"npz arrays: missing {missing}, unexpected {unknown[:10]}")
+    arrays: dict[str, Any] = {}
     try:
-        with np.load(io.BytesIO(body), allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise RequestError(
-            f"score request is not a readable npz archive: {exc}", status=400, kind="malformed_body"
-        ) from exc
-    unknown = sorted(set(arrays) - {"node_ids", "feature_names", "features", "edges"})
-    missing = sorted({"node_ids", "feature_names", "features"} - set(arrays))
-    if unknown or missing:
-        raise RequestError(f"npz arrays: missing {missing}, unexpected {unknown}")
+        for info, name in zip(infos, given, strict=True):
+            arrays[name] = _npz_array(zf, info, name, len(features), limits)
+    except RequestError:
+        raise
+    except (
+        ValueError,
+        OSError,
+        zipfile.BadZipFile,
+        EOFError,
+        RuntimeError,
+        NotImplementedError,
+        zlib.error,
+    ) as exc:
+        raise _malformed(str(exc)) from None
     node_ids_arr, names_arr, values = arrays["node_ids"], arrays["feature_names"], arrays["features"]
-    if node_ids_arr.ndim != 1 or names_arr.ndim != 1 or names_arr.dtype.kind != "U":
-        raise RequestError("npz: node_ids and feature_names must be 1-d (feature_names as unicode strings)")
-    if node_ids_arr.dtype.kind not in "iuU":
-        raise RequestError(f"npz: node_ids must be integers or unicode strings, not {node_ids_arr.dtype}")
-    if values.dtype.kind not in "fiu":
-        raise RequestError(f"npz: features must be numeric, not {values.dtype}")
     edges = arrays.get("edges", np.zeros((0, 2), dtype=node_ids_arr.dtype))
-    if edges.ndim != 2 or (edges.size and edges.shape[1] != 2):
+    if edges.size and edges.dtype.kind == "f":
+        raise RequestError("npz: edges must name nodes by their ids (integers or strings), not floats")
+    if edges.size and edges.shape[1] != 2:
         raise RequestError(f"npz: edges must have shape [edges, 2], got {list(edges.shape)}")
+    node_ids, names = node_ids_arr.tolist(), names_arr.tolist()
+    check_nodes(node_ids, limits)
+    check_names(names, features)
     return check(
-        node_ids_arr.tolist(),
-        names_arr.tolist(),
+        node_ids,
+        names,
         values.astype(np.float32, copy=False),
         edges,
         features,
@@ -119,17 +320,15 @@ def parse_npz(body: bytes, features: Sequence[str], limits: Limits) -> Snapshot:
     )
 
 
-def check(
-    node_ids: list[Any],
-    names: list[str],
-    window: F32,
-    edges: list[tuple[Any, Any]] | npt.NDArray[Any],
-    features: Sequence[str],
-    limits: Limits,
-    *,
-    nan_is_missing: bool = False,
-) -> Snapshot:
-    """Check a decoded snapshot against the detector's features and the limits; reorder columns."""
+def _listed(items: Sequence[Any], limit: int = 10) -> str:
+    """``items`` as a list for a message; only the first ``limit``, saying how many more there are."""
+    if len(items) <= limit:
+        return repr(list(items))
+    return repr(list(items[:limit]))[:-1] + f", ... {len(items) - limit} more]"
+
+
+def check_nodes(node_ids: list[Any], limits: Limits) -> I64 | None:
+    """Refuse an empty, oversized or repeated node list; the ids as int64 when all are integers."""
     n = len(node_ids)
     if n == 0:
         raise RequestError("node_ids is empty: a snapshot needs at least one node")
@@ -145,14 +344,39 @@ def check(
         seen: set[Any] = set()
         dup = next(i for i in node_ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
         raise RequestError(f"node_ids must be unique; {dup!r} appears more than once")
-    missing = [f for f in features if f not in names]
-    unknown = [f for f in names if f not in features]
-    if missing or unknown or len(names) != len(features):
-        dups = sorted({f for f in names if names.count(f) > 1})
-        raise RequestError(
-            f"feature_names must be exactly the detector's {len(features)} features: "
-            f"missing {missing}, unknown {unknown}" + (f", repeated {dups}" if dups else "")
-        )
+    return int_ids
+
+
+def check_names(names: list[str], features: Sequence[str]) -> None:
+    """Refuse column names that are not exactly the detector's features (linear in the names)."""
+    wanted = set(features)
+    counts = Counter(names)
+    if len(names) == len(features) and counts.keys() == wanted:
+        return
+    missing = [f for f in features if f not in counts]
+    unknown = [f for f in names if f not in wanted]
+    dups = sorted(f for f, c in counts.items() if c > 1)
+    raise RequestError(
+        f"feature_names must be exactly the detector's {len(features)} features: "
+        f"missing {_listed(missing)}, unknown {_listed(unknown)}"
+        + (f", repeated {_listed(dups)}" if dups else "")
+    )
+
+
+def check(
+    node_ids: list[Any],
+    names: list[str],
+    window: F32,
+    edges: list[tuple[Any, Any]] | npt.NDArray[Any],
+    features: Sequence[str],
+    limits: Limits,
+    *,
+    nan_is_missing: bool = False,
+) -> Snapshot:
+    """Check a decoded snapshot against the detector's features and the limits; reorder columns."""
+    n = len(node_ids)
+    int_ids = check_nodes(node_ids, limits)
+    check_names(names, features)
     if window.ndim == 2:
         window = window[None]
     if window.ndim != 3 or window.shape[1:] != (n, len(names)):
@@ -173,7 +397,8 @@ def check(
             f"features: node {node_ids[i]!r} feature {names[f]!r} is {window[t, i, f]} "
             "(values must be finite)"
         )
-    window = window[:, :, [names.index(f) for f in features]]
+    column = {name: i for i, name in enumerate(names)}
+    window = window[:, :, [column[f] for f in features]]
     if len(edges) > limits.max_edges:
         raise RequestError(
             f"{len(edges)} edges is more than this service accepts ({limits.max_edges})",
