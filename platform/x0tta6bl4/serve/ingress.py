@@ -221,12 +221,12 @@ class Gateway:
         """Serve's health check of the gateway, run on the event loop that serves its requests.
 
         A loop stuck in a long computation never runs it, so Serve's ``health_check_timeout_s``
-        marks the replica unhealthy and replaces it; a replica that cannot route (no handles, no
-        limits) fails it outright. Backends are not called: their own checks cover them, and a
+        marks the replica unhealthy and replaces it; a replica that cannot route (no handles)
+        fails it outright. Backends are not called: their own checks cover them, and a
         dead backend must not take the gateway, and its 503s, down with it.
         """
         await asyncio.sleep(0)
-        if self.anomaly is None or self.rag is None or not getattr(api.state, "body_limits_bytes", None):
+        if getattr(self, "anomaly", None) is None or getattr(self, "rag", None) is None:
             raise RuntimeError("the gateway is not set up to route requests")
 
     async def _call(self, response: Any, timeout_s: float | None = None) -> Any:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints
 
-NodeId = int | Annotated[str, StringConstraints(min_length=1, max_length=128)]
+# Integers are strict: JSON's true/false or 1.5 are not node ids or counts (the schema says integer).
+NodeId = Annotated[int, Strict()] | Annotated[str, StringConstraints(min_length=1, max_length=128)]
 StreamId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
 
 
@@ -85,7 +86,9 @@ class RagQuery(_Body):
     """An incident to find runbooks for."""
 
     query: str = Field(min_length=1, description="incident text, as an operator or the controller writes it")
-    k: int = Field(default=3, ge=1, description="how many runbooks to return (at most the service's max_k)")
+    k: int = Field(
+        default=3, ge=1, strict=True, description="how many runbooks to return (at most the service's max_k)"
+    )
 
 
 class RagBatch(_Body):

@@ -111,3 +111,14 @@ def test_the_gateway_answers_unknown_routes_in_its_json_shape() -> None:
     response = client.get("/no/such/route")
     assert response.status_code == 404
     assert response.json() == {"error": "not_found", "message": "Not Found", "details": []}
+
+
+def test_the_gateway_health_check_fails_when_it_cannot_route() -> None:
+    from types import SimpleNamespace
+
+    from x0tta6bl4.serve.ingress import Gateway
+
+    check = Gateway.func_or_class.check_health  # type: ignore[attr-defined]
+    asyncio.run(check(SimpleNamespace(anomaly=object(), rag=object())))  # a loop that turns: healthy
+    with pytest.raises(RuntimeError, match="not set up"):
+        asyncio.run(check(SimpleNamespace(anomaly=None, rag=object())))
