@@ -230,6 +230,7 @@ def test_a_killed_replica_is_replaced_and_retrying_clients_lose_nothing(deployed
     victims = anomaly_replicas()
     assert victims
     answered: list[int] = []
+    refused: list[tuple[int, str | None, object]] = []  # what the client saw instead of an answer
     failures = 0
     stop = threading.Event()
 
@@ -242,7 +243,8 @@ def test_a_killed_replica_is_replaced_and_retrying_clients_lose_nothing(deployed
                     if r.status_code == 200:
                         answered.append(len(r.json()["scores"]))
                         break
-                except requests.RequestException:
+                    refused.append((r.status_code, r.headers.get("retry-after"), r.json()))
+                except (requests.RequestException, ValueError):
                     pass
                 failures += 1
                 time.sleep(0.2)
@@ -262,3 +264,9 @@ def test_a_killed_replica_is_replaced_and_retrying_clients_lose_nothing(deployed
     thread.join(90)
     assert set(anomaly_replicas()) - set(victims), "no replacement replica came up"
     assert len(answered) > before + 3 and set(answered) == {NODES}
+    # The replica's death is a JSON 503 with Retry-After (or a 504), never a plain-text 500.
+    for status, retry_after, body in refused:
+        assert (
+            status in (503, 504) and isinstance(body, dict) and set(body) == {"error", "message", "details"}
+        )
+        assert status == 504 or retry_after is not None, (status, body)
