@@ -166,7 +166,7 @@ def _json_window(rows: list[Any], n: int, f: int, limits: Limits) -> F32:
     for t, tick in enumerate(ticks):
         try:
             window[t] = np.asarray(tick, dtype=np.float32)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError) as exc:
             raise RequestError(f"features: values must be numbers or null ({exc})") from None
     return window
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from x0tta6bl4.serve.errors import RequestError
 from x0tta6bl4.serve.snapshot import Limits, check_names, encode_npz, parse_body
@@ -98,6 +100,7 @@ def test_a_json_body_with_more_values_than_the_limits_allow_is_refused_before_pa
         ([["x"] * len(FEATURES)] * 3, 422, "numbers or null"),
         ([[[0.0] * len(FEATURES)] * 3, [[0.0] * len(FEATURES)] * 2], 422, "rows"),
         ([[[[0.0]] * len(FEATURES)] * 3], 422, "numbers or null"),
+        ([[10**400] * len(FEATURES)] * 3, 422, "numbers or null"),  # an integer no float holds
         ("abc", 422, "features"),
     ],
 )
@@ -181,3 +184,48 @@ def test_a_legal_npz_still_round_trips() -> None:
     snap = parse_body(encode_npz(ids, FEATURES, features, np.array([[0, 1], [2, 3]])), NPZ, FEATURES, SMALL)
     np.testing.assert_array_equal(snap.window, features)
     np.testing.assert_array_equal(snap.pairs, [[0, 1], [2, 3]])
+
+
+_LEAF = st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=4)
+_KEYS = st.sampled_from(["node_ids", "feature_names", "features", "edges", "other"])
+_ANY = st.recursive(
+    _LEAF,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=5),
+    max_leaves=40,
+)
+_NEAR = st.fixed_dictionaries(
+    {
+        "node_ids": st.lists(st.integers(-2, 5) | st.sampled_from(["a", "b", ""]), max_size=4),
+        "feature_names": st.lists(st.sampled_from([*FEATURES, "bogus"]), max_size=len(FEATURES) + 1),
+        "features": st.lists(
+            st.lists(st.none() | st.floats() | st.integers() | st.text(max_size=2), max_size=9), max_size=4
+        )
+        | st.lists(st.lists(st.lists(st.floats(allow_nan=False), max_size=9), max_size=4), max_size=3),
+    },
+    optional={"edges": st.lists(st.lists(st.integers(-1, 5) | st.text(max_size=1), max_size=3), max_size=3)},
+)
+
+
+def _status(body: bytes, media: str) -> int:
+    """200 for a snapshot, the refusal's status otherwise (anything else raises: the test fails)."""
+    try:
+        parse_body(body, media, FEATURES, SMALL)
+    except RequestError as exc:
+        return exc.status
+    return 200
+
+
+@given(doc=_ANY | _NEAR)
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+def test_any_json_body_is_a_snapshot_or_a_request_error(doc: object) -> None:
+    assert _status(json.dumps(doc).encode(), "application/json") in (200, *range(400, 500))
+
+
+@given(raw=st.binary(max_size=300), cut=st.integers(0, 2000))
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+def test_any_npz_body_or_a_cut_or_corrupted_archive_is_a_snapshot_or_a_request_error(
+    raw: bytes, cut: int
+) -> None:
+    good = npz_of(good_members())
+    for body in (raw, b"PK\x03\x04" + raw, good[:cut], good[:cut] + raw + good[cut + len(raw) :]):
+        assert _status(body, NPZ) in (200, *range(400, 500))
