@@ -28,6 +28,8 @@ class RayConnection:
     address: str
     started_here: bool
     dashboard_url: str | None
+    #: False when Ray was already initialised in this process: whoever did it disconnects.
+    owned: bool = True
 
 
 def platform_actor_options(name: str, **extra: Any) -> dict[str, Any]:
@@ -74,7 +76,7 @@ def connect_ray(
 
     if ray.is_initialized():
         ctx = ray.get_runtime_context()
-        return RayConnection(ctx.gcs_address, False, None)
+        return RayConnection(ctx.gcs_address, False, None, owned=False)
     before = ray_auth.auth_env_snapshot()
     try:
         conn = _connect(ray, address, num_cpus, dashboard)
@@ -214,6 +216,8 @@ def disconnect_ray(conn: RayConnection) -> None:
     import ray
 
     global _env_before
+    if not conn.owned:
+        return
     if ray.is_initialized():
         ray.shutdown()
     if _env_before is not None:  # later Ray clients of this process start as it was before

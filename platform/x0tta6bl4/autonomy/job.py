@@ -16,17 +16,18 @@ import numpy as np
 
 from x0tta6bl4.autonomy.config import RunConfig, config_from_args
 from x0tta6bl4.autonomy.report import build_report, print_summary, write_report
-from x0tta6bl4.autonomy.ticklog import TICKS_NAME, TickLog, load_run_config, read_ticks, save_run_config
+from x0tta6bl4.autonomy.serving import deploy_serve, serve_forever
+from x0tta6bl4.autonomy.ticklog import TICKS_NAME, Replay, TickLog, load_run_config, save_run_config
 from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
 from x0tta6bl4.mesh.control import ControlParams
 from x0tta6bl4.mesh.faults import Action, Fault, random_schedule
-from x0tta6bl4.mesh.pipeline import LocalMesh, Mesh, ShardedMesh, ShardLostError, TickResult
+from x0tta6bl4.mesh.pipeline import LocalMesh, Mesh, ShardedMesh, TickResult
 from x0tta6bl4.mesh.shard import MeshSpec
 from x0tta6bl4.mesh.topology import Topology, TopologySpec
 from x0tta6bl4.security.ledger import Ledger
 
 if TYPE_CHECKING:
-    from x0tta6bl4.serve.config import ServeConfig
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -166,12 +167,12 @@ def execute(
         if config.in_process
         else ShardedMesh(plan.topology, spec, keep_actors=config.keep_mesh, resume=resume)
     )
-    replay = _Replay.load(plan, mesh) if resume else _Replay.none()
+    replay = _replay(plan, mesh) if resume else Replay.none()
     ticks_log = TickLog(plan.run_dir / TICKS_NAME, replay.kept_records())
     hosts = _start_hosts(config, plan.topology) if conn is not None else {}
     loop = _Autonomy(plan, mesh, hosts) if config.autonomy else None
     if loop is not None:
-        replay.rebuild_alarms(loop)
+        replay.rebuild_alarms(loop.note_alarms)
     progress = _Progress(config.ticks)
     timeline: list[dict[str, Any]] = replay.timeline()
     audit_ledger = Ledger(config.controller.provenance.resolved().ledger_dir)
@@ -204,7 +205,7 @@ def execute(
             if loop is not None:
                 if replayed is not None:  # the controller saw this tick before the driver died
                     alarmed = [int(n) for n in replayed.get("alarmed", [])]
-                    decided = ()
+                    decided = tuple(Action(**a) for a in replayed.get("decided", []))
                     entry.update({k: v for k, v in replayed["timeline"].items() if k in _AUTONOMY_FIELDS})
                 else:
                     step = loop.step(result, 1.0 - s["serviceable"] / max(1.0, s["nodes"]))
@@ -300,75 +301,11 @@ def execute(
 _AUTONOMY_FIELDS = ("alarmed_nodes", "open_incidents", "mesh_state")
 
 
-@dataclasses.dataclass
-class _Replay:
-    """What a resumed run takes from the interrupted one: tick records and journaled actions."""
-
-    resumed_from: int | None
-    records: dict[int, dict[str, Any]]
-    journal: dict[int, tuple[Action, ...]]
-    last_tick: int
-
-    @classmethod
-    def none(cls) -> _Replay:
-        return cls(None, {}, {}, -1)
-
-    @classmethod
-    def load(cls, plan: Plan, mesh: Mesh) -> _Replay:
-        """The interrupted run's records; its shards have rewound to ``mesh.tick``."""
-        resumed_from = getattr(mesh, "resumed_from", None)
-        assert resumed_from is not None
-        records = read_ticks(plan.run_dir / TICKS_NAME)
-        missing = [t for t in range(resumed_from + 1) if t not in records]
-        if missing:
-            raise ShardLostError(
-                f"the run's tick records stop before tick {missing[0]} (its checkpoints are at tick "
-                f"{resumed_from}): nothing consistent to resume from"
-            )
-        journal = dict(mesh.journal.entries) if isinstance(mesh, ShardedMesh) else {}
-        last = max(
-            [t for t in records if t > resumed_from] + [t for t in journal if t > resumed_from], default=-1
-        )
-        log.warning("resuming run %s from tick %d (replaying up to tick %d)", plan.run_id, resumed_from, last)
-        return cls(resumed_from, records, journal, last)
-
-    @property
-    def replayed_ticks(self) -> int:
-        return max(0, self.last_tick - (self.resumed_from if self.resumed_from is not None else -1))
-
-    def kept_records(self) -> list[dict[str, Any]]:
-        if self.resumed_from is None:
-            return []
-        return [self.records[t] for t in range(self.resumed_from + 1)]
-
-    def timeline(self) -> list[dict[str, Any]]:
-        return [dict(r["timeline"]) for r in self.kept_records()]
-
-    def record(self, tick: int) -> dict[str, Any] | None:
-        """The interrupted run's record of ``tick`` if it is replayed (the driver had got that far)."""
-        if self.resumed_from is None or tick > self.last_tick:
-            return None
-        return self.records.get(tick, {"tick": tick, "timeline": {}})
-
-    def actions(self, tick: int) -> tuple[Action, ...]:
-        return self.journal.get(tick, ())
-
-    def decided_after(self) -> tuple[Action, ...]:
-        """What the controller decided at the checkpoint tick, for the first tick after it."""
-        if self.resumed_from is None or self.last_tick > self.resumed_from:
-            return ()
-        record = self.records.get(self.resumed_from, {})
-        return tuple(Action(**a) for a in record.get("decided", []))
-
-    def rebuild_alarms(self, loop: _Autonomy) -> None:
-        """Feed the evaluation's alarm ledger the ticks that are not re-run."""
-        if self.resumed_from is None:
-            return
-        for t in range(self.resumed_from + 1):
-            record = self.records[t]
-            loop.note_alarms(
-                [int(n) for n in record.get("alarmed", [])], [int(n) for n in record.get("at_fault", [])]
-            )
+def _replay(plan: Plan, mesh: Mesh) -> Replay:
+    """What a resumed run replays: its shards rewound to ``mesh.resumed_from``."""
+    if not isinstance(mesh, ShardedMesh) or mesh.resumed_from is None:
+        raise ConfigError("only a sharded mesh that resumed can replay a run")
+    return Replay.load(plan.run_dir / TICKS_NAME, mesh.resumed_from, dict(mesh.journal.entries), plan.run_id)
 
 
 def _at_fault(mesh: Mesh) -> list[int]:
@@ -401,9 +338,11 @@ class _Autonomy:
             adjacency = self.local.adjacency
         else:
             from x0tta6bl4.mapek.controller import mesh_view, start_controller
+            from x0tta6bl4.serve.thresholds import remove_board
             from x0tta6bl4.telemetry.source import source_name
 
             self.serve_config = deploy_serve(config)
+            remove_board(self.serve_config["app_name"])  # thresholds published by an earlier run
             names = [source_name(n) for n in _ray_node_ids()] if hosts else []
             self.actor = start_controller(
                 plan.run_id, plan.topology_spec, names, self.controller_config, self.serve_config
@@ -416,15 +355,20 @@ class _Autonomy:
         #: Ticks the controller could not be asked about at all (no actions decided for them).
         self.failed_ticks = 0
         self._last: Any = None
+        #: Actions the mesh applied that the controller has not been told about yet (its acks).
+        self._applied: list[tuple[int, str, int, int | None]] = []
 
     def step(self, result: TickResult, unserviceable_share: float) -> Any:
         if self.local is not None:
             step = self.local.step(result.tick, self.mesh.frame(result).features, unserviceable_share)
         else:
-            step = self._call("step", result.tick, unserviceable_share)
+            self._applied += [(a.tick, a.name, a.node, a.peer) for a in result.actions]
+            step = self._call("step", result.tick, unserviceable_share, self._applied)
             if step is None:  # the controller stayed away: this tick decides nothing
                 self.failed_ticks += 1
                 step = self._idle(result.tick)
+            else:
+                self._applied = []  # acknowledged
         self._last = step
         self.actions += len(step.actions)
         return step
@@ -494,9 +438,12 @@ class _Autonomy:
         import ray
         from ray import serve
 
+        from x0tta6bl4.serve.thresholds import remove_board
+
         ray.kill(self.actor)
         with contextlib.suppress(Exception):
             serve.delete(self.serve_config["app_name"])
+        remove_board(self.serve_config["app_name"])
 
 
 #: Tries of one controller call, and how long each may take (a restarted controller reloads its
@@ -513,38 +460,6 @@ def _ray_node_ids() -> list[str]:
     import ray
 
     return sorted(str(n["NodeID"]) for n in ray.nodes() if n.get("Alive"))
-
-
-def deploy_serve(config: RunConfig) -> dict[str, Any]:
-    """Deploy the anomaly and RAG apps (bootstrapping a detector if none is promoted); their config."""
-    from ray import serve
-
-    from x0tta6bl4.serve.app import build_app
-    from x0tta6bl4.serve.front import require_front_token
-
-    serve_config = _serve_config(config)
-    # The controller calls the deployments through handles, inside Ray's token boundary; over HTTP the
-    # gateway believes only the mTLS front (401 to anyone else on Serve's loopback port).
-    require_front_token(serve_config)
-    serve.start(
-        http_options={
-            "host": serve_config.http.host,
-            "port": serve_config.http.port,
-            "request_timeout_s": serve_config.http.request_timeout_s,
-        }
-    )
-    log.warning("deploying the Serve apps (detector and runbook index)...")
-    serve.run(build_app(serve_config), name=serve_config.app_name, route_prefix=serve_config.route_prefix)
-    return serve_config.model_dump(mode="json")
-
-
-def _serve_config(config: RunConfig) -> ServeConfig:
-    """The ServeConfig of the run's apps: Serve on loopback at ``serve_port``, the front at ``front_port``."""
-    from x0tta6bl4.serve.config import ServeConfig
-
-    return ServeConfig.model_validate(
-        {"http": {"port": config.serve_port}, "front": {"port": config.front_port}}
-    ).resolved()
 
 
 def _local_core(plan: Plan, controller_config: Any) -> Any:
@@ -639,38 +554,3 @@ def resumed_config(given: RunConfig, run_id: str) -> RunConfig:
         return RunConfig.model_validate(saved)
     except ValueError as exc:
         raise ConfigError(f"run {run_id}'s saved config is invalid: {exc}") from None
-
-
-def serve_forever(config: RunConfig) -> None:
-    """Keep Serve (behind its mTLS front), the controller and the dashboard up until Ctrl-C or SIGTERM."""
-    import signal
-    import threading
-
-    import ray
-    from ray import serve
-
-    from x0tta6bl4.serve.front import build_front, curl_hint, front_url
-
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    serve_config = _serve_config(config)
-    front = build_front(serve_config)
-    if front is None:  # the run's ServeConfig never turns the front off
-        raise ConfigError("the run's Serve apps are reachable only through the mTLS front")
-    url = front_url(serve_config, front.start())
-    print(f"serving through the mTLS front: {url} (Ctrl-C to stop)", file=sys.stderr)
-    print(curl_hint(url), file=sys.stderr)
-    try:
-        while not stop.is_set():
-            stop.wait(0.5)
-    except KeyboardInterrupt:
-        pass
-    from x0tta6bl4 import RAY_NAMESPACE
-    from x0tta6bl4.mapek.controller import CONTROLLER_NAME
-
-    front.stop()
-    with contextlib.suppress(Exception):
-        ray.kill(ray.get_actor(CONTROLLER_NAME, namespace=RAY_NAMESPACE))
-    with contextlib.suppress(Exception):
-        serve.shutdown()
-    ray.shutdown()

@@ -8,14 +8,17 @@ resume only needs them up to the shards' common checkpoint); a torn last line is
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from x0tta6bl4.durable import fsync_file, write_atomic
 from x0tta6bl4.errors import ConfigError
+from x0tta6bl4.mesh.faults import Action
 
 log = logging.getLogger(__name__)
 
@@ -86,3 +89,79 @@ class TickLog:
         if not self._fh.closed:
             self._fh.close()
             fsync_file(self.path)
+
+
+@dataclasses.dataclass
+class Replay:
+    """What a resumed run takes from the interrupted one: tick records and journaled actions.
+
+    Ticks up to ``resumed_from`` (the shards' common checkpoint) are kept as recorded; ticks after
+    it up to ``last_tick`` (as far as the interrupted driver got) are re-run with the journaled
+    actions, the controller's share of them taken from their records.
+    """
+
+    resumed_from: int | None
+    records: dict[int, dict[str, Any]]
+    journal: dict[int, tuple[Action, ...]]
+    last_tick: int
+
+    @classmethod
+    def none(cls) -> Replay:
+        """Nothing to replay (a new run)."""
+        return cls(None, {}, {}, -1)
+
+    @classmethod
+    def load(
+        cls, ticks_path: Path, resumed_from: int, journal: dict[int, tuple[Action, ...]], run_id: str
+    ) -> Replay:
+        """The interrupted run's records, for shards rewound to ``resumed_from``.
+
+        Raises:
+            ConfigError: the records stop before the checkpoint (nothing consistent to resume).
+        """
+        records = read_ticks(ticks_path)
+        missing = [t for t in range(resumed_from + 1) if t not in records]
+        if missing:
+            raise ConfigError(
+                f"run {run_id}'s tick records stop before tick {missing[0]} (its checkpoints are at "
+                f"tick {resumed_from}): nothing consistent to resume from"
+            )
+        later = [t for t in (*records, *journal) if t > resumed_from]
+        last = max(later, default=resumed_from)
+        log.warning("resuming run %s from tick %d (replaying up to tick %d)", run_id, resumed_from, last)
+        return cls(resumed_from, records, journal, last)
+
+    @property
+    def replayed_ticks(self) -> int:
+        return 0 if self.resumed_from is None else self.last_tick - self.resumed_from
+
+    def kept_records(self) -> list[dict[str, Any]]:
+        """Records of the ticks that are not re-run."""
+        if self.resumed_from is None:
+            return []
+        return [self.records[t] for t in range(self.resumed_from + 1)]
+
+    def timeline(self) -> list[dict[str, Any]]:
+        return [dict(r["timeline"]) for r in self.kept_records()]
+
+    def record(self, tick: int) -> dict[str, Any] | None:
+        """The interrupted run's record of ``tick`` when it is re-run (the driver had got that far)."""
+        if self.resumed_from is None or tick > self.last_tick:
+            return None
+        return self.records.get(tick, {"tick": tick, "timeline": {}})
+
+    def actions(self, tick: int) -> tuple[Action, ...]:
+        """The actions the interrupted run applied at ``tick``."""
+        return self.journal.get(tick, ())
+
+    def decided_after(self) -> tuple[Action, ...]:
+        """What the controller decided at the last recorded tick, for the first tick after the replay."""
+        record = self.records.get(self.last_tick, {}) if self.resumed_from is not None else {}
+        return tuple(Action(**a) for a in record.get("decided", []))
+
+    def rebuild_alarms(self, note_alarms: Callable[[list[int], list[int]], None]) -> None:
+        """Feed the evaluation's alarm ledger the ticks that are not re-run."""
+        for record in self.kept_records():
+            note_alarms(
+                [int(n) for n in record.get("alarmed", [])], [int(n) for n in record.get("at_fault", [])]
+            )

@@ -177,7 +177,8 @@ def _throughput_results(quick: bool) -> list[dict[str, Any]]:
     import ray
 
     from x0tta6bl4.autonomy.config import RunConfig
-    from x0tta6bl4.autonomy.job import deploy_serve, plan_run
+    from x0tta6bl4.autonomy.job import plan_run
+    from x0tta6bl4.autonomy.serving import deploy_serve
     from x0tta6bl4.connect import connect_ray, disconnect_ray
     from x0tta6bl4.mapek.config import ControllerConfig
     from x0tta6bl4.mapek.controller import start_controller

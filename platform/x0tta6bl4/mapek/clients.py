@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import numpy.typing as npt
 
 from x0tta6bl4.errors import X0tta6bl4Error
 from x0tta6bl4.security.identity import WorkloadKind, workload_id
-from x0tta6bl4.serve.config import AnomalyUserConfig, ServeConfig, Thresholds
+from x0tta6bl4.serve.config import AnomalyUserConfig, ServeConfig
 from x0tta6bl4.serve.errors import ModelChangedError, RequestError, deployment_error
 from x0tta6bl4.serve.snapshot import Snapshot, stream_key
 
@@ -57,7 +56,7 @@ class LocalScorer:
         return np.asarray(out["scores"], dtype=np.float32)
 
     def push_thresholds(self, default: float, per_node: dict[str, float]) -> None:
-        self._scorer.apply(AnomalyUserConfig(thresholds=Thresholds(default=default, per_node=per_node)))
+        self._scorer.apply_thresholds(default, per_node)
         self.pushed.append((default, len(per_node)))
 
 
@@ -85,11 +84,11 @@ class LocalRunbooks:
 class ServedScorer:
     """The served anomaly app through its deployment handle (numpy arrays travel, no JSON).
 
-    Thresholds are pushed as the app's ``user_config``: a redeploy that changes only it updates
-    the running replicas in place, in a background thread so the loop never waits for it.
+    Thresholds are published on the app's threshold board (:mod:`x0tta6bl4.serve.thresholds`),
+    which every replica follows: a push never redeploys the app.
 
     Args:
-        serve_config: the config the app was deployed with (the redeploy must match it).
+        serve_config: the config the app was deployed with (its name and handles).
         timeout_s: how long one scoring call may take.
     """
 
@@ -100,7 +99,7 @@ class ServedScorer:
         self.timeout_s = timeout_s
         self._handle = serve.get_deployment_handle("AnomalyDetector", app_name=self.config.app_name)
         self._contract: tuple[tuple[str, ...], Any] | None = None
-        self._push_thread: threading.Thread | None = None
+        self._board: Any = None
         self.pushed = 0
 
     def contract(self) -> tuple[tuple[str, ...], float]:
@@ -131,30 +130,21 @@ class ServedScorer:
         return np.asarray(json.loads(body)["scores"], dtype=np.float32)
 
     def push_thresholds(self, default: float, per_node: dict[str, float]) -> None:
-        if self._push_thread is not None and self._push_thread.is_alive():
-            return  # the previous push is still rolling out; the next one carries newer values
-        config = self.config.model_copy(deep=True)
-        config.anomaly.user.thresholds = Thresholds(default=default, per_node=per_node)
+        """Publish thresholds on the app's board; every replica applies them, nothing is redeployed.
 
-        def push() -> None:
-            from ray import serve
+        The served version, replica counts and whatever else an operator set stay as they are.
+        """
+        from x0tta6bl4.serve.thresholds import open_board
 
-            from x0tta6bl4.serve.app import build_app
-
-            try:
-                status = serve.status().applications.get(config.app_name)
-                if status is None or str(status.status).split(".")[-1] != "RUNNING":
-                    log.warning("anomaly app is not running; thresholds not pushed")
-                    return  # never resurrect an app someone deleted or is redeploying
-                serve.run(
-                    build_app(config), name=config.app_name, route_prefix=config.route_prefix, blocking=False
-                )
-                self.pushed += 1
-            except Exception as exc:
-                log.warning("pushing thresholds to the anomaly app failed: %s", exc)
-
-        self._push_thread = threading.Thread(target=push, name="threshold-push", daemon=True)
-        self._push_thread.start()
+        if self._board is None:
+            self._board = open_board(self.config.app_name)
+        try:
+            self._board.publish.remote(float(default), {str(k): float(v) for k, v in per_node.items()})
+        except Exception as exc:  # the board is restarting: the next push carries newer values
+            self._board = None
+            log.warning("publishing thresholds failed: %s", exc)
+            return
+        self.pushed += 1
 
 
 class ServedRunbooks:

@@ -141,8 +141,18 @@ class MapeKController:
         self.monitor_errors.append(message)
         del self.monitor_errors[:-100]
 
-    def step(self, tick: int, unserviceable_share: float = 0.0) -> StepResult:
-        """Monitor, analyse, plan and execute for ``tick``; returns the actions for the next tick."""
+    def step(
+        self,
+        tick: int,
+        unserviceable_share: float = 0.0,
+        applied: list[tuple[int, str, int, int | None]] | None = None,
+    ) -> StepResult:
+        """Monitor, analyse, plan and execute for ``tick``; returns the actions for the next tick.
+
+        ``applied``: what the mesh applied since the last step that answered (the acknowledgement
+        of earlier actions; see :meth:`ControllerCore.acknowledge`).
+        """
+        self.core.acknowledge(applied)
         try:
             features = self._monitor(tick)
         except Exception as exc:  # a shard restarting: keep the last thresholds, act on nothing

@@ -1,8 +1,15 @@
-"""The MAPE-K loop without Ray: monitor scores, analyse, plan from runbooks, execute, learn."""
+"""The MAPE-K loop without Ray: monitor scores, analyse, plan from runbooks, execute, learn.
+
+The module is one unit: the four phases share one mutable state (incidents, the learner,
+cooldowns, attempts awaiting the mesh's acknowledgement) that each phase reads and writes every
+tick; split across modules, that state would travel between them without any phase becoming
+testable alone (each is tested through ``ControllerCore.step``).
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -105,10 +112,13 @@ class ControllerCore:
             "late_detections": 0,
             "pushes": 0,
             "push_errors": 0,
+            "attempts_discarded": 0,
         }
         self.audit = ControllerAudit(config, run_id, self.counters, self.errors)
         self.stats = knowledge.action_stats()
         self._last_push = -1
+        #: Attempts recorded as pending: the mesh has not acknowledged them yet (see :meth:`acknowledge`).
+        self._unacked: list[tuple[Incident, Attempt]] = []
         #: Tick of the checkpoint this controller resumed from (None: it started fresh).
         self.restored_tick: int | None = None
         self._restore()
@@ -130,6 +140,14 @@ class ControllerCore:
         for inc in self.incidents:
             for a in inc.attempts:
                 self._remember_action(a.action, a.node, a.peer, a.tick)
+        by_id = {i.incident_id: i for i in self.incidents}
+        for pending in self.knowledge.pending_attempts(self.run_id):
+            owner = by_id.get(int(pending["incident_id"]))
+            if owner is None:
+                continue
+            match = [a for a in owner.attempts if a.attempt == pending["attempt"]]
+            if match:
+                self._unacked.append((owner, match[0]))
         log.info(
             "controller resumed run %s at tick %d with %d incidents", self.run_id, tick, len(self.incidents)
         )
@@ -141,8 +159,20 @@ class ControllerCore:
         self.knowledge.save_learner(self.run_id, tick, state)
 
     # --------------------------------------------------------------- monitor
-    def step(self, tick: int, features: F32, unserviceable_share: float = 0.0) -> StepResult:
-        """One tick of telemetry (``[nodes, features]`` in FEATURES order, NaN = not measured)."""
+    def step(
+        self,
+        tick: int,
+        features: F32,
+        unserviceable_share: float = 0.0,
+        applied: Sequence[tuple[int, str, int, int | None]] | None = None,
+    ) -> StepResult:
+        """One tick of telemetry (``[nodes, features]`` in FEATURES order, NaN = not measured).
+
+        ``applied``: the actions the mesh applied since the last step that answered, as
+        ``(tick, action, node, peer)`` (see :meth:`acknowledge`); None when every action this
+        controller returned is applied (an in-process loop).
+        """
+        self.acknowledge(applied)
         if tick <= self.last_tick:
             return self.idle(tick)
         self.last_tick = tick
@@ -184,6 +214,43 @@ class ControllerCore:
             pushed,
             tuple(errors),
         )
+
+    def acknowledge(self, applied: Sequence[tuple[int, str, int, int | None]] | None) -> None:
+        """Settle the attempts awaiting the mesh's acknowledgement.
+
+        An attempt the mesh applied is recorded as sent; one it never received (the step that
+        returned it never reached the driver: the controller died, or its answer timed out) is
+        discarded, so the incident plans again instead of waiting on an action that never ran.
+        """
+        if not self._unacked:
+            return
+        done = None if applied is None else {(int(t), a, int(n), p) for t, a, n, p in applied}
+        discarded = False
+        for inc, attempt in self._unacked:
+            key = (attempt.tick, attempt.action, attempt.node, attempt.peer)
+            if done is None or key in done:
+                self.knowledge.mark_sent(self.run_id, inc.incident_id, attempt.attempt, attempt.tick)
+                continue
+            if attempt in inc.attempts:
+                inc.attempts.remove(attempt)
+            if not inc.attempts and inc.status == "acting":
+                inc.status = "open"
+            self.knowledge.discard_attempt(self.run_id, inc.to_dict(), attempt.attempt)
+            self.counters["attempts_discarded"] += 1
+            discarded = True
+        self._unacked.clear()
+        if discarded:  # cooldowns and "already done" marks count only what the mesh received
+            self._recount_actions()
+
+    def _recount_actions(self) -> None:
+        self.restarted_at.clear()
+        self.scaled.clear()
+        self.rate_limited.clear()
+        self.isolated.clear()
+        self.avoided_links.clear()
+        for inc in self.incidents:
+            for a in inc.attempts:
+                self._remember_action(a.action, a.node, a.peer, a.tick)
 
     def _max_window(self) -> int:
         return max(1, self.config.healthy_interval_ticks)
@@ -457,8 +524,8 @@ class ControllerCore:
             inc.attempts.append(attempt)
             inc.status = "acting"
             self._remember_action(name, node, peer, tick + 1)
-            self.knowledge.save_action(self.run_id, inc.incident_id, attempt.to_dict())
-            self.knowledge.save_incident(self.run_id, inc.to_dict())
+            self.knowledge.record_attempt(self.run_id, inc.to_dict(), attempt.to_dict())  # pending
+            self._unacked.append((inc, attempt))
             reason = f"incident {inc.incident_id} ({source}): {inc.description}"[:300]
             self.audit.action_sent(inc.incident_id, attempt, tick + 1)
             return Action(name, node, peer, tick + 1, reason=reason)
@@ -528,9 +595,10 @@ class ControllerCore:
         attempt.outcome = "success" if ok else "failed"
         attempt.judged_tick = tick
         self.audit.action_judged(inc.incident_id, attempt, tick)
-        self.knowledge.save_action(self.run_id, inc.incident_id, attempt.to_dict())
+        self.knowledge.record_judgement(
+            self.run_id, inc.to_dict(), attempt.to_dict(), ok, learn=self.config.learning
+        )
         if self.config.learning:
-            self.knowledge.record_outcome(inc.signature, attempt.action, ok)
             ok_n, bad_n = self.stats.setdefault(inc.signature, {}).get(attempt.action, (0, 0))
             self.stats[inc.signature][attempt.action] = (ok_n + ok, bad_n + (not ok))
 

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 
 from x0tta6bl4.errors import X0tta6bl4Error
-from x0tta6bl4.mesh.control import ControlParams, FaultStatus, _RoutingInputs
+from x0tta6bl4.mesh.control import ControlParams, FaultStatus, RoutingInputs
 from x0tta6bl4.mesh.faults import Action, Fault
 
 #: Dataclasses a checkpoint may hold, by the name it records (decoding builds nothing else).
-_TYPES: dict[str, type] = {t.__name__: t for t in (Action, ControlParams, Fault, FaultStatus, _RoutingInputs)}
+_TYPES: dict[str, type] = {t.__name__: t for t in (Action, ControlParams, Fault, FaultStatus, RoutingInputs)}
 _META = "__structure__"
 #: Largest checkpoint member read back (a 100,000-node region holds a few MB per array).
 MAX_MEMBER_BYTES = 1 << 30

@@ -48,7 +48,7 @@ class FaultStatus:
 
 
 @dataclasses.dataclass(frozen=True)
-class _RoutingInputs:
+class RoutingInputs:
     participating: npt.NDArray[np.bool_]
     may_forward: npt.NDArray[np.bool_]
     roots: npt.NDArray[np.bool_]
@@ -92,7 +92,7 @@ class MeshControl:
         self.labels = np.zeros(n, dtype=np.int8)
         self.actions: list[Action] = []
         # Routing: snapshots of its inputs, each effective convergence_ticks after the change.
-        self._routing_history: list[tuple[int, _RoutingInputs]] = [(-(10**9), self._routing_inputs())]
+        self._routing_history: list[tuple[int, RoutingInputs]] = [(-(10**9), self._routing_inputs())]
         self._last_routing_key = self._routing_key()
         self._routing_base = 0  # version number of _routing_history[0]
         self._tree_version = -1
@@ -150,10 +150,10 @@ class MeshControl:
             self._routing_history.pop(0)
             self._routing_base += 1
 
-    def _routing_inputs(self) -> _RoutingInputs:
+    def _routing_inputs(self) -> RoutingInputs:
         down = self.crashed | (self.booting_until > self.tick)
         participating = ~(down | self.isolated)
-        return _RoutingInputs(
+        return RoutingInputs(
             participating=participating,
             may_forward=participating & (~self.avoided | self.blackhole),
             roots=(self.topology.gateways | self.blackhole) & participating,

@@ -1,4 +1,9 @@
-"""Versioned model registry on any fsspec URI: write, verify, promote and load model versions."""
+"""Versioned model registry on any fsspec URI: write, verify, promote and load model versions.
+
+The module is one unit: writing, reading, verifying and promoting all obey one on-disk format and
+its commit order (a version's files, then its manifest; the promotion history, then
+``PROMOTED.json``), and keeping them in one class keeps those invariants in one place.
+"""
 
 from __future__ import annotations
 

@@ -95,6 +95,7 @@ class AnomalyScorer:
         self.model: HotSwap[ServedModel] = HotSwap(name="anomaly detector")
         self._user: AnomalyUserConfig | None = None
         self._thresholds = _Thresholds(FALLBACK_THRESHOLD, {}, 0)
+        self._thresholds_source = "user_config"
         self._lock = threading.Lock()
         self._edge_cache: collections.OrderedDict[tuple[int, bytes], np.ndarray] = collections.OrderedDict()
 
@@ -126,6 +127,7 @@ class AnomalyScorer:
             t = user.thresholds
             default = t.default if t.default is not None else served.suggested_threshold
             self._thresholds = _Thresholds(float(default), dict(t.per_node), self._thresholds.version + 1)
+            self._thresholds_source = "user_config"
             self._user = user
         log.info(
             "anomaly: serving %s, default threshold %.3g, %d per-node",
@@ -133,6 +135,12 @@ class AnomalyScorer:
             default,
             len(t.per_node),
         )
+
+    def apply_thresholds(self, default: float, per_node: dict[str, float]) -> None:
+        """Replace only the thresholds (the controller's push); the served version stays as it is."""
+        with self._lock:
+            self._thresholds = _Thresholds(float(default), dict(per_node), self._thresholds.version + 1)
+            self._thresholds_source = "controller"
 
     def _load(self, version: str | None) -> ServedModel:
         detector, loaded = load_detector(self.registry, version, self.provenance)
@@ -216,6 +224,7 @@ class AnomalyScorer:
             "default_threshold": self._thresholds.default,
             "per_node_thresholds": len(self._thresholds.per_node),
             "thresholds_version": self._thresholds.version,
+            "thresholds_source": self._thresholds_source,
             "last_load_error": self.model.last_error,
             "provenance": {
                 "require_signatures": self.config.provenance.require_signatures,
@@ -244,6 +253,29 @@ class AnomalyDetector:
         self._streams: StreamTable[RollingInputs] = StreamTable(
             self.config.max_streams_per_owner, self.config.max_stream_owners
         )
+        self._board_revision = 0
+        self._board_follower: asyncio.Task[None] | None = None
+
+    async def _follow_board(self) -> None:
+        """Apply the thresholds the controller publishes on the app's board (see serve.thresholds)."""
+        from x0tta6bl4.serve.thresholds import BOARD_POLL_S, find_board
+
+        app_name = serve.get_replica_context().app_name
+        board = None
+        while True:
+            await asyncio.sleep(BOARD_POLL_S)
+            try:
+                board = board or find_board(app_name)
+                if board is None:
+                    continue
+                newer = await board.since.remote(self._board_revision)
+            except Exception as exc:  # the board restarting or removed: look it up again next time
+                log.debug("threshold board unavailable: %s", exc)
+                board = None
+                continue
+            if newer is not None:
+                self._board_revision, default, per_node = newer
+                self.scorer.apply_thresholds(default, per_node)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve's user_config hook: the model version and thresholds, applied in place.
@@ -255,6 +287,8 @@ class AnomalyDetector:
         if self.config.bootstrap and user.model_version is None and self.scorer.model.current is None:
             await asyncio.to_thread(ensure_promoted, self.scorer.registry, None, self.scorer.provenance)
         await asyncio.to_thread(self.scorer.apply, user)
+        if self._board_follower is None:
+            self._board_follower = asyncio.create_task(self._follow_board())
 
     def check_health(self) -> None:
         """Unhealthy only when no detector is loaded (a refused new version keeps the old one serving)."""

@@ -49,7 +49,7 @@ def scorer(tmp_path_factory):
     return LocalScorer(str(registry.uri))
 
 
-def _run(scorer, runbooks, ticks=60):
+def _run(scorer, runbooks, ticks=60, lose_first=False):
     from x0tta6bl4.autonomy.config import RunConfig
     from x0tta6bl4.autonomy.job import plan_run
     from x0tta6bl4.mapek.controller import mesh_view
@@ -83,8 +83,11 @@ def _run(scorer, runbooks, ticks=60):
     actions: tuple[Any, ...] = ()
     steps = []
     for _ in range(ticks):
+        if lose_first and actions:  # the answer carrying the first action never reached the driver
+            actions, lose_first = (), False
         result = mesh.step(actions)
-        step = core.step(result.tick, mesh.frame(result).features)
+        applied = [(a.tick, a.name, a.node, a.peer) for a in result.actions]
+        step = core.step(result.tick, mesh.frame(result).features, applied=applied)
         steps.append(step)
         actions = step.actions
     return core, mesh, steps
@@ -119,3 +122,14 @@ def test_a_named_action_heals_the_crash_and_is_recorded_as_knowledge(scorer):
     incident = next(i for i in core.incidents if 210 in i.nodes)
     assert incident.status == "resolved" and incident.attempts[-1].outcome == "success"
     assert core.stats[incident.signature]["restart_node"][0] >= 1
+
+
+def test_an_action_the_mesh_never_received_is_discarded_and_planned_again(scorer):
+    core, mesh, _ = _run(scorer, _Runbooks("restart_node"), lose_first=True)
+    assert core.counters["attempts_discarded"] == 1
+    incident = next(i for i in core.incidents if 210 in i.nodes)
+    assert incident.status == "resolved"
+    applied = [a for a in mesh.control.actions if a.node == 210]
+    assert len(applied) == 1 and incident.attempts[-1].tick == applied[0].tick  # planned again, applied once
+    for attempt in incident.attempts:
+        assert core.knowledge.attempt_state("t", incident.incident_id, attempt.attempt) == "sent"

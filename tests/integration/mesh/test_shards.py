@@ -161,7 +161,9 @@ def test_shards_restarted_between_ticks_and_again_during_their_replay_are_recove
         assert np.array_equal(ref.features, got.features)
 
 
-def test_a_run_whose_driver_died_resumes_from_the_common_checkpoint_bit_for_bit(ray_local, tmp_path, reference):
+def test_a_run_whose_driver_died_resumes_from_the_common_checkpoint_bit_for_bit(
+    ray_local, tmp_path, reference
+):
     topology = TOPO.build()
     spec = _spec(tmp_path, topology)
     actions = _actions(spec)

@@ -3,7 +3,6 @@
 import dataclasses
 import io
 import pickle
-import zipfile
 
 import numpy as np
 import pytest
@@ -99,7 +98,9 @@ def test_a_checkpoint_holding_a_pickle_is_refused_and_runs_nothing(tmp_path):
             return (exec, ("raise SystemExit('ran code')",))
 
     buf = io.BytesIO()
-    np.savez(buf, __structure__=np.frombuffer(b'{"nd": "a0"}', dtype=np.uint8), a0=np.array([Boom()], dtype=object))
+    np.savez(
+        buf, __structure__=np.frombuffer(b'{"nd": "a0"}', dtype=np.uint8), a0=np.array([Boom()], dtype=object)
+    )
     with pytest.raises(CheckpointError):
         decode_state(buf.getvalue())
     with pytest.raises(CheckpointError):
@@ -109,15 +110,10 @@ def test_a_checkpoint_holding_a_pickle_is_refused_and_runs_nothing(tmp_path):
 
 
 def test_a_checkpoint_naming_an_unknown_type_is_refused():
-    blob = encode_state({"a": 1})
     buf = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(blob)) as src, zipfile.ZipFile(buf, "w") as dst:
-        for info in src.infolist():
-            data = src.read(info)
-            if info.filename.startswith("__structure__"):
-                data = data.replace(b'{"dict"', b'{"dc": "Popen", "fields": {}, "x"')  # keep the npy header length
-            dst.writestr(info, data)
-    with pytest.raises(CheckpointError):
+    structure = b'{"dc": "Popen", "fields": {"args": "sh"}}'
+    np.savez(buf, __structure__=np.frombuffer(structure, dtype=np.uint8))
+    with pytest.raises(CheckpointError, match="unknown type 'Popen'"):
         decode_state(buf.getvalue())
 
 
