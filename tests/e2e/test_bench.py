@@ -61,6 +61,15 @@ CONTRACT: dict[str, dict[str, str | tuple[str, ...] | None]] = {
         "artifact_sign_ms": "write_version_ms",
         "artifact_verify_ms": "verified_load_ms",
     },
+    "chaos": {
+        "chaos_run_completed": None,
+        "chaos_report_written": None,
+        "chaos_timeline_mismatch_ticks": None,
+        "chaos_mttr_ticks": "unharmed_mttr_ticks",
+        "fuzz_requests": None,
+        "fuzz_5xx": None,
+        "fuzz_max_latency_ms": None,
+    },
 }
 
 
@@ -204,3 +213,17 @@ def test_bench_security_quick_follows_the_contract(cli_env):
     assert rows["rotation_failed_requests"]["params"]["front_rotations"] >= 1, "the run spans a rotation"
     mesh = rows["ray_auth_mesh_ticks_per_s"]["params"]
     assert (mesh["ray_auth_mode"], mesh["baseline_ray_auth_mode"]) == ("token", "disabled")
+
+
+def test_bench_chaos_quick_survives_each_kill_and_resumes_the_killed_driver(cli_env):
+    doc = run_quick("chaos", cli_env, timeout=900)
+    by_target: dict[str, dict[str, dict]] = {}
+    for row in doc["results"]:
+        by_target.setdefault(row["params"].get("target", ""), {})[row["name"]] = row
+    for target in ("shard", "driver", "controller"):  # each SIGKILLed mid-run; the driver resumed
+        rows = by_target[target]
+        assert rows["chaos_run_completed"]["value"] == 1.0, target
+        assert rows["chaos_report_written"]["value"] == 1.0, target
+    for target in ("shard", "driver"):  # the mesh without the controller is deterministic
+        assert by_target[target]["chaos_timeline_mismatch_ticks"]["value"] == 0.0, target
+    assert by_target[""]["fuzz_5xx"]["value"] == 0.0 and by_target[""]["fuzz_requests"]["value"] > 0

@@ -125,6 +125,8 @@ def test_scripted_actions_from_a_yaml_config_heal_their_faults(tmp_path, cli_env
         (["--config", "/nonexistent.yaml"], "does not exist"),
         (["--mode", "psychic"], "invalid choice"),
         (["--serve-port", "0"], "serve_port"),
+        (["--resume", "never-ran"], "no run to resume"),
+        (["--resume", "../x"], "must be a plain name"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2_before_anything_starts(tmp_path, cli_env, args, message):

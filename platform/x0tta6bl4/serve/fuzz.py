@@ -93,7 +93,9 @@ def fuzz_gateway(
 
     # npz bodies are bytes: send what the binary schema generates as they are (not skipped).
     schemathesis.serializer.alias("application/x-npz", "application/octet-stream")
-    schema = schemathesis.openapi.from_url(f"{base_url.rstrip('/')}/openapi.json", timeout=timeout_s)
+    schema = schemathesis.openapi.from_url(
+        f"{base_url.rstrip('/')}/openapi.json", timeout=timeout_s, headers=dict(headers or {})
+    )
     report = FuzzReport()
     deadline = time.monotonic() + budget_s
     session = requests.Session()

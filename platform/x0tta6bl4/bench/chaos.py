@@ -1,0 +1,308 @@
+"""bench chaos: seeded runs with one component SIGKILLed mid-run each, against the same seed unharmed; a fuzz.
+
+Mesh-layer kills (a shard; the driver, then ``--resume``) run without the controller, so the
+run is deterministic and its timeline must equal the unharmed run's tick for tick. Kills of the
+loop's components (the controller twice, a detector, retriever or gateway replica, an
+EbpfSource) run with the controller: their timelines depend on when thresholds reach the
+replicas, so they are compared by completion and MTTR. Every kill is a real ``SIGKILL`` of the
+component's process; the driver is a separate ``x0tta6bl4 run`` process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from x0tta6bl4 import RAY_NAMESPACE
+from x0tta6bl4.bench._report import result
+
+#: nodes, regions, ticks, tick of the (first) kill.
+FULL = (2000, 4, 160, 60)
+QUICK = (300, 3, 50, 22)
+SEED = 101
+#: Fault rate by quick: the short run needs a denser schedule to have faults to repair.
+FAULTS_PER_1000_TICKS = {False: 40.0, True: 120.0}
+#: Ticks between the controller's two kills.
+SECOND_KILL_AFTER = 15
+#: Serve deployments whose replica a case kills, by target name.
+REPLICAS = {"detector": "AnomalyDetector", "retriever": "RunbookRetriever", "gateway": "Gateway"}
+
+
+def results(quick: bool = False) -> list[dict[str, Any]]:
+    """Every row (``quick``: a small mesh and only the shard, controller and driver cases, for the tests)."""
+    from x0tta6bl4.connect import connect_ray, disconnect_ray
+
+    nodes, regions, ticks, kill_at = QUICK if quick else FULL
+    params = {"nodes": nodes, "regions": regions, "ticks": ticks, "kill_tick": kill_at, "seed": SEED}
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="x0tta6bl4-chaos-") as tmp:
+        runs = Path(tmp)
+        conn = connect_ray(dashboard=True)
+        try:
+            size = {
+                "nodes": nodes,
+                "regions": regions,
+                "ticks": ticks,
+                "seed": SEED,
+                "runs_dir": runs,
+                "faults_per_1000_ticks": FAULTS_PER_1000_TICKS[quick],
+                # One port for every run: Serve keeps the HTTP options it was first started with.
+                "serve_port": _free_port(),
+            }
+            mesh_only = _run(size, "mesh-base", autonomy=False)
+            rows += _case("shard", _run(size, "shard", False, _kill_shard(kill_at)), mesh_only, params)
+            rows += _case("driver", _driver_case(size, runs, kill_at), mesh_only, params)
+            loop_base = _run(size, "loop-base", autonomy=True)
+            targets = ["controller"] if quick else ["controller", *REPLICAS, "ebpf"]
+            fuzzed: list[Any] = []
+            for target in targets:
+                kill = (
+                    _kill_controller(kill_at)
+                    if target == "controller"
+                    else _kill_named(target, kill_at, conn)
+                )
+                if target == "controller":  # the live run's gateway is fuzzed before its kills
+                    kill = _fuzz_first(kill, _config(size, target, True), quick, kill_at - 3, fuzzed)
+                report = _run(size, target, True, kill, ebpf=target == "ebpf")
+                rows += _case(target, report, loop_base, params)
+            rows += _fuzz_rows(fuzzed)
+        finally:
+            disconnect_ray(conn)
+    return rows
+
+
+def _config(size: dict[str, Any], run_id: str, autonomy: bool, ebpf: bool = False) -> Any:
+    from x0tta6bl4.autonomy.config import RunConfig
+
+    return RunConfig(**size, run_id=run_id, autonomy=autonomy, ebpf=ebpf)
+
+
+def _run(
+    size: dict[str, Any],
+    run_id: str,
+    autonomy: bool,
+    kill: Callable[[int], None] | None = None,
+    ebpf: bool = False,
+) -> dict[str, Any]:
+    """One run in this process; a run that fails still leaves its report (read back from disk)."""
+    from x0tta6bl4.autonomy.job import execute, plan_run
+
+    plan = plan_run(_config(size, run_id, autonomy, ebpf))
+    print(f"bench chaos: run {run_id}", file=sys.stderr, flush=True)
+    try:
+        return execute(plan, on_tick=(lambda r: kill(r.tick)) if kill is not None else None)
+    except Exception as exc:
+        print(f"bench chaos: run {run_id} failed: {exc}", file=sys.stderr, flush=True)
+        return _read_report(plan.run_dir) or {"status": "failed", "error": str(exc)}
+
+
+def _read_report(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        loaded: dict[str, Any] = json.loads((run_dir / "report.json").read_text())
+        return loaded
+    except (OSError, ValueError):
+        return None
+
+
+def _case(
+    target: str, report: dict[str, Any], base: dict[str, Any], params: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The rows of one kill target against the unharmed run of the same kind."""
+    p = {**params, "target": target}
+    completed = report.get("status") == "completed" and len(report.get("timeline", [])) == params["ticks"]
+    written = "timeline" in report
+    rows = [
+        result("chaos_run_completed", float(completed), "bool", p, target=("value", ">=", 1)),
+        result("chaos_report_written", float(written), "bool", p, target=("value", ">=", 1)),
+    ]
+    mismatch = _mismatch(report.get("timeline", []), base.get("timeline", []))
+    deterministic = target in ("shard", "driver")
+    rows.append(
+        result(
+            "chaos_timeline_mismatch_ticks",
+            mismatch,
+            "ticks",
+            p,
+            target=("value", "<=", 0) if deterministic else None,
+        )
+    )
+    mttr, base_mttr = report.get("summary", {}).get("mttr_ticks"), base.get("summary", {}).get("mttr_ticks")
+    if mttr is not None and base_mttr:
+        rows.append(
+            result(
+                "chaos_mttr_ticks",
+                mttr,
+                "ticks",
+                p,
+                baseline=("unharmed_mttr_ticks", base_mttr),
+                target=("ratio", "<=", 1.2),
+            )
+        )
+    recovery = report.get("recovery", {})
+    for key in ("shard_restarts", "controller_failures"):
+        if recovery.get(key):
+            rows.append(result(f"chaos_{key}", float(recovery[key]), "count", p))
+    return rows
+
+
+def _mismatch(timeline: list[dict[str, Any]], base: list[dict[str, Any]]) -> int:
+    """Ticks whose entries differ (a missing tick counts)."""
+    differ = sum(1 for a, b in zip(timeline, base, strict=False) if a != b)
+    return differ + abs(len(timeline) - len(base))
+
+
+def _pid_kill(pid: int) -> None:
+    import psutil
+
+    os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(psutil.Error):
+        psutil.Process(pid).wait(timeout=30)
+
+
+def _kill_shard(at: int) -> Callable[[int], None]:
+    def kill(tick: int) -> None:
+        if tick == at:
+            import ray
+
+            from x0tta6bl4.mesh.shard import shard_name
+
+            shard = ray.get_actor(shard_name(1), namespace=RAY_NAMESPACE)
+            _pid_kill(int(ray.get(shard.status.remote(), timeout=30)["pid"]))
+
+    return kill
+
+
+def _kill_controller(at: int) -> Callable[[int], None]:
+    def kill(tick: int) -> None:
+        if tick in (at, at + SECOND_KILL_AFTER):
+            import ray
+
+            from x0tta6bl4.mapek.controller import CONTROLLER_NAME
+
+            controller = ray.get_actor(CONTROLLER_NAME, namespace=RAY_NAMESPACE)
+            _pid_kill(int(ray.get(controller.status.remote(), timeout=60)["pid"]))
+
+    return kill
+
+
+def _kill_named(target: str, at: int, conn: Any) -> Callable[[int], None]:
+    """SIGKILL the first live actor of a Serve deployment (``REPLICAS``) or an EbpfSource."""
+
+    def kill(tick: int) -> None:
+        if tick != at:
+            return
+        from ray.util.state import list_actors
+
+        wanted = REPLICAS.get(target, "EbpfSource")
+        address = f"http://{conn.dashboard_url}" if conn.dashboard_url else None
+        alive = list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=1000, detail=True)
+        pids = [a.pid for a in alive if a.class_name and a.class_name.split(":")[-1] == wanted and a.pid]
+        if not pids:
+            raise RuntimeError(f"no live {wanted} actor to kill")
+        _pid_kill(int(pids[0]))
+
+    return kill
+
+
+def _driver_case(size: dict[str, Any], runs: Path, at: int) -> dict[str, Any]:
+    """`x0tta6bl4 run` SIGKILLed once it has recorded tick ``at``, then `x0tta6bl4 run --resume`."""
+    cli = [str(Path(sys.executable).parent / "x0tta6bl4")]
+    args = [
+        "run",
+        *("--nodes", str(size["nodes"]), "--regions", str(size["regions"]), "--ticks", str(size["ticks"])),
+        *("--seed", str(size["seed"]), "--runs-dir", str(runs), "--run-id", "driver"),
+        *("--faults-per-1000-ticks", str(size["faults_per_1000_ticks"])),
+        *("--no-autonomy", "--no-ebpf", "--tick-interval-s", "0.02"),
+    ]
+    ticks = runs / "driver" / "ticks.jsonl"
+    print("bench chaos: run driver (killed, then resumed)", file=sys.stderr, flush=True)
+    proc = subprocess.Popen([*cli, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if ticks.exists() and ticks.read_text().count("\n") > at:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = subprocess.run(
+        [*cli, "run", "--runs-dir", str(runs), "--resume", "driver"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    report = _read_report(runs / "driver") or {}
+    if resumed.returncode != 0:
+        print(f"bench chaos: resume failed: {resumed.stderr[-1000:]}", file=sys.stderr, flush=True)
+        report["status"] = "failed"
+    return report
+
+
+def _fuzz_first(
+    then: Callable[[int], None], config: Any, quick: bool, at: int, out: list[Any]
+) -> Callable[[int], None]:
+    """At tick ``at``, fuzz the running app's gateway from its OpenAPI schema (through the front's
+    token, as an operator); every tick, ``then``."""
+
+    def step(tick: int) -> None:
+        if tick == at:
+            try:
+                out.append(_fuzz(config, quick))
+            except Exception as exc:  # reported after the run: a fuzz that cannot run must not pass
+                out.append(exc)
+        then(tick)
+
+    return step
+
+
+def _fuzz(config: Any, quick: bool) -> Any:
+    from x0tta6bl4.autonomy.serving import serve_config_of
+    from x0tta6bl4.security.front_token import FRONT_TOKEN_HEADER, PEER_ID_HEADER
+    from x0tta6bl4.security.identity import WorkloadKind, workload_id
+    from x0tta6bl4.serve.front import require_front_token
+    from x0tta6bl4.serve.fuzz import fuzz_gateway
+
+    served = serve_config_of(config)
+    headers = {
+        FRONT_TOKEN_HEADER: require_front_token(served),
+        PEER_ID_HEADER: str(workload_id(WorkloadKind.OPERATOR, "chaos")),
+    }
+    base = f"http://127.0.0.1:{served.http.port}{served.route_prefix}".rstrip("/")
+    print(f"bench chaos: fuzzing {base}", file=sys.stderr, flush=True)
+    return fuzz_gateway(
+        base,
+        max_examples=3 if quick else 25,
+        max_boundary_cases=10 if quick else 100,
+        seed=24,
+        budget_s=30 if quick else 180,
+        headers=headers,
+    )
+
+
+def _fuzz_rows(fuzzed: list[Any]) -> list[dict[str, Any]]:
+    if not fuzzed:
+        return []
+    report = fuzzed[0]
+    if isinstance(report, Exception):
+        raise RuntimeError(f"the fuzz could not run: {report}") from report
+    p = {"operations": "all", "seed": 24, "hangs": report.hangs, "check_failures": report.check_failures}
+    return [
+        result("fuzz_requests", report.requests, "requests", p),
+        result("fuzz_5xx", report.status_5xx, "responses", p, target=("value", "<=", 0)),
+        result("fuzz_max_latency_ms", report.max_latency_ms, "ms", p),
+    ]
+
+
+def _free_port() -> int:
+    from x0tta6bl4.connect import free_local_port
+
+    return free_local_port()
