@@ -60,7 +60,7 @@ def results(quick: bool = False) -> list[dict[str, Any]]:
             }
             mesh_only = _run(size, "mesh-base", autonomy=False)
             rows += _case("shard", _run(size, "shard", False, _kill_shard(kill_at)), mesh_only, params)
-            rows += _case("driver", _driver_case(size, runs, kill_at), mesh_only, params)
+            rows += _case("driver", _driver_case(size, runs, kill_at, autonomy=False), mesh_only, params)
             loop_base = _run(size, "loop-base", autonomy=True)
             targets = ["controller"] if quick else ["controller", *REPLICAS, "ebpf"]
             fuzzed: list[Any] = []
@@ -74,6 +74,10 @@ def results(quick: bool = False) -> list[dict[str, Any]]:
                     kill = _fuzz_first(kill, _config(size, target, True), quick, kill_at - 3, fuzzed)
                 report = _run(size, target, True, kill, ebpf=target == "ebpf")
                 rows += _case(target, report, loop_base, params)
+            if not quick:  # the driver of a run with the controller: resumed, its report complete
+                rows += _case(
+                    "driver_loop", _driver_case(size, runs, kill_at, autonomy=True), loop_base, params
+                )
             rows += _fuzz_rows(fuzzed)
         finally:
             disconnect_ray(conn)
@@ -213,18 +217,20 @@ def _kill_named(target: str, at: int, conn: Any) -> Callable[[int], None]:
     return kill
 
 
-def _driver_case(size: dict[str, Any], runs: Path, at: int) -> dict[str, Any]:
+def _driver_case(size: dict[str, Any], runs: Path, at: int, autonomy: bool) -> dict[str, Any]:
     """`x0tta6bl4 run` SIGKILLed once it has recorded tick ``at``, then `x0tta6bl4 run --resume`."""
+    run_id = "driver_loop" if autonomy else "driver"
     cli = [str(Path(sys.executable).parent / "x0tta6bl4")]
     args = [
         "run",
         *("--nodes", str(size["nodes"]), "--regions", str(size["regions"]), "--ticks", str(size["ticks"])),
-        *("--seed", str(size["seed"]), "--runs-dir", str(runs), "--run-id", "driver"),
+        *("--seed", str(size["seed"]), "--runs-dir", str(runs), "--run-id", run_id),
         *("--faults-per-1000-ticks", str(size["faults_per_1000_ticks"])),
-        *("--no-autonomy", "--no-ebpf", "--tick-interval-s", "0.02"),
+        *("--serve-port", str(size["serve_port"]), "--no-ebpf", "--tick-interval-s", "0.02"),
+        *(() if autonomy else ("--no-autonomy",)),
     ]
-    ticks = runs / "driver" / "ticks.jsonl"
-    print("bench chaos: run driver (killed, then resumed)", file=sys.stderr, flush=True)
+    ticks = runs / run_id / "ticks.jsonl"
+    print(f"bench chaos: run {run_id} (killed, then resumed)", file=sys.stderr, flush=True)
     proc = subprocess.Popen([*cli, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
@@ -234,13 +240,13 @@ def _driver_case(size: dict[str, Any], runs: Path, at: int) -> dict[str, Any]:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     resumed = subprocess.run(
-        [*cli, "run", "--runs-dir", str(runs), "--resume", "driver"],
+        [*cli, "run", "--runs-dir", str(runs), "--resume", run_id],
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
     )
-    report = _read_report(runs / "driver") or {}
+    report = _read_report(runs / run_id) or {}
     if resumed.returncode != 0:
         print(f"bench chaos: resume failed: {resumed.stderr[-1000:]}", file=sys.stderr, flush=True)
         report["status"] = "failed"
