@@ -33,6 +33,8 @@ from x0tta6bl4.mesh.shard import (
 from x0tta6bl4.mesh.topology import Topology
 from x0tta6bl4.telemetry.frame import TelemetryFrame
 
+log = logging.getLogger(__name__)
+
 
 class ShardLostError(X0tta6bl4Error):
     """A shard died and could not be brought back to the current tick."""
@@ -204,7 +206,7 @@ class ShardedMesh:
                 messages = ray.get([a.rewind.remote(tick) for a in self.actors], timeout=self.step_timeout_s)
                 state = read_checkpoint(self.spec.checkpoint_dir or "", 0, tick)
             except CheckpointError as exc:
-                log_warning(f"checkpoint of tick {tick} unusable for resuming ({exc}); trying an older one")
+                log.warning("checkpoint of tick %d unusable for resuming (%s); trying older", tick, exc)
                 continue
             self.control.load_state(state["control"])
             self._messages[tick] = list(messages)
@@ -329,7 +331,3 @@ class ShardedMesh:
             for actor in self.actors:
                 with contextlib.suppress(Exception):
                     ray.kill(actor)
-
-
-def log_warning(message: str) -> None:
-    logging.getLogger(__name__).warning(message)
