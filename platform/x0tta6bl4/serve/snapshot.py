@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import itertools
 import re
 import struct
 import zipfile
@@ -135,6 +136,11 @@ def parse_json(body: bytes, features: Sequence[str], limits: Limits) -> Snapshot
     return check(node_ids, names, window, req.edges, features, limits)
 
 
+#: Python types of the values a JSON feature matrix may hold (null is a missing value).
+_JSON_NUMBER_TYPES = frozenset({int, float, type(None)})
+_JSON_TYPE_NAMES = {bool: "true/false", str: "strings", dict: "objects", list: "lists"}
+
+
 def _json_window(rows: list[Any], n: int, f: int, limits: Limits) -> F32:
     """The ``[ticks, nodes, features]`` float32 window of a JSON ``features`` value (null = NaN).
 
@@ -164,6 +170,10 @@ def _json_window(rows: list[Any], n: int, f: int, limits: Limits) -> F32:
                 raise RequestError(f"features: rows of different lengths (every row must have {f} values)")
     window = np.empty((len(ticks), n, f), dtype=np.float32)
     for t, tick in enumerate(ticks):
+        odd = set(map(type, itertools.chain.from_iterable(tick))) - _JSON_NUMBER_TYPES
+        if odd:  # numpy would read true as 1.0 and "1.5" as 1.5
+            kinds = ", ".join(sorted(_JSON_TYPE_NAMES.get(k, k.__name__) for k in odd))
+            raise RequestError(f"features: values must be numbers or null, not {kinds}")
         try:
             window[t] = np.asarray(tick, dtype=np.float32)
         except (ValueError, TypeError, OverflowError) as exc:

@@ -103,6 +103,14 @@ def test_nan_and_infinity_literals_are_refused_pointing_at_null() -> None:
     assert refusal(raw).status == 422
 
 
+@pytest.mark.parametrize(("value", "named"), [(True, "true/false"), ("1.5", "strings"), ({}, "objects")])
+def test_feature_values_that_are_not_numbers_are_refused_not_coerced(value: object, named: str) -> None:
+    features = body()["features"]
+    features[1][2] = value  # type: ignore[index]
+    err = refusal(json.dumps(body(features=features)).encode())
+    assert err.status == 422 and named in err.message
+
+
 def test_malformed_json_is_a_400() -> None:
     err = refusal(b'{"node_ids": [1, 2')
     assert err.status == 400 and err.kind == "malformed_json"
