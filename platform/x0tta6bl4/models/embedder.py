@@ -57,12 +57,18 @@ def load_embedder(path: str | os.PathLike[str] | None = None, max_seq_length: in
         A ``SentenceTransformer``.
 
     Raises:
-        ConfigError: ``path`` is not a directory (it is never taken for a hub model id).
+        ConfigError: ``path`` is not a directory (it is never taken for a hub model id), or
+            the model's weights hold NaN or infinite values (every embedding would be NaN).
     """
     directory = base_model_path() if path is None else Path(path)
     if not directory.is_dir():
         raise ConfigError(f"embedder directory {directory} does not exist (models are never downloaded)")
     model = SentenceTransformer(str(directory), device="cpu", local_files_only=True)
+    with torch.no_grad():
+        broken = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if broken:
+        shown = ", ".join(broken[:5]) + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
+        raise ConfigError(f"embedder {directory} has NaN or infinite weights in {shown}; refusing to use it")
     if max_seq_length is not None:
         model.max_seq_length = max_seq_length
     return model

@@ -164,3 +164,14 @@ def test_recall_at_k_bounds_with_a_bag_of_words_encoder(runbooks):
 def test_load_embedder_never_treats_a_missing_path_as_a_hub_id(tmp_path):
     with pytest.raises(ConfigError, match="never downloaded"):
         load_embedder(tmp_path / "sentence-transformers" / "all-MiniLM-L6-v2")
+
+
+def test_an_embedder_with_a_nan_weight_is_refused_at_load(tmp_path):
+    import torch
+
+    broken = load_embedder(max_seq_length=128)
+    with torch.no_grad():
+        next(iter(broken.parameters()))[0, 0] = float("nan")
+    broken.save(str(tmp_path / "nan"))
+    with pytest.raises(ConfigError, match="NaN or infinite weights"):
+        load_embedder(tmp_path / "nan")
