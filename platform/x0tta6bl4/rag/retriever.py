@@ -78,6 +78,12 @@ class RetrieverConfig(BaseModel):
     max_document_chars: int = Field(
         default=200_000, ge=1, description="longest accepted ingested document text, in characters"
     )
+    max_ingest_chunks: int = Field(
+        default=1000,
+        ge=1,
+        description="most chunks one ingest may add (bounds the embedding time of one request; a "
+        "packaged runbook is about 10)",
+    )
     lexical_weight: float = Field(
         default=0.3,
         ge=0,
@@ -450,7 +456,8 @@ class Retriever:
 
         Raises:
             RetrievalInputError: no documents, an invalid one (empty or too long text, bad front
-                matter, unknown fault type or action), or an id taken by another document.
+                matter, unknown fault type or action), an id taken by another document, or
+                more chunks in all than ``max_ingest_chunks``.
             RetrievalStoreError: the store cannot be written.
         """
         if isinstance(documents, str | Mapping) or not documents:
@@ -461,6 +468,12 @@ class Retriever:
             parse_document(_unwrapped(d), i, cfg.max_document_chars, cfg.chunk_words, cfg.overlap_words)
             for i, d in enumerate(documents)
         ]
+        chunks = sum(len(chunk_document(d, cfg.chunk_words, cfg.overlap_words)) for d in docs)
+        if chunks > cfg.max_ingest_chunks:
+            raise RetrievalInputError(
+                f"these documents make {chunks} chunks; one ingest may add at most "
+                f"{cfg.max_ingest_chunks} (send them in smaller requests)"
+            )
         signed = self._verify_signatures(docs, signatures)
         ids = [d.id for d in docs]
         if len(set(ids)) != len(ids):

@@ -265,6 +265,18 @@ def test_ingest_refuses_empty_lists_and_duplicate_ids(fresh):
         retriever.ingest([SOLAR_DOC, SOLAR_DOC])
 
 
+def test_an_ingest_of_more_chunks_than_allowed_is_refused_before_any_embedding(model, built, tmp_path):
+    shutil.copytree(built, tmp_path / "rag")
+    retriever = Retriever.open(RetrieverConfig(data_dir=tmp_path / "rag", max_ingest_chunks=3), model=model)
+    long_doc = {"title": "Long", "text": " ".join(f"word{i}" for i in range(2000))}
+    before = embedded(retriever)
+    with pytest.raises(RetrievalInputError, match="at most 3"):
+        retriever.ingest([long_doc])
+    assert embedded(retriever) == before
+    assert not (retriever.config.data_dir / "documents.jsonl").read_text()
+    assert retriever.ingest([SOLAR_DOC])["added"] == 1  # a small one still fits
+
+
 def test_queries_run_safely_while_documents_are_ingested(fresh):
     retriever = fresh
     errors, results = [], []
