@@ -11,6 +11,7 @@ detached controller actor, and the anomaly and RAG apps on Ray Serve.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
 import time
@@ -95,13 +96,22 @@ def run_scenario(
 
 def _scenario_results(quick: bool) -> list[dict[str, Any]]:
     from x0tta6bl4.mapek.clients import LocalRunbooks, LocalScorer
+    from x0tta6bl4.models.embedder import load_embedder
+    from x0tta6bl4.rag.retriever import RetrieverConfig
 
     seeds, nodes, ticks = QUICK_SCENARIOS if quick else SCENARIOS
     scorer = LocalScorer()
     rows: list[dict[str, Any]] = []
     figures: dict[str, dict[int, dict[str, Any]]] = {m: {} for m in MODES}
     with tempfile.TemporaryDirectory(prefix="x0tta6bl4-bench-autonomy-") as tmp:
-        runbooks = {m: LocalRunbooks(str(Path(tmp) / f"rag-{m}")) for m in MODES}
+        # One embedder and one built store, copied for each mode (each mode's ingests stay its own).
+        model = load_embedder(max_seq_length=RetrieverConfig().max_seq_length)
+        built = Path(tmp) / "rag-built"
+        LocalRunbooks(str(built), model=model)
+        runbooks = {}
+        for m in MODES:
+            shutil.copytree(built, Path(tmp) / f"rag-{m}")
+            runbooks[m] = LocalRunbooks(str(Path(tmp) / f"rag-{m}"), model=model)
         for seed in seeds:
             for mode in MODES:
                 ev = run_scenario(

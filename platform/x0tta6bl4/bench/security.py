@@ -86,14 +86,14 @@ def _served(ca: EmbeddedCA, tmp: Path, quick: bool) -> list[dict[str, Any]]:
     from ray import serve
 
     from x0tta6bl4.bench.serve import snapshot_bodies
-    from x0tta6bl4.models.bootstrap import BootstrapConfig, bootstrap_detector
+    from x0tta6bl4.models.bootstrap import SMALL_BOOTSTRAP, bootstrap_detector
     from x0tta6bl4.models.registry import ModelRegistry
     from x0tta6bl4.serve.app import build_app
     from x0tta6bl4.serve.config import ServeConfig
 
     registry = ModelRegistry(tmp / "registry")
     _say("training a bootstrap detector")
-    bootstrap_detector(registry, BootstrapConfig(nodes=300, ticks=80, epochs=2) if quick else None)
+    bootstrap_detector(registry, SMALL_BOOTSTRAP if quick else None)
     token_file = tmp / "front.token"
     token = load_or_create_token(token_file)
     port = free_local_port()
@@ -353,7 +353,7 @@ def _mesh_run(auth: bool, nodes: int, ticks: int, warmup: int, cwd: Path) -> dic
 
 def _ray_auth_mesh(quick: bool) -> list[dict[str, Any]]:
     """The 10,000-node sharded mesh on a local Ray with token authentication, against the same without."""
-    nodes, ticks, warmup = (2_000, 30, 5) if quick else (MESH_NODES, 200, 10)
+    nodes, ticks, warmup = (600, 30, 5) if quick else (MESH_NODES, 200, 10)
     order = (True, False) if quick else (True, False, False, True)
     runs: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
     with tempfile.TemporaryDirectory(prefix="x0-bench-rayauth-") as cwd:

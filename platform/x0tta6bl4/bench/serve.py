@@ -80,7 +80,7 @@ def _query_texts(count: int, seed: int) -> list[str]:
 def _serve_results(quick: bool) -> list[dict[str, Any]]:
     from ray import serve
 
-    from x0tta6bl4.models.bootstrap import BootstrapConfig, bootstrap_detector
+    from x0tta6bl4.models.bootstrap import SMALL_BOOTSTRAP, bootstrap_detector
     from x0tta6bl4.models.registry import ModelRegistry
     from x0tta6bl4.serve.app import build_app
     from x0tta6bl4.serve.config import ServeConfig
@@ -92,7 +92,7 @@ def _serve_results(quick: bool) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="x0-bench-serve-") as tmp:
         registry = ModelRegistry(Path(tmp) / "registry")
         _say("training a bootstrap detector")
-        bootstrap_detector(registry, BootstrapConfig(nodes=300, ticks=80, epochs=2) if quick else None)
+        bootstrap_detector(registry, SMALL_BOOTSTRAP if quick else None)
         port = free_local_port()
         conn = connect_ray(dashboard=False)
         try:
@@ -330,10 +330,10 @@ def _recall_rows(base: str) -> list[dict[str, Any]]:
 def _hnsw_rows(quick: bool) -> list[dict[str, Any]]:
     from x0tta6bl4.bench.hnsw import hnsw_vs_exact, real_embeddings
 
-    n = 2_000 if quick else 100_000
+    n = 600 if quick else 100_000
     _say(f"hnswlib vs exact search on {n} real MiniLM embeddings (cached after the first run)")
     matrix = real_embeddings(n, seed=0)
-    out = hnsw_vs_exact(matrix, num_queries=200 if quick else 1000, k=10)
+    out = hnsw_vs_exact(matrix, num_queries=100 if quick else 1000, k=10)
     params: dict[str, Any] = {"vectors": n, "k": 10}
     params.update({key: out[key] for key in ("m", "ef_construction", "ef") if key in out})
     return [

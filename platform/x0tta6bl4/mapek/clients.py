@@ -61,13 +61,18 @@ class LocalScorer:
 
 
 class LocalRunbooks:
-    """The RAG app's retriever in this process."""
+    """The RAG app's retriever in this process.
 
-    def __init__(self, data_dir: str | None = None) -> None:
+    Args:
+        data_dir: the retriever's store (default: the retriever's default directory).
+        model: the loaded default embedder, shared between instances (default: load it).
+    """
+
+    def __init__(self, data_dir: str | None = None, model: Any = None) -> None:
         from x0tta6bl4.rag.retriever import Retriever, RetrieverConfig
 
         self._retriever = Retriever.open(
-            RetrieverConfig() if data_dir is None else RetrieverConfig(data_dir=Path(data_dir))
+            RetrieverConfig() if data_dir is None else RetrieverConfig(data_dir=Path(data_dir)), model=model
         )
 
     def query(self, text: str, k: int) -> dict[str, Any]:

@@ -32,6 +32,10 @@ class BootstrapConfig(BaseModel):
     seed: int = Field(default=7, ge=0, description="seed of the scenario and the training")
 
 
+#: A detector trained in a few seconds, for tests and quick benches that measure serving, not quality.
+SMALL_BOOTSTRAP = BootstrapConfig(nodes=200, ticks=60, epochs=1)
+
+
 def score_threshold(scores: np.ndarray, labels: np.ndarray | None = None) -> float:
     """A suggested alarm threshold: a high quantile of the scores (of healthy node-ticks if labelled)."""
     values = scores[labels == 0] if labels is not None else scores

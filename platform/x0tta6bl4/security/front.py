@@ -240,6 +240,17 @@ class MtlsFront:
                 request.method, url, headers=headers, data=body, allow_redirects=False
             ) as upstream:
                 payload = await upstream.read()
+                if upstream.status >= 500 and upstream.content_type != "application/json":
+                    # Serve's proxy answers for a gateway replica that died mid-request, in plain
+                    # text; the app's own errors are JSON and pass through as they are.
+                    self.stats.upstream_errors += 1
+                    said = payload[:200].decode("utf-8", "replace").strip()
+                    return _error(
+                        503,
+                        "unavailable",
+                        f"the app behind the front failed ({upstream.status}: {said})",
+                        headers={"Retry-After": "1"},
+                    )
                 out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP}
                 self.stats.forwarded += 1
                 return web.Response(status=upstream.status, body=payload, headers=out_headers)

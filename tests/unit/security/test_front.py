@@ -49,6 +49,10 @@ class Echo:
     async def _start(self):
         async def echo(request):
             body = await request.read()
+            if request.path == "/v1/crash/plain":  # what Serve's proxy says for a dead gateway replica
+                return web.Response(status=500, text="Internal Server Error")
+            if request.path == "/v1/crash/json":  # the app's own error
+                return web.json_response({"error": "internal", "message": "boom", "details": []}, status=500)
             return web.json_response(
                 {
                     "peer": request.headers.get(PEER_ID_HEADER),
@@ -138,6 +142,18 @@ def test_an_operator_gets_through_with_its_verified_id_and_spoofed_headers_are_d
     assert sum(front.front.stats.groups.values()) == groups_before + 1
     assert front.front.stats.groups.get(negotiated_group(conn.sock), 0) >= 1
     assert negotiated_group(conn.sock) in ("x25519", "X25519MLKEM768")  # OpenSSL's default preference
+
+
+def test_a_plain_text_5xx_behind_the_front_becomes_a_json_503_and_json_errors_pass_through(front, ca):
+    svid = ca.issue_svid("spiffe://x0tta6bl4.local/operator/alice")
+    conn = connect(front, client_context(svid, bundles(ca)))
+    conn.request("POST", "/v1/crash/plain", body=b"{}")
+    resp = conn.getresponse()
+    body = json.loads(resp.read())
+    assert resp.status == 503 and resp.getheader("Retry-After") == "1"
+    assert body["error"] == "unavailable" and "Internal Server Error" in body["message"]
+    status, body = call(conn, path="/v1/crash/json")
+    assert status == 500 and body["message"] == "boom"
 
 
 def test_refused_without_a_client_certificate(front, ca):
