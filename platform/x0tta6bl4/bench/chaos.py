@@ -151,11 +151,31 @@ def _case(
                 target=("ratio", "<=", 1.2),
             )
         )
+    if target not in ("shard", "driver"):  # runs with the controller: what the unharmed run healed
+        lost = _healed(base) - _healed(report)
+        rows.append(
+            result(
+                "chaos_healed_faults_lost",
+                float(len(lost)),
+                "faults",
+                {**p, "healed_unharmed": len(_healed(base))},
+                target=("value", "<=", 0) if target == "driver_loop" else None,
+            )
+        )
     recovery = report.get("recovery", {})
     for key in ("shard_restarts", "controller_failures"):
         if recovery.get(key):
             rows.append(result(f"chaos_{key}", float(recovery[key]), "count", p))
     return rows
+
+
+def _healed(report: dict[str, Any]) -> set[tuple[Any, ...]]:
+    """The faults a run's remediation healed, by kind, node and start tick."""
+    return {
+        (f.get("kind"), f.get("node"), f.get("start_tick"))
+        for f in report.get("faults", [])
+        if f.get("remediated_by") is not None
+    }
 
 
 def _mismatch(timeline: list[dict[str, Any]], base: list[dict[str, Any]]) -> int:
