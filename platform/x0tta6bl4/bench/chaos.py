@@ -73,7 +73,9 @@ def results(quick: bool = False) -> list[dict[str, Any]]:
                 if target == "controller":  # the live run's gateway is fuzzed before its kills
                     kill = _fuzz_first(kill, _config(size, target, True), quick, kill_at - 3, fuzzed)
                 report = _run(size, target, True, kill, ebpf=target == "ebpf")
-                rows += _case(target, report, loop_base, params)
+                # Host telemetry joins the run with eBPF on: its unharmed run has it too.
+                base = _run(size, "loop-ebpf-base", True, ebpf=True) if target == "ebpf" else loop_base
+                rows += _case(target, report, base, params)
             if not quick:  # the driver of a run with the controller: resumed, its report complete
                 rows += _case(
                     "driver_loop", _driver_case(size, runs, kill_at, autonomy=True), loop_base, params
