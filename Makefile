@@ -14,7 +14,7 @@ run: setup
 	$(BIN)/x0tta6bl4 run $(RUN_ARGS)
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not ray and not root and not slow"
