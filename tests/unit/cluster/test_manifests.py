@@ -33,12 +33,9 @@ METRICS_PORTS = {"metrics": 8080, "dash-metrics": 44227, "as-metrics": 44217}
 ray_serve_warnings = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray\\..*")
 
 
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
 @functools.cache
 def _parsed(path: Path) -> list[Any]:
-    return [d for d in yaml.load_all(path.read_text(), Loader=_LOADER) if d is not None]
+    return [d for d in yaml.load_all(path.read_text(), Loader=yaml.CSafeLoader) if d is not None]
 
 
 def _docs(name: str) -> list[dict[str, Any]]:
@@ -79,7 +76,7 @@ def _crd(plural: str) -> tuple[str, str, dict[str, Any]]:
         pytest.skip(
             f"KubeRay CRD {path} is missing: the schema checks need the shared checkout's kuberay-crds"
         )
-    crd = yaml.load(path.read_text(), Loader=_LOADER)
+    crd = yaml.load(path.read_text(), Loader=yaml.CSafeLoader)
     (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
     return (
         f"{crd['spec']['group']}/v1",
