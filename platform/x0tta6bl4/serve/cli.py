@@ -1,4 +1,8 @@
-"""``x0tta6bl4 serve``: deploy the anomaly and RAG applications and keep them up until interrupted."""
+"""``x0tta6bl4 serve``: deploy the anomaly and RAG applications and keep them up until interrupted.
+
+``--front-only`` runs just the mTLS front in front of Serve apps deployed by someone else (the
+KubeRay RayService's sidecar): no Ray, nothing deployed.
+"""
 
 from __future__ import annotations
 
@@ -46,6 +50,19 @@ def add_serve_command(sub: Any) -> None:
     p.add_argument("--front-port", type=int, help="HTTPS port of the mTLS front (default 8443; 0 = any free)")
     p.add_argument("--authz", help="authorisation policy of the front (default cluster/authz.yaml)")
     p.add_argument(
+        "--front-dns-name",
+        action="append",
+        metavar="NAME",
+        help="another DNS name in the front's SVID, after front.dns_names (repeatable)",
+    )
+    p.add_argument("--score-max-bytes", type=int, help="largest /v1/anomaly/score body (default 64 MiB)")
+    p.add_argument(
+        "--front-only",
+        action="store_true",
+        help="run only the mTLS front, forwarding to Serve's already running --port on 127.0.0.1 "
+        "(no Ray, nothing deployed; until SIGTERM or Ctrl-C)",
+    )
+    p.add_argument(
         "--no-front",
         action="store_true",
         help="serve plain HTTP without the mTLS front (development only: every caller is anonymous)",
@@ -80,6 +97,10 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         data["front"]["port"] = args.front_port
     if args.authz is not None:
         data["front"]["policy"] = args.authz
+    if args.front_dns_name:
+        data["front"]["dns_names"] = [*data["front"]["dns_names"], *args.front_dns_name]
+    if args.score_max_bytes is not None:
+        data["http"]["score_max_bytes"] = args.score_max_bytes
     return load_options(ServeConfig, None, data).resolved()
 
 
@@ -91,12 +112,16 @@ def _say(message: str) -> None:
 def serve_main(args: argparse.Namespace) -> int:
     """Deploy, print where to reach it, block until Ctrl-C (or ``--seconds``), then take it down."""
     from x0tta6bl4.errors import ConfigError
-    from x0tta6bl4.models.bootstrap import ensure_promoted
-    from x0tta6bl4.models.registry import ModelRegistry
 
     config = config_from_args(args)
     if args.seconds < 0:
         raise ConfigError("--seconds must be >= 0")
+    if args.front_only:
+        return front_only(config, args.seconds)
+
+    from x0tta6bl4.models.bootstrap import ensure_promoted
+    from x0tta6bl4.models.registry import ModelRegistry
+
     registry = ModelRegistry(config.anomaly.registry)
     if config.anomaly.user.model_version is None:
         if config.anomaly.bootstrap:
@@ -159,6 +184,40 @@ def serve_main(args: argparse.Namespace) -> int:
             serve.shutdown()
     finally:
         disconnect_ray(conn)
+    return 0
+
+
+def front_only(config: ServeConfig, seconds: float = 0.0) -> int:
+    """Run the front of ``config`` alone until SIGTERM, SIGINT or ``seconds``; exit status 0.
+
+    Serve must already listen on ``127.0.0.1:<http.port>`` (or come up later: the front answers 503
+    meanwhile). A bad policy, CA or address is a ConfigError before anything listens.
+    """
+    from x0tta6bl4.errors import ConfigError
+    from x0tta6bl4.serve.front import build_front, front_url
+
+    front = build_front(config)
+    if front is None:
+        raise ConfigError("--front-only needs the front: drop --no-front (or front.enabled: false)")
+    try:
+        port = front.start()
+    except OSError as exc:
+        raise ConfigError(
+            f"the mTLS front cannot listen on {config.front.host}:{config.front.port}: {exc.strerror or exc}"
+        ) from None
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    policy = config.front.policy or "cluster/authz.yaml"
+    _say(
+        f"mTLS front on {config.front.host}:{port} ({front_url(config, port)}) -> "
+        f"http://127.0.0.1:{config.http.port} (client SVID required; policy {policy})"
+    )
+    deadline = time.monotonic() + seconds if seconds else None
+    while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+        stop.wait(0.5)
+    _say("stopping")
+    front.stop()
     return 0
 
 
