@@ -25,6 +25,7 @@ SCRAPE = ROOT / "cluster" / "prometheus" / "scrape.yaml"
 #: KubeRay's CRDs live in the shared checkout beside the repository (not copied here: licence, size).
 CRD_DIR = ROOT.parent / "shared" / "kuberay-crds"
 IMAGE_PYTHON = "/app/.venv/bin/python"
+IMAGE_CLI = "/app/.venv/bin/x0tta6bl4"  # the console script scripts/setup.sh installs into the image's venv
 
 #: manifest file -> the CRD (plural) it is an instance of.
 CRDS = {"raycluster.yaml": "rayclusters", "rayservice.yaml": "rayservices", "rayjob-train.yaml": "rayjobs"}
@@ -350,44 +351,42 @@ def _front_sidecar() -> tuple[dict[str, Any], dict[str, Any]]:
     return head, front
 
 
-def test_the_front_sidecar_builds_the_front_of_serve_against_its_pods_serve_port(monkeypatch):
-    """Run the sidecar's program with build_front replaced: what would it listen on and forward to?"""
-    import signal
-    import threading
+def _k8s_expand(arg: str, env: dict[str, str]) -> str:
+    """``arg`` as Kubernetes passes it: ``$(VAR)`` of a variable the container defines is replaced."""
+    return re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), arg)
 
-    import x0tta6bl4.serve.front as serve_front
+
+def test_the_front_sidecar_runs_serve_front_only_against_its_pods_serve_port():
+    """The sidecar's command line, parsed by the real `x0tta6bl4` parser: what it listens on and forwards to."""
+    from x0tta6bl4.cli import build_parser
     from x0tta6bl4.security.authz import DEFAULT_POLICY_PATH
+    from x0tta6bl4.serve.cli import config_from_args, serve_main
 
     head, front = _front_sidecar()
-    assert front["command"] == [IMAGE_PYTHON, "-c"]
-    built: list[Any] = []
+    assert front["command"] == [IMAGE_CLI]
+    (namespace,) = [e for e in front["env"] if e["name"] == "POD_NAMESPACE"]
+    assert namespace["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    argv = [_k8s_expand(a, {"POD_NAMESPACE": "mesh"}) for a in front["args"]]
+    assert not any("$(" in a for a in argv), argv
+    args = build_parser().parse_args(argv)
+    assert args.handler is serve_main and args.front_only and not args.no_front
+    config = config_from_args(args)
 
-    class FakeFront:
-        def start(self) -> int:
-            return 8443
-
-        def stop(self) -> None:
-            built.append("stopped")
-
-    class SetEvent(threading.Event):
-        def wait(self, timeout: float | None = None) -> bool:
-            return True
-
-    monkeypatch.setattr(serve_front, "build_front", lambda config: built.append(config) or FakeFront())
-    monkeypatch.setattr(threading, "Event", SetEvent)
-    monkeypatch.setattr(signal, "signal", lambda *a: None)
-    monkeypatch.setenv("POD_NAMESPACE", "mesh")
-    exec(compile(front["args"][0], "mtls-front", "exec"), {})
-
-    config, stopped = built
-    assert stopped == "stopped"
     serve = _serve_config()
     assert (config.http.host, config.http.port) == ("127.0.0.1", serve["http_options"]["port"])
     assert config.http.score_max_bytes == _app(serve)["args"]["http"]["score_max_bytes"]
     ports = {p["name"]: p["containerPort"] for p in front["ports"]}
     assert (config.front.host, config.front.port) == ("0.0.0.0", ports["front"])
     assert config.front.enabled and config.front.policy is None and DEFAULT_POLICY_PATH.is_file()
-    assert "x0tta6bl4-front.mesh.svc" in config.front.dns_names
+    svc = "x0tta6bl4-front"
+    assert _doc("rayservice.yaml", "Service")["metadata"]["name"] == svc
+    assert config.front.dns_names == [
+        "localhost",
+        svc,
+        f"{svc}.mesh",
+        f"{svc}.mesh.svc",
+        f"{svc}.mesh.svc.cluster.local",
+    ]
     ray_env = {e["name"]: e.get("value") for e in head["spec"]["containers"][0]["env"]}
     front_env = {e["name"]: e.get("value") for e in front["env"]}
     assert front_env["X0TTA6BL4_CA_DIR"] == ray_env["X0TTA6BL4_CA_DIR"]
@@ -417,6 +416,8 @@ def test_every_container_runs_the_platform_image_built_by_the_dockerfile():
 
     dockerfile = (ROOT / "cluster" / "Dockerfile").read_text()
     assert "WORKDIR /app" in dockerfile and IMAGE_PYTHON.startswith("/app/.venv/")
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert Path(IMAGE_CLI).parent == Path(IMAGE_PYTHON).parent and Path(IMAGE_CLI).name in scripts
     for name, spec in _cluster_specs().items():
         for group, g in _groups(spec):
             for c in _containers(g["template"]["spec"]):
