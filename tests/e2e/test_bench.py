@@ -226,4 +226,7 @@ def test_bench_chaos_quick_survives_each_kill_and_resumes_the_killed_driver(cli_
         assert rows["chaos_report_written"]["value"] == 1.0, target
     for target in ("shard", "driver"):  # the mesh without the controller is deterministic
         assert by_target[target]["chaos_timeline_mismatch_ticks"]["value"] == 0.0, target
+    for target in ("shard", "driver", "controller"):  # MTTR against the unharmed run of the same kind
+        assert by_target[target]["chaos_mttr_ticks"]["baseline"]["value"] > 0, target
+    assert by_target["controller"]["chaos_controller_failures"]["value"] == 2.0  # killed twice, both counted
     assert by_target[""]["fuzz_5xx"]["value"] == 0.0 and by_target[""]["fuzz_requests"]["value"] > 0
