@@ -1,13 +1,19 @@
 """`x0tta6bl4 run` end to end: a small run's report, bad input refused, and `ray job submit`."""
 
+import contextlib
 import json
+import os
 import secrets
+import signal
 import socket
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from tests.e2e.conftest import BIN, REPO
 
@@ -208,16 +214,58 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_the_job_runs_through_ray_job_submit_on_a_real_head(tmp_path, cli_env):
+def _stop_head(temp_dir):
+    """Stop the Ray head started with ``--temp-dir temp_dir`` and only it (``ray stop`` would stop every
+    Ray on the machine): its daemons name the temp dir; its workers exit with their raylet."""
+
+    def pids():
+        found = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    cmdline = (proc / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                if temp_dir.encode() in cmdline:
+                    found.append(int(proc.name))
+        return found
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + 15
+        while pids() and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+
+def _serve_apps(ray_dir, address, env):
+    """`serve status` of the head at ``address``: {app name: status}."""
+    proc = subprocess.run(
+        [str(Path(ray_dir) / "serve"), "status", "-a", address],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return {
+        name: app["status"] for name, app in (yaml.safe_load(proc.stdout).get("applications") or {}).items()
+    }
+
+
+def test_the_job_runs_through_ray_job_submit_on_a_real_head_and_uses_its_declarative_serve_app(
+    tmp_path, cli_env
+):
     # The head runs with Ray token authentication; `ray job submit` and `ray list` carry the token,
     # and the job's driver (connect_ray through RAY_ADDRESS) inherits it from the head.
+    # The Serve app was deployed declaratively (`serve deploy`, as a RayService does): the job uses it
+    # as it is and leaves it running.
     token_file = tmp_path / "ray_auth_token"
     token_file.write_text(secrets.token_hex(32))
     token_file.chmod(0o600)
     cli_env["RAY_AUTH_MODE"] = "token"
     cli_env["RAY_AUTH_TOKEN_PATH"] = str(token_file)
-    port, dash = _free_port(), _free_port()
+    port, dash, serve_port = _free_port(), _free_port(), _free_port()
     ray = str(BIN / "ray")
+    temp_dir = tempfile.mkdtemp(prefix="x0job", dir="/tmp")  # short: Ray's socket paths
     start = subprocess.run(
         [
             ray,
@@ -227,6 +275,7 @@ def test_the_job_runs_through_ray_job_submit_on_a_real_head(tmp_path, cli_env):
             f"--dashboard-port={dash}",
             "--num-cpus=2",
             "--include-dashboard=true",
+            f"--temp-dir={temp_dir}",
             # Not the default 52365: the suite's own local Ray may hold it, and a head whose agent
             # cannot bind refuses every job ("No available agent to submit job").
             f"--dashboard-agent-listen-port={_free_port()}",
@@ -240,6 +289,17 @@ def test_the_job_runs_through_ray_job_submit_on_a_real_head(tmp_path, cli_env):
     assert start.returncode == 0, start.stderr
     address = f"http://127.0.0.1:{dash}"
     try:
+        serve_config = yaml.safe_load((REPO / "cluster" / "serve_config.yaml").read_text())
+        serve_config["http_options"]["port"] = serve_port
+        args = serve_config["applications"][0]["args"]
+        args["anomaly"]["registry"] = str(REPO / "models" / "registry")
+        args["rag"]["retriever"]["data_dir"] = str(tmp_path / "rag")
+        (tmp_path / "serve.yaml").write_text(yaml.safe_dump(serve_config))
+        deploy = subprocess.run(
+            [str(BIN / "serve"), "deploy", str(tmp_path / "serve.yaml"), "-a", address],
+            env=cli_env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert deploy.returncode == 0, deploy.stderr[-2000:]
         submit = subprocess.run(
             [
                 ray,
@@ -270,13 +330,26 @@ def test_the_job_runs_through_ray_job_submit_on_a_real_head(tmp_path, cli_env):
             env=cli_env,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=420,
         )
         assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-2000:]
         assert "succeeded" in submit.stdout.lower()
         report = json.loads((tmp_path / "submitted" / "report.json").read_text())
         assert len(report["timeline"]) == 30
         assert "f1" in report["summary"] and report["remediation"]["analyses"] >= 15
+        assert report["serve_apps"] == {"app_name": "x0tta6bl4", "owner": "declarative"}
+        # Still the operator's: running, and `serve deploy`'s config is what the cluster reports.
+        assert _serve_apps(BIN, address, cli_env) == {"x0tta6bl4": "RUNNING"}
+        deployed = subprocess.run(
+            [str(BIN / "serve"), "config", "-a", address],
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert deployed.returncode == 0 and "x0tta6bl4.serve.app:build_app" in deployed.stdout, (
+            deployed.stderr
+        )
         # What the dashboard shows: the controller and the shards by name in Ray's state API.
         listed = subprocess.run(
             [
@@ -301,5 +374,4 @@ def test_the_job_runs_through_ray_job_submit_on_a_real_head(tmp_path, cli_env):
         names = {a.get("name") for a in json.loads(listed.stdout)}
         assert {"mapek-controller", "mesh-shard-0", "mesh-shard-2"} <= names
     finally:
-        subprocess.run([ray, "stop", "--force"], env=cli_env, capture_output=True, timeout=120)
-        time.sleep(1)
+        _stop_head(temp_dir)

@@ -16,7 +16,7 @@ import numpy as np
 
 from x0tta6bl4.autonomy.config import RunConfig, config_from_args
 from x0tta6bl4.autonomy.report import build_report, print_summary, write_report
-from x0tta6bl4.autonomy.serving import deploy_serve, serve_forever
+from x0tta6bl4.autonomy.serving import attach_or_deploy, serve_forever
 from x0tta6bl4.autonomy.ticklog import TICKS_NAME, Replay, TickLog, load_run_config, save_run_config
 from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
 from x0tta6bl4.mesh.control import ControlParams
@@ -264,6 +264,11 @@ def execute(
         "resumed_from_tick": replay.resumed_from,
         "replayed_ticks": replay.replayed_ticks,
     }
+    if loop is not None and loop.local is None:
+        report["serve_apps"] = {
+            "app_name": loop.serve_config["app_name"],
+            "owner": "declarative" if loop.declarative_serve else "this run",
+        }
     if autonomy_report is not None:
         report["detection"] = autonomy_report["detection"]
         report["remediation"] = autonomy_report["remediation"]
@@ -331,6 +336,7 @@ class _Autonomy:
             update={"knowledge_path": knowledge, "provenance": config.controller.provenance.resolved()}
         )
         self.actions = 0
+        self.declarative_serve = False
         self.local: Any = None
         self.actor: Any = None
         if config.in_process:
@@ -341,7 +347,8 @@ class _Autonomy:
             from x0tta6bl4.serve.thresholds import remove_board
             from x0tta6bl4.telemetry.source import source_name
 
-            self.serve_config = deploy_serve(config)
+            served = attach_or_deploy(config)
+            self.serve_config, self.declarative_serve = served.config, served.declarative
             remove_board(self.serve_config["app_name"])  # thresholds published by an earlier run
             names = [source_name(n) for n in _ray_node_ids()] if hosts else []
             self.actor = start_controller(
@@ -441,8 +448,9 @@ class _Autonomy:
         from x0tta6bl4.serve.thresholds import remove_board
 
         ray.kill(self.actor)
-        with contextlib.suppress(Exception):
-            serve.delete(self.serve_config["app_name"])
+        if not self.declarative_serve:  # an app that `serve deploy` or a RayService owns stays up
+            with contextlib.suppress(Exception):
+                serve.delete(self.serve_config["app_name"])
         remove_board(self.serve_config["app_name"])
 
 
@@ -536,7 +544,7 @@ def main_from_args(args: argparse.Namespace) -> int:
     report = execute(plan, resume=resume is not None)
     print_summary(report, as_json=bool(getattr(args, "print_json", False)))
     if config.serve_forever and not config.in_process:
-        serve_forever(config)
+        serve_forever(config, declarative=report.get("serve_apps", {}).get("owner") == "declarative")
     return 0
 
 

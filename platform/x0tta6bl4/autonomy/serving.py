@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from x0tta6bl4.autonomy.config import RunConfig
@@ -14,6 +16,79 @@ if TYPE_CHECKING:
     from x0tta6bl4.serve.config import ServeConfig
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServedApps:
+    """The Serve apps a run's controller calls, and who owns them.
+
+    Attributes:
+        config: the ServeConfig (JSON form) the apps run with.
+        declarative: deployed by ``serve deploy`` or a RayService, not by this run: the run uses
+            them as they are, never redeploys them and leaves them up when it ends.
+    """
+
+    config: dict[str, Any]
+    declarative: bool
+
+
+#: How long a run waits for a declaratively deployed app that is still deploying.
+DECLARATIVE_READY_TIMEOUT_S = 300.0
+
+
+def attach_or_deploy(config: RunConfig) -> ServedApps:
+    """The declaratively deployed app of the run's name when one exists, else the run's own deploy.
+
+    An app that ``serve deploy`` or a RayService owns must not turn imperative: redeploying it
+    from a job would replace the operator's config and make the next ``serve deploy`` fight the
+    job. The run takes its ServeConfig from the app's own ``args`` instead.
+    """
+    name = serve_config_of(config).app_name
+    found = declarative_app_config(name)
+    if found is not None:
+        log.warning("using the declaratively deployed Serve app %r as it is (not redeploying it)", name)
+        return ServedApps(found.model_dump(mode="json"), declarative=True)
+    return ServedApps(deploy_serve(config), declarative=False)
+
+
+def declarative_app_config(
+    app_name: str, timeout_s: float = DECLARATIVE_READY_TIMEOUT_S
+) -> ServeConfig | None:
+    """The ServeConfig of a running app ``app_name`` that ``serve deploy`` or a RayService owns, else None.
+
+    Waits up to ``timeout_s`` for such an app that is still deploying.
+
+    Raises:
+        ConfigError: the app's ``args`` are not a ServeConfig, or it failed to deploy.
+    """
+    from pydantic import ValidationError
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import APIType, ApplicationStatus, ServeInstanceDetails
+
+    from x0tta6bl4.serve.config import ServeConfig
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:  # Serve is not running on this cluster
+        return None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        details = ServeInstanceDetails(**client.get_serve_details())
+        app = details.applications.get(app_name)
+        if app is None or app.source != APIType.DECLARATIVE:
+            return None
+        if app.status == ApplicationStatus.RUNNING:
+            break
+        what = f"the declaratively deployed Serve app {app_name!r} is"
+        if app.status in (ApplicationStatus.DEPLOY_FAILED, ApplicationStatus.UNHEALTHY):
+            raise ConfigError(f"{what} {app.status.value}: {app.message}")
+        if time.monotonic() > deadline:
+            raise ConfigError(f"{what} still {app.status.value} after {timeout_s:.0f} s")
+        time.sleep(1.0)
+    args = app.deployed_app_config.args if app.deployed_app_config is not None else {}
+    try:
+        return ServeConfig.model_validate({**args, "app_name": app_name}).resolved()
+    except ValidationError as exc:
+        raise ConfigError(f"the Serve app {app_name!r} was not built from a ServeConfig: {exc}") from exc
 
 
 def deploy_serve(config: RunConfig) -> dict[str, Any]:
@@ -48,8 +123,11 @@ def serve_config_of(config: RunConfig) -> ServeConfig:
     ).resolved()
 
 
-def serve_forever(config: RunConfig) -> None:
-    """Keep Serve (behind its mTLS front), the controller and the dashboard up until Ctrl-C or SIGTERM."""
+def serve_forever(config: RunConfig, declarative: bool = False) -> None:
+    """Keep Serve (behind its mTLS front), the controller and the dashboard up until Ctrl-C or SIGTERM.
+
+    ``declarative``: the apps belong to ``serve deploy`` or a RayService; Serve stays up at the end.
+    """
     import signal
     import threading
 
@@ -78,6 +156,7 @@ def serve_forever(config: RunConfig) -> None:
     front.stop()
     with contextlib.suppress(Exception):
         ray.kill(ray.get_actor(CONTROLLER_NAME, namespace=RAY_NAMESPACE))
-    with contextlib.suppress(Exception):
-        serve.shutdown()
+    if not declarative:
+        with contextlib.suppress(Exception):
+            serve.shutdown()
     ray.shutdown()
