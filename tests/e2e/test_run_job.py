@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -237,6 +238,7 @@ def _stop_head(temp_dir):
         deadline = time.monotonic() + 15
         while pids() and time.monotonic() < deadline:
             time.sleep(0.5)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _serve_apps(ray_dir, address, env):
