@@ -57,3 +57,13 @@ def test_a_push_with_a_stale_config_keeps_the_operators_pinned_version(ray_local
         assert find_board(config.app_name) is None
         registry.promote(newer.model, pinned_version)
         serve.run(build_app(config), name=config.app_name, route_prefix="/")
+
+
+def test_an_app_the_run_deployed_itself_is_not_taken_for_a_declarative_one(ray_local, apps):
+    # `x0tta6bl4 run` adopts only apps that `serve deploy` or a RayService owns (the e2e test
+    # `test_the_job_runs_through_ray_job_submit_...` deploys one); an imperative app is redeployed.
+    from x0tta6bl4.autonomy.serving import declarative_app_config
+
+    config, _root = apps
+    assert declarative_app_config(config.app_name, timeout_s=5) is None
+    assert declarative_app_config("no-such-app", timeout_s=5) is None
