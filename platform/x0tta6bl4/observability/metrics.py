@@ -67,8 +67,19 @@ CATALOGUE: dict[str, MetricSpec] = {
         *_specs(
             "mesh",
             ("mesh_ticks", "counter", "Ticks simulated by a MeshShard.", ("region",)),
-            ("mesh_step_seconds", "histogram", "Wall time of one MeshShard step.", ("region",), SECONDS_BUCKETS),
-            ("mesh_faulty_nodes", "gauge", "Nodes with an active fault (simulation ground truth).", ("region",)),
+            (
+                "mesh_step_seconds",
+                "histogram",
+                "Wall time of one MeshShard step.",
+                ("region",),
+                SECONDS_BUCKETS,
+            ),
+            (
+                "mesh_faulty_nodes",
+                "gauge",
+                "Nodes with an active fault (simulation ground truth).",
+                ("region",),
+            ),
             ("mesh_serviceable_nodes", "gauge", "Nodes with a route and < 20 % loss.", ("region",)),
             ("mesh_restores", "counter", "MeshShard restarts that resumed from a checkpoint.", ("region",)),
             ("mesh_actions", "counter", "Remediation actions applied by a MeshShard.", ("region", "action")),
@@ -118,7 +129,12 @@ CATALOGUE: dict[str, MetricSpec] = {
         ),
         *_specs(
             "federated",
-            ("federated_rounds", "counter", "Federated rounds completed, by stage (train, evaluate).", ("stage",)),
+            (
+                "federated_rounds",
+                "counter",
+                "Federated rounds completed, by stage (train, evaluate).",
+                ("stage",),
+            ),
             (
                 "federated_round_seconds",
                 "histogram",
@@ -129,7 +145,7 @@ CATALOGUE: dict[str, MetricSpec] = {
             (
                 "federated_client_replies",
                 "counter",
-                "Client replies in federated rounds, by stage and outcome (replied, failed).",
+                "Client replies in federated rounds, by stage and outcome (replied, failed, rejected).",
                 ("stage", "outcome"),
             ),
             ("federated_sent_bytes", "counter", "Model bytes the server sent to clients.", ("stage",)),
@@ -190,7 +206,12 @@ CATALOGUE: dict[str, MetricSpec] = {
             ),
             ("mapek_mesh_state", "gauge", "1 for the mesh's current state, 0 for the others.", ("state",)),
             ("mapek_nodes", "gauge", "Nodes in each controller state.", ("state",)),
-            ("mapek_threshold", "gauge", "The learned anomaly threshold (median over nodes, and p90).", ("stat",)),
+            (
+                "mapek_threshold",
+                "gauge",
+                "The learned anomaly threshold (median over nodes, and p90).",
+                ("stat",),
+            ),
             ("mapek_open_incidents", "gauge", "Incidents open now."),
             ("mapek_incidents", "counter", "Incidents closed, by outcome.", ("outcome",)),
             (
@@ -223,23 +244,51 @@ CATALOGUE: dict[str, MetricSpec] = {
             (
                 "security_handshake_failures",
                 "counter",
-                "Refused mTLS peers at the front, by reason (no_certificate, bad_certificate, untrusted_id).",
+                "mTLS peers the front refused, by reason (TLS alerts it sent, or its own SVID checks).",
                 ("reason",),
             ),
-            ("security_authz_denials", "counter", "Requests the route policy refused.", ("route",)),
-            ("security_front_requests", "counter", "Requests the mTLS front forwarded, by status code.", ("code",)),
+            (
+                "security_authz_denials",
+                "counter",
+                "Requests the route policy refused, by the refusing rule's path pattern (none: no rule).",
+                ("rule",),
+            ),
+            (
+                "security_front_requests",
+                "counter",
+                "Requests the mTLS front answered (its refusals and the app's answers), by status code.",
+                ("code",),
+            ),
         ),
         *_specs(
             "ledger",
             ("ledger_appends", "counter", "Entries appended to the signed audit ledger."),
-            ("ledger_verifications", "counter", "Ledger verifications run, by result (ok, failed).", ("result",)),
-            ("ledger_verify_failures", "counter", "Problems found by ledger verification, by kind.", ("kind",)),
+            (
+                "ledger_verifications",
+                "counter",
+                "Ledger verifications run, by result (ok, failed).",
+                ("result",),
+            ),
+            (
+                "ledger_verify_failures",
+                "counter",
+                "Problems found by ledger verification, by kind.",
+                ("kind",),
+            ),
         ),
         *_specs(
             "recovery",
             ("recovery_shard_restarts", "counter", "MeshShard actors the run found restarted."),
-            ("recovery_replayed_ticks", "counter", "Ticks replayed to shards that came back from a checkpoint."),
-            ("recovery_controller_retries", "counter", "Controller calls retried after it died or timed out."),
+            (
+                "recovery_replayed_ticks",
+                "counter",
+                "Ticks replayed to shards that came back from a checkpoint.",
+            ),
+            (
+                "recovery_controller_retries",
+                "counter",
+                "Controller calls retried after it died or timed out.",
+            ),
             ("recovery_host_failures", "counter", "Host telemetry sources that failed or stayed away."),
         ),
     ]
@@ -291,7 +340,7 @@ class Metric:
             if on_ray:
                 getattr(target, op)(value, tags=dict(tags) if tags else None)
             else:
-                child = target.labels(**tags) if self.spec.labels else target
+                child = target.labels(**(tags or {})) if self.spec.labels else target
                 getattr(child, op)(value)
         except Exception as exc:  # never fail the workload for a metric
             if not self._warned:

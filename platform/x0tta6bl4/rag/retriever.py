@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from x0tta6bl4.errors import ConfigError
 from x0tta6bl4.observability.metrics import domain_metrics
-from x0tta6bl4.rag.cache import CacheConfig, CacheKey, SemanticCache
+from x0tta6bl4.rag.cache import CacheConfig, CacheKey, SemanticCache, count_lookups
 from x0tta6bl4.rag.encoding import BatchEncoder
 from x0tta6bl4.rag.index import RWLock, VectorIndex
 from x0tta6bl4.rag.provenance import SignatureRecords, document_claim
@@ -408,21 +408,12 @@ class Retriever:
             searched = len(rows)
         with self._stats_lock:
             self._queries += len(texts)
-        self._observe(len(texts), len(texts) - len(todo), len(todo) - searched, use_cache, started)
-        return [r for r in results if r is not None]
-
-    @staticmethod
-    def _observe(queries: int, exact: int, semantic: int, use_cache: bool, started: float) -> None:
-        """Export one batch: its size and time, and the cache tiers' hits and misses (once per batch)."""
-        _METRICS["retrieval_seconds"].observe(time.perf_counter() - started)
-        _METRICS["batch_size"].observe(queries)
-        _METRICS["queries"].inc(queries)
+        _METRICS["retrieval_seconds"].observe(time.perf_counter() - started)  # metrics once per batch
+        _METRICS["batch_size"].observe(len(texts))
+        _METRICS["queries"].inc(len(texts))
         if use_cache:
-            lookups = _METRICS["cache_lookups"]
-            lookups.inc(exact, tags={"tier": "exact", "result": "hit"})
-            lookups.inc(queries - exact, tags={"tier": "exact", "result": "miss"})
-            lookups.inc(semantic, tags={"tier": "semantic", "result": "hit"})
-            lookups.inc(queries - exact - semantic, tags={"tier": "semantic", "result": "miss"})
+            count_lookups(len(texts), len(texts) - len(todo), len(todo) - searched)
+        return [r for r in results if r is not None]
 
     def search(
         self, embeddings: npt.ArrayLike, ks: Sequence[int], texts: Sequence[str] | None = None
