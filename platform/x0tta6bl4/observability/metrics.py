@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import sys
 import threading
 from collections.abc import Mapping
@@ -410,6 +411,13 @@ def serve_metrics(port: int, host: str = "127.0.0.1") -> int:
 
     server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
     return int(server.server_port)
+
+
+def write_textfile(path: str | os.PathLike[str]) -> None:
+    """Write :data:`REGISTRY` to ``path`` atomically (one-shot commands: node_exporter's textfile collector)."""
+    from prometheus_client import write_to_textfile
+
+    write_to_textfile(str(path), REGISTRY)
 
 
 def exposition() -> bytes:
