@@ -414,7 +414,7 @@ def serve_metrics(port: int, host: str = "127.0.0.1") -> int:
 
 
 def write_textfile(path: str | os.PathLike[str]) -> None:
-    """Write :data:`REGISTRY` to ``path`` atomically (one-shot commands: node_exporter's textfile collector)."""
+    """Write :data:`REGISTRY` to ``path`` atomically (for node_exporter's textfile collector)."""
     from prometheus_client import write_to_textfile
 
     write_to_textfile(str(path), REGISTRY)

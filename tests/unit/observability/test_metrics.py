@@ -17,14 +17,24 @@ UNBOUNDED_LABELS = {"node", "node_id", "peer", "spiffe_id", "path", "host", "inc
 def record_every_metric():
     """One sample of every catalogued metric, with every label set."""
     for spec in CATALOGUE.values():
-        tags = {label: "x" for label in spec.labels}
+        tags = dict.fromkeys(spec.labels, "x")
         record = {"counter": "inc", "gauge": "set", "histogram": "observe"}[spec.kind]
         getattr(metric(spec.name), record)(1.0, tags=tags)
 
 
 def test_the_catalogue_follows_the_naming_rules():
     domains = {spec.domain for spec in CATALOGUE.values()}
-    assert {"mesh", "telemetry", "detector", "federated", "rag", "gateway", "mapek", "security", "ledger"} <= domains
+    assert {
+        "mesh",
+        "telemetry",
+        "detector",
+        "federated",
+        "rag",
+        "gateway",
+        "mapek",
+        "security",
+        "ledger",
+    } <= domains
     assert "recovery" in domains
     for name, spec in CATALOGUE.items():
         assert re.fullmatch(r"x0tta6bl4_[a-z0-9_]+", name), name
@@ -42,8 +52,12 @@ def test_the_prometheus_client_exposition_passes_promtool_check_metrics():
     text = exposition().decode()
     for spec in CATALOGUE.values():
         exported = spec.name + ("_total" if spec.kind == "counter" else "")
-        assert f"# TYPE {exported} {spec.kind}" in text or f"# TYPE {spec.name} {spec.kind}" in text, spec.name
-    proc = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+        assert f"# TYPE {exported} {spec.kind}" in text or f"# TYPE {spec.name} {spec.kind}" in text, (
+            spec.name
+        )
+    proc = subprocess.run(
+        [PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
     problems = [line for line in (proc.stdout + proc.stderr).splitlines() if "x0tta6bl4" in line]
     assert proc.returncode == 0 and not problems, proc.stdout + proc.stderr
 
