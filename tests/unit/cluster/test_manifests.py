@@ -377,6 +377,7 @@ def test_the_front_sidecar_runs_serve_front_only_against_its_pods_serve_port():
     assert config.http.score_max_bytes == _app(serve)["args"]["http"]["score_max_bytes"]
     ports = {p["name"]: p["containerPort"] for p in front["ports"]}
     assert (config.front.host, config.front.port) == ("0.0.0.0", ports["front"])
+    assert config.front.metrics_port == ports["front-metrics"]  # scraped by the PodMonitor and scrape.yaml
     assert config.front.enabled and config.front.policy is None and DEFAULT_POLICY_PATH.is_file()
     svc = "x0tta6bl4-front"
     assert _doc("rayservice.yaml", "Service")["metadata"]["name"] == svc
@@ -479,6 +480,7 @@ def test_scrape_config_has_a_job_per_ray_metrics_port_declared_by_the_manifests(
         "ray-nodes": "metrics",
         "ray-dashboard": "dash-metrics",
         "ray-autoscaler": "as-metrics",
+        "x0tta6bl4-front": "front-metrics",
     }
     for job in jobs.values():
         assert job["kubernetes_sd_configs"] == [{"role": "pod"}]
