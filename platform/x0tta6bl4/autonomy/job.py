@@ -172,6 +172,7 @@ def execute(
         else ShardedMesh(plan.topology, spec, keep_actors=config.keep_mesh, resume=resume)
     )
     replay = _replay(plan, mesh) if resume else Replay.none()
+    _RECOVERY["replayed_ticks"].inc(replay.replayed_ticks)  # a resumed driver re-runs these ticks
     ticks_log = TickLog(plan.run_dir / TICKS_NAME, replay.kept_records())
     hosts = _start_hosts(config, plan.topology) if conn is not None else {}
     loop = _Autonomy(plan, mesh, hosts) if config.autonomy else None

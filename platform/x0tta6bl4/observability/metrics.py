@@ -283,7 +283,7 @@ CATALOGUE: dict[str, MetricSpec] = {
             (
                 "recovery_replayed_ticks",
                 "counter",
-                "Ticks replayed to shards that came back from a checkpoint.",
+                "Ticks re-run after a failure: to a shard back from a checkpoint, or by a resumed driver.",
             ),
             (
                 "recovery_controller_retries",
