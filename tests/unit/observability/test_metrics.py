@@ -3,6 +3,7 @@
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import requests
@@ -81,3 +82,11 @@ def test_serve_metrics_answers_scrapes_with_the_platform_registry():
     resp = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
     assert resp.status_code == 200 and "x0tta6bl4_ledger_appends_total" in resp.text
     assert "ray_" not in resp.text  # only this process's own registry, none of Ray's
+
+
+def test_every_metric_is_in_the_operating_guides_catalogue_with_its_labels():
+    docs = (Path(__file__).resolve().parents[3] / "docs" / "operating.md").read_text()
+    for spec in CATALOGUE.values():
+        exported = spec.name + ("_total" if spec.kind == "counter" else "")
+        labels = ", ".join(f"`{label}`" for label in spec.labels) or "–"
+        assert f"| `{exported}` | {spec.kind} | {labels} |" in docs, exported
