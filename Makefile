@@ -25,6 +25,7 @@ lint: setup
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_quality.py -k "not quality_gate"
 	$(BIN)/python scripts/bandit_gate.py
+	promtool check rules cluster/prometheus/rules.yaml
 
 bench: setup
 	$(BIN)/x0tta6bl4 bench mesh --json

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time (and idempotent) set-up behind `make run` and `make test`:
-#   1. Debian packages the platform needs (BCC for eBPF, kernel headers, iproute2, iptables, iperf3),
+#   1. Debian packages the platform needs (BCC for eBPF, kernel headers, iproute2, iptables, iperf3,
+#      prometheus: promtool and the server for the metrics and alert-rule tests),
 #      installed with apt when running as root; otherwise the missing ones are listed with the command.
 #   2. Kernel headers for BCC when the running kernel ships none (/lib/modules/$(uname -r)/build).
 #   3. tracefs mounted (eBPF tracepoints).
@@ -16,7 +17,7 @@ PY=${PYTHON:-python3}
 VENV=.venv
 STAMP=$VENV/.x0tta6bl4-setup
 DEBIAN_BCC=/usr/lib/python3/dist-packages/bcc
-APT_PACKAGES=(python3-bpfcc bpfcc-tools iproute2 iptables iperf3 linux-headers-amd64)
+APT_PACKAGES=(python3-bpfcc bpfcc-tools iproute2 iptables iperf3 linux-headers-amd64 prometheus)
 KREL=$(uname -r)
 
 say() { printf '[setup] %s\n' "$*" >&2; }

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from x0tta6bl4 import RAY_NAMESPACE
-from x0tta6bl4.errors import X0tta6bl4Error
+from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
 from x0tta6bl4.security import ray_auth
 from x0tta6bl4.security.errors import RayAuthError
 
@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 #: How long a named cluster's GCS may take to answer the authentication probe.
 _PROBE_PATIENCE_S = 10.0
+#: Port of the metrics agent of a local Ray this process starts (Prometheus scrapes it); unset: any free.
+METRICS_EXPORT_PORT_ENV = "X0TTA6BL4_RAY_METRICS_EXPORT_PORT"
 #: Ray's authentication variables as they were before connect_ray changed them (restored on disconnect).
 _env_before: dict[str, str | None] | None = None
 
@@ -125,8 +127,19 @@ def _connect(ray: Any, address: str | None, num_cpus: int | None, dashboard: boo
         log_to_driver=False,
         configure_logging=True,
         logging_level=logging.WARNING,
+        _metrics_export_port=_metrics_export_port(),
     )
     return RayConnection(info.address_info["gcs_address"], True, info.dashboard_url or None)
+
+
+def _metrics_export_port() -> int | None:
+    """The metrics agent port ``$X0TTA6BL4_RAY_METRICS_EXPORT_PORT`` asks for (None: Ray picks one)."""
+    text = os.environ.get(METRICS_EXPORT_PORT_ENV, "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ConfigError(f"{METRICS_EXPORT_PORT_ENV} must be a port number, not {text[:20]!r}")
+    return int(text)
 
 
 class RayUnreachableError(X0tta6bl4Error, ConnectionError):

@@ -27,34 +27,9 @@ def _run(args, env, timeout=240):
     )
 
 
-def test_run_writes_a_report_with_faults_timeline_and_summary(tmp_path, cli_env):
-    # A pristine runbook corpus and registry (bootstrapped by the run), as on a fresh clone.
-    cli_env["X0TTA6BL4_RAG_DIR"] = str(tmp_path / "rag")
-    cli_env["X0TTA6BL4_REGISTRY"] = str(tmp_path / "registry")
-    proc = _run(
-        [
-            "run",
-            "--nodes",
-            "400",
-            "--regions",
-            "4",
-            "--ticks",
-            "100",
-            "--seed",
-            "3",
-            "--faults-per-1000-ticks",
-            "100",
-            "--runs-dir",
-            str(tmp_path),
-            "--run-id",
-            "small",
-            "--serve-port",
-            str(_free_port()),
-            "--json",
-        ],
-        cli_env,
-        timeout=420,
-    )
+def test_run_writes_a_report_with_faults_timeline_and_summary(small_run):
+    # The session's shared run (tests/e2e/conftest.py): 400 nodes, 4 regions, 100 ticks, seed 3.
+    proc, tmp_path = small_run.proc, small_run.runs_dir
     assert proc.returncode == 0, proc.stderr
     printed = json.loads(proc.stdout)
     report = json.loads((tmp_path / "small" / "report.json").read_text())

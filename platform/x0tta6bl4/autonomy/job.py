@@ -24,12 +24,16 @@ from x0tta6bl4.mesh.faults import Action, Fault, random_schedule
 from x0tta6bl4.mesh.pipeline import LocalMesh, Mesh, ShardedMesh, TickResult
 from x0tta6bl4.mesh.shard import MeshSpec
 from x0tta6bl4.mesh.topology import Topology, TopologySpec
+from x0tta6bl4.observability.metrics import domain_metrics
 from x0tta6bl4.security.ledger import Ledger
 
 if TYPE_CHECKING:
     pass
 
 log = logging.getLogger(__name__)
+
+#: Failures the run recovered from (controller retries, host sources lost).
+_RECOVERY = domain_metrics("recovery")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +172,7 @@ def execute(
         else ShardedMesh(plan.topology, spec, keep_actors=config.keep_mesh, resume=resume)
     )
     replay = _replay(plan, mesh) if resume else Replay.none()
+    _RECOVERY["replayed_ticks"].inc(replay.replayed_ticks)  # a resumed driver re-runs these ticks
     ticks_log = TickLog(plan.run_dir / TICKS_NAME, replay.kept_records())
     hosts = _start_hosts(config, plan.topology) if conn is not None else {}
     loop = _Autonomy(plan, mesh, hosts) if config.autonomy else None
@@ -410,6 +415,7 @@ class _Autonomy:
                 return ray.get(getattr(self.actor, method).remote(*args), timeout=CONTROLLER_TIMEOUT_S)
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
                 self.failures += 1
+                _RECOVERY["controller_retries"].inc()
                 log.warning("controller call %s failed (%s); waiting for it to come back", method, exc)
                 self._wait_for_controller()
         return None
@@ -493,6 +499,7 @@ def _poll_hosts(hosts: list[Any]) -> list[Any]:
     try:
         return list(ray.get([h.poll.remote() for h in hosts], timeout=30))
     except Exception as exc:
+        _RECOVERY["host_failures"].inc()
         log.warning("polling host telemetry failed: %s", exc)
         return []
 
@@ -514,6 +521,7 @@ def _host_status(ray: Any, handle: Any, tries: int = 3) -> dict[str, Any]:
         except Exception as exc:  # RayActorError, GetTimeoutError: it may be restarting
             error = exc
             time.sleep(1.0)
+    _RECOVERY["host_failures"].inc()
     return {"source": "unavailable", "error": f"{type(error).__name__}: {error}"[:300]}
 
 

@@ -45,6 +45,10 @@ from x0tta6bl4.federated.screening import (
 )
 from x0tta6bl4.models import lora
 from x0tta6bl4.models.graphsage import DetectorSpec
+from x0tta6bl4.observability.metrics import domain_metrics
+
+#: Federated round metrics (recorded once per round).
+_METRICS = domain_metrics("federated")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,11 +272,13 @@ class TrackedStrategy(Strategy):  # type: ignore[misc]
             sampled=len(messages),
             bytes_down=sum(_message_bytes(m) for m in messages),
         )
+        _METRICS["sent_bytes"].inc(self._record.bytes_down, tags={"stage": "train"})
         return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        aggregating = time.perf_counter()
         replies = list(replies)
         valid, bad = self._note_replies(replies)
         rec = self._record
@@ -295,6 +301,7 @@ class TrackedStrategy(Strategy):  # type: ignore[misc]
         if len(replies) < rec.sampled:
             rec.failures.append(f"{rec.sampled - len(replies)} client(s) did not reply in time")
         rec.regions = sorted(int(r.content.metric_records[METRICS][REGION]) for r in ok)  # type: ignore[arg-type]
+        _observe_replies("train", rec.replied, rec.failed, rec.rejected)
         if len(ok) < self.min_clients:
             detail = "; ".join(rec.failures + [f"rejected {x}" for x in rec.rejections]) or "no replies"
             raise TooFewRepliesError(
@@ -310,6 +317,12 @@ class TrackedStrategy(Strategy):  # type: ignore[misc]
         ok.sort(key=lambda r: int(r.content.metric_records[METRICS][REGION]))  # type: ignore[arg-type]
         arrays, metrics = self.inner.aggregate_train(server_round, ok)
         rec.train_wall_s = time.perf_counter() - self._started
+        seconds = _METRICS["round_seconds"]
+        seconds.observe(aggregating - self._started, tags={"stage": "train", "part": "clients"})
+        seconds.observe(
+            self._started + rec.train_wall_s - aggregating, tags={"stage": "train", "part": "aggregate"}
+        )
+        _METRICS["rounds"].inc(tags={"stage": "train"})
         rec.local_train_s = _metric(metrics, "train_s") or 0.0
         rec.load_s = _metric(metrics, "load_s") or 0.0
         rec.overhead_s = max(0.0, rec.train_wall_s - rec.local_train_s)
@@ -325,6 +338,7 @@ class TrackedStrategy(Strategy):  # type: ignore[misc]
         messages = [self._with_base(m) for m in planned]
         if self._record is not None:
             self._record.bytes_eval = sum(_message_bytes(m) for m in messages)
+            _METRICS["sent_bytes"].inc(self._record.bytes_eval, tags={"stage": "evaluate"})
         return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -334,14 +348,23 @@ class TrackedStrategy(Strategy):  # type: ignore[misc]
         rec = self._record
         assert rec is not None
         rec.failures.extend(f"evaluate {self._failure(r)}" for r in bad)
+        _observe_replies("evaluate", len(ok), len(bad), 0)
         rec.auprc, rec.auroc, rec.best_f1 = (_metric(metrics, k) for k in ("auprc", "auroc", "best_f1"))
         now = time.perf_counter()
         rec.eval_s = now - self._eval_started
         rec.round_s = now - self._started
+        _METRICS["round_seconds"].observe(rec.eval_s, tags={"stage": "evaluate", "part": "clients"})
+        _METRICS["rounds"].inc(tags={"stage": "evaluate"})
         self.outcome.rounds.append(rec)
         if self.on_round is not None:
             self.on_round(rec)
         return metrics
+
+
+def _observe_replies(stage: str, replied: int, failed: int, rejected: int) -> None:
+    """Export one round's client replies by outcome (per round, not per client)."""
+    for outcome, count in (("replied", replied), ("failed", failed), ("rejected", rejected)):
+        _METRICS["client_replies"].inc(count, tags={"stage": stage, "outcome": outcome})
 
 
 def _inner(settings: ServerSettings, strategy: str) -> FedAvg:

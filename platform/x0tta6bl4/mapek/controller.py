@@ -16,6 +16,7 @@ from x0tta6bl4.mapek.core import ControllerCore
 from x0tta6bl4.mapek.interfaces import MeshView, StepResult
 from x0tta6bl4.mapek.knowledge import KnowledgeStore
 from x0tta6bl4.mesh.topology import Topology, TopologySpec
+from x0tta6bl4.observability.metrics import domain_metrics
 from x0tta6bl4.telemetry.frame import FEATURES
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,9 @@ CONTROLLER_NAME = "mapek-controller"
 
 #: Ticks between polls of the real hosts' telemetry sources (their frames are reused in between).
 HOST_POLL_EVERY_TICKS = 10
+
+#: The controller's metrics (the monitor phase is timed here, the others in ControllerCore).
+_METRICS = domain_metrics("mapek")
 
 
 def mesh_view(topology: Topology, num_hosts: int) -> MeshView:
@@ -153,13 +157,16 @@ class MapeKController:
         of earlier actions; see :meth:`ControllerCore.acknowledge`).
         """
         self.core.acknowledge(applied)
+        started = time.perf_counter()
         try:
             features = self._monitor(tick)
         except Exception as exc:  # a shard restarting: keep the last thresholds, act on nothing
             self._shards = []
             msg = f"tick {tick}: telemetry unavailable ({type(exc).__name__}: {exc})"
             self._note(msg)
+            _METRICS["idle_cycles"].inc(tags={"reason": "telemetry_unavailable"})
             return self.core.idle(tick, (msg,))
+        _METRICS["phase_seconds"].observe(time.perf_counter() - started, tags={"phase": "monitor"})
         return self.core.step(tick, features, unserviceable_share)
 
     def incidents(self) -> list[dict[str, Any]]:

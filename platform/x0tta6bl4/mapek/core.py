@@ -9,6 +9,7 @@ testable alone (each is tested through ``ControllerCore.step``).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ from x0tta6bl4.mapek.state import Health, deep_analysis, mesh_health, monitoring
 from x0tta6bl4.mapek.symptoms import FeatureBaselines, describe
 from x0tta6bl4.mapek.thresholds import ThresholdLearner, neighbour_max, trend_slope
 from x0tta6bl4.mesh.faults import ACTIONS, Action
+from x0tta6bl4.observability.metrics import domain_metrics
 from x0tta6bl4.telemetry.frame import FEATURE_INDEX, FEATURES
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,9 @@ DISRUPTIVE = ("restart_node", "isolate_node")
 
 #: Ticks after opening that an incident stays unconfirmed (no action) to rule out a transient.
 CONFIRM_TICKS = 2
+
+#: The controller's metrics: recorded once per analysed tick (never per node).
+_METRICS = domain_metrics("mapek")
 
 
 class _PlanUnavailableError(Exception):
@@ -187,6 +192,7 @@ class ControllerCore:
         window = np.stack(self.pending[-self._max_window() :])
         self.pending.clear()
         errors: list[str] = []
+        started = time.perf_counter()
         try:
             scores = self.scorer.score(
                 range(self.view.num_nodes), window, self.view.pairs, self.config.stream_id
@@ -195,15 +201,19 @@ class ControllerCore:
             msg = f"tick {tick}: scoring failed ({type(exc).__name__}: {exc}); keeping last thresholds"
             log.warning(msg)
             self.errors.append(msg)
+            _METRICS["idle_cycles"].inc(tags={"reason": "scoring_failed"})
             return self.idle(tick, (msg,))
+        scored = time.perf_counter()
         self.last_analysed = tick
         self.counters["analyses"] += 1
         actions = self._analyse_plan_execute(
             tick, features, scores.astype(np.float32), unserviceable_share, errors
         )
+        analysed = time.perf_counter()
         pushed = self._maybe_push(tick)
         if tick % self.config.checkpoint_every_ticks == 0:
             self.checkpoint(tick)
+        self._observe(started, scored, analysed)
         return StepResult(
             tick,
             tuple(actions),
@@ -214,6 +224,18 @@ class ControllerCore:
             pushed,
             tuple(errors),
         )
+
+    def _observe(self, started: float, scored: float, analysed: float) -> None:
+        """Export one analysed cycle: its phases' times, the mesh's and nodes' states, open incidents."""
+        phase = _METRICS["phase_seconds"]
+        phase.observe(scored - started, tags={"phase": "score"})
+        phase.observe(analysed - scored, tags={"phase": "analyse"})
+        phase.observe(time.perf_counter() - analysed, tags={"phase": "knowledge"})
+        _METRICS["cycles"].inc()
+        for state, count in zip(Health, np.bincount(self.node_state, minlength=len(Health)), strict=False):
+            _METRICS["nodes"].set(float(count), tags={"state": state.name})
+            _METRICS["mesh_state"].set(float(state == self.mesh_state), tags={"state": state.name})
+        _METRICS["open_incidents"].set(float(self.open_incidents()))
 
     def acknowledge(self, applied: Sequence[tuple[int, str, int, int | None]] | None) -> None:
         """Settle the attempts awaiting the mesh's acknowledgement.
@@ -593,6 +615,7 @@ class ControllerCore:
 
     def _judge(self, tick: int, inc: Incident, attempt: Attempt, ok: bool) -> None:
         attempt.outcome = "success" if ok else "failed"
+        _METRICS["actions"].inc(tags={"action": attempt.action, "verdict": attempt.outcome})
         attempt.judged_tick = tick
         self.audit.action_judged(inc.incident_id, attempt, tick)
         self.knowledge.record_judgement(
@@ -605,6 +628,9 @@ class ControllerCore:
     def _close(self, tick: int, inc: Incident, status: str) -> None:
         inc.status = status
         inc.closed_tick = tick
+        _METRICS["incidents"].inc(tags={"outcome": status})
+        if status == "resolved":
+            _METRICS["time_to_repair_ticks"].observe(tick - inc.opened_tick)
         self.knowledge.save_incident(self.run_id, inc.to_dict())
         if status == "resolved" and self.config.ingest_resolved and self.runbooks is not None:
             doc = inc.resolved_document(self.run_id, tick)
@@ -636,6 +662,8 @@ class ControllerCore:
             self.counters["push_errors"] += 1
             return False
         self.counters["pushes"] += 1
+        _METRICS["threshold"].set(default, tags={"stat": "median"})
+        _METRICS["threshold"].set(float(np.quantile(thr, 0.9)), tags={"stat": "p90"})
         self.audit.record(
             "thresholds.push",
             "served detector",

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 from scipy.sparse import csr_matrix, identity
 
+from x0tta6bl4.observability.metrics import metric
+
 
 class AlarmLedger:
     """Counts alarmed node-ticks far from every active fault (false alarms), tick by tick.
@@ -85,6 +87,7 @@ def evaluate(
         if hits:
             detected += 1
             mttd.append(min(hits))
+            metric("mapek_time_to_detect_ticks").observe(min(hits))
     precision = true_incidents / len(confirmed) if confirmed else 0.0
     recall = detected / len(evaluated) if evaluated else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0

@@ -31,7 +31,11 @@ from x0tta6bl4.mesh.shard import (
     shard_name,
 )
 from x0tta6bl4.mesh.topology import Topology
+from x0tta6bl4.observability.metrics import domain_metrics
 from x0tta6bl4.telemetry.frame import TelemetryFrame
+
+#: Shard recoveries (restarts, replayed ticks) as the driver sees them.
+_RECOVERY = domain_metrics("recovery")
 
 log = logging.getLogger(__name__)
 
@@ -273,9 +277,11 @@ class ShardedMesh:
                     out: StepOutput = ray.get(ref, timeout=self.step_timeout_s)
                     return out
                 self.restarts += 1
+                _RECOVERY["shard_restarts"].inc()
                 at = int(self._wait_alive(region)["tick"])
                 if at >= tick:
                     raise ShardLostError(f"shard {region} is at tick {at}, past {tick}: its output is lost")
+                _RECOVERY["replayed_ticks"].inc(tick - at - 1)
                 for t in range(at + 1, tick):
                     replayed: StepOutput = ray.get(
                         self._submit(region, self._payload(t)), timeout=self.step_timeout_s

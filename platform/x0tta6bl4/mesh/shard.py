@@ -268,7 +268,7 @@ class MeshShardActor:
         if self._unreported < METRICS_EVERY_TICKS:
             return
         m["ticks"].inc(self._unreported, tags=tags)
-        m["step_s"].observe(time.perf_counter() - started, tags=tags)
+        m["step_seconds"].observe(time.perf_counter() - started, tags=tags)
         m["serviceable_nodes"].set(float(summary[1]), tags=tags)
         m["faulty_nodes"].set(float(summary[3]), tags=tags)
         self._unreported = 0

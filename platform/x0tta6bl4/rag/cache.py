@@ -15,8 +15,11 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from x0tta6bl4.errors import ConfigError
+from x0tta6bl4.observability.metrics import metric
 
 F32 = npt.NDArray[np.float32]
+#: Lookups by tier (exact, semantic; the gateway adds edge) and result.
+_LOOKUPS = metric("rag_cache_lookups")
 
 
 class CacheConfig(BaseModel):
@@ -230,3 +233,12 @@ def _unit(embedding: npt.ArrayLike) -> F32:
         raise ConfigError("a cache embedding must be finite and non-zero")
     out: F32 = vec / np.float32(norm)
     return out
+
+
+def count_lookups(queries: int, exact_hits: int, semantic_hits: int) -> None:
+    """Export a batch's cache lookups: every query tries the exact tier, its misses the semantic one."""
+    lookups = _LOOKUPS
+    lookups.inc(exact_hits, tags={"tier": "exact", "result": "hit"})
+    lookups.inc(queries - exact_hits, tags={"tier": "exact", "result": "miss"})
+    lookups.inc(semantic_hits, tags={"tier": "semantic", "result": "hit"})
+    lookups.inc(queries - exact_hits - semantic_hits, tags={"tier": "semantic", "result": "miss"})

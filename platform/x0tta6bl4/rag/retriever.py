@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from x0tta6bl4.errors import ConfigError
-from x0tta6bl4.rag.cache import CacheConfig, CacheKey, SemanticCache
+from x0tta6bl4.observability.metrics import domain_metrics
+from x0tta6bl4.rag.cache import CacheConfig, CacheKey, SemanticCache, count_lookups
 from x0tta6bl4.rag.encoding import BatchEncoder
 from x0tta6bl4.rag.index import RWLock, VectorIndex
 from x0tta6bl4.rag.provenance import SignatureRecords, document_claim
@@ -43,6 +45,9 @@ F32 = npt.NDArray[np.float32]
 
 #: Environment variable naming the default store directory.
 DATA_DIR_ENV = "X0TTA6BL4_RAG_DIR"
+
+#: Retrieval metrics (recorded per batch).
+_METRICS = domain_metrics("rag")
 
 
 def default_data_dir() -> Path:
@@ -267,6 +272,7 @@ class Retriever:
             self._ranker, self._index = ranker, index
         self.cache.clear()  # before the version moves: an answer tagged new is never an old entry
         self._documents_size = self._store.documents_size()
+        _METRICS["index_documents"].set(ranker.document_count)
 
     def _rebuild(
         self, docs: Mapping[str, Document], ingested: list[Document]
@@ -377,10 +383,12 @@ class Retriever:
             raise RetrievalInputError(f"got {len(ks)} values of k for {len(texts)} queries")
         for text, kk in zip(texts, ks, strict=True):
             self.check_query(text, kk)
+        started = time.perf_counter()
         keys = [CacheKey.of(t, int(kk)) for t, kk in zip(texts, ks, strict=True)]
         cached: list[QueryResult | None] = [self.cache.get_exact(key) if use_cache else None for key in keys]
         results = [None if r is None else dataclasses.replace(r, cached=True) for r in cached]
         todo = [i for i, r in enumerate(results) if r is None]
+        searched = 0
         if todo:
             vectors = self.embed([texts[i] for i in todo])
             rows: list[int] = []
@@ -397,8 +405,14 @@ class Retriever:
                 if use_cache:
                     self.cache.put(keys[todo[row]], vectors[row], result)
                 results[todo[row]] = result
+            searched = len(rows)
         with self._stats_lock:
             self._queries += len(texts)
+        _METRICS["retrieval_seconds"].observe(time.perf_counter() - started)  # metrics once per batch
+        _METRICS["batch_size"].observe(len(texts))
+        _METRICS["queries"].inc(len(texts))
+        if use_cache:
+            count_lookups(len(texts), len(texts) - len(todo), len(todo) - searched)
         return [r for r in results if r is not None]
 
     def search(
@@ -504,6 +518,8 @@ class Retriever:
             self._store.save_index(self._index)
             self.cache.clear()
             self._documents_size = self._store.documents_size()
+        _METRICS["ingested_documents"].inc(len(new))
+        _METRICS["index_documents"].set(self._ranker.document_count)
         return {"documents": ids, "added": len(new), "chunks": len(records)}
 
     def _verify_signatures(

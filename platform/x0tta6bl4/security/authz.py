@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from x0tta6bl4.errors import ConfigError
+from x0tta6bl4.observability.metrics import metric
 from x0tta6bl4.security.errors import AuthorizationError
 
 #: The policy shipped with the platform (the default of ``x0tta6bl4 serve``).
@@ -33,6 +34,9 @@ DEFAULT_POLICY_PATH = Path(__file__).resolve().parents[3] / "cluster" / "authz.y
 MAX_POLICY_BYTES = 1 << 20
 
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+
+#: Refusals by the rule that refused (its path pattern, or ``none``): bounded by the policy.
+_DENIALS = metric("security_authz_denials")
 
 
 @lru_cache(maxsize=4096)
@@ -127,5 +131,7 @@ def authorise(policy: Policy, spiffe_id: str, method: str, path: str) -> None:
         if rule.covers(method, path):
             if any(matches(p, spiffe_id) for p in rule.allow):
                 return
+            _DENIALS.inc(tags={"rule": rule.path})
             raise AuthorizationError(f"{spiffe_id} may not {method} {path}")
+    _DENIALS.inc(tags={"rule": "none"})
     raise AuthorizationError(f"no rule allows {method} {path}")

@@ -36,6 +36,7 @@ from spiffe import SpiffeId
 
 from x0tta6bl4.durable import write_atomic
 from x0tta6bl4.errors import ConfigError
+from x0tta6bl4.observability.metrics import domain_metrics
 from x0tta6bl4.security.bundle import TrustBundle, bundle_paths
 from x0tta6bl4.security.errors import CaError
 from x0tta6bl4.security.identity import DEFAULT_TRUST_DOMAIN, parse_spiffe_id, parse_trust_domain
@@ -51,6 +52,9 @@ DEFAULT_REFRESH_HINT_S = 5
 BACKDATE_S = 60
 #: Where the CA lives when nothing else is configured (relative to the working directory).
 DEFAULT_CA_DIR = Path(".x0tta6bl4") / "security" / "ca"
+
+#: Identity metrics: SVIDs issued, authority rotations, revocations.
+_SECURITY = domain_metrics("security")
 
 
 def default_ca_dir() -> Path:
@@ -210,7 +214,9 @@ class EmbeddedCA:
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
             critical=False,
         )
-        return (builder.sign(auth.key, hashes.SHA256()),)
+        chain = (builder.sign(auth.key, hashes.SHA256()),)
+        _SECURITY["svids_issued"].inc()
+        return chain
 
     def issue_signer(
         self,
@@ -317,6 +323,7 @@ class EmbeddedCA:
             self._reload()
             ident = self._new_authority()
             self._publish()
+        _SECURITY["ca_rotations"].inc()
         return ident
 
     def remove_authority(self, ident: str) -> None:
@@ -341,6 +348,7 @@ class EmbeddedCA:
             # merely expired still vouches for what was signed while it was valid).
             self._state.setdefault("removed", []).append(victim)
             self._publish()
+        _SECURITY["revocations"].inc()
 
     def revoke(self, serial: int) -> None:
         """Revoke one SVID by serial: it enters its authority's CRL, which every enforcement point re-reads.
@@ -357,6 +365,7 @@ class EmbeddedCA:
             revoked.setdefault(self._state["active"], {})[format(serial, "x")] = _now().isoformat()
             write_atomic(self.directory / "revoked.json", json.dumps(revoked, indent=1) + "\n", mode=0o600)
             self._publish()
+        _SECURITY["revocations"].inc()
 
     def revoke_svid(self, cert: x509.Certificate) -> None:
         """Revoke the SVID whose leaf is ``cert`` in the CRL of the authority that signed it."""
@@ -371,6 +380,7 @@ class EmbeddedCA:
             revoked.setdefault(owner, {})[format(cert.serial_number, "x")] = _now().isoformat()
             write_atomic(self.directory / "revoked.json", json.dumps(revoked, indent=1) + "\n", mode=0o600)
             self._publish()
+        _SECURITY["revocations"].inc()
 
     def authorities(self) -> list[dict[str, Any]]:
         """Each authority in the bundle: fingerprint, validity, whether it signs new SVIDs."""

@@ -78,6 +78,11 @@ def add_ledger_command(sub: Any) -> None:
         help="a head published earlier, SEQ:HASH, or a run report (report.json) whose ledger range to check",
     )
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.add_argument(
+        "--metrics-textfile",
+        type=Path,
+        help="also write the result as Prometheus metrics to this file (node_exporter's textfile collector)",
+    )
     p.set_defaults(handler=ledger_main)
 
 
@@ -137,6 +142,10 @@ def ledger_main(args: argparse.Namespace) -> int:
         return 0
     against = _head_from(args.against) if args.against else None
     report = ledger.verify(SignatureVerifier(args.ca_dir or default_ca_dir()), against)
+    if args.metrics_textfile is not None:
+        from x0tta6bl4.observability.metrics import write_textfile
+
+        write_textfile(args.metrics_textfile)
     if args.json:
         out.write(json.dumps(report.to_dict(), indent=1) + "\n")
     elif report.ok:

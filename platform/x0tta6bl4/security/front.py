@@ -35,6 +35,7 @@ from aiohttp import web
 from cryptography import x509
 from yarl import URL
 
+from x0tta6bl4.observability.metrics import domain_metrics
 from x0tta6bl4.security.authz import Policy, authorise
 from x0tta6bl4.security.errors import AuthorizationError, PeerRejectedError
 from x0tta6bl4.security.front_token import FRONT_TOKEN_HEADER, PEER_ID_HEADER
@@ -59,6 +60,38 @@ _HOP_BY_HOP = {
     "content-length",
 }
 _OWN_HEADERS = {PEER_ID_HEADER.lower(), FRONT_TOKEN_HEADER.lower()}
+
+_SECURITY = domain_metrics("security")
+#: TLS alert descriptions (RFC 8446 §6) the front sends when it refuses a handshake, as the reasons
+#: of ``x0tta6bl4_security_handshake_failures`` (the words PeerRejectedError uses where they agree).
+_ALERT_REASONS = {
+    40: "handshake",
+    42: "bad-certificate",
+    43: "bad-certificate",
+    44: "revoked",
+    45: "expired",
+    46: "bad-certificate",
+    48: "untrusted",
+    70: "protocol-version",
+    116: "no-certificate",
+}
+_TLS_ALERT = 21
+_FATAL = 2
+
+
+def watch_alerts(ctx: ssl.SSLContext) -> ssl.SSLContext:
+    """Count the fatal TLS alerts a server context sends: refused handshakes never reach a handler.
+
+    Uses CPython's ``SSLContext._msg_callback`` (private, present since 3.8): the only hook that
+    sees a handshake OpenSSL ends by itself (no client certificate, an unknown CA, TLS < 1.3).
+    """
+
+    def seen(_conn: Any, direction: str, _version: Any, content_type: int, _msg: Any, data: bytes) -> None:
+        if direction == "write" and content_type == _TLS_ALERT and len(data) == 2 and data[0] == _FATAL:
+            _SECURITY["handshake_failures"].inc(tags={"reason": _ALERT_REASONS.get(data[1], "tls-other")})
+
+    ctx._msg_callback = seen  # type: ignore[attr-defined]
+    return ctx
 
 
 @dataclass
@@ -113,7 +146,7 @@ class MtlsFront:
         self._lock = threading.Lock()
         self._generation = 0
         self._verifier = PeerVerifier(source.bundles(), source.revocations())
-        self._current = server_context(source.svid(), source.bundles())
+        self._current = watch_alerts(server_context(source.svid(), source.bundles()))
         self._cache: weakref.WeakKeyDictionary[Any, _Verified] = weakref.WeakKeyDictionary()
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
@@ -127,7 +160,7 @@ class MtlsFront:
     def _rebuild(self) -> None:
         """Called by the source after a rotation, bundle or CRL change (on its thread)."""
         svid, bundles = self.source.svid(), self.source.bundles()
-        ctx = server_context(svid, bundles)
+        ctx = watch_alerts(server_context(svid, bundles))
         verifier = PeerVerifier(bundles, self.source.revocations())
         with self._lock:
             self._current, self._verifier = ctx, verifier
@@ -141,7 +174,7 @@ class MtlsFront:
         ssl_obj.context = self._current  # the latest SVID and trust for every new handshake
 
     def _base_context(self) -> ssl.SSLContext:
-        ctx = server_context(self.source.svid(), self.source.bundles())
+        ctx = watch_alerts(server_context(self.source.svid(), self.source.bundles()))
         ctx.sni_callback = self._pick_context
         return ctx
 
@@ -206,11 +239,17 @@ class MtlsFront:
         return cached.spiffe_id
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        response = await self._answer(request)
+        _SECURITY["front_requests"].inc(tags={"code": str(response.status)})
+        return response
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         self.stats.requests += 1
         try:
             spiffe_id = self._peer(request)
         except PeerRejectedError as exc:
             self.stats.refused_unauthenticated += 1
+            _SECURITY["handshake_failures"].inc(tags={"reason": exc.reason})
             return _error(401, "unauthenticated", str(exc), [{"reason": exc.reason}])
         path = request.path
         if "//" in path or any(seg in (".", "..") for seg in path.split("/")) or "\\" in path:

@@ -33,6 +33,7 @@ from filelock import FileLock
 from x0tta6bl4.durable import append_synced, fsync_file, write_atomic
 from x0tta6bl4.errors import ConfigError
 from x0tta6bl4.jsonsafe import json_safe
+from x0tta6bl4.observability.metrics import domain_metrics
 from x0tta6bl4.security.signing import HybridSignature, SignatureError, SignatureVerifier, Signer
 
 ENTRIES = "entries.jsonl"
@@ -40,6 +41,9 @@ HEAD = "head.json"
 GENESIS = "0" * 64
 ENTRY_CONTEXT = "ledger-entry"
 HEAD_CONTEXT = "ledger-head"
+
+#: Ledger metrics: appends, verifications and what they found.
+_LEDGER = domain_metrics("ledger")
 #: An entry's ``data`` is bounded: the ledger records decisions, not payloads.
 MAX_DATA_BYTES = 16 << 10
 #: Where the last entry is looked for when appending (an entry is about 6 kB).
@@ -209,6 +213,7 @@ class Ledger:
             entry["signature"] = signer.sign(body, ENTRY_CONTEXT).to_dict(include_certificate=False)
             append_synced(self.entries_path, [json.dumps(entry, sort_keys=True)])
             self._publish_head(signer, LedgerHead(entry["seq"], entry["hash"]))
+        _LEDGER["appends"].inc()
         return entry
 
     def _keep_signer(self, fingerprint: str, cert: x509.Certificate) -> None:
@@ -314,6 +319,15 @@ class Ledger:
         Returns:
             The report; ``problem`` names the first entry that fails and why.
         """
+        report = self._verify(verifier, against)
+        _LEDGER["verifications"].inc(tags={"result": "ok" if report.ok else "failed"})
+        if report.problem is not None:
+            kind = report.problem.split(":", 1)[0]
+            kind = kind if kind in ("truncated", "rewritten") else "head" if "head.json" in kind else "entry"
+            _LEDGER["verify_failures"].inc(tags={"kind": kind})
+        return report
+
+    def _verify(self, verifier: SignatureVerifier, against: LedgerHead | None) -> VerifyReport:
         report = VerifyReport()
         certs = self.signer_certificates()
         prev_hash, expected_seq = GENESIS, 0

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from spiffe import SpiffeId, X509Source
 from spiffe.errors import PySpiffeError
 
+from x0tta6bl4.observability.metrics import domain_metrics
 from x0tta6bl4.security.bundle import TrustBundle, bundle_paths
 from x0tta6bl4.security.ca import EmbeddedCA, default_ca_dir
 from x0tta6bl4.security.errors import CaError, InvalidSvidError, SecurityError
@@ -33,6 +34,8 @@ from x0tta6bl4.security.svid import Svid
 from x0tta6bl4.security.tls import Revocations
 
 log = logging.getLogger(__name__)
+
+_SECURITY = domain_metrics("security")
 
 #: Environment variable naming the Workload API socket (the SPIFFE Workload Endpoint spec's name).
 ENDPOINT_SOCKET_ENV = "SPIFFE_ENDPOINT_SOCKET"
@@ -153,6 +156,8 @@ class EmbeddedSource:
     def _issue(self) -> Svid:
         svid = self._ca.issue_svid(self._spiffe_id, self._ttl_s, *self._sans)
         kind = "svid.rotate" if getattr(self, "_svid", None) is not None else "svid.issue"
+        if kind == "svid.rotate":
+            _SECURITY["svid_rotations"].inc()
         try:  # the audit record never stands between a workload and its identity
             if self._recorder is None:
                 self._recorder = authority_recorder(self._ca)

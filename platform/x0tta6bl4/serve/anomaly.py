@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from x0tta6bl4.models.inference import (
     window_inputs,
 )
 from x0tta6bl4.models.registry import LoadedModel, ModelRegistry, RegistryError
+from x0tta6bl4.observability.metrics import domain_metrics
 from x0tta6bl4.security.provenance import ProvenancePolicy
 from x0tta6bl4.serve._private.batching import GreedyBatcher
 from x0tta6bl4.serve._private.caller import ANONYMOUS
@@ -36,6 +38,9 @@ from x0tta6bl4.serve.snapshot import Limits, Snapshot, check_stream_id, stream_k
 from x0tta6bl4.telemetry.windows import RollingInputs
 
 log = logging.getLogger(__name__)
+
+#: The detector's metrics (recorded per batch).
+_METRICS = domain_metrics("detector")
 
 #: Distinct topologies whose symmetric edge index a replica keeps.
 EDGE_CACHE_SIZE = 32
@@ -129,6 +134,8 @@ class AnomalyScorer:
             self._thresholds = _Thresholds(float(default), dict(t.per_node), self._thresholds.version + 1)
             self._thresholds_source = "user_config"
             self._user = user
+        _METRICS["threshold_updates"].inc()
+        _METRICS["model_loaded"].set(1.0)
         log.info(
             "anomaly: serving %s, default threshold %.3g, %d per-node",
             served.version,
@@ -141,6 +148,7 @@ class AnomalyScorer:
         with self._lock:
             self._thresholds = _Thresholds(float(default), dict(per_node), self._thresholds.version + 1)
             self._thresholds_source = "controller"
+        _METRICS["threshold_updates"].inc()
 
     def _load(self, version: str | None) -> ServedModel:
         detector, loaded = load_detector(self.registry, version, self.provenance)
@@ -177,6 +185,7 @@ class AnomalyScorer:
 
     def score_many(self, items: list[tuple[Snapshot, RollingInputs | None]]) -> list[dict[str, Any]]:
         """Score several snapshots in one pass; one ScoreResponse dict each."""
+        started = time.perf_counter()
         served = self.model.get()
         thresholds = self._thresholds
         prepared = [self.inputs(s, stream, served.detector.spec.window) for s, stream in items]
@@ -206,6 +215,10 @@ class AnomalyScorer:
                     "thresholds_version": thresholds.version,
                 }
             )
+        _METRICS["inference_seconds"].observe(time.perf_counter() - started)
+        _METRICS["batch_size"].observe(len(items))
+        _METRICS["nodes_scored"].inc(sum(len(s) for s in scores))
+        _METRICS["alarms"].inc(sum(len(o["alarms"]) for o in out))
         return out
 
     def describe(self) -> dict[str, Any]:
@@ -292,7 +305,13 @@ class AnomalyDetector:
 
     def check_health(self) -> None:
         """Unhealthy only when no detector is loaded (a refused new version keeps the old one serving)."""
-        self.scorer.model.get()
+        loaded = _METRICS["model_loaded"]
+        try:
+            self.scorer.model.get()
+        except Exception:
+            loaded.set(0.0)
+            raise
+        loaded.set(1.0)
 
     @serve.multiplexed(max_num_models_per_replica=64)  # type: ignore[untyped-decorator]
     async def _stream(self, key: str) -> RollingInputs:

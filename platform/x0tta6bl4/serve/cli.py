@@ -55,6 +55,11 @@ def add_serve_command(sub: Any) -> None:
         metavar="NAME",
         help="another DNS name in the front's SVID, after front.dns_names (repeatable)",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        help="with --front-only: serve the front's Prometheus metrics on this port at /metrics (front host)",
+    )
     p.add_argument("--score-max-bytes", type=int, help="largest /v1/anomaly/score body (default 64 MiB)")
     p.add_argument(
         "--front-only",
@@ -101,6 +106,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         data["front"]["dns_names"] = [*data["front"]["dns_names"], *args.front_dns_name]
     if args.score_max_bytes is not None:
         data["http"]["score_max_bytes"] = args.score_max_bytes
+    if args.metrics_port is not None:
+        data["front"]["metrics_port"] = args.metrics_port
     return load_options(ServeConfig, None, data).resolved()
 
 
@@ -205,6 +212,18 @@ def front_only(config: ServeConfig, seconds: float = 0.0) -> int:
         raise ConfigError(
             f"the mTLS front cannot listen on {config.front.host}:{config.front.port}: {exc.strerror or exc}"
         ) from None
+    if config.front.metrics_port is not None:
+        from x0tta6bl4.observability.metrics import serve_metrics
+
+        try:
+            metrics_port = serve_metrics(config.front.metrics_port, config.front.host)
+        except OSError as exc:
+            front.stop()
+            raise ConfigError(
+                f"the front's metrics cannot listen on {config.front.host}:{config.front.metrics_port}: "
+                f"{exc.strerror or exc}"
+            ) from None
+        _say(f"metrics: http://{config.front.host}:{metrics_port}/metrics")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

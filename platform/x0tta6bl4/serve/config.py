@@ -171,6 +171,13 @@ class FrontConfig(_Config):
     dns_names: list[str] = Field(
         default_factory=lambda: ["localhost"], description="DNS names in the front's SVID (for curl)"
     )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="with --front-only (no Ray): serve the front's Prometheus metrics at "
+        "http://<host>:<port>/metrics (None: off; inside Ray they go to the node's metrics agent)",
+    )
 
 
 class ServeConfig(_Config):

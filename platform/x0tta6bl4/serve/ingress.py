@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 
 from x0tta6bl4 import __version__
 from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
+from x0tta6bl4.observability.metrics import domain_metrics
 from x0tta6bl4.rag.cache import CacheConfig
 from x0tta6bl4.security.errors import InvalidSpiffeIdError
 from x0tta6bl4.security.front_token import load_token
@@ -22,6 +23,7 @@ from x0tta6bl4.serve._private.batching import GreedyBatcher
 from x0tta6bl4.serve._private.caller import ANONYMOUS, CallerMiddleware, caller_of
 from x0tta6bl4.serve._private.edge_cache import EdgeCache
 from x0tta6bl4.serve._private.limits import BodyLimitMiddleware, BodyTooLargeError, JsonErrorsMiddleware
+from x0tta6bl4.serve._private.metering import MeteringMiddleware
 from x0tta6bl4.serve.config import AnomalyConfig, HttpConfig, RagConfig
 from x0tta6bl4.serve.errors import (
     GatewayTimeoutError,
@@ -46,7 +48,22 @@ from x0tta6bl4.serve.snapshot import NPZ_MEDIA_TYPE, Limits, Snapshot, parse_bod
 
 log = logging.getLogger(__name__)
 
+_METRICS = domain_metrics("gateway")
+_CACHE_LOOKUPS = domain_metrics("rag")["cache_lookups"]
+
 SCORE_PATH = "/v1/anomaly/score"
+#: The gateway's fixed paths: its metrics' ``route`` label takes these values (and ``other``).
+ROUTES = (
+    SCORE_PATH,
+    "/v1/anomaly/model",
+    "/v1/rag/query",
+    "/v1/rag/batch",
+    "/v1/rag/documents",
+    "/v1/rag/stats",
+    "/healthz",
+    "/docs",
+    "/openapi.json",
+)
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in (
@@ -70,7 +87,8 @@ api = FastAPI(
 )
 api.add_middleware(BodyLimitMiddleware, default_bytes=HttpConfig().documents_max_bytes)
 api.add_middleware(CallerMiddleware)  # requests that bypassed the front stop here
-api.add_middleware(JsonErrorsMiddleware)  # outermost: whatever fails, the answer is JSON
+api.add_middleware(JsonErrorsMiddleware)  # whatever fails, the answer is JSON
+api.add_middleware(MeteringMiddleware, routes=ROUTES)  # outermost: counts every answer as sent
 
 #: Bodies up to this size are parsed on the event loop; larger ones on a thread (bounded by _PARSERS).
 _INLINE_PARSE_BYTES = 64 << 10
@@ -292,6 +310,7 @@ class Gateway:
         self, items: list[tuple[Snapshot, tuple[str, ...]]]
     ) -> list[bytes | BaseException]:
         """One detector call for snapshots that arrived together: an answer or an exception each."""
+        _METRICS["batch_size"].observe(len(items), tags={"backend": "anomaly"})
         answers: list[bytes | BaseException] = await self._call(self.anomaly.score_batch.remote(items))
         return answers
 
@@ -372,6 +391,7 @@ class Gateway:
             if self._corpus_watch is None:
                 self._corpus_watch = asyncio.create_task(self._watch_corpus())
             hit = edge.get(text, k)
+            _CACHE_LOOKUPS.inc(tags={"tier": "edge", "result": "miss" if hit is None else "hit"})
             if hit is not None:
                 return hit
         payload = await self._retrieval.submit((text, k, use_cache))
@@ -384,6 +404,7 @@ class Gateway:
 
     async def _retrieve(self, items: list[tuple[str, int, bool]]) -> list[dict[str, Any] | BaseException]:
         """One retriever call for queries that arrived together: an answer or an exception each."""
+        _METRICS["batch_size"].observe(len(items), tags={"backend": "rag"})
         answers: list[dict[str, Any] | BaseException] = await self._call(self.rag.query_many.remote(items))
         return answers
 

@@ -20,9 +20,13 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from x0tta6bl4.connect import platform_actor_options
 from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
+from x0tta6bl4.observability.metrics import domain_metrics
 from x0tta6bl4.telemetry.ebpf import EbpfPrograms, EbpfReading, program_sources, tracefs_root
 from x0tta6bl4.telemetry.frame import FEATURES, TelemetryFrame
 from x0tta6bl4.telemetry.procfs import ProcfsCollector
+
+#: Host telemetry and eBPF metrics (exported per poll).
+_METRICS = domain_metrics("telemetry")
 
 #: Frame features eBPF measures, and which program's value provides them. The
 #: other features (cpu, memory, interface bytes, links, loss ratio) always come
@@ -228,6 +232,7 @@ class HostTelemetry:
                     self.ebpf.close()
                     self.ebpf = None
         self.procfs = ProcfsCollector(proc, sys)
+        _METRICS["ebpf_programs_loaded"].set(float(len(self.ebpf.loaded) if self.ebpf is not None else 0))
         self.tick = 0
         self.failed_polls = 0
         self.last_poll_error: str | None = None
@@ -244,11 +249,13 @@ class HostTelemetry:
         Raises:
             TelemetryPollError: reading failed; :meth:`status` reports it and the next poll retries.
         """
+        started = time.perf_counter()
         try:
             reading = self.ebpf.poll() if self.ebpf is not None else None
             features = self.procfs.poll()
         except Exception as exc:
             self.failed_polls += 1
+            _METRICS["poll_failures"].inc(tags={"source": self.source})
             self.last_poll_failed = True
             self.last_poll_error = (
                 f"poll {self.tick + 1} at {time.strftime('%H:%M:%S')}: {type(exc).__name__}: {exc}"
@@ -261,6 +268,7 @@ class HostTelemetry:
         self.tick += 1
         self.last_poll_failed = False
         self._reading = reading
+        self._observe(reading, time.perf_counter() - started)
         row = np.array([[features.get(name, math.nan) for name in FEATURES]], dtype=np.float32)
         return TelemetryFrame(
             features=row,
@@ -270,6 +278,19 @@ class HostTelemetry:
             source=self.source,
             host=self.host,
         )
+
+    def _observe(self, reading: EbpfReading | None, elapsed_s: float) -> None:
+        """Export one poll: its time, and each program's events and losses (once per poll, not per event)."""
+        tags = {"source": self.source}
+        _METRICS["polls"].inc(tags=tags)
+        _METRICS["poll_seconds"].observe(elapsed_s, tags=tags)
+        if reading is None:
+            return
+        for name, sample in reading.samples.items():
+            _METRICS["ebpf_events"].inc(sample.events, tags={"program": name})
+            _METRICS["ebpf_lost_events"].inc(sample.lost, tags={"program": name})
+        for name in reading.read_errors:
+            _METRICS["ebpf_read_errors"].inc(tags={"program": name})
 
     def columns_from_procfs(self) -> list[str]:
         """eBPF features this host fills from procfs (or NaN) because their program is not running."""

@@ -84,10 +84,24 @@ def _start(strategy, grid, rounds):
     )
 
 
+def _replies(outcome):
+    from x0tta6bl4.observability.metrics import REGISTRY
+
+    labels = {"stage": "train", "outcome": outcome}
+    return REGISTRY.get_sample_value("x0tta6bl4_federated_client_replies_total", labels) or 0.0
+
+
 def test_a_failed_client_costs_its_reply_but_not_the_round(task_identity):
+    from x0tta6bl4.observability.metrics import REGISTRY
+
     strategy, outcome = _strategy(min_clients=1)
+    before = (_replies("replied"), _replies("failed"))
+    rounds = REGISTRY.get_sample_value("x0tta6bl4_federated_rounds_total", {"stage": "train"}) or 0.0
     _start(strategy, FakeGrid(fail_rounds={2}), rounds=2)
     first, second = outcome.rounds
+    # Exported once per round (prometheus-client here: this strategy runs without Ray).
+    assert (_replies("replied"), _replies("failed")) == (before[0] + 3, before[1] + 1)
+    assert REGISTRY.get_sample_value("x0tta6bl4_federated_rounds_total", {"stage": "train"}) == rounds + 2
     assert (first.replied, first.failed, first.regions) == (2, 0, [0, 1])
     assert (second.replied, second.failed, second.regions) == (1, 1, [0])
     assert second.failures == ["region 1: boom"]  # the node's region is known from round 1

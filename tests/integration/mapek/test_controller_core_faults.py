@@ -115,13 +115,35 @@ def test_an_unreachable_rag_app_is_reported_and_the_controller_keeps_monitoring(
     assert np.isfinite(core.learner.thresholds).all()
 
 
+def _sample(name, **labels):
+    """A metric's value in the in-process registry (the core runs without Ray here: prometheus-client)."""
+    from x0tta6bl4.observability.metrics import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def test_a_named_action_heals_the_crash_and_is_recorded_as_knowledge(scorer):
-    core, mesh, _ = _run(scorer, _Runbooks("restart_node"))
+    healed = ("x0tta6bl4_mapek_actions_total", {"action": "restart_node", "verdict": "success"})
+    resolved = ("x0tta6bl4_mapek_incidents_total", {"outcome": "resolved"})
+    repairs = ("x0tta6bl4_mapek_time_to_repair_ticks_count", {})
+    cycles = ("x0tta6bl4_mapek_cycles_total", {})
+    before = [_sample(name, **labels) for name, labels in (healed, resolved, repairs, cycles)]
+    core, mesh, steps = _run(scorer, _Runbooks("restart_node"))
     crash = next(s for s in mesh.control.faults if s.fault.node == 210)
     assert crash.remediated_by == "restart_node"
     incident = next(i for i in core.incidents if 210 in i.nodes)
     assert incident.status == "resolved" and incident.attempts[-1].outcome == "success"
     assert core.stats[incident.signature]["restart_node"][0] >= 1
+    # The same story in the controller's metrics: one per analysed cycle, never per node.
+    after = [_sample(name, **labels) for name, labels in (healed, resolved, repairs, cycles)]
+    assert after[0] > before[0] and after[1] > before[1] and after[2] > before[2]
+    assert after[3] - before[3] == sum(s.analysed for s in steps)
+    assert (
+        _sample("x0tta6bl4_mapek_nodes", state="HEALTHY")
+        + _sample("x0tta6bl4_mapek_nodes", state="OPTIMIZING")
+        > 0
+    )
+    assert _sample("x0tta6bl4_mapek_phase_seconds_count", phase="analyse") >= after[3] - before[3]
 
 
 def test_an_action_the_mesh_never_received_is_discarded_and_planned_again(scorer):

@@ -130,3 +130,26 @@ X0_TP(sched, sched_switch)
         reading = programs.poll()
     assert reading.events > 2
     assert 0 < reading.lost < reading.events
+
+
+def test_each_poll_exports_the_programs_events_losses_and_read_time() -> None:
+    # Exported once per poll per program (prometheus-client here: no Ray), never per event.
+    from x0tta6bl4.observability.metrics import REGISTRY
+    from x0tta6bl4.telemetry.source import HostTelemetry
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    events = sample("x0tta6bl4_ebpf_events_total", program="runqlat")
+    reads = sample("x0tta6bl4_ebpf_read_seconds_count", program="runqlat")
+    telemetry = HostTelemetry(0, programs=["runqlat"])
+    try:
+        assert telemetry.source == "ebpf" and sample("x0tta6bl4_ebpf_programs_loaded") == 1.0
+        telemetry.poll()
+        time.sleep(0.2)  # the scheduler switches tasks many times meanwhile
+        telemetry.poll()
+    finally:
+        telemetry.close()
+    assert sample("x0tta6bl4_ebpf_events_total", program="runqlat") > events
+    assert sample("x0tta6bl4_ebpf_read_seconds_count", program="runqlat") == reads + 2
+    assert sample("x0tta6bl4_telemetry_polls_total", source="ebpf") >= 2

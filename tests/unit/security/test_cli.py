@@ -82,8 +82,12 @@ def test_ledger_verify_names_the_edited_entry_and_exits_1(ca_dir, tmp_path, caps
     identity(capsys, "rotate", "--out", str(alice))
     path = tmp_path / "ledger" / "entries.jsonl"
     path.write_text(path.read_text().replace('"svid.rotate"', '"svid.revoke"'))
-    assert main(["ledger", "verify"]) == 1
+    assert main(["ledger", "verify", "--metrics-textfile", str(tmp_path / "ledger.prom")]) == 1
     assert "entry 1 (line 2)" in capsys.readouterr().out
+    # A one-shot command leaves its verdict for node_exporter's textfile collector.
+    prom = (tmp_path / "ledger.prom").read_text()
+    assert 'x0tta6bl4_ledger_verifications_total{result="failed"}' in prom
+    assert 'x0tta6bl4_ledger_verify_failures_total{kind="entry"}' in prom
 
 
 @pytest.mark.parametrize(

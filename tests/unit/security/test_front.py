@@ -16,6 +16,7 @@ import time
 import pytest
 from aiohttp import web
 
+from x0tta6bl4.observability.metrics import REGISTRY
 from x0tta6bl4.security.authz import Policy
 from x0tta6bl4.security.ca import EmbeddedCA
 from x0tta6bl4.security.front import BackgroundFront, MtlsFront
@@ -119,6 +120,15 @@ def refused_at_handshake_or_first_read(front, ctx):
     return False
 
 
+def refusals(reason):
+    """The front's refused-handshake counter for ``reason`` (prometheus-client: no Ray here)."""
+    return REGISTRY.get_sample_value("x0tta6bl4_security_handshake_failures_total", {"reason": reason}) or 0.0
+
+
+def denials(rule):
+    return REGISTRY.get_sample_value("x0tta6bl4_security_authz_denials_total", {"rule": rule}) or 0.0
+
+
 def test_an_operator_gets_through_with_its_verified_id_and_spoofed_headers_are_dropped(front, ca):
     svid = ca.issue_svid("spiffe://x0tta6bl4.local/operator/alice")
     groups_before = sum(front.front.stats.groups.values())
@@ -160,7 +170,10 @@ def test_refused_without_a_client_certificate(front, ca):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.load_verify_locations(cadata=ca.bundle().to_pem().decode())
+    before = refusals("no-certificate")
     assert refused_at_handshake_or_first_read(front, ctx)
+    # OpenSSL ends this handshake itself; the front counts the alert it sent.
+    assert _eventually(lambda: refusals("no-certificate") == before + 1)
 
 
 def test_refused_from_another_trust_domain(front, tmp_path):
@@ -168,18 +181,23 @@ def test_refused_from_another_trust_domain(front, tmp_path):
     svid = other.issue_svid("spiffe://partner.example/operator/alice")
     ctx = client_context(svid, {other.trust_domain: other.bundle()})
     ctx.verify_mode = ssl.CERT_NONE  # the client trusts anything; the front must still refuse it
+    before = refusals("untrusted")
     assert refused_at_handshake_or_first_read(front, ctx)
+    assert _eventually(lambda: refusals("untrusted") == before + 1)
 
 
 def test_an_id_not_allowed_on_a_route_gets_403_there_only(front, ca):
     svid = ca.issue_svid("spiffe://x0tta6bl4.local/controller")
     conn = connect(front, client_context(svid, bundles(ca)))
+    documents, unruled = denials("/v1/rag/documents"), denials("none")
     status, body = call(conn, path="/v1/rag/documents")
     assert status == 403 and body["error"] == "forbidden"
     status, body = call(conn, path="/v1/anomaly/score")
     assert status == 200 and body["peer"] == "spiffe://x0tta6bl4.local/controller"
     status, _ = call(conn, "GET", "/admin")
     assert status == 403
+    # Denials count by the refusing rule's pattern (bounded by the policy), never by path or caller.
+    assert (denials("/v1/rag/documents"), denials("none")) == (documents + 1, unruled + 1)
 
 
 def test_refused_once_expired(front, ca):
@@ -204,8 +222,10 @@ def test_refused_within_one_refresh_of_revocation(front, ca):
     while status == 200 and time.monotonic() < deadline:
         status, body = call(conn)
     assert status == 401 and body["details"][0]["reason"] == "revoked"
+    before = refusals("revoked")
     fresh = connect(front, client_context(svid, bundles(ca)))
     assert call(fresh)[0] == 401
+    assert refusals("revoked") == before + 1  # refused by the front's own check, counted as one
 
 
 def test_refused_over_tls_1_2(front, ca):
@@ -213,7 +233,9 @@ def test_refused_over_tls_1_2(front, ca):
     ctx = client_context(svid, bundles(ca))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    before = refusals("protocol-version")
     assert refused_at_handshake_or_first_read(front, ctx)
+    assert _eventually(lambda: refusals("protocol-version") == before + 1)
 
 
 def test_rotation_under_load_fails_no_request(front, ca):
@@ -244,3 +266,13 @@ def test_rotation_under_load_fails_no_request(front, ca):
     assert done > 100
     assert front.front.stats.context_rebuilds - rebuilds_before >= 2
     assert len(serials) >= 3  # handshakes saw at least three different front certificates
+
+
+def _eventually(check, timeout_s=5.0):
+    """The front counts on its own event loop: give it a moment after the client saw the refusal."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True

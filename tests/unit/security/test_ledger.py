@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import hashes
 
+from x0tta6bl4.observability.metrics import REGISTRY
 from x0tta6bl4.security.ca import EmbeddedCA
 from x0tta6bl4.security.ledger import GENESIS, Ledger, LedgerHead, entry_body
 from x0tta6bl4.security.signing import SignatureVerifier, Signer
@@ -36,6 +37,11 @@ def ledger(tmp_path: Path, controller: Signer) -> Ledger:
     return ledger
 
 
+def _failures(kind: str) -> float:
+    """Problems ledger verification exported (prometheus-client here: no Ray in unit tests)."""
+    return REGISTRY.get_sample_value("x0tta6bl4_ledger_verify_failures_total", {"kind": kind}) or 0.0
+
+
 def _lines(ledger: Ledger) -> list[str]:
     return ledger.entries_path.read_text().splitlines()
 
@@ -58,8 +64,10 @@ def test_edited_entry_is_named(ledger: Ledger, ca: EmbeddedCA) -> None:
     entry = json.loads(lines[3])
     entry["data"]["verdict"] = "failed"
     _write(ledger, [*lines[:3], json.dumps(entry), *lines[4:]])
+    before = _failures("entry")
     report = ledger.verify(SignatureVerifier(ca.directory))
     assert not report.ok and report.bad_seq == 3 and "edited" in str(report.problem)
+    assert _failures("entry") == before + 1
 
 
 def test_removed_and_reordered_entries_are_named(ledger: Ledger, ca: EmbeddedCA) -> None:
@@ -100,8 +108,10 @@ def test_a_self_signed_forgery_is_untrusted(ledger: Ledger, ca: EmbeddedCA, tmp_
 def test_a_truncated_tail_fails_against_the_published_head(ledger: Ledger, ca: EmbeddedCA) -> None:
     published = ledger.current()
     _write(ledger, _lines(ledger)[:5])
+    before = _failures("truncated")
     report = ledger.verify(SignatureVerifier(ca.directory))
     assert not report.ok and "truncated" in str(report.problem) and report.bad_seq == 5
+    assert _failures("truncated") == before + 1
     report = ledger.verify(SignatureVerifier(ca.directory), against=published)
     assert not report.ok and "truncated" in str(report.problem)
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,8 +101,9 @@ def _connect(port: int, ctx: ssl.SSLContext, proc: subprocess.Popen[str]) -> htt
 def test_front_only_forwards_a_verified_caller_to_the_running_app_and_stops_on_sigterm(env, echo, tmp_path):
     ca = EmbeddedCA.open(env["X0TTA6BL4_CA_DIR"])
     alice = ca.issue_svid("spiffe://x0tta6bl4.local/operator/alice")
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     argv = [CLI, "serve", "--front-only", "--port", str(echo.port), "--front-port", str(port)]
+    argv += ["--metrics-port", str(metrics_port)]
     proc = subprocess.Popen(
         [*argv, "--front-dns-name", "x0tta6bl4-front.mesh"],
         cwd=tmp_path,
@@ -129,6 +131,11 @@ def test_front_only_forwards_a_verified_caller_to_the_running_app_and_stops_on_s
             "token": token,
             "path": "/v1/anomaly/model",
         }
+        # Outside Ray the front serves its own metrics: the answer it just forwarded is counted.
+        scraped = (
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        )
+        assert 'x0tta6bl4_security_front_requests_total{code="200"} 1.0' in scraped
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)

@@ -9,10 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from x0tta6bl4.errors import ConfigError
+from x0tta6bl4.observability.metrics import metric
 from x0tta6bl4.telemetry.ebpf.codegen import ProgramSource, bpf_dir
 from x0tta6bl4.telemetry.ebpf.collectors import COLLECTORS, PROGRAMS, ProgramCollector, ProgramSample
 from x0tta6bl4.telemetry.ebpf.errors import EbpfError, MapReadError
 from x0tta6bl4.telemetry.ebpf.loader import LoadedProgram, load_program
+
+_READ_SECONDS = metric("ebpf_read_seconds")
 
 
 def program_sources(names: Sequence[str] | None = None, directory: Path | None = None) -> list[ProgramSource]:
@@ -122,8 +125,10 @@ class EbpfPrograms:
         samples: dict[str, ProgramSample] = {}
         read_errors: dict[str, str] = {}
         for name, collector in self.collectors.items():
+            started = time.perf_counter()
             try:
                 samples[name] = collector.read(dt)
+                _READ_SECONDS.observe(time.perf_counter() - started, tags={"program": name})
             except Exception as exc:
                 read_errors[name] = str(MapReadError(name, f"{type(exc).__name__}: {exc}"))
         return EbpfReading(dt, samples, read_errors)
