@@ -186,11 +186,28 @@ def span(
     )
 
 
+def start_span(name: str, attributes: Mapping[str, Any] | None = None) -> trace.Span:
+    """A child of the current span, not made current, that the caller ends (off: the invalid span)."""
+    tracer = _tracer
+    if tracer is None:
+        return trace.INVALID_SPAN
+    return tracer.start_span(name, attributes=dict(attributes or {}))
+
+
 def inject(carrier: Carrier | None = None) -> Carrier:
     """The current span's W3C context written into ``carrier`` (a new dict by default); {} while off."""
     carrier = {} if carrier is None else carrier
     if _tracer is not None:
         _PROPAGATOR.inject(carrier)
+    return carrier
+
+
+def carrier_of(span: trace.Span) -> Carrier | None:
+    """A span's context as a new carrier, current or not; None for the invalid span (tracing off)."""
+    if not span.get_span_context().is_valid:
+        return None
+    carrier: Carrier = {}
+    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
     return carrier
 
 

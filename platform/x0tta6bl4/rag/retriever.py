@@ -19,6 +19,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from x0tta6bl4.errors import ConfigError
+from x0tta6bl4.observability import tracing
 from x0tta6bl4.rag.cache import CacheConfig, CacheKey, SemanticCache
 from x0tta6bl4.rag.encoding import BatchEncoder
 from x0tta6bl4.rag.index import RWLock, VectorIndex
@@ -377,6 +378,7 @@ class Retriever:
             raise RetrievalInputError(f"got {len(ks)} values of k for {len(texts)} queries")
         for text, kk in zip(texts, ks, strict=True):
             self.check_query(text, kk)
+        retrieval = tracing.start_span("rag.retrieve", {"queries": len(texts), "use_cache": use_cache})
         keys = [CacheKey.of(t, int(kk)) for t, kk in zip(texts, ks, strict=True)]
         cached: list[QueryResult | None] = [self.cache.get_exact(key) if use_cache else None for key in keys]
         results = [None if r is None else dataclasses.replace(r, cached=True) for r in cached]
@@ -399,6 +401,8 @@ class Retriever:
                 results[todo[row]] = result
         with self._stats_lock:
             self._queries += len(texts)
+        retrieval.set_attribute("embedded", len(todo))
+        retrieval.end()
         return [r for r in results if r is not None]
 
     def search(

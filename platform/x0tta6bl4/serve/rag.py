@@ -11,6 +11,7 @@ import torch
 from ray import serve
 
 from x0tta6bl4.errors import X0tta6bl4Error
+from x0tta6bl4.observability import tracing
 from x0tta6bl4.serve._private.batching import ThreadBatcher
 from x0tta6bl4.serve._private.priority import ComputePriority
 from x0tta6bl4.serve.config import RagConfig
@@ -41,6 +42,7 @@ class RunbookRetriever:
         from x0tta6bl4.rag.retriever import Retriever, RetrieverConfig
 
         torch.set_num_threads(1)
+        tracing.setup_tracing("rag")
         self.config = RagConfig.model_validate(config)
         self.retriever = Retriever.open(RetrieverConfig.model_validate(self.config.retriever))
         self._priority = ComputePriority(self.config.compute_nice)
@@ -63,23 +65,27 @@ class RunbookRetriever:
         """The index answers a lookup (raises if the replica lost it)."""
         self.retriever.stats()
 
-    async def query(self, text: str, k: int = 3, use_cache: bool = True) -> dict[str, Any]:
+    async def query(
+        self, text: str, k: int = 3, use_cache: bool = True, trace: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         """Passages, fault type, action and ``corpus_version`` for one incident.
 
-        Exact repeats come from the cache here, without waiting for a batch.
+        Exact repeats come from the cache here, without waiting for a batch. ``trace``: the
+        caller's W3C trace context, continued by this call's ``rag.query`` span.
 
         Raises:
             RetrievalInputError: an invalid query or ``k``.
             X0tta6bl4Error: the store cannot be read.
         """
-        self.retriever.check_query(text, k)
-        if use_cache:
-            self._refresh()
-            version = self.retriever.corpus_version  # read first: an old answer never carries a new version
-            cached = self.retriever.cached(text, k)
-            if cached is not None:
-                return {**cached.to_dict(), "corpus_version": version}
-        return await self._batcher.submit((text, k, use_cache))
+        with tracing.span("rag.query", {"k": k, "use_cache": use_cache}, parent=trace):
+            self.retriever.check_query(text, k)
+            if use_cache:
+                self._refresh()
+                version = self.retriever.corpus_version  # read first: an old answer never carries a new one
+                cached = self.retriever.cached(text, k)
+                if cached is not None:
+                    return {**cached.to_dict(), "corpus_version": version}
+            return await self._batcher.submit((text, k, use_cache))
 
     async def query_many(self, items: list[tuple[str, int, bool]]) -> list[dict[str, Any] | BaseException]:
         """Answer ``(text, k, use_cache)`` queries in one call: per query, what :meth:`query` gives.
