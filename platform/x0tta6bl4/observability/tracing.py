@@ -264,4 +264,6 @@ def instrument_fastapi(app: Any, excluded_urls: str = "healthz") -> bool:
     FastAPIInstrumentor.instrument_app(
         app, tracer_provider=_provider, excluded_urls=excluded_urls, exclude_spans=["receive", "send"]
     )
+    if getattr(app, "middleware_stack", None) is not None:  # built already: rebuilt on the next call
+        app.middleware_stack = None
     return True
