@@ -45,7 +45,7 @@ def _score_through_the_front(session, front, trace_id):
 
 def test_a_traced_run_links_scoring_action_and_verification_in_one_trace(tmp_path, cli_env):
     serve_port, front_port = _free_port(), _free_port()
-    args = ["run", "--nodes", "400", "--regions", "2", "--ticks", "100", "--seed", "3"]
+    args = ["run", "--nodes", "400", "--regions", "2", "--ticks", "50", "--seed", "3"]
     args += ["--faults-per-1000-ticks", "100", "--no-ebpf", "--runs-dir", str(tmp_path), "--run-id", "traced"]
     args += ["--serve-forever", "--serve-port", str(serve_port), "--front-port", str(front_port)]
     with OtlpReceiver() as otlp:
