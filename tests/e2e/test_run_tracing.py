@@ -26,6 +26,10 @@ def _operator(tmp_path, env):
     return session
 
 
+def _traceparent(trace_id):
+    return {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
+
+
 def _score_through_the_front(session, front, trace_id):
     """One scoring request through the mTLS front, with our own W3C ``traceparent``."""
     model = session.get(f"{front}/v1/anomaly/model", timeout=30).json()
@@ -36,10 +40,7 @@ def _score_through_the_front(session, front, trace_id):
         "features": [[0.1] * len(names)] * 3,
         "edges": [[1, 2], [2, 3]],
     }
-    traceparent = f"00-{trace_id}-{secrets.token_hex(8)}-01"
-    answer = session.post(
-        f"{front}/v1/anomaly/score", json=body, headers={"traceparent": traceparent}, timeout=30
-    )
+    answer = session.post(f"{front}/v1/anomaly/score", json=body, headers=_traceparent(trace_id), timeout=30)
     assert answer.status_code == 200, answer.text
 
 
@@ -64,7 +65,7 @@ def test_a_traced_run_links_scoring_action_and_verification_in_one_trace(tmp_pat
             stderr=subprocess.PIPE,
             text=True,
         )
-        our_trace = secrets.token_hex(16)
+        our_trace, rag_trace = secrets.token_hex(16), secrets.token_hex(16)
         try:
             session = _operator(tmp_path, cli_env)
             front = f"https://localhost:{front_port}"
@@ -76,9 +77,16 @@ def test_a_traced_run_links_scoring_action_and_verification_in_one_trace(tmp_pat
                     time.sleep(1)
             assert healthy, "the front never answered"
             _score_through_the_front(session, front, our_trace)
+            query = {"query": "node unreachable after a crash, neighbours lose routes", "k": 2}
+            headers = _traceparent(rag_trace)
+            answer = session.post(
+                f"{front}/v1/rag/query?cache=false", json=query, headers=headers, timeout=60
+            )
+            assert answer.status_code == 200, answer.text
             deadline = time.time() + 30
-            while time.time() < deadline and not any(
-                s["trace_id"] == our_trace for s in otlp.named("anomaly.batch")
+            while time.time() < deadline and not (
+                any(s["trace_id"] == our_trace for s in otlp.named("anomaly.batch"))
+                and any(s["trace_id"] == rag_trace for s in otlp.named("rag.query"))
             ):
                 time.sleep(0.2)
         finally:
@@ -101,6 +109,10 @@ def test_a_traced_run_links_scoring_action_and_verification_in_one_trace(tmp_pat
     assert server and server[0]["resource"]["x0tta6bl4.component"] == "gateway"
     batch = [s for s in ours if s["name"] == "anomaly.batch"]
     assert batch and batch[0]["resource"]["x0tta6bl4.component"] == "anomaly"
+    # A retrieval request likewise reaches the rag replica's span.
+    rag = {s["name"]: s for s in spans if s["trace_id"] == rag_trace}
+    assert {"POST /v1/rag/query", "rag.query"} <= rag.keys(), rag.keys()
+    assert rag["rag.query"]["resource"]["x0tta6bl4.component"] == "rag"
 
     # One controller trace: the tick's scoring request and batch, the action, where it was applied,
     # and its verification ticks later.

@@ -198,8 +198,13 @@ class Gateway:
         self._corpus_check_s = rag_cfg.corpus_check_s
         self._corpus_watch: asyncio.Task[None] | None = None
         # Concurrent queries reach the retriever as one call per batch, not one per query.
-        self._retrieval: GreedyBatcher[tuple[str, int, bool], dict[str, Any]] = GreedyBatcher(
-            self._retrieve, rag_cfg.max_batch_size, rag_cfg.batch_wait_timeout_s, rag_cfg.batches_in_flight
+        self._retrieval: GreedyBatcher[tuple[str, int, bool, dict[str, str] | None], dict[str, Any]] = (
+            GreedyBatcher(
+                self._retrieve,
+                rag_cfg.max_batch_size,
+                rag_cfg.batch_wait_timeout_s,
+                rag_cfg.batches_in_flight,
+            )
         )
         # Concurrent stateless snapshots reach the detector as one call per batch, too.
         anomaly_cfg = AnomalyConfig.model_validate(anomaly_config or {})
@@ -390,7 +395,7 @@ class Gateway:
             hit = edge.get(text, k)
             if hit is not None:
                 return hit
-        payload = await self._retrieval.submit((text, k, use_cache))
+        payload = await self._retrieval.submit((text, k, use_cache, tracing.current_carrier()))
         if edge is not None:
             version = int(payload["corpus_version"])
             if version != edge.version:
@@ -398,9 +403,18 @@ class Gateway:
             edge.put(text, k, version, _json({**payload, "cached": True}))
         return _json(payload)
 
-    async def _retrieve(self, items: list[tuple[str, int, bool]]) -> list[dict[str, Any] | BaseException]:
+    async def _retrieve(
+        self, items: list[tuple[str, int, bool, dict[str, str] | None]]
+    ) -> list[dict[str, Any] | BaseException]:
         """One retriever call for queries that arrived together: an answer or an exception each."""
-        answers: list[dict[str, Any] | BaseException] = await self._call(self.rag.query_many.remote(items))
+        queries = [(text, k, use_cache) for text, k, use_cache, _ in items]
+        traces = [trace for *_, trace in items]
+        call = (
+            self.rag.query_many.remote(queries, traces)
+            if any(traces)
+            else self.rag.query_many.remote(queries)
+        )
+        answers: list[dict[str, Any] | BaseException] = await self._call(call)
         return answers
 
     async def _learn_corpus_version(self) -> None:
