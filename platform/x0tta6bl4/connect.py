@@ -10,6 +10,7 @@ from typing import Any
 
 from x0tta6bl4 import RAY_NAMESPACE
 from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
+from x0tta6bl4.observability import tracing
 from x0tta6bl4.security import ray_auth
 from x0tta6bl4.security.errors import RayAuthError
 
@@ -38,16 +39,20 @@ def platform_actor_options(name: str, **extra: Any) -> dict[str, Any]:
     """Ray options of a named platform actor: detached in the platform's namespace, restarted forever.
 
     ``num_cpus=0``: these actors mostly wait, and must not hold cores that tasks need.
-    ``extra`` adds or overrides options (e.g. ``scheduling_strategy``).
+    ``extra`` adds or overrides options (e.g. ``scheduling_strategy``). The driver's ``OTEL_*``
+    variables go along in the actor's ``runtime_env``, so it traces like its driver on any node.
     """
-    return {
+    options: dict[str, Any] = {
         "name": name,
         "namespace": RAY_NAMESPACE,
         "lifetime": "detached",
         "num_cpus": 0,
         "max_restarts": -1,
-        **extra,
     }
+    otel = tracing.otel_env()
+    if otel:
+        options["runtime_env"] = {"env_vars": otel}
+    return {**options, **extra}
 
 
 def connect_ray(

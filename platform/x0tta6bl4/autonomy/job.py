@@ -24,6 +24,7 @@ from x0tta6bl4.mesh.faults import Action, Fault, random_schedule
 from x0tta6bl4.mesh.pipeline import LocalMesh, Mesh, ShardedMesh, TickResult
 from x0tta6bl4.mesh.shard import MeshSpec
 from x0tta6bl4.mesh.topology import Topology, TopologySpec
+from x0tta6bl4.observability import tracing
 from x0tta6bl4.observability.metrics import domain_metrics
 from x0tta6bl4.security.ledger import Ledger
 
@@ -154,6 +155,7 @@ def execute(
     config = plan.config
     if resume and config.in_process:
         raise ConfigError("--resume needs the sharded mesh (the in-process kernel keeps no checkpoints)")
+    tracing.setup_tracing("driver")
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         save_run_config(plan.run_dir, config.model_dump_json())
@@ -302,6 +304,7 @@ def execute(
         from x0tta6bl4.mapek.plot import timeline_png
 
         report["timeline_png"] = str(timeline_png(report, plan.run_dir / "timeline.png"))
+    tracing.flush()
     if failure is not None:
         raise failure
     return report
@@ -372,7 +375,8 @@ class _Autonomy:
 
     def step(self, result: TickResult, unserviceable_share: float) -> Any:
         if self.local is not None:
-            step = self.local.step(result.tick, self.mesh.frame(result).features, unserviceable_share)
+            with tracing.span("mapek.tick", {"tick": result.tick, "run_id": self.plan.run_id}):
+                step = self.local.step(result.tick, self.mesh.frame(result).features, unserviceable_share)
         else:
             self._applied += [(a.tick, a.name, a.node, a.peer) for a in result.actions]
             step = self._call("step", result.tick, unserviceable_share, self._applied)
@@ -453,6 +457,9 @@ class _Autonomy:
 
         from x0tta6bl4.serve.thresholds import remove_board
 
+        if tracing.enabled():  # the controller's last spans, before it is killed
+            with contextlib.suppress(Exception):
+                ray.get(self.actor.flush_traces.remote(), timeout=10)
         ray.kill(self.actor)
         if not self.declarative_serve:  # an app that `serve deploy` or a RayService owns stays up
             with contextlib.suppress(Exception):

@@ -16,6 +16,7 @@ from x0tta6bl4.errors import ConfigError
 from x0tta6bl4.federated import task
 from x0tta6bl4.models.data import GraphSeries
 from x0tta6bl4.models.graphsage import DetectorSpec
+from x0tta6bl4.observability import tracing
 
 #: Keys of the records in a message's RecordDict (the strategies' defaults for arrays and config).
 ARRAYS = "arrays"
@@ -110,6 +111,14 @@ def client_app() -> ClientApp:
         started = time.perf_counter()
         config = message.content.config_records[CONFIG]
         region = _region(context)
+        tracing.setup_tracing("federated-client")
+        parent = {"traceparent": str(config["traceparent"])} if "traceparent" in config else None
+        with tracing.span(
+            "federated.fit", {"region": region, "round": int(config["global-round"])}, parent=parent
+        ):
+            return _train(message, context, config, region, started)
+
+    def _train(message: Message, context: Context, config: Any, region: int, started: float) -> Message:
         spec = _spec(config)
         phase = str(config["phase"])
         overall_round = int(config["global-round"])

@@ -45,6 +45,7 @@ from x0tta6bl4.federated.screening import (
 )
 from x0tta6bl4.models import lora
 from x0tta6bl4.models.graphsage import DetectorSpec
+from x0tta6bl4.observability import tracing
 from x0tta6bl4.observability.metrics import domain_metrics
 
 #: Federated round metrics (recorded once per round).
@@ -220,6 +221,8 @@ class TrackedStrategy(Strategy):  # type: ignore[misc]
         self._record: RoundRecord | None = None
         self._started = 0.0
         self._eval_started = 0.0
+        #: The open ``federated.round`` span (configure_train to aggregate_train).
+        self._round_span: Any = None
 
     def summary(self) -> None:
         self.inner.summary()
@@ -262,6 +265,12 @@ class TrackedStrategy(Strategy):  # type: ignore[misc]
     ) -> Iterable[Message]:
         self._started = time.perf_counter()
         config["global-round"] = self.round_offset + server_round
+        self._round_span = tracing.start_span(
+            "federated.round", {"round": self.round_offset + server_round, "phase": self.phase}
+        )
+        carrier = tracing.carrier_of(self._round_span)
+        if carrier:  # the clients' fit spans continue the round's trace
+            config["traceparent"] = carrier["traceparent"]
         self._global = from_record(arrays)
         planned = self.inner.configure_train(server_round, arrays, config, grid)
         messages = [self._with_base(m) for m in planned]
@@ -276,6 +285,16 @@ class TrackedStrategy(Strategy):  # type: ignore[misc]
         return messages
 
     def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        try:
+            return self._aggregate_train(server_round, replies)
+        finally:
+            if self._round_span is not None:
+                self._round_span.end()
+                self._round_span = None
+
+    def _aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         aggregating = time.perf_counter()
@@ -395,6 +414,7 @@ def run_federation(
     matrices is the usual federated-LoRA aggregation. The last adapters each region
     trained are kept as its personalised model.
     """
+    tracing.setup_tracing("federated-server")
     spec = settings.spec
     config: dict[str, Any] = {
         "spec": spec.model_dump_json(),

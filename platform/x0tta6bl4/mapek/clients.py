@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from x0tta6bl4.errors import X0tta6bl4Error
+from x0tta6bl4.observability import tracing
 from x0tta6bl4.security.identity import WorkloadKind, workload_id
 from x0tta6bl4.serve.config import AnomalyUserConfig, ServeConfig
 from x0tta6bl4.serve.errors import ModelChangedError, RequestError, deployment_error
@@ -125,7 +126,9 @@ class ServedScorer:
         try:
             body = (
                 self._handle.options(multiplexed_model_id=stream_key(CONTROLLER_ID, stream_id))
-                .score.remote(snapshot, self._contract[0], stream_id, CONTROLLER_ID)
+                .score.remote(
+                    snapshot, self._contract[0], stream_id, CONTROLLER_ID, trace=tracing.current_carrier()
+                )
                 .result(timeout_s=self.timeout_s)
             )
         except RequestError as exc:
@@ -163,7 +166,9 @@ class ServedRunbooks:
 
     def query(self, text: str, k: int) -> dict[str, Any]:
         try:
-            body = self._handle.query.remote(text, k).result(timeout_s=self.timeout_s)
+            body = self._handle.query.remote(text, k, trace=tracing.current_carrier()).result(
+                timeout_s=self.timeout_s
+            )
         except X0tta6bl4Error as exc:
             raise RuntimeError(f"RAG app refused the query: {deployment_error(exc)}"[:300]) from None
         return dict(body)

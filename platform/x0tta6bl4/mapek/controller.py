@@ -16,6 +16,7 @@ from x0tta6bl4.mapek.core import ControllerCore
 from x0tta6bl4.mapek.interfaces import MeshView, StepResult
 from x0tta6bl4.mapek.knowledge import KnowledgeStore
 from x0tta6bl4.mesh.topology import Topology, TopologySpec
+from x0tta6bl4.observability import tracing
 from x0tta6bl4.observability.metrics import domain_metrics
 from x0tta6bl4.telemetry.frame import FEATURES
 
@@ -75,8 +76,9 @@ class MapeKController:
         config: dict[str, Any],
         serve_config: dict[str, Any],
     ) -> None:
-        from x0tta6bl4.mapek.clients import ServedRunbooks, ServedScorer
+        from x0tta6bl4.mapek.clients import CONTROLLER_ID, ServedRunbooks, ServedScorer
 
+        tracing.setup_tracing("controller", spiffe_id=CONTROLLER_ID)
         self.config = ControllerConfig.model_validate(config)
         self.topology = topology_spec.build()
         self.host_sources = host_sources
@@ -131,7 +133,8 @@ class MapeKController:
 
         for i, name in enumerate(self.host_sources):
             try:
-                frame = ray.get(ray.get_actor(name, namespace=RAY_NAMESPACE).poll.remote(), timeout=10)
+                source = ray.get_actor(name, namespace=RAY_NAMESPACE)
+                frame = ray.get(source.poll.remote(tracing.current_carrier()), timeout=10)
                 row = np.full(len(FEATURES), np.nan, dtype=np.float32)
                 for j, feature in enumerate(frame.feature_names):
                     if feature in FEATURES:
@@ -150,24 +153,32 @@ class MapeKController:
         tick: int,
         unserviceable_share: float = 0.0,
         applied: list[tuple[int, str, int, int | None]] | None = None,
+        trace: dict[str, str] | None = None,
     ) -> StepResult:
         """Monitor, analyse, plan and execute for ``tick``; returns the actions for the next tick.
 
         ``applied``: what the mesh applied since the last step that answered (the acknowledgement
-        of earlier actions; see :meth:`ControllerCore.acknowledge`).
+        of earlier actions; see :meth:`ControllerCore.acknowledge`). ``trace``: the caller's W3C
+        trace context; the tick's ``mapek.tick`` span continues it.
         """
-        self.core.acknowledge(applied)
-        started = time.perf_counter()
-        try:
-            features = self._monitor(tick)
-        except Exception as exc:  # a shard restarting: keep the last thresholds, act on nothing
-            self._shards = []
-            msg = f"tick {tick}: telemetry unavailable ({type(exc).__name__}: {exc})"
-            self._note(msg)
-            _METRICS["idle_cycles"].inc(tags={"reason": "telemetry_unavailable"})
-            return self.core.idle(tick, (msg,))
-        _METRICS["phase_seconds"].observe(time.perf_counter() - started, tags={"phase": "monitor"})
-        return self.core.step(tick, features, unserviceable_share)
+        with tracing.span("mapek.tick", {"tick": tick, "run_id": self.core.run_id}, parent=trace):
+            self.core.acknowledge(applied)
+            started = time.perf_counter()
+            try:
+                with tracing.span("mapek.monitor", {"tick": tick}):
+                    features = self._monitor(tick)
+            except Exception as exc:  # a shard restarting: keep the last thresholds, act on nothing
+                self._shards = []
+                msg = f"tick {tick}: telemetry unavailable ({type(exc).__name__}: {exc})"
+                self._note(msg)
+                _METRICS["idle_cycles"].inc(tags={"reason": "telemetry_unavailable"})
+                return self.core.idle(tick, (msg,))
+            _METRICS["phase_seconds"].observe(time.perf_counter() - started, tags={"phase": "monitor"})
+            return self.core.step(tick, features, unserviceable_share)
+
+    def flush_traces(self) -> bool:
+        """Export this actor's finished spans now (the driver asks before it kills the actor)."""
+        return tracing.flush()
 
     def incidents(self) -> list[dict[str, Any]]:
         return [i.to_dict() for i in self.core.incidents]

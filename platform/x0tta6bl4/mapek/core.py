@@ -26,6 +26,7 @@ from x0tta6bl4.mapek.state import Health, deep_analysis, mesh_health, monitoring
 from x0tta6bl4.mapek.symptoms import FeatureBaselines, describe
 from x0tta6bl4.mapek.thresholds import ThresholdLearner, neighbour_max, trend_slope
 from x0tta6bl4.mesh.faults import ACTIONS, Action
+from x0tta6bl4.observability import tracing
 from x0tta6bl4.observability.metrics import domain_metrics
 from x0tta6bl4.telemetry.frame import FEATURE_INDEX, FEATURES
 
@@ -126,6 +127,9 @@ class ControllerCore:
         self._unacked: list[tuple[Incident, Attempt]] = []
         #: Tick of the checkpoint this controller resumed from (None: it started fresh).
         self.restored_tick: int | None = None
+        #: Trace context of each attempt's ``mapek.execute`` span, by (incident, attempt): its verification
+        #: continues that trace (in memory only: a restarted controller verifies in new traces).
+        self._action_traces: dict[tuple[int, int], dict[str, str]] = {}
         self._restore()
 
     # ------------------------------------------------------------ durability
@@ -194,9 +198,10 @@ class ControllerCore:
         errors: list[str] = []
         started = time.perf_counter()
         try:
-            scores = self.scorer.score(
-                range(self.view.num_nodes), window, self.view.pairs, self.config.stream_id
-            )
+            with tracing.span("mapek.score", {"tick": tick, "nodes": self.view.num_nodes}):
+                scores = self.scorer.score(
+                    range(self.view.num_nodes), window, self.view.pairs, self.config.stream_id
+                )
         except Exception as exc:  # Serve unreachable, replica restarting: keep last thresholds, try next tick
             msg = f"tick {tick}: scoring failed ({type(exc).__name__}: {exc}); keeping last thresholds"
             log.warning(msg)
@@ -210,9 +215,10 @@ class ControllerCore:
             tick, features, scores.astype(np.float32), unserviceable_share, errors
         )
         analysed = time.perf_counter()
-        pushed = self._maybe_push(tick)
-        if tick % self.config.checkpoint_every_ticks == 0:
-            self.checkpoint(tick)
+        with tracing.span("mapek.knowledge", {"tick": tick}):
+            pushed = self._maybe_push(tick)
+            if tick % self.config.checkpoint_every_ticks == 0:
+                self.checkpoint(tick)
         self._observe(started, scored, analysed)
         return StepResult(
             tick,
@@ -253,6 +259,7 @@ class ControllerCore:
             if done is None or key in done:
                 self.knowledge.mark_sent(self.run_id, inc.incident_id, attempt.attempt, attempt.tick)
                 continue
+            self._action_traces.pop((inc.incident_id, attempt.attempt), None)
             if attempt in inc.attempts:
                 inc.attempts.remove(attempt)
             if not inc.attempts and inc.status == "acting":
@@ -294,6 +301,7 @@ class ControllerCore:
         self, tick: int, features: F32, scores: F32, unserviceable_share: float, errors: list[str]
     ) -> list[Action]:
         c = self.config
+        analysis = tracing.start_span("mapek.analyze", {"tick": tick})
         self._last_features = features
         thr = self.learner.thresholds
         excess = np.maximum(scores.astype(np.float64), 0.0) / np.maximum(thr, 1e-9)
@@ -324,10 +332,12 @@ class ControllerCore:
         shown[silent] = SILENT_EXCESS  # a node that stopped reporting is the root of what happens around it
         peer_max = neighbour_max(shown, self.adjacency) if deep else np.zeros_like(shown)
         self._correlate(tick, alarmed, shown, peer_max, features, silent)
+        analysis.end()
         actions: list[Action] = []
-        for inc in self.incidents:
-            if inc.is_open:
-                self._progress(tick, inc, alarmed, excess, features, actions, errors)
+        with tracing.span("mapek.plan", {"tick": tick}):
+            for inc in self.incidents:
+                if inc.is_open:
+                    self._progress(tick, inc, alarmed, excess, features, actions, errors)
         # States.
         state = np.where(above | trend, Health.OPTIMIZING, Health.HEALTHY).astype(np.int8)
         state[alarmed] = Health.DEGRADED
@@ -550,7 +560,8 @@ class ControllerCore:
             self._unacked.append((inc, attempt))
             reason = f"incident {inc.incident_id} ({source}): {inc.description}"[:300]
             self.audit.action_sent(inc.incident_id, attempt, tick + 1)
-            return Action(name, node, peer, tick + 1, reason=reason)
+            trace = self._trace_execute(inc, attempt)
+            return Action(name, node, peer, tick + 1, reason=reason, trace=trace)
         return None
 
     def _next_root(self, inc: Incident, excess: F64) -> bool:
@@ -613,7 +624,33 @@ class ControllerCore:
         elif name == "reroute":
             self.avoided_links.add((min(node, peer), max(node, peer)) if peer is not None else (node, -1))
 
+    def _trace_execute(self, inc: Incident, attempt: Attempt) -> dict[str, str] | None:
+        """The ``mapek.execute`` span of a decided action; its context travels with the action."""
+        if not tracing.enabled():
+            return None
+        attributes = {
+            "incident": inc.incident_id,
+            "attempt": attempt.attempt,
+            "action": attempt.action,
+            "node": attempt.node,
+            "source": attempt.source,
+            "apply_tick": attempt.tick,
+        }
+        with tracing.span("mapek.execute", attributes):
+            carrier = tracing.inject()
+        self._action_traces[(inc.incident_id, attempt.attempt)] = carrier
+        return carrier
+
     def _judge(self, tick: int, inc: Incident, attempt: Attempt, ok: bool) -> None:
+        with tracing.span(
+            "mapek.verify",
+            {"incident": inc.incident_id, "attempt": attempt.attempt, "action": attempt.action, "ok": ok},
+            parent=self._action_traces.pop((inc.incident_id, attempt.attempt), None),
+            links=[tracing.current_carrier()],
+        ):
+            self._record_judgement(tick, inc, attempt, ok)
+
+    def _record_judgement(self, tick: int, inc: Incident, attempt: Attempt, ok: bool) -> None:
         attempt.outcome = "success" if ok else "failed"
         _METRICS["actions"].inc(tags={"action": attempt.action, "verdict": attempt.outcome})
         attempt.judged_tick = tick

@@ -119,6 +119,9 @@ class Action:
     peer: int | None = None
     tick: int = 0
     reason: str = ""
+    #: W3C trace context of the controller's decision (``traceparent``), so the shard that applies
+    #: it continues that trace; not part of the action's identity and never journaled.
+    trace: dict[str, str] | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def validate(self, topology: Topology) -> None:
         check_action(self.name)
@@ -129,7 +132,9 @@ class Action:
             topology.link_id(self.node, self.peer)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        del out["trace"]
+        return out
 
 
 def random_schedule(

@@ -23,6 +23,7 @@ from x0tta6bl4.mesh.control import ControlParams, MeshControl
 from x0tta6bl4.mesh.faults import Action, Fault
 from x0tta6bl4.mesh.region import Message, RegionSim, TrafficParams
 from x0tta6bl4.mesh.topology import Topology, TopologySpec
+from x0tta6bl4.observability import tracing
 from x0tta6bl4.telemetry.frame import FEATURES, TelemetryFrame
 
 
@@ -251,6 +252,7 @@ class MeshShardActor:
     def __init__(self, region: int, spec: MeshSpec) -> None:
         from x0tta6bl4.observability.metrics import mesh_metrics
 
+        tracing.setup_tracing("mesh-shard")
         self.spec = spec
         self.core = ShardCore(spec.topology.build(), region, spec)
         self._metrics = mesh_metrics()
@@ -278,9 +280,20 @@ class MeshShardActor:
     ) -> StepOutput:
         """Advance one tick; the frame is returned only when asked (it is always kept in ``recent``)."""
         started = time.perf_counter()
+        if actions and tracing.enabled():
+            self._trace_actions(tick, actions)
         frame, message, summary = self.core.step(tick, actions, inbound)
         self._observe(started, actions, summary)
         return (frame if return_frame else None), message, summary
+
+    def _trace_actions(self, tick: int, actions: tuple[Action, ...]) -> None:
+        """A ``mesh.action`` span per action on this region's nodes, child of the controller's decision."""
+        first, last = self.core.sim.first, self.core.sim.last
+        for a in actions:
+            if first <= a.node < last:
+                attributes = {"action": a.name, "node": a.node, "region": self.core.region, "tick": tick}
+                with tracing.span("mesh.action", attributes, parent=a.trace):
+                    pass
 
     def step_packed(self, payload: bytes) -> StepOutput:
         """:meth:`step` with its input pickled once by the driver for all shards (one cheap argument)."""
@@ -321,4 +334,6 @@ class MeshShardActor:
         return checkpoint_ticks(directory, self.core.region) if directory else []
 
     def flush(self) -> None:
+        """Finish the checkpoint being written and export the finished spans (before the actor is killed)."""
         self.core.flush()
+        tracing.flush()

@@ -20,6 +20,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from x0tta6bl4.errors import ConfigError
+from x0tta6bl4.observability import tracing
 from x0tta6bl4.observability.metrics import domain_metrics
 from x0tta6bl4.rag.cache import CacheConfig, CacheKey, SemanticCache, count_lookups
 from x0tta6bl4.rag.encoding import BatchEncoder
@@ -384,6 +385,7 @@ class Retriever:
         for text, kk in zip(texts, ks, strict=True):
             self.check_query(text, kk)
         started = time.perf_counter()
+        retrieval = tracing.start_span("rag.retrieve", {"queries": len(texts), "use_cache": use_cache})
         keys = [CacheKey.of(t, int(kk)) for t, kk in zip(texts, ks, strict=True)]
         cached: list[QueryResult | None] = [self.cache.get_exact(key) if use_cache else None for key in keys]
         results = [None if r is None else dataclasses.replace(r, cached=True) for r in cached]
@@ -413,6 +415,8 @@ class Retriever:
         _METRICS["queries"].inc(len(texts))
         if use_cache:
             count_lookups(len(texts), len(texts) - len(todo), len(todo) - searched)
+        retrieval.set_attribute("embedded", len(todo))
+        retrieval.end()
         return [r for r in results if r is not None]
 
     def search(

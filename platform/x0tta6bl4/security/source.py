@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from spiffe import SpiffeId, X509Source
 from spiffe.errors import PySpiffeError
 
+from x0tta6bl4.observability import tracing
 from x0tta6bl4.observability.metrics import domain_metrics
 from x0tta6bl4.security.bundle import TrustBundle, bundle_paths
 from x0tta6bl4.security.ca import EmbeddedCA, default_ca_dir
@@ -154,8 +155,10 @@ class EmbeddedSource:
         return svid
 
     def _issue(self) -> Svid:
-        svid = self._ca.issue_svid(self._spiffe_id, self._ttl_s, *self._sans)
         kind = "svid.rotate" if getattr(self, "_svid", None) is not None else "svid.issue"
+        with tracing.span(kind, {"spiffe.id": self._spiffe_id}) as span:
+            svid = self._ca.issue_svid(self._spiffe_id, self._ttl_s, *self._sans)
+            span.set_attribute("serial", f"{svid.serial:x}")
         if kind == "svid.rotate":
             _SECURITY["svid_rotations"].inc()
         try:  # the audit record never stands between a workload and its identity
@@ -269,7 +272,8 @@ class WorkloadApiSource:
 
     def _on_update(self) -> None:
         try:
-            self._update()
+            with tracing.span("svid.update", {"source": "workload-api"}):
+                self._update()
         except (InvalidSvidError, OSError) as exc:
             log.warning("Workload API update: %s", exc)
         self._subscribers.notify()

@@ -25,6 +25,7 @@ from x0tta6bl4.models.inference import (
     window_inputs,
 )
 from x0tta6bl4.models.registry import LoadedModel, ModelRegistry, RegistryError
+from x0tta6bl4.observability import tracing
 from x0tta6bl4.observability.metrics import domain_metrics
 from x0tta6bl4.security.provenance import ProvenancePolicy
 from x0tta6bl4.serve._private.batching import GreedyBatcher
@@ -246,6 +247,10 @@ class AnomalyScorer:
         }
 
 
+#: One snapshot waiting for a batch: the snapshot, its stream's baselines, its request's trace context.
+_Item = tuple[Snapshot, RollingInputs | None, dict[str, str] | None]
+
+
 @serve.deployment(
     name="AnomalyDetector",
     ray_actor_options={"num_cpus": 0.5},
@@ -258,9 +263,10 @@ class AnomalyDetector:
 
     def __init__(self, config: dict[str, Any]) -> None:
         torch.set_num_threads(1)  # replicas share the node's cores with the proxy and each other
+        tracing.setup_tracing("anomaly")
         self.config = AnomalyConfig.model_validate(config)
         self.scorer = AnomalyScorer(self.config)
-        self._batcher: GreedyBatcher[tuple[Snapshot, RollingInputs | None], bytes] = GreedyBatcher(
+        self._batcher: GreedyBatcher[_Item, bytes] = GreedyBatcher(
             self._score_batch, self.config.max_batch_size, self.config.batch_wait_timeout_s
         )
         self._streams: StreamTable[RollingInputs] = StreamTable(
@@ -329,6 +335,7 @@ class AnomalyDetector:
         features: tuple[str, ...],
         stream_id: str | None = None,
         owner: str = ANONYMOUS,
+        trace: dict[str, str] | None = None,
     ) -> bytes:
         """Score one checked snapshot (batched with concurrent ones).
 
@@ -339,6 +346,8 @@ class AnomalyDetector:
             owner: the identity the stream belongs to (the front-verified caller, or the calling
                 workload's SPIFFE ID in the cluster); the same name under another owner is
                 another stream. Callers route with ``multiplexed_model_id=stream_key(owner, stream_id)``.
+            trace: the caller's W3C trace context; the ``anomaly.batch`` span that scores this
+                snapshot continues it (and links every other request of its batch).
 
         Returns:
             The ScoreResponse as JSON bytes (encoded here, so the gateway passes them on untouched).
@@ -352,26 +361,39 @@ class AnomalyDetector:
             raise ModelChangedError()
         name = check_stream_id(stream_id)
         stream = await self._stream(stream_key(owner, name)) if name else None
-        return await self._batcher.submit((snapshot, stream))
+        return await self._batcher.submit((snapshot, stream, trace))
 
-    async def score_batch(self, items: list[tuple[Snapshot, tuple[str, ...]]]) -> list[bytes | BaseException]:
+    async def score_batch(
+        self, items: list[tuple[Snapshot, tuple[str, ...]]], traces: list[dict[str, str] | None] | None = None
+    ) -> list[bytes | BaseException]:
         """Score several stateless snapshots sent as one call; each gets what :meth:`score` gives.
 
         The gateway sends the snapshots that arrived together in one call, so the hop from the
         gateway to this replica is paid once per batch, not once per request.
 
+        ``traces``: each snapshot's W3C trace context (its HTTP request's), when the caller traces.
+
         Returns:
             Per snapshot, its answer or the exception :meth:`score` raised for it (which fails
             that snapshot alone).
         """
+        carriers = traces if traces is not None and len(traces) == len(items) else [None] * len(items)
         return await asyncio.gather(
-            *(self.score(snapshot, features) for snapshot, features in items), return_exceptions=True
+            *(
+                self.score(snapshot, features, trace=trace)
+                for (snapshot, features), trace in zip(items, carriers, strict=True)
+            ),
+            return_exceptions=True,
         )
 
-    async def _score_batch(self, items: list[tuple[Snapshot, RollingInputs | None]]) -> list[bytes]:
+    async def _score_batch(self, items: list[_Item]) -> list[bytes]:
         # On the replica's event loop. The retriever computes on a thread of its own (ThreadBatcher);
         # the anomaly targets are met without one, so this stays until a benchmark says otherwise.
-        return [json.dumps(r, separators=(",", ":")).encode() for r in self.scorer.score_many(items)]
+        traces = [t for _, _, t in items if t]
+        attributes = {"batch.size": len(items), "nodes": sum(s.num_nodes for s, _, _ in items)}
+        with tracing.span("anomaly.batch", attributes, parent=traces[0] if traces else None, links=traces):
+            scored = self.scorer.score_many([(s, stream) for s, stream, _ in items])
+        return [json.dumps(r, separators=(",", ":")).encode() for r in scored]
 
     def describe(self) -> dict[str, Any]:
         """The ``GET /v1/anomaly/model`` body, with how well this replica's snapshots were batched."""

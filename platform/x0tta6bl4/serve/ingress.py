@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 
 from x0tta6bl4 import __version__
 from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
+from x0tta6bl4.observability import tracing
 from x0tta6bl4.observability.metrics import domain_metrics
 from x0tta6bl4.rag.cache import CacheConfig
 from x0tta6bl4.security.errors import InvalidSpiffeIdError
@@ -201,6 +202,9 @@ class Gateway:
         rag_config: dict[str, Any] | None = None,
         anomaly_config: dict[str, Any] | None = None,
     ) -> None:
+        # A server span per request, continuing the caller's `traceparent` (when OTEL_* turn tracing on).
+        if tracing.setup_tracing("gateway"):
+            tracing.instrument_fastapi(api)
         # Arguments and results go straight to the replicas over gRPC instead of through the
         # object store (less CPU per request; docs/performance.md).
         self.anomaly = anomaly.options(_by_reference=False)
@@ -212,16 +216,23 @@ class Gateway:
         self._corpus_check_s = rag_cfg.corpus_check_s
         self._corpus_watch: asyncio.Task[None] | None = None
         # Concurrent queries reach the retriever as one call per batch, not one per query.
-        self._retrieval: GreedyBatcher[tuple[str, int, bool], dict[str, Any]] = GreedyBatcher(
-            self._retrieve, rag_cfg.max_batch_size, rag_cfg.batch_wait_timeout_s, rag_cfg.batches_in_flight
+        self._retrieval: GreedyBatcher[tuple[str, int, bool, dict[str, str] | None], dict[str, Any]] = (
+            GreedyBatcher(
+                self._retrieve,
+                rag_cfg.max_batch_size,
+                rag_cfg.batch_wait_timeout_s,
+                rag_cfg.batches_in_flight,
+            )
         )
         # Concurrent stateless snapshots reach the detector as one call per batch, too.
         anomaly_cfg = AnomalyConfig.model_validate(anomaly_config or {})
-        self._scoring: GreedyBatcher[tuple[Snapshot, tuple[str, ...]], bytes] = GreedyBatcher(
-            self._score_batch,
-            anomaly_cfg.max_batch_size,
-            anomaly_cfg.batch_wait_timeout_s,
-            anomaly_cfg.batches_in_flight,
+        self._scoring: GreedyBatcher[tuple[Snapshot, tuple[str, ...], dict[str, str] | None], bytes] = (
+            GreedyBatcher(
+                self._score_batch,
+                anomaly_cfg.max_batch_size,
+                anomaly_cfg.batch_wait_timeout_s,
+                anomaly_cfg.batches_in_flight,
+            )
         )
         self._contract_cache: tuple[tuple[str, ...], Limits] | None = None
         self._parsers: asyncio.Semaphore | None = None  # created on the event loop, at first use
@@ -302,16 +313,26 @@ class Gateway:
         snapshot = await self._parse(body, media_type, features, limits)
         if stream_id:  # a stream is the caller's own; multiplexing sends it to the replica holding it
             handle = self.anomaly.options(multiplexed_model_id=stream_key(caller, stream_id))
-            answer: bytes = await self._call(handle.score.remote(snapshot, features, stream_id, caller))
+            trace = tracing.current_carrier()
+            answer: bytes = await self._call(
+                handle.score.remote(snapshot, features, stream_id, caller, trace=trace)
+            )
             return answer
-        return await self._scoring.submit((snapshot, features))
+        return await self._scoring.submit((snapshot, features, tracing.current_carrier()))
 
     async def _score_batch(
-        self, items: list[tuple[Snapshot, tuple[str, ...]]]
+        self, items: list[tuple[Snapshot, tuple[str, ...], dict[str, str] | None]]
     ) -> list[bytes | BaseException]:
         """One detector call for snapshots that arrived together: an answer or an exception each."""
         _METRICS["batch_size"].observe(len(items), tags={"backend": "anomaly"})
-        answers: list[bytes | BaseException] = await self._call(self.anomaly.score_batch.remote(items))
+        snapshots = [(snapshot, features) for snapshot, features, _ in items]
+        traces = [trace for _, _, trace in items]
+        call = (
+            self.anomaly.score_batch.remote(snapshots, traces)
+            if any(traces)
+            else self.anomaly.score_batch.remote(snapshots)
+        )
+        answers: list[bytes | BaseException] = await self._call(call)
         return answers
 
     async def _parse(
@@ -394,7 +415,7 @@ class Gateway:
             _CACHE_LOOKUPS.inc(tags={"tier": "edge", "result": "miss" if hit is None else "hit"})
             if hit is not None:
                 return hit
-        payload = await self._retrieval.submit((text, k, use_cache))
+        payload = await self._retrieval.submit((text, k, use_cache, tracing.current_carrier()))
         if edge is not None:
             version = int(payload["corpus_version"])
             if version != edge.version:
@@ -402,10 +423,19 @@ class Gateway:
             edge.put(text, k, version, _json({**payload, "cached": True}))
         return _json(payload)
 
-    async def _retrieve(self, items: list[tuple[str, int, bool]]) -> list[dict[str, Any] | BaseException]:
+    async def _retrieve(
+        self, items: list[tuple[str, int, bool, dict[str, str] | None]]
+    ) -> list[dict[str, Any] | BaseException]:
         """One retriever call for queries that arrived together: an answer or an exception each."""
         _METRICS["batch_size"].observe(len(items), tags={"backend": "rag"})
-        answers: list[dict[str, Any] | BaseException] = await self._call(self.rag.query_many.remote(items))
+        queries = [(text, k, use_cache) for text, k, use_cache, _ in items]
+        traces = [trace for *_, trace in items]
+        call = (
+            self.rag.query_many.remote(queries, traces)
+            if any(traces)
+            else self.rag.query_many.remote(queries)
+        )
+        answers: list[dict[str, Any] | BaseException] = await self._call(call)
         return answers
 
     async def _learn_corpus_version(self) -> None:

@@ -11,6 +11,7 @@ import torch
 from ray import serve
 
 from x0tta6bl4.errors import X0tta6bl4Error
+from x0tta6bl4.observability import tracing
 from x0tta6bl4.serve._private.batching import ThreadBatcher
 from x0tta6bl4.serve._private.priority import ComputePriority
 from x0tta6bl4.serve.config import RagConfig
@@ -41,6 +42,7 @@ class RunbookRetriever:
         from x0tta6bl4.rag.retriever import Retriever, RetrieverConfig
 
         torch.set_num_threads(1)
+        tracing.setup_tracing("rag")
         self.config = RagConfig.model_validate(config)
         self.retriever = Retriever.open(RetrieverConfig.model_validate(self.config.retriever))
         self._priority = ComputePriority(self.config.compute_nice)
@@ -63,25 +65,31 @@ class RunbookRetriever:
         """The index answers a lookup (raises if the replica lost it)."""
         self.retriever.stats()
 
-    async def query(self, text: str, k: int = 3, use_cache: bool = True) -> dict[str, Any]:
+    async def query(
+        self, text: str, k: int = 3, use_cache: bool = True, trace: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         """Passages, fault type, action and ``corpus_version`` for one incident.
 
-        Exact repeats come from the cache here, without waiting for a batch.
+        Exact repeats come from the cache here, without waiting for a batch. ``trace``: the
+        caller's W3C trace context, continued by this call's ``rag.query`` span.
 
         Raises:
             RetrievalInputError: an invalid query or ``k``.
             X0tta6bl4Error: the store cannot be read.
         """
-        self.retriever.check_query(text, k)
-        if use_cache:
-            self._refresh()
-            version = self.retriever.corpus_version  # read first: an old answer never carries a new version
-            cached = self.retriever.cached(text, k)
-            if cached is not None:
-                return {**cached.to_dict(), "corpus_version": version}
-        return await self._batcher.submit((text, k, use_cache))
+        with tracing.span("rag.query", {"k": k, "use_cache": use_cache}, parent=trace):
+            self.retriever.check_query(text, k)
+            if use_cache:
+                self._refresh()
+                version = self.retriever.corpus_version  # read first: an old answer never carries a new one
+                cached = self.retriever.cached(text, k)
+                if cached is not None:
+                    return {**cached.to_dict(), "corpus_version": version}
+            return await self._batcher.submit((text, k, use_cache))
 
-    async def query_many(self, items: list[tuple[str, int, bool]]) -> list[dict[str, Any] | BaseException]:
+    async def query_many(
+        self, items: list[tuple[str, int, bool]], traces: list[dict[str, str] | None] | None = None
+    ) -> list[dict[str, Any] | BaseException]:
         """Answer ``(text, k, use_cache)`` queries in one call: per query, what :meth:`query` gives.
 
         The gateway batches concurrent HTTP requests into such calls and keeps several in
@@ -89,15 +97,24 @@ class RunbookRetriever:
         (the replica's greedy batcher), so the split of a closed loop of clients is two-way
         (running, waiting here) rather than three-way (also waiting at the gateway).
 
+        ``traces``: each query's W3C trace context (its HTTP request's), continued by its ``rag.query`` span.
+
         Returns:
             Per query, its answer or the exception it raised (which fails that query alone).
         """
-        return await asyncio.gather(*(self._query_batched(item) for item in items), return_exceptions=True)
+        carriers = traces if traces is not None and len(traces) == len(items) else [None] * len(items)
+        return await asyncio.gather(
+            *(self._query_batched(item, trace) for item, trace in zip(items, carriers, strict=True)),
+            return_exceptions=True,
+        )
 
-    async def _query_batched(self, item: tuple[str, int, bool]) -> dict[str, Any]:
+    async def _query_batched(
+        self, item: tuple[str, int, bool], trace: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         """One query of :meth:`query_many`: checked here, then answered in the next batch."""
-        self.retriever.check_query(item[0], item[1])
-        return await self._batcher.submit(item)
+        with tracing.span("rag.query", {"k": item[1], "use_cache": item[2]}, parent=trace):
+            self.retriever.check_query(item[0], item[1])
+            return await self._batcher.submit(item)
 
     async def corpus_version(self) -> int:
         """The corpus version after picking up ingests made through other replicas."""

@@ -20,6 +20,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from x0tta6bl4.connect import platform_actor_options
 from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
+from x0tta6bl4.observability import tracing
 from x0tta6bl4.observability.metrics import domain_metrics
 from x0tta6bl4.telemetry.ebpf import EbpfPrograms, EbpfReading, program_sources, tracefs_root
 from x0tta6bl4.telemetry.frame import FEATURES, TelemetryFrame
@@ -361,13 +362,19 @@ class EbpfSource:
         proc: str = "/proc",
         sys: str = "/sys",
     ) -> None:
+        tracing.setup_tracing("ebpf-source")
         self._telemetry = HostTelemetry(
             node_id, programs=programs, force_procfs=force_procfs, proc=proc, sys=sys
         )
 
-    def poll(self) -> TelemetryFrame:
-        """Measure since the previous poll; a failure raises TelemetryPollError, the actor keeps running."""
-        return self._telemetry.poll()
+    def poll(self, trace: dict[str, str] | None = None) -> TelemetryFrame:
+        """Measure since the previous poll; a failure raises TelemetryPollError, the actor keeps running.
+
+        ``trace``: the caller's W3C trace context, continued by the poll's ``telemetry.poll`` span.
+        """
+        attributes = {"node": self._telemetry.node_id, "source": self._telemetry.source}
+        with tracing.span("telemetry.poll", attributes, parent=trace):
+            return self._telemetry.poll()
 
     def status(self) -> dict[str, Any]:
         status = self._telemetry.status()

@@ -155,3 +155,39 @@ def test_an_action_the_mesh_never_received_is_discarded_and_planned_again(scorer
     assert len(applied) == 1 and incident.attempts[-1].tick == applied[0].tick  # planned again, applied once
     for attempt in incident.attempts:
         assert core.knowledge.attempt_state("t", incident.incident_id, attempt.attempt) == "sent"
+
+
+def test_traced_ticks_link_each_action_to_where_it_was_decided_and_to_its_verification(scorer):
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from x0tta6bl4.observability import tracing
+
+    tracing.shutdown_tracing()
+    exporter = InMemorySpanExporter()
+    assert tracing.setup_tracing("controller", exporter=exporter)
+    try:
+        core, mesh, _ = _run(scorer, _Runbooks("restart_node"))
+    finally:
+        tracing.shutdown_tracing()
+    spans = exporter.get_finished_spans()
+    by_id = {s.context.span_id: s for s in spans}
+    names = [s.name for s in spans]
+    assert {"mapek.score", "mapek.analyze", "mapek.plan", "mapek.knowledge"} <= set(names)
+    assert names.count("mapek.analyze") == core.counters["analyses"]  # one per analysed tick, not per node
+    score = next(s for s in spans if s.name == "mapek.score")
+    assert score.attributes["nodes"] == 300 and "tick" in score.attributes
+    executes = [s for s in spans if s.name == "mapek.execute"]
+    applied = [a for a in mesh.control.actions if a.node == 210]
+    assert executes and applied and applied[0].trace is not None  # the context rides on the action
+    assert "trace" not in applied[0].to_dict()  # ... but is never journaled
+    execute = executes[0]
+    assert by_id[execute.parent.span_id].name == "mapek.plan"
+    assert execute.attributes["action"] == "restart_node" and execute.attributes["node"] == 210
+    assert applied[0].trace["traceparent"].split("-")[2] == format(execute.context.span_id, "016x")
+    verify = next(s for s in spans if s.name == "mapek.verify")
+    assert verify.parent.span_id == execute.context.span_id  # continues the decision's trace
+    assert verify.context.trace_id == execute.context.trace_id
+    assert verify.attributes["ok"] is True
+    (link,) = verify.links
+    assert by_id[link.context.span_id].name == "mapek.plan"  # and links the tick that judged it
+    assert not core._action_traces  # judged contexts are dropped
