@@ -97,6 +97,13 @@ def read_checkpoint(directory: str | os.PathLike[str], region: int, tick: int) -
 METRICS_EVERY_TICKS = 10
 
 
+def _ray_node_id() -> str | None:
+    """The Ray node this process runs on (None outside Ray)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
 def shard_name(region: int) -> str:
     """Ray actor name of a region's shard."""
     return f"mesh-shard-{region}"
@@ -309,6 +316,7 @@ class MeshShardActor:
             "restored_tick": self.core.restored_tick,
             "checkpoint_errors": list(self.core.checkpoint_errors),
             "pid": os.getpid(),
+            "node_id": _ray_node_id(),
         }
 
     def rewind(self, tick: int) -> Message:
