@@ -106,14 +106,24 @@ class RayNodes:
         )
 
     def pids(self, name: str) -> list[int]:
-        """Processes of node ``name``: those whose command line names its temp dir."""
+        """Processes of node ``name``: those whose command line names its temp dir, and their
+        descendants (workers rename themselves ``ray::...``, so only their parent names it)."""
         temp = str(self.nodes[name])
-        own = os.getpid()
-        return [
-            int(p.name)
-            for p in Path("/proc").iterdir()
-            if p.name.isdigit() and int(p.name) != own and temp in _cmdline(int(p.name))
-        ]
+        parents: dict[int, int] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+        found = {pid for pid in parents if pid != os.getpid() and temp in _cmdline(pid)}
+        grew = True
+        while grew:
+            children = {pid for pid, ppid in parents.items() if ppid in found} - found
+            grew = bool(children)
+            found |= children
+        return sorted(found)
 
     def process(self, name: str, marker: str) -> int:
         """The one process of node ``name`` whose command line holds ``marker`` (e.g. ``gcs_server``)."""
@@ -139,3 +149,49 @@ class RayNodes:
         """Kill every node's processes, workers first."""
         for name in sorted(self.nodes, key=lambda n: n == "head"):
             self.kill(name)
+
+
+def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Debian's redis-server on a free loopback port, nothing persisted to disk (Ray's GCS store)."""
+    port = free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), "--save", ""]
+    proc = subprocess.Popen(
+        ["redis-server", *args, "--appendonly", "no", "--protected-mode", "yes"],
+        stdout=open(directory / "redis.log", "wb"),  # noqa: SIM115 - the process owns it
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, port
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"redis-server did not listen on {port}")
+
+
+def restart_process(pid: int, log: Path) -> subprocess.Popen[bytes]:
+    """SIGKILL ``pid`` and start its program again with the same arguments and environment (what a
+    supervisor, or KubeRay's restart of the head's container, does for the GCS)."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    env = dict(
+        line.split(b"=", 1) for line in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in line
+    )
+    os.kill(pid, signal.SIGKILL)
+    while Path(f"/proc/{pid}").exists() and "Z" not in _state(pid):
+        time.sleep(0.05)
+    return subprocess.Popen(
+        argv,
+        env=env,
+        stdout=open(log, "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "X"

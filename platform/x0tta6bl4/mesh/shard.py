@@ -212,6 +212,7 @@ class ShardCore:
         for tick in reversed(checkpoint_ticks(self._ckpt_dir, self.region)):
             try:
                 self.rewind(tick)
+                log.warning("region %d: restarted; resumed from its checkpoint of tick %d", self.region, tick)
                 return
             except CheckpointError as exc:
                 self._error(f"checkpoint of tick {tick} skipped: {exc}")
