@@ -67,13 +67,19 @@ class RayNodes:
             f"--runtime-env-agent-port={free_port()}",
         ]
         cmd = [str(BIN / "ray"), "start", *args, *ports, f"--temp-dir={temp}", "--disable-usage-stats"]
-        proc = subprocess.run(
-            cmd, env={**self.env, **(extra_env or {})}, capture_output=True, text=True, timeout=120
-        )
         self.nodes[name] = temp
-        if proc.returncode != 0:
-            raise RuntimeError(f"ray start ({name}) failed: {proc.stdout[-1500:]}{proc.stderr[-1500:]}")
-        return temp
+        for attempt in range(2):
+            proc = subprocess.run(
+                cmd, env={**self.env, **(extra_env or {})}, capture_output=True, text=True, timeout=180
+            )
+            if proc.returncode == 0:
+                return temp
+            # `ray start` gives a raylet 30 s to register (hard-coded): a loaded machine needs longer.
+            self.kill(name)
+            if attempt == 0 and "timed out during startup" in proc.stderr + proc.stdout:
+                continue
+            break
+        raise RuntimeError(f"ray start ({name}) failed: {proc.stdout[-1500:]}{proc.stderr[-1500:]}")
 
     def start_head(
         self, num_cpus: int, resources: dict[str, float], extra_env: dict[str, str] | None = None

@@ -26,7 +26,7 @@ FAST_NODE_DEATH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failu
 
 @pytest.fixture
 def cluster_root() -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="x0mn-", dir="/tmp"))  # short: Ray's socket paths must fit
+    root = Path(tempfile.mkdtemp(prefix="x0mn-"))  # short (Ray's socket paths must fit): no pytest tmp_path
     yield root
     shutil.rmtree(root, ignore_errors=True)
 
@@ -104,6 +104,11 @@ def test_shards_spread_over_two_nodes_and_the_workers_shards_resume_on_the_head_
     # Checkpoints, the action journal and the report live under the shared state_dir.
     assert report["config"]["state_dir"] == str(cluster_root / "shared")
     assert len(list((run_dir / "checkpoints").glob("region-*.ckpt"))) == 4 * 2  # the last two each
+    # Each node ran the driver's package and bpf/ programs, shipped in the job's runtime_env.
+    for node in ("head", "worker"):
+        unpacked = cluster_root / node / "session_latest" / "runtime_resources" / "py_modules_files"
+        assert list(unpacked.glob("_ray_pkg_*/x0tta6bl4/mesh/shard.py")), node
+        assert list(unpacked.glob("_ray_pkg_*/bpf/*.c")), node
     # The actors' warnings reach the driver's output (what `ray job logs` shows).
     resumed = [line for line in err.splitlines() if "restarted; resumed from its checkpoint" in line]
     assert len(resumed) == 2 and all("(MeshShardActor pid=" in line for line in resumed), err[-3000:]
