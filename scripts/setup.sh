@@ -17,7 +17,7 @@ PY=${PYTHON:-python3}
 VENV=.venv
 STAMP=$VENV/.x0tta6bl4-setup
 DEBIAN_BCC=/usr/lib/python3/dist-packages/bcc
-APT_PACKAGES=(python3-bpfcc bpfcc-tools iproute2 iptables iperf3 linux-headers-amd64 prometheus)
+APT_PACKAGES=(python3-bpfcc bpfcc-tools iproute2 iptables iperf3 linux-headers-amd64 prometheus redis-server)
 KREL=$(uname -r)
 
 say() { printf '[setup] %s\n' "$*" >&2; }

@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from x0tta6bl4 import RAY_NAMESPACE
@@ -120,7 +121,11 @@ def _connect(ray: Any, address: str | None, num_cpus: int | None, dashboard: boo
     elif auth and not target.startswith("ray://") and target != "local":
         _prepare_to_join(target)
     if target != "local":
-        info = ray.init(address=target, namespace=RAY_NAMESPACE, log_to_driver=False)
+        # A cluster's workers may run on other machines: they import this very package from the
+        # job's runtime_env, and their warnings reach the driver's output (`ray job logs`).
+        info = ray.init(
+            address=target, namespace=RAY_NAMESPACE, log_to_driver=True, runtime_env=package_runtime_env()
+        )
         return RayConnection(info.address_info["gcs_address"], False, info.dashboard_url or None)
     if auth:
         ray_auth.use_token_auth()
@@ -145,6 +150,37 @@ def _metrics_export_port() -> int | None:
     if not text.isdigit() or not 0 < int(text) < 65536:
         raise ConfigError(f"{METRICS_EXPORT_PORT_ENV} must be a port number, not {text[:20]!r}")
     return int(text)
+
+
+def package_runtime_env() -> dict[str, Any] | None:
+    """The job-level runtime_env that ships this ``x0tta6bl4`` package to every worker of a cluster.
+
+    Workers on other nodes (or in another working directory) then import the driver's code, not
+    whatever the node's image holds, and find the repository's ``bpf/`` programs beside it. None
+    when the submitted job already ships ``py_modules`` (Ray merges no field from two places) or
+    when ``X0TTA6BL4_SHIP_PACKAGE=off`` says the image installs the package.
+    """
+    import json
+
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    if os.environ.get(SHIP_PACKAGE_ENV, "").strip().lower() in ("off", "0", "false", "no"):
+        return None
+    job = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR) or "{}")
+    if "py_modules" in (job.get("runtime_env") or {}):
+        return None
+    import x0tta6bl4
+
+    package = Path(x0tta6bl4.__file__).resolve().parent
+    modules = [str(package)]
+    bpf = package.parents[1] / "bpf"  # the repository's eBPF programs, read by each node's EbpfSource
+    if bpf.is_dir():
+        modules.append(str(bpf))
+    return {"py_modules": modules}
+
+
+#: ``off`` keeps the package out of the job's runtime_env (the cluster's image installs it).
+SHIP_PACKAGE_ENV = "X0TTA6BL4_SHIP_PACKAGE"
 
 
 class RayUnreachableError(X0tta6bl4Error, ConnectionError):

@@ -7,11 +7,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from x0tta6bl4.mapek.config import ControllerConfig
 from x0tta6bl4.mesh.faults import ACTIONS, FAULT_TYPES, check_action, check_fault_type
 from x0tta6bl4.settings import add_field_flags, add_switch, load_options
+
+#: Environment variables that set ``state_dir`` and ``runs_dir`` when no flag or file does.
+STATE_DIR_ENV = "X0TTA6BL4_STATE_DIR"
+RUNS_DIR_ENV = "X0TTA6BL4_RUNS_DIR"
 
 
 class FaultConfig(BaseModel):
@@ -76,9 +80,18 @@ class RunConfig(BaseModel):
         default=0.0, ge=0, description="wall-clock pause per tick (0: as fast as possible)"
     )
     runs_dir: Path = Field(
-        default_factory=lambda: Path(os.environ.get("X0TTA6BL4_RUNS_DIR", "runs")),
-        description="where <run-id>/report.json is written (X0TTA6BL4_RUNS_DIR, else runs/; made absolute "
-        "when the run starts: under `ray job submit` give an absolute or shared path)",
+        default_factory=lambda: Path(os.environ.get(RUNS_DIR_ENV, "runs")),
+        description="where <run-id>/report.json is written (X0TTA6BL4_RUNS_DIR, else <state_dir>/runs, "
+        "else runs/; made absolute when the run starts: under `ray job submit` give an absolute or "
+        "shared path)",
+    )
+    state_dir: Path | None = Field(
+        default_factory=lambda: os.environ.get(STATE_DIR_ENV) or None,
+        validate_default=True,
+        description=f"shared location every Ray node mounts (a path or a file:// URI; ${STATE_DIR_ENV}): "
+        "runs/ (checkpoints, action journals, reports), the knowledge store and the runbook index live "
+        "under it, so an actor restarted on another node resumes from them (default: none, runs_dir "
+        "and .x0tta6bl4/rag of the working directory)",
     )
     run_id: str | None = Field(default=None, description="run id (default: time stamp and seed)")
     ray_address: str | None = Field(
@@ -111,8 +124,26 @@ class RunConfig(BaseModel):
         description="HTTPS port of the mTLS front that serve_forever opens (0: any free)",
     )
 
+    @field_validator("state_dir", mode="before")
+    @classmethod
+    def _local_state_dir(cls, value: Any) -> Any:
+        """A path or ``file://`` URI: checkpoints are renamed atomically and the knowledge store is
+        SQLite, which object stores (``s3://``, ``gs://``) cannot hold."""
+        text = str(value) if value is not None else None
+        if text is None or "://" not in text:
+            return value
+        if text.startswith("file://"):
+            return text.removeprefix("file://")
+        raise ValueError(
+            f"state_dir {text!r}: only a path or a file:// URI of a volume every node mounts (NFS, "
+            "CephFS, a ReadWriteMany PVC) holds checkpoints and the SQLite knowledge store"
+        )
+
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
+        explicit_runs_dir = "runs_dir" in self.model_fields_set or os.environ.get(RUNS_DIR_ENV)
+        if self.state_dir is not None and not explicit_runs_dir:
+            self.runs_dir = self.state_dir / "runs"
         if self.regions > self.nodes:
             raise ValueError(f"regions ({self.regions}) cannot exceed nodes ({self.nodes})")
         if self.nodes < 2:
@@ -142,6 +173,7 @@ _CLI_FIELDS = (
     "tick_interval_s",
     "checkpoint_every_ticks",
     "runs_dir",
+    "state_dir",
     "run_id",
     "ray_address",
     "serve_port",

@@ -80,7 +80,11 @@ def plan_run(config: RunConfig) -> Plan:
     run_id = config.run_id or time.strftime("%Y%m%d-%H%M%S") + f"-s{config.seed}"
     if "/" in run_id or run_id in ("", ".", ".."):
         raise ConfigError(f"run id {run_id!r} must be a plain name")
-    config = config.model_copy(update={"runs_dir": config.runs_dir.resolve()})
+    # Absolute at the driver: actors on other nodes (and in other working directories) get these.
+    resolved: dict[str, Any] = {"runs_dir": config.runs_dir.resolve()}
+    if config.state_dir is not None:
+        resolved["state_dir"] = config.state_dir.resolve()
+    config = config.model_copy(update=resolved)
     return Plan(
         config, topology_spec, topology, tuple(faults), {t: tuple(a) for t, a in actions.items()}, run_id
     )
@@ -173,6 +177,7 @@ def execute(
         if config.in_process
         else ShardedMesh(plan.topology, spec, keep_actors=config.keep_mesh, resume=resume)
     )
+    placed = mesh.placement() if isinstance(mesh, ShardedMesh) else []
     replay = _replay(plan, mesh) if resume else Replay.none()
     _RECOVERY["replayed_ticks"].inc(replay.replayed_ticks)  # a resumed driver re-runs these ticks
     ticks_log = TickLog(plan.run_dir / TICKS_NAME, replay.kept_records())
@@ -189,6 +194,7 @@ def execute(
     decided: tuple[Action, ...] = replay.decided_after()
     elapsed = 0.0
     host_report: list[dict[str, Any]] = []
+    shards: list[dict[str, Any]] = []
     autonomy_report: dict[str, Any] | None = None
     failure: BaseException | None = None
     try:
@@ -242,6 +248,7 @@ def execute(
             if config.tick_interval_s:
                 time.sleep(config.tick_interval_s)
         elapsed = time.perf_counter() - started
+        shards = _shard_moves(placed, mesh.placement()) if isinstance(mesh, ShardedMesh) else []
         host_report = _host_report(hosts, host_frames, plan.topology) if hosts else []
         autonomy_report = loop.finish(mesh) if loop is not None else None
     except Exception as exc:  # the report is still written, marked failed; then the error is raised
@@ -270,6 +277,9 @@ def execute(
         "controller_failed_ticks": loop.failed_ticks if loop is not None else 0,
         "resumed_from_tick": replay.resumed_from,
         "replayed_ticks": replay.replayed_ticks,
+        "shard_nodes_at_start": len({p["node_id"] for p in placed}),
+        "shards_moved": sum(1 for m in shards if m["moved"]),
+        "shards": shards,
     }
     if loop is not None and loop.local is None:
         report["serve_apps"] = {
@@ -339,7 +349,9 @@ class _Autonomy:
 
         config = plan.config
         self.plan = plan
-        knowledge = config.controller.knowledge_path or str(config.runs_dir / "knowledge.sqlite")
+        knowledge = str(
+            Path(config.controller.knowledge_path or config.runs_dir / "knowledge.sqlite").resolve()
+        )
         self.controller_config = config.controller.model_copy(
             update={"knowledge_path": knowledge, "provenance": config.controller.provenance.resolved()}
         )
@@ -475,6 +487,21 @@ CONTROLLER_TIMEOUT_S = 60.0
 
 class ControllerLostError(X0tta6bl4Error):
     """The controller did not come back after its retries."""
+
+
+def _shard_moves(start: list[dict[str, Any]], end: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per shard: the Ray nodes it started and ended on, whether Ray restarted it, what it resumed from."""
+    return [
+        {
+            "region": a["region"],
+            "started_on": a["node_id"],
+            "ended_on": b["node_id"],
+            "moved": a["node_id"] != b["node_id"],
+            "restarted": a["pid"] != b["pid"] or a["node_id"] != b["node_id"],
+            "resumed_from_checkpoint_tick": b["restored_tick"],
+        }
+        for a, b in zip(start, end, strict=True)
+    ]
 
 
 def _ray_node_ids() -> list[str]:

@@ -115,12 +115,14 @@ def deploy_serve(config: RunConfig) -> dict[str, Any]:
 
 
 def serve_config_of(config: RunConfig) -> ServeConfig:
-    """The ServeConfig of the run's apps: Serve on loopback at ``serve_port``, the front at ``front_port``."""
+    """The ServeConfig of the run's apps: Serve on loopback at ``serve_port``, the front at ``front_port``,
+    the runbook index under ``state_dir`` when one is set."""
     from x0tta6bl4.serve.config import ServeConfig
 
-    return ServeConfig.model_validate(
-        {"http": {"port": config.serve_port}, "front": {"port": config.front_port}}
-    ).resolved()
+    fields: dict[str, Any] = {"http": {"port": config.serve_port}, "front": {"port": config.front_port}}
+    if config.state_dir is not None:  # the runbook index where every node's replica finds it
+        fields["rag"] = {"retriever": {"data_dir": str(config.state_dir / "rag")}}
+    return ServeConfig.model_validate(fields).resolved()
 
 
 def serve_forever(config: RunConfig, declarative: bool = False) -> None:

@@ -40,6 +40,32 @@ _RECOVERY = domain_metrics("recovery")
 log = logging.getLogger(__name__)
 
 
+#: Memory a spread actor reserves: Ray places an actor that requests no resources at all on a
+#: random node, ignoring its scheduling strategy (soft affinity and SPREAD alike); a token request
+#: makes the strategy count without holding any CPU.
+SPREAD_MEMORY_BYTES = 1 << 20
+
+
+def spread_over_nodes(index: int) -> dict[str, Any]:
+    """Ray options that put the ``index``-th actor of a set on the alive nodes in turn.
+
+    Zero-CPU actors with the default strategy land where Ray likes (usually the driver's node).
+    Soft node affinity places them round-robin and lets one whose node died restart on any other
+    node (its checkpoints are on shared storage). One node: no options, so single-node placement
+    is what it always was.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = sorted(str(n["NodeID"]) for n in ray.nodes() if n.get("Alive"))
+    if len(nodes) < 2:
+        return {}
+    return {
+        "scheduling_strategy": NodeAffinitySchedulingStrategy(nodes[index % len(nodes)], soft=True),
+        "memory": SPREAD_MEMORY_BYTES,
+    }
+
+
 class ShardLostError(X0tta6bl4Error):
     """A shard died and could not be brought back to the current tick."""
 
@@ -187,9 +213,8 @@ class ShardedMesh:
             name = shard_name(r)
             with contextlib.suppress(ValueError):  # a shard left over from an earlier run: replace it
                 ray.kill(ray.get_actor(name, namespace=RAY_NAMESPACE))
-            self.actors.append(
-                self._remote.options(**platform_actor_options(name, max_task_retries=0)).remote(r, spec)
-            )
+            options = platform_actor_options(name, max_task_retries=0, **spread_over_nodes(r))
+            self.actors.append(self._remote.options(**options).remote(r, spec))
         # Two checkpoints' worth: a shard whose newest checkpoint is torn restores the one before.
         self._history = max(2 * spec.checkpoint_every_ticks + 3, 16)
         self._messages: dict[int, list[Message]] = {}  # tick -> message of every region
@@ -327,6 +352,11 @@ class ShardedMesh:
         import ray
 
         return list(ray.get([a.status.remote() for a in self.actors], timeout=self.step_timeout_s))
+
+    def placement(self) -> list[dict[str, Any]]:
+        """Each shard's Ray node, pid and the checkpoint tick it restored from (None: never restarted)."""
+        keys = ("region", "node_id", "pid", "restored_tick")
+        return [{k: s.get(k) for k in keys} for s in self.status()]
 
     def close(self) -> None:
         import ray

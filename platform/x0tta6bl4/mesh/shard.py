@@ -98,6 +98,13 @@ def read_checkpoint(directory: str | os.PathLike[str], region: int, tick: int) -
 METRICS_EVERY_TICKS = 10
 
 
+def _ray_node_id() -> str | None:
+    """The Ray node this process runs on (None outside Ray)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
 def shard_name(region: int) -> str:
     """Ray actor name of a region's shard."""
     return f"mesh-shard-{region}"
@@ -206,6 +213,7 @@ class ShardCore:
         for tick in reversed(checkpoint_ticks(self._ckpt_dir, self.region)):
             try:
                 self.rewind(tick)
+                log.warning("region %d: restarted; resumed from its checkpoint of tick %d", self.region, tick)
                 return
             except CheckpointError as exc:
                 self._error(f"checkpoint of tick {tick} skipped: {exc}")
@@ -322,6 +330,7 @@ class MeshShardActor:
             "restored_tick": self.core.restored_tick,
             "checkpoint_errors": list(self.core.checkpoint_errors),
             "pid": os.getpid(),
+            "node_id": _ray_node_id(),
         }
 
     def rewind(self, tick: int) -> Message:

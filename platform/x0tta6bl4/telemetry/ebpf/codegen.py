@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -94,11 +95,19 @@ def render_kernel_field(alias: str, member: BtfMember, ctype: str) -> str:
 
 
 def bpf_dir() -> Path:
-    """Directory of the .c programs: $X0TTA6BL4_BPF_DIR, else the repository's bpf/."""
+    """Directory of the .c programs: $X0TTA6BL4_BPF_DIR, else the repository's bpf/, else a bpf/ that a
+    Ray job ships beside the package in its ``py_modules`` (:func:`x0tta6bl4.connect.package_runtime_env`)."""
     env = os.environ.get("X0TTA6BL4_BPF_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[4] / "bpf"
+    repo = Path(__file__).resolve().parents[4] / "bpf"
+    if repo.is_dir():
+        return repo
+    for entry in sys.path:
+        shipped = Path(entry or ".") / "bpf"
+        if shipped.is_dir() and any(shipped.glob("*.c")):
+            return shipped
+    return repo
 
 
 @dataclasses.dataclass(frozen=True)
