@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from x0tta6bl4.autonomy.config import RunConfig, config_from_args
+from x0tta6bl4.autonomy.hosts import host_report as report_hosts
+from x0tta6bl4.autonomy.hosts import poll_hosts, ray_node_ids, start_hosts, stop_hosts
 from x0tta6bl4.autonomy.report import build_report, print_summary, write_report
 from x0tta6bl4.autonomy.serving import attach_or_deploy, serve_forever
 from x0tta6bl4.autonomy.ticklog import TICKS_NAME, Replay, TickLog, load_run_config, save_run_config
@@ -126,20 +126,6 @@ class _Progress:
             self._bar.stop()
 
 
-def _start_hosts(config: RunConfig, topology: Topology) -> dict[int, Any]:
-    """One EbpfSource per Ray node (procfs fallback reported by each), keyed by its mesh node id.
-
-    Real hosts join the mesh after the simulated nodes: host ``i`` is node ``N + i``.
-    """
-    if not config.ebpf:
-        return {}
-    from x0tta6bl4.telemetry.source import start_sources
-
-    ids = {ray_node: topology.num_nodes + i for i, ray_node in enumerate(_ray_node_ids())}
-    handles = start_sources(ids)
-    return {ids[ray_node]: handle for ray_node, handle in handles.items()}
-
-
 def execute(
     plan: Plan, on_tick: Callable[[TickResult], None] | None = None, resume: bool = False
 ) -> dict[str, Any]:
@@ -181,7 +167,7 @@ def execute(
     replay = _replay(plan, mesh) if resume else Replay.none()
     _RECOVERY["replayed_ticks"].inc(replay.replayed_ticks)  # a resumed driver re-runs these ticks
     ticks_log = TickLog(plan.run_dir / TICKS_NAME, replay.kept_records())
-    hosts = _start_hosts(config, plan.topology) if conn is not None else {}
+    hosts = start_hosts(config, plan.topology) if conn is not None else {}
     loop = _Autonomy(plan, mesh, hosts) if config.autonomy else None
     if loop is not None:
         replay.rebuild_alarms(loop.note_alarms)
@@ -244,12 +230,12 @@ def execute(
                 f"serviceable {s['serviceable'] / s['nodes']:.1%}  faults {entry['active_faults']}{state}",
             )
             if hosts and tick % 10 == 0:
-                host_frames = _poll_hosts(list(hosts.values()))
+                host_frames = poll_hosts(list(hosts.values()))
             if config.tick_interval_s:
                 time.sleep(config.tick_interval_s)
         elapsed = time.perf_counter() - started
         shards = _shard_moves(placed, mesh.placement()) if isinstance(mesh, ShardedMesh) else []
-        host_report = _host_report(hosts, host_frames, plan.topology) if hosts else []
+        host_report = report_hosts(hosts, host_frames, plan.topology) if hosts else []
         autonomy_report = loop.finish(mesh) if loop is not None else None
     except Exception as exc:  # the report is still written, marked failed; then the error is raised
         elapsed = time.perf_counter() - started
@@ -263,7 +249,7 @@ def execute(
         mesh.close()
         keep = config.keep_mesh or (config.serve_forever and not config.in_process)
         if hosts and not keep:
-            _stop_hosts(list(hosts.values()))
+            stop_hosts(list(hosts.values()))
         if conn is not None and not keep:
             disconnect_ray(conn)
     restarts = getattr(mesh, "restarts", 0)
@@ -370,7 +356,7 @@ class _Autonomy:
             served = attach_or_deploy(config)
             self.serve_config, self.declarative_serve = served.config, served.declarative
             remove_board(self.serve_config["app_name"])  # thresholds published by an earlier run
-            names = [source_name(n) for n in _ray_node_ids()] if hosts else []
+            names = [source_name(n) for n in ray_node_ids()] if hosts else []
             self.actor = start_controller(
                 plan.run_id, plan.topology_spec, names, self.controller_config, self.serve_config
             )
@@ -504,12 +490,6 @@ def _shard_moves(start: list[dict[str, Any]], end: list[dict[str, Any]]) -> list
     ]
 
 
-def _ray_node_ids() -> list[str]:
-    import ray
-
-    return sorted(str(n["NodeID"]) for n in ray.nodes() if n.get("Alive"))
-
-
 def _local_core(plan: Plan, controller_config: Any) -> Any:
     """The controller in this process, with the apps' logic in process too (``--in-process``)."""
     from x0tta6bl4.mapek.clients import LocalRunbooks, LocalScorer
@@ -525,55 +505,6 @@ def _local_core(plan: Plan, controller_config: Any) -> Any:
         KnowledgeStore(controller_config.knowledge_path),
         plan.run_id,
     )
-
-
-def _poll_hosts(hosts: list[Any]) -> list[Any]:
-    import ray
-
-    try:
-        return list(ray.get([h.poll.remote() for h in hosts], timeout=30))
-    except Exception as exc:
-        _RECOVERY["host_failures"].inc()
-        log.warning("polling host telemetry failed: %s", exc)
-        return []
-
-
-def _stop_hosts(hosts: list[Any]) -> None:
-    import ray
-
-    for handle in hosts:
-        ray.kill(handle)
-
-
-def _host_status(ray: Any, handle: Any, tries: int = 3) -> dict[str, Any]:
-    """A host source's status; a source that is restarting is asked again, one that stays away is said so."""
-    error: Exception | None = None
-    for _ in range(tries):
-        try:
-            status: dict[str, Any] = ray.get(handle.status.remote(), timeout=30)
-            return status
-        except Exception as exc:  # RayActorError, GetTimeoutError: it may be restarting
-            error = exc
-            time.sleep(1.0)
-    _RECOVERY["host_failures"].inc()
-    return {"source": "unavailable", "error": f"{type(error).__name__}: {error}"[:300]}
-
-
-def _host_report(hosts: dict[int, Any], frames: list[Any], topology: Topology) -> list[dict[str, Any]]:
-    """Each host's telemetry source, why eBPF is off (if it is), and where it joins the mesh."""
-    import ray
-
-    statuses = [_host_status(ray, h) for h in hosts.values()]
-    gateways = np.flatnonzero(topology.gateways)
-    out = []
-    for i, (mesh_id, status) in enumerate(zip(hosts, statuses, strict=True)):
-        entry = dict(status)
-        entry["mesh_node_id"] = mesh_id
-        entry["linked_to_gateway"] = int(gateways[i % gateways.size])
-        if i < len(frames):
-            entry["last_frame"] = frames[i].to_dict()
-        out.append(entry)
-    return out
 
 
 def main_from_args(args: argparse.Namespace) -> int:
