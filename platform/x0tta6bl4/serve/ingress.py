@@ -306,14 +306,7 @@ class Gateway:
         self, items: list[tuple[Snapshot, tuple[str, ...], dict[str, str] | None]]
     ) -> list[bytes | BaseException]:
         """One detector call for snapshots that arrived together: an answer or an exception each."""
-        snapshots = [(snapshot, features) for snapshot, features, _ in items]
-        traces = [trace for _, _, trace in items]
-        call = (
-            self.anomaly.score_batch.remote(snapshots, traces)
-            if any(traces)
-            else self.anomaly.score_batch.remote(snapshots)
-        )
-        answers: list[bytes | BaseException] = await self._call(call)
+        answers: list[bytes | BaseException] = await self._call(self.anomaly.score_batch.remote(items))
         return answers
 
     async def _parse(
@@ -407,14 +400,7 @@ class Gateway:
         self, items: list[tuple[str, int, bool, dict[str, str] | None]]
     ) -> list[dict[str, Any] | BaseException]:
         """One retriever call for queries that arrived together: an answer or an exception each."""
-        queries = [(text, k, use_cache) for text, k, use_cache, _ in items]
-        traces = [trace for *_, trace in items]
-        call = (
-            self.rag.query_many.remote(queries, traces)
-            if any(traces)
-            else self.rag.query_many.remote(queries)
-        )
-        answers: list[dict[str, Any] | BaseException] = await self._call(call)
+        answers: list[dict[str, Any] | BaseException] = await self._call(self.rag.query_many.remote(items))
         return answers
 
     async def _learn_corpus_version(self) -> None:
