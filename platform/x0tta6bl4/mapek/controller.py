@@ -122,10 +122,11 @@ class MapeKController:
 
         from x0tta6bl4.telemetry.frame import TelemetryFrame
 
-        frames = ray.get([s.frame.remote(tick) for s in self._shard_handles()], timeout=30)
-        merged = TelemetryFrame.concat(frames)
-        if self.host_sources and (tick % HOST_POLL_EVERY_TICKS == 0 or np.isnan(self._host_rows).all()):
-            self._poll_hosts()
+        with tracing.span("mapek.monitor", {"tick": tick}):
+            frames = ray.get([s.frame.remote(tick) for s in self._shard_handles()], timeout=30)
+            merged = TelemetryFrame.concat(frames)
+            if self.host_sources and (tick % HOST_POLL_EVERY_TICKS == 0 or np.isnan(self._host_rows).all()):
+                self._poll_hosts()
         return np.concatenate([merged.features, self._host_rows]) if self.host_sources else merged.features
 
     def _poll_hosts(self) -> None:
@@ -162,19 +163,23 @@ class MapeKController:
         trace context; the tick's ``mapek.tick`` span continues it.
         """
         with tracing.span("mapek.tick", {"tick": tick, "run_id": self.core.run_id}, parent=trace):
-            self.core.acknowledge(applied)
-            started = time.perf_counter()
-            try:
-                with tracing.span("mapek.monitor", {"tick": tick}):
-                    features = self._monitor(tick)
-            except Exception as exc:  # a shard restarting: keep the last thresholds, act on nothing
-                self._shards = []
-                msg = f"tick {tick}: telemetry unavailable ({type(exc).__name__}: {exc})"
-                self._note(msg)
-                _METRICS["idle_cycles"].inc(tags={"reason": "telemetry_unavailable"})
-                return self.core.idle(tick, (msg,))
-            _METRICS["phase_seconds"].observe(time.perf_counter() - started, tags={"phase": "monitor"})
-            return self.core.step(tick, features, unserviceable_share)
+            return self._step(tick, unserviceable_share, applied)
+
+    def _step(
+        self, tick: int, unserviceable_share: float, applied: list[tuple[int, str, int, int | None]] | None
+    ) -> StepResult:
+        self.core.acknowledge(applied)
+        started = time.perf_counter()
+        try:
+            features = self._monitor(tick)
+        except Exception as exc:  # a shard restarting: keep the last thresholds, act on nothing
+            self._shards = []
+            msg = f"tick {tick}: telemetry unavailable ({type(exc).__name__}: {exc})"
+            self._note(msg)
+            _METRICS["idle_cycles"].inc(tags={"reason": "telemetry_unavailable"})
+            return self.core.idle(tick, (msg,))
+        _METRICS["phase_seconds"].observe(time.perf_counter() - started, tags={"phase": "monitor"})
+        return self.core.step(tick, features, unserviceable_share)
 
     def flush_traces(self) -> bool:
         """Export this actor's finished spans now (the driver asks before it kills the actor)."""

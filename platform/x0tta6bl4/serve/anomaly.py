@@ -363,26 +363,21 @@ class AnomalyDetector:
         stream = await self._stream(stream_key(owner, name)) if name else None
         return await self._batcher.submit((snapshot, stream, trace))
 
-    async def score_batch(
-        self, items: list[tuple[Snapshot, tuple[str, ...]]], traces: list[dict[str, str] | None] | None = None
-    ) -> list[bytes | BaseException]:
+    async def score_batch(self, items: list[tuple[Any, ...]]) -> list[bytes | BaseException]:
         """Score several stateless snapshots sent as one call; each gets what :meth:`score` gives.
 
         The gateway sends the snapshots that arrived together in one call, so the hop from the
         gateway to this replica is paid once per batch, not once per request.
 
-        ``traces``: each snapshot's W3C trace context (its HTTP request's), when the caller traces.
+        Each item is ``(snapshot, features)``, or ``(snapshot, features, trace)`` with its HTTP
+        request's W3C trace context.
 
         Returns:
             Per snapshot, its answer or the exception :meth:`score` raised for it (which fails
             that snapshot alone).
         """
-        carriers = traces if traces is not None and len(traces) == len(items) else [None] * len(items)
         return await asyncio.gather(
-            *(
-                self.score(snapshot, features, trace=trace)
-                for (snapshot, features), trace in zip(items, carriers, strict=True)
-            ),
+            *(self.score(item[0], item[1], trace=item[2] if len(item) > 2 else None) for item in items),
             return_exceptions=True,
         )
 

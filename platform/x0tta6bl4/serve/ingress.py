@@ -325,14 +325,7 @@ class Gateway:
     ) -> list[bytes | BaseException]:
         """One detector call for snapshots that arrived together: an answer or an exception each."""
         _METRICS["batch_size"].observe(len(items), tags={"backend": "anomaly"})
-        snapshots = [(snapshot, features) for snapshot, features, _ in items]
-        traces = [trace for _, _, trace in items]
-        call = (
-            self.anomaly.score_batch.remote(snapshots, traces)
-            if any(traces)
-            else self.anomaly.score_batch.remote(snapshots)
-        )
-        answers: list[bytes | BaseException] = await self._call(call)
+        answers: list[bytes | BaseException] = await self._call(self.anomaly.score_batch.remote(items))
         return answers
 
     async def _parse(
@@ -428,14 +421,7 @@ class Gateway:
     ) -> list[dict[str, Any] | BaseException]:
         """One retriever call for queries that arrived together: an answer or an exception each."""
         _METRICS["batch_size"].observe(len(items), tags={"backend": "rag"})
-        queries = [(text, k, use_cache) for text, k, use_cache, _ in items]
-        traces = [trace for *_, trace in items]
-        call = (
-            self.rag.query_many.remote(queries, traces)
-            if any(traces)
-            else self.rag.query_many.remote(queries)
-        )
-        answers: list[dict[str, Any] | BaseException] = await self._call(call)
+        answers: list[dict[str, Any] | BaseException] = await self._call(self.rag.query_many.remote(items))
         return answers
 
     async def _learn_corpus_version(self) -> None:

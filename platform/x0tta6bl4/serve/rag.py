@@ -87,9 +87,7 @@ class RunbookRetriever:
                     return {**cached.to_dict(), "corpus_version": version}
             return await self._batcher.submit((text, k, use_cache))
 
-    async def query_many(
-        self, items: list[tuple[str, int, bool]], traces: list[dict[str, str] | None] | None = None
-    ) -> list[dict[str, Any] | BaseException]:
+    async def query_many(self, items: list[tuple[Any, ...]]) -> list[dict[str, Any] | BaseException]:
         """Answer ``(text, k, use_cache)`` queries in one call: per query, what :meth:`query` gives.
 
         The gateway batches concurrent HTTP requests into such calls and keeps several in
@@ -97,24 +95,22 @@ class RunbookRetriever:
         (the replica's greedy batcher), so the split of a closed loop of clients is two-way
         (running, waiting here) rather than three-way (also waiting at the gateway).
 
-        ``traces``: each query's W3C trace context (its HTTP request's), continued by its ``rag.query`` span.
+        A fourth item, ``(text, k, use_cache, trace)``, is the query's W3C trace context (its HTTP
+        request's), continued by its ``rag.query`` span.
 
         Returns:
             Per query, its answer or the exception it raised (which fails that query alone).
         """
-        carriers = traces if traces is not None and len(traces) == len(items) else [None] * len(items)
-        return await asyncio.gather(
-            *(self._query_batched(item, trace) for item, trace in zip(items, carriers, strict=True)),
-            return_exceptions=True,
-        )
+        return await asyncio.gather(*(self._query_batched(item) for item in items), return_exceptions=True)
 
-    async def _query_batched(
-        self, item: tuple[str, int, bool], trace: dict[str, str] | None = None
-    ) -> dict[str, Any]:
+    async def _query_batched(self, item: tuple[Any, ...]) -> dict[str, Any]:
         """One query of :meth:`query_many`: checked here, then answered in the next batch."""
-        with tracing.span("rag.query", {"k": item[1], "use_cache": item[2]}, parent=trace):
-            self.retriever.check_query(item[0], item[1])
-            return await self._batcher.submit(item)
+        text, k, use_cache = item[:3]
+        with tracing.span(
+            "rag.query", {"k": k, "use_cache": use_cache}, parent=item[3] if len(item) > 3 else None
+        ):
+            self.retriever.check_query(text, k)
+            return await self._batcher.submit((text, k, use_cache))
 
     async def corpus_version(self) -> int:
         """The corpus version after picking up ingests made through other replicas."""
