@@ -61,6 +61,13 @@ CONTRACT: dict[str, dict[str, str | tuple[str, ...] | None]] = {
         "artifact_sign_ms": "write_version_ms",
         "artifact_verify_ms": "verified_load_ms",
     },
+    "observability": {
+        "instrumented_ticks_per_s": "uninstrumented_ticks_per_s",
+        "span_overhead_us": "disabled_span_us",
+        "metric_families": None,
+        "metric_domains": None,
+        "scrape_duration_ms": None,
+    },
     "chaos": {
         "chaos_run_completed": None,
         "chaos_report_written": None,
@@ -230,3 +237,15 @@ def test_bench_chaos_quick_survives_each_kill_and_resumes_the_killed_driver(cli_
         assert by_target[target]["chaos_mttr_ticks"]["baseline"]["value"] > 0, target
     assert by_target["controller"]["chaos_controller_failures"]["value"] == 2.0  # killed twice, both counted
     assert by_target[""]["fuzz_5xx"]["value"] == 0.0 and by_target[""]["fuzz_requests"]["value"] > 0
+
+
+def test_bench_observability_quick_measures_the_loop_both_ways_and_scrapes_a_real_run(cli_env):
+    doc = run_quick("observability", cli_env, timeout=900)
+    rows = {r["name"]: r for r in doc["results"]}
+    loop = rows["instrumented_ticks_per_s"]
+    assert loop["value"] > 0 and loop["baseline"]["value"] > 0
+    assert loop["params"]["otlp_exports"] > 0, "the instrumented runs exported their spans"
+    domains = rows["metric_domains"]["params"]["domains"]
+    assert {"mesh", "mapek", "detector"} <= set(domains)
+    assert rows["metric_families"]["value"] >= len(domains)
+    assert rows["scrape_duration_ms"]["value"] > 0 and rows["span_overhead_us"]["value"] > 0

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 from x0tta6bl4.bench._report import emit, report
 
-SUITES = ("mesh", "ebpf", "federated", "serve", "autonomy", "security", "chaos")
+SUITES = ("mesh", "ebpf", "federated", "serve", "autonomy", "security", "chaos", "observability")
 
 
 def run_suite(suite: str, quick: bool = False, as_json: bool = False) -> int:

@@ -295,6 +295,23 @@ CATALOGUE: dict[str, MetricSpec] = {
     ]
 }
 
+#: ``off`` turns every metric of this process into a no-op (``bench observability``'s baseline;
+#: an operator who scrapes nothing). Read once, when this module is imported.
+METRICS_ENV = "X0TTA6BL4_METRICS"
+_recording = os.environ.get(METRICS_ENV, "").strip().lower() not in ("off", "0", "false", "no")
+
+
+def set_recording(enabled: bool) -> None:
+    """Record metrics in this process (True, the default) or drop every recording (False)."""
+    global _recording
+    _recording = bool(enabled)
+
+
+def recording() -> bool:
+    """Whether this process records metrics."""
+    return _recording
+
+
 #: The registry of everything recorded outside Ray (served by :func:`serve_metrics`).
 REGISTRY = CollectorRegistry(auto_describe=True)
 _lock = threading.Lock()
@@ -336,6 +353,8 @@ class Metric:
         return False, self._prom
 
     def _record(self, op: str, value: float, tags: Mapping[str, str] | None) -> None:
+        if not _recording:
+            return
         try:
             on_ray, target = self._target()
             if on_ray:
