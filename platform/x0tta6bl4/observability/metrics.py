@@ -399,11 +399,17 @@ def _prom_metric(spec: MetricSpec) -> Any:
     return PromHistogram(spec.name, spec.help, spec.labels, registry=REGISTRY, buckets=spec.buckets)
 
 
-@functools.cache
 def metric(name: str) -> Metric:
-    """The catalogued metric ``name`` (with or without the ``x0tta6bl4_`` prefix); KeyError if unknown."""
-    full = name if name.startswith("x0tta6bl4_") else f"x0tta6bl4_{name}"
-    return Metric(CATALOGUE[full])
+    """The catalogued metric ``name`` (with or without the ``x0tta6bl4_`` prefix); KeyError if unknown.
+
+    One :class:`Metric` per catalogued name, however it is spelt: a registry refuses a name twice.
+    """
+    return _metric(name if name.startswith("x0tta6bl4_") else f"x0tta6bl4_{name}")
+
+
+@functools.cache
+def _metric(full_name: str) -> Metric:
+    return Metric(CATALOGUE[full_name])
 
 
 def domain_metrics(domain: str) -> dict[str, Metric]:

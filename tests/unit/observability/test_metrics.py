@@ -90,3 +90,8 @@ def test_every_metric_is_in_the_operating_guides_catalogue_with_its_labels():
         exported = spec.name + ("_total" if spec.kind == "counter" else "")
         labels = ", ".join(f"`{label}`" for label in spec.labels) or "–"
         assert f"| `{exported}` | {spec.kind} | {labels} |" in docs, exported
+
+
+def test_a_metric_is_one_object_however_its_name_is_spelt():
+    # Two objects would each register the name: the registry refuses the second, losing its samples.
+    assert metric("security_authz_denials") is metric("x0tta6bl4_security_authz_denials")
