@@ -29,8 +29,13 @@ from x0tta6bl4.bench._report import result
 #: nodes, ticks of the instrumented loop; nodes, ticks of the scraped run.
 FULL = {"loop": (10_000, 60), "scrape": (10_000, 60)}
 QUICK = {"loop": (2_000, 20), "scrape": (1_000, 40)}
-#: Spans timed for the per-span cost.
-SPANS = 20_000
+#: Pause between the scraped run's ticks: Ray's metrics agent takes a worker's values about every
+#: 10 s, so the run must last a few of those for its families to be scraped at all.
+SCRAPED_TICK_INTERVAL_S = {False: 0.25, True: 0.5}
+#: Spans timed for the per-span cost: batches of SPANS (below the batch processor's queue of 2,048,
+#: so none is dropped), each exported before the next is timed; the median batch counts.
+SPANS = 1_000
+SPAN_BATCHES = 7
 OTEL_VARS = ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_BSP_SCHEDULE_DELAY")
 FAMILY = re.compile(r"^# TYPE ray_(x0tta6bl4_[a-z0-9_]+) ", re.M)
 
@@ -147,11 +152,15 @@ def _span_rows() -> list[dict[str, Any]]:
     from x0tta6bl4.observability import tracing
 
     def timed() -> float:
-        t0 = time.perf_counter()
-        for i in range(SPANS):
-            with tracing.span("bench.span", {"i": i}):
-                pass
-        return time.perf_counter() - t0
+        batches = []
+        for _ in range(SPAN_BATCHES):
+            t0 = time.perf_counter()
+            for i in range(SPANS):
+                with tracing.span("bench.span", {"i": i}):
+                    pass
+            batches.append(time.perf_counter() - t0)
+            tracing.flush()  # exported off the clock: the next batch starts with an empty queue
+        return statistics.median(batches)
 
     with _otlp_sink() as endpoint:
         with _instrumented(False, endpoint):
@@ -161,7 +170,7 @@ def _span_rows() -> list[dict[str, Any]]:
             on = timed()
     per_span_us = 1e6 * (on - off) / SPANS
     _log(f"one span costs {per_span_us:.1f} us (off: {1e6 * off / SPANS:.2f} us)")
-    params = {"spans": SPANS, "exporter": "OTLP/HTTP, batched", "attributes": 1}
+    params = {"spans": SPANS, "batches": SPAN_BATCHES, "exporter": "OTLP/HTTP, batched", "attributes": 1}
     return [
         result(
             "span_overhead_us", per_span_us, "us", params, baseline=("disabled_span_us", 1e6 * off / SPANS)
@@ -186,6 +195,7 @@ def _scrape_rows(quick: bool) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="x0-bench-obs-run-") as tmp:
         args = ["run", "--nodes", str(nodes), "--regions", "4", "--ticks", str(ticks), "--seed", "3"]
         args += ["--runs-dir", tmp, "--run-id", "scraped", "--serve-port", str(serve_port)]
+        args += ["--tick-interval-s", str(SCRAPED_TICK_INTERVAL_S[quick])]
         proc = subprocess.Popen(
             [sys.executable, "-m", "x0tta6bl4.cli", *args],
             env=env,
@@ -217,7 +227,13 @@ def _scrape_rows(quick: bool) -> list[dict[str, Any]]:
     domains = sorted({CATALOGUE[name].domain for name in known})
     durations = [ms for ms, _ in scrapes]
     _log(f"{len(families)} families in {len(domains)} domains ({', '.join(domains)}); {len(scrapes)} scrapes")
-    params = {"nodes": nodes, "ticks": ticks, "scrapes": len(scrapes), "endpoint": "Ray node metrics agent"}
+    params = {
+        "nodes": nodes,
+        "ticks": ticks,
+        "tick_interval_s": SCRAPED_TICK_INTERVAL_S[quick],
+        "scrapes": len(scrapes),
+        "endpoint": "Ray node metrics agent",
+    }
     absent = sorted({spec.domain for spec in CATALOGUE.values()} - set(domains))
     return [
         result("metric_families", float(len(families)), "families", {**params, "catalogued": len(CATALOGUE)}),
