@@ -341,6 +341,12 @@ class Metric:
         self._prom: Any = None
         self._warned = False
 
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        # A handle pickles by name (Serve pickles the gateway's app with its globals; a Ray actor's
+        # arguments may hold one): the receiving process looks the metric up in its own catalogue
+        # and records through its own pipeline, never through the sender's registry or locks.
+        return (metric, (self.spec.name,))
+
     def _target(self) -> tuple[bool, Any]:
         if _ray_connected():
             if self._ray is None:

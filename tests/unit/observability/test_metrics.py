@@ -95,3 +95,20 @@ def test_every_metric_is_in_the_operating_guides_catalogue_with_its_labels():
 def test_a_metric_is_one_object_however_its_name_is_spelt():
     # Two objects would each register the name: the registry refuses the second, losing its samples.
     assert metric("security_authz_denials") is metric("x0tta6bl4_security_authz_denials")
+
+
+def test_a_metric_that_recorded_outside_ray_pickles_by_name_and_so_does_the_gateway_app():
+    # Serve pickles the gateway's FastAPI app with the module globals its routes use; a process
+    # that recorded before connecting to Ray holds prometheus-client objects (locks) in its handles.
+    import pickle
+
+    import ray.cloudpickle as cloudpickle
+
+    from x0tta6bl4.observability.metrics import domain_metrics
+
+    requests_total = domain_metrics("gateway")["requests"]
+    requests_total.inc(tags={"route": "/healthz", "code": "200"})
+    assert pickle.loads(cloudpickle.dumps(requests_total)) is requests_total
+    from x0tta6bl4.serve import ingress
+
+    assert cloudpickle.dumps(ingress.api)
