@@ -31,7 +31,7 @@ FULL = {"loop": (10_000, 60), "scrape": (10_000, 60)}
 QUICK = {"loop": (2_000, 20), "scrape": (1_000, 40)}
 #: Pause between the scraped run's ticks: Ray's metrics agent takes a worker's values about every
 #: 10 s, so the run must last a few of those for its families to be scraped at all.
-SCRAPED_TICK_INTERVAL_S = {False: 0.25, True: 0.5}
+SCRAPED_TICK_INTERVAL_S = {False: 0.25, True: 0.75}
 #: Spans timed for the per-span cost: batches of SPANS (below the batch processor's queue of 2,048,
 #: so none is dropped), each exported before the next is timed; the median batch counts.
 SPANS = 1_000
