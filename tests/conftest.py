@@ -25,3 +25,16 @@ def ebpf_host() -> None:
     if blockers:
         reasons = "; ".join(f"[{b.check}] {b.reason} (fix: {b.fix})" for b in blockers)
         pytest.skip(f"this host refuses eBPF: {reasons}")
+
+
+@pytest.fixture
+def prometheus_client_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Metrics recorded in this test go to the prometheus-client registry, where the test reads them.
+
+    The suite's pytest process joins the session's Ray for the integration tests and stays
+    connected: a metric recorded afterwards would take Ray's pipeline (exported by the node's
+    agent), not the registry these tests read back.
+    """
+    from x0tta6bl4.observability import metrics
+
+    monkeypatch.setattr(metrics, "_ray_connected", lambda: False)

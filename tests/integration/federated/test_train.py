@@ -91,7 +91,7 @@ def _replies(outcome):
     return REGISTRY.get_sample_value("x0tta6bl4_federated_client_replies_total", labels) or 0.0
 
 
-def test_a_failed_client_costs_its_reply_but_not_the_round(task_identity):
+def test_a_failed_client_costs_its_reply_but_not_the_round(task_identity, prometheus_client_pipeline):
     from x0tta6bl4.observability.metrics import REGISTRY
 
     strategy, outcome = _strategy(min_clients=1)

@@ -122,7 +122,7 @@ def _sample(name, **labels):
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def test_a_named_action_heals_the_crash_and_is_recorded_as_knowledge(scorer):
+def test_a_named_action_heals_the_crash_and_is_recorded_as_knowledge(scorer, prometheus_client_pipeline):
     healed = ("x0tta6bl4_mapek_actions_total", {"action": "restart_node", "verdict": "success"})
     resolved = ("x0tta6bl4_mapek_incidents_total", {"outcome": "resolved"})
     repairs = ("x0tta6bl4_mapek_time_to_repair_ticks_count", {})
