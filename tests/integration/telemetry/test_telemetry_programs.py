@@ -132,8 +132,9 @@ X0_TP(sched, sched_switch)
     assert 0 < reading.lost < reading.events
 
 
-def test_each_poll_exports_the_programs_events_losses_and_read_time() -> None:
-    # Exported once per poll per program (prometheus-client here: no Ray), never per event.
+def test_each_poll_exports_the_programs_events_losses_and_read_time(prometheus_client_pipeline: None) -> None:
+    # Exported once per poll per program (prometheus-client here, whether or not the process joined
+    # the session's Ray), never per event.
     from x0tta6bl4.observability.metrics import REGISTRY
     from x0tta6bl4.telemetry.source import HostTelemetry
 
