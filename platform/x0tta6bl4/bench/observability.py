@@ -14,6 +14,7 @@ import contextlib
 import http.server
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -186,7 +187,10 @@ def _scrape_rows(quick: bool) -> list[dict[str, Any]]:
 
     nodes, ticks = (QUICK if quick else FULL)["scrape"]
     metrics_port, serve_port = free_local_port(), free_local_port()
-    env = {**os.environ, METRICS_EXPORT_PORT_ENV: str(metrics_port)}
+    # Its own Ray, whose metrics agent listens where we scrape: a Ray temp dir of its own, so the
+    # run never joins another cluster named by Ray's `ray_current_cluster` file (short: socket paths).
+    ray_tmp = tempfile.mkdtemp(prefix="x0obs", dir="/tmp")
+    env = {**os.environ, METRICS_EXPORT_PORT_ENV: str(metrics_port), "RAY_TMPDIR": ray_tmp}
     for name in ("RAY_ADDRESS", *OTEL_VARS):
         env.pop(name, None)
     scrapes: list[tuple[float, str]] = []
@@ -219,6 +223,7 @@ def _scrape_rows(quick: bool) -> list[dict[str, Any]]:
                     )
             time.sleep(1.0)
         _out, err = proc.communicate()
+    shutil.rmtree(ray_tmp, ignore_errors=True)
     if proc.returncode != 0 or not scrapes:
         raise RuntimeError(f"the scraped run failed (exit {proc.returncode}): {err[-2000:]}")
     families = max((set(FAMILY.findall(text)) for _, text in scrapes), key=len)
