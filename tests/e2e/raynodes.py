@@ -30,6 +30,26 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def pids_of_temp_dir(temp: str) -> list[int]:
+    """Processes of the Ray node started with ``--temp-dir temp``: those whose command line names it,
+    and their descendants (workers rename themselves ``ray::...``, so only their parent names it)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found = {pid for pid in parents if pid != os.getpid() and temp in _cmdline(pid)}
+    grew = True
+    while grew:
+        children = {pid for pid, ppid in parents.items() if ppid in found} - found
+        grew = bool(children)
+        found |= children
+    return sorted(found)
+
+
 class RayNodes:
     """A Ray cluster of `ray start` nodes under ``root`` (a short path: Ray's socket names must fit).
 
@@ -112,24 +132,8 @@ class RayNodes:
         )
 
     def pids(self, name: str) -> list[int]:
-        """Processes of node ``name``: those whose command line names its temp dir, and their
-        descendants (workers rename themselves ``ray::...``, so only their parent names it)."""
-        temp = str(self.nodes[name])
-        parents: dict[int, int] = {}
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    stat = (entry / "stat").read_text()
-                except OSError:
-                    continue
-                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-        found = {pid for pid in parents if pid != os.getpid() and temp in _cmdline(pid)}
-        grew = True
-        while grew:
-            children = {pid for pid, ppid in parents.items() if ppid in found} - found
-            grew = bool(children)
-            found |= children
-        return sorted(found)
+        """Processes of node ``name`` (see :func:`pids_of_temp_dir`)."""
+        return pids_of_temp_dir(str(self.nodes[name]))
 
     def process(self, name: str, marker: str) -> int:
         """The one process of node ``name`` whose command line holds ``marker`` (e.g. ``gcs_server``)."""

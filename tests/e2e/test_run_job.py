@@ -17,6 +17,7 @@ import requests
 import yaml
 
 from tests.e2e.conftest import BIN, REPO
+from tests.e2e.raynodes import pids_of_temp_dir
 
 pytestmark = pytest.mark.slow
 
@@ -192,26 +193,13 @@ def _free_port():
 
 def _stop_head(temp_dir):
     """Stop the Ray head started with ``--temp-dir temp_dir`` and only it (``ray stop`` would stop every
-    Ray on the machine): its daemons name the temp dir; its workers exit with their raylet."""
-
-    def pids():
-        found = []
-        for proc in Path("/proc").iterdir():
-            if proc.name.isdigit():
-                try:
-                    cmdline = (proc / "cmdline").read_bytes()
-                except OSError:
-                    continue
-                if temp_dir.encode() in cmdline:
-                    found.append(int(proc.name))
-        return found
-
+    Ray on the machine)."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids():
+        for pid in pids_of_temp_dir(temp_dir):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + 15
-        while pids() and time.monotonic() < deadline:
+        while pids_of_temp_dir(temp_dir) and time.monotonic() < deadline:
             time.sleep(0.5)
     shutil.rmtree(temp_dir, ignore_errors=True)
 

@@ -25,6 +25,13 @@ class BodyBudgetError(Exception):
     """Raised inside the app when a streamed body would take the bodies in flight over their budget."""
 
 
+def app_path(scope: Scope) -> str:
+    """The request's path inside the app (without the ``root_path`` a route prefix adds)."""
+    root = scope.get("root_path", "")
+    path: str = scope["path"]
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
 def error_body(kind: str, message: str) -> bytes:
     """A JSON error body, as every answer of the gateway has it (see ``serve.schemas.ErrorBody``)."""
     return json.dumps({"error": kind, "message": message, "details": []}).encode()
@@ -85,8 +92,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        root = scope.get("root_path", "")
-        path = scope["path"][len(root) :] if root and scope["path"].startswith(root) else scope["path"]
+        path = app_path(scope)
         limit = self.limit_for(path, scope)
         budget = self.budget(scope)
         declared = 0

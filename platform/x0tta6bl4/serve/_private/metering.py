@@ -6,7 +6,7 @@ import time
 from collections.abc import Collection
 
 from x0tta6bl4.observability.metrics import domain_metrics
-from x0tta6bl4.serve._private.limits import ASGIApp, Message, Receive, Scope, Send
+from x0tta6bl4.serve._private.limits import ASGIApp, Message, Receive, Scope, Send, app_path
 
 _METRICS = domain_metrics("gateway")
 
@@ -26,8 +26,7 @@ class MeteringMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        root = scope.get("root_path", "")
-        path = scope["path"][len(root) :] if root and scope["path"].startswith(root) else scope["path"]
+        path = app_path(scope)
         route = path if path in self.routes else "other"
         started = time.perf_counter()
         code = 500  # an exception that escapes every handler is answered 500 by the server
