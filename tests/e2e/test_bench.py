@@ -246,6 +246,7 @@ def test_bench_observability_quick_measures_the_loop_both_ways_and_scrapes_a_rea
     assert loop["value"] > 0 and loop["baseline"]["value"] > 0
     assert loop["params"]["otlp_exports"] > 0, "the instrumented runs exported their spans"
     domains = rows["metric_domains"]["params"]["domains"]
-    assert "mesh" in domains, "the scraped run's own shards were exported"
+    # The scraped platform's run lost a shard and served its front, and its training job ran rounds.
+    assert {"mesh", "recovery", "security", "federated"} <= set(domains), domains
     assert rows["metric_families"]["value"] >= len(domains)
     assert rows["scrape_duration_ms"]["value"] > 0 and rows["span_overhead_us"]["value"] > 0

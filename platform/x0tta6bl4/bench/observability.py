@@ -4,8 +4,10 @@
 and the MAPE-K controller core in one process, so both modes run the same code without Ray's
 start-up noise) with every metric recorded and every span exported over OTLP/HTTP to a local
 receiver, against the same seed with metrics and tracing off, in ABBA order. The exported
-families, their domains and the scrape time come from a real ``x0tta6bl4 run`` on Ray whose
-node metrics endpoint is scraped while it runs, as Prometheus would.
+families, their domains and the scrape time come from a running platform scraped as Prometheus
+would: a real ``x0tta6bl4 run`` serving through its mTLS front and a federated ``x0tta6bl4 train``
+on a Ray cluster of its own, whose nodes' metrics agents are scraped every second while a shard
+is killed, the gateway answers and a client without a certificate is refused at the front.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import http.server
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -29,10 +32,9 @@ from x0tta6bl4.bench._report import result
 
 #: nodes, ticks of the instrumented loop; nodes, ticks of the scraped run.
 FULL = {"loop": (10_000, 60), "scrape": (10_000, 60)}
-QUICK = {"loop": (2_000, 20), "scrape": (1_000, 40)}
-#: Pause between the scraped run's ticks: Ray's metrics agent takes a worker's values about every
-#: 10 s, so the run must last a few of those for its families to be scraped at all.
-SCRAPED_TICK_INTERVAL_S = {False: 0.25, True: 0.75}
+QUICK = {"loop": (1_000, 10), "scrape": (1_000, 30)}
+#: Pause between the scraped run's ticks, so it runs for several of Ray's metric reports.
+SCRAPED_TICK_INTERVAL_S = 0.25
 #: Spans timed for the per-span cost: batches of SPANS (below the batch processor's queue of 2,048,
 #: so none is dropped), each exported before the next is timed; the median batch counts.
 SPANS = 1_000
@@ -179,65 +181,236 @@ def _span_rows() -> list[dict[str, Any]]:
     ]
 
 
-def _scrape_rows(quick: bool) -> list[dict[str, Any]]:
-    import requests
+#: The scraped platform's Ray nodes report worker metrics every second (Ray's default: 10 s), as
+#: the e2e Prometheus test's run does, so a short run's once-recorded families reach a scrape.
+METRICS_REPORT_INTERVAL_MS = "1000"
+#: Training job of the scraped platform (its own Ray, as a RayJob's cluster): nodes, regions,
+#: ticks, full-model rounds. Two rounds, so the first round's series are exported while the
+#: second trains.
+TRAIN = {False: (1_000, 4, 80, 2), True: (200, 2, 50, 2)}
+#: Tick of the scraped run at which one of its MeshShard processes is SIGKILLed (recovery series).
+SHARD_KILL_TICK = {False: 20, True: 10}
+#: Scrapes taken after the last event before the platform is stopped (Ray reports every second).
+SETTLE_SCRAPES = 4
 
-    from x0tta6bl4.connect import METRICS_EXPORT_PORT_ENV, free_local_port
-    from x0tta6bl4.observability.metrics import CATALOGUE
 
-    nodes, ticks = (QUICK if quick else FULL)["scrape"]
-    metrics_port, serve_port = free_local_port(), free_local_port()
-    # Its own Ray, whose metrics agent listens where we scrape: a Ray temp dir of its own, so the
-    # run never joins another cluster named by Ray's `ray_current_cluster` file (short: socket paths).
-    ray_tmp = tempfile.mkdtemp(prefix="x0obs", dir="/tmp")
-    env = {**os.environ, METRICS_EXPORT_PORT_ENV: str(metrics_port), "RAY_TMPDIR": ray_tmp}
-    for name in ("RAY_ADDRESS", *OTEL_VARS):
-        env.pop(name, None)
-    scrapes: list[tuple[float, str]] = []
-    session = requests.Session()
-    session.trust_env = False
-    with tempfile.TemporaryDirectory(prefix="x0-bench-obs-run-") as tmp:
-        args = ["run", "--nodes", str(nodes), "--regions", "4", "--ticks", str(ticks), "--seed", "3"]
-        args += ["--runs-dir", tmp, "--run-id", "scraped", "--serve-port", str(serve_port)]
-        args += ["--tick-interval-s", str(SCRAPED_TICK_INTERVAL_S[quick])]
+class _Platform:
+    """A running platform scraped as Prometheus would: an ``x0tta6bl4 run`` serving through its mTLS
+    front, and an ``x0tta6bl4 train`` job on a Ray cluster of its own, each node's metrics agent on
+    a known port. Events every domain reports happen while it runs: faults and the controller's
+    actions, a shard SIGKILLed (recovery), a gateway request, a TLS client without a certificate
+    refused at the front (security), federated rounds, ledger appends."""
+
+    def __init__(self, quick: bool, tmp: Path) -> None:
+        from x0tta6bl4.connect import METRICS_EXPORT_PORT_ENV, free_local_port
+
+        self.quick, self.tmp = quick, tmp
+        self.nodes, self.ticks = (QUICK if quick else FULL)["scrape"]
+        self.serve_port, self.front_port = free_local_port(), free_local_port()
+        #: Metrics agent ports: the run's node, the training job's node.
+        self.ports = [free_local_port(), free_local_port()]
+        self.events: dict[str, float] = {}
+        base = {**os.environ, "RAY_metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS}
+        for name in ("RAY_ADDRESS", *OTEL_VARS):
+            base.pop(name, None)
+        # Each job's Ray gets a temp dir of its own (short: socket paths), so neither joins another.
+        self._ray_tmps = [tempfile.mkdtemp(prefix="x0obs", dir="/tmp") for _ in self.ports]
+        self._envs = [
+            {**base, METRICS_EXPORT_PORT_ENV: str(port), "RAY_TMPDIR": ray_tmp}
+            for port, ray_tmp in zip(self.ports, self._ray_tmps, strict=True)
+        ]
+        self._errors = ["", ""]
+        run = ["run", "--nodes", str(self.nodes), "--regions", "4", "--ticks", str(self.ticks), "--seed", "3"]
+        run += ["--runs-dir", str(tmp / "runs"), "--run-id", "scraped", "--serve-port", str(self.serve_port)]
+        run += ["--tick-interval-s", str(SCRAPED_TICK_INTERVAL_S), "--serve-forever"]
+        run += ["--front-port", str(self.front_port)]
+        self.run = self._start(0, run)
+        self.train: subprocess.Popen[str] | None = None
+        threading.Thread(target=self._kill_a_shard_mid_run, daemon=True).start()
+
+    def _start(self, i: int, args: list[str]) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "x0tta6bl4.cli", *args],
-            env=env,
+            env=self._envs[i],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
         )
-        probed = False
-        while proc.poll() is None:
-            t0 = time.perf_counter()
+        # Drained, so a chatty job never blocks on a full pipe; the tail says why a job failed.
+        threading.Thread(target=self._drain, args=(i, proc), daemon=True).start()
+        return proc
+
+    def _drain(self, i: int, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            self._errors[i] = (self._errors[i] + line)[-4000:]
+
+    def start_training(self) -> None:
+        """Start the training job (once the run's Ray is up: two Ray heads starting at once on a
+        small machine can time out the dashboard's modules)."""
+        if self.train is not None:
+            return
+        t_nodes, t_regions, t_ticks, rounds = TRAIN[self.quick]
+        args = ["train", "--nodes", str(t_nodes), "--regions", str(t_regions), "--ticks", str(t_ticks)]
+        args += ["--rounds", str(rounds), "--lora-rounds", "0", "--seed", "3", "--client-cpus", "0.5"]
+        args += ["--registry", str(self.tmp / "registry"), "--runs-dir", str(self.tmp / "train"), "--json"]
+        self.train = self._start(1, args)
+        _log("the run's node is up: training job started")
+
+    def step(self) -> None:
+        """Cause the next due event: the gateway request, the refused TLS client; note the training's end."""
+        if "gateway_request" not in self.events and self._gateway_answers():
+            self._event("gateway_request", "the gateway answered a request")
+        if "front_refused" not in self.events and self._refused_at_front():
+            self._event("front_refused", "the mTLS front refused a client without a certificate")
+        if "trained" not in self.events and self.train is not None and self.train.poll() is not None:
+            self._event("trained", f"the training job ended (exit {self.train.returncode})")
+
+    def _event(self, name: str, what: str) -> None:
+        self.events[name] = time.monotonic()
+        _log(what)
+
+    def done(self) -> bool:
+        """Every event happened (or a job ended early) and a few scrapes followed the last."""
+        if self.run.poll() is not None or (self.train is not None and self.train.poll() not in (None, 0)):
+            return True  # a failed job: failure() says what
+        if "shard_killed" not in self.events and (self.tmp / "runs" / "scraped" / "report.json").exists():
+            return True  # the run's ticks ended before its shard could be killed: failure() says so
+        wanted = ("shard_killed", "gateway_request", "front_refused", "trained")
+        if any(name not in self.events for name in wanted):
+            return False
+        return time.monotonic() - max(self.events.values()) > SETTLE_SCRAPES
+
+    def _kill_a_shard_mid_run(self) -> None:
+        """SIGKILL one MeshShard process of the run once it has recorded ``SHARD_KILL_TICK`` ticks."""
+        ticks = self.tmp / "runs" / "scraped" / "ticks.jsonl"
+        at = SHARD_KILL_TICK[self.quick]
+        while self.run.poll() is None:
+            if ticks.exists() and ticks.read_text().count("\n") >= at and self._kill_a_shard():
+                self._event("shard_killed", f"a MeshShard SIGKILLed after tick {at}")
+                return
+            time.sleep(0.05)
+
+    def _kill_a_shard(self) -> bool:
+        import psutil
+
+        try:
+            processes = psutil.Process(self.run.pid).children(recursive=True)
+        except psutil.Error:  # a process of the tree ended while it was listed
+            return False
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                if process.cmdline()[0].startswith("ray::MeshShardActor"):
+                    process.kill()
+                    return True
+        return False
+
+    def _gateway_answers(self) -> bool:
+        """One real HTTP request to the run's gateway (answered 401: not through the front)."""
+        import requests
+
+        session = requests.Session()
+        session.trust_env = False
+        with contextlib.suppress(requests.RequestException):
+            return session.get(f"http://127.0.0.1:{self.serve_port}/healthz", timeout=5).status_code != 404
+        return False
+
+    def _refused_at_front(self) -> bool:
+        """A TLS client without a certificate at the mTLS front: refused in the handshake."""
+        import socket
+        import ssl
+
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        try:
+            with (
+                socket.create_connection(("127.0.0.1", self.front_port), timeout=5) as raw,
+                ctx.wrap_socket(raw) as tls,
+            ):
+                tls.recv(1)  # TLS 1.3: the server's refusal arrives after the client's Finished
+        except ConnectionRefusedError:
+            return False  # the front is not up yet
+        except (ssl.SSLError, OSError):
+            return True
+        return True
+
+    def stop(self) -> None:
+        """SIGTERM what still runs (the run's serve_forever shuts down cleanly), wait for both jobs."""
+        procs = [p for p in (self.run, self.train) if p is not None]
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
             try:
-                text = session.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
-                if "ray_x0tta6bl4_" in text:
-                    scrapes.append((1000.0 * (time.perf_counter() - t0), text))
-            except requests.RequestException:
-                pass
-            if not probed:  # one real HTTP request, so the gateway's series exist (answered 401)
-                with contextlib.suppress(requests.RequestException):
-                    probed = (
-                        session.get(f"http://127.0.0.1:{serve_port}/healthz", timeout=5).status_code != 404
-                    )
-            time.sleep(1.0)
-        _out, err = proc.communicate()
-    shutil.rmtree(ray_tmp, ignore_errors=True)
-    if proc.returncode != 0 or not scrapes:
-        raise RuntimeError(f"the scraped run failed (exit {proc.returncode}): {err[-2000:]}")
-    families = max((set(FAMILY.findall(text)) for _, text in scrapes), key=len)
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for ray_tmp in self._ray_tmps:
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+
+    def failure(self) -> str | None:
+        """What went wrong, if a job failed (the run ends by SIGTERM: exit 0 or -15)."""
+        if self.run.returncode not in (0, -signal.SIGTERM):
+            return f"the scraped run failed (exit {self.run.returncode}): {self._errors[0][-2000:]}"
+        if self.train is None or self.train.returncode != 0:
+            code = None if self.train is None else self.train.returncode
+            return f"the scraped training failed (exit {code}): {self._errors[1][-2000:]}"
+        missing = {"shard_killed", "gateway_request", "front_refused"} - set(self.events)
+        if missing:
+            return f"the scraped run ended before {', '.join(sorted(missing))}: {self._errors[0][-2000:]}"
+        return None
+
+
+def _scrape_rows(quick: bool) -> list[dict[str, Any]]:
+    import requests
+
+    from x0tta6bl4.observability.metrics import CATALOGUE
+
+    scrapes: list[tuple[int, float, str]] = []
+    misses: dict[int, str] = {}  # port -> why its last failed scrape had nothing
+    session = requests.Session()
+    session.trust_env = False
+    with tempfile.TemporaryDirectory(prefix="x0-bench-obs-run-") as tmp:
+        platform = _Platform(quick, Path(tmp))
+        deadline = time.monotonic() + (600 if quick else 1200)
+        try:
+            while not platform.done() and time.monotonic() < deadline:
+                for port in platform.ports:
+                    t0 = time.perf_counter()
+                    try:
+                        text = session.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+                    except requests.RequestException as exc:
+                        misses[port] = f"{type(exc).__name__}"
+                        continue
+                    if "ray_x0tta6bl4_" in text:
+                        scrapes.append((port, 1000.0 * (time.perf_counter() - t0), text))
+                        if port == platform.ports[0]:
+                            platform.start_training()
+                    else:
+                        misses[port] = f"{len(text)} bytes without x0tta6bl4 families"
+                platform.step()
+                time.sleep(1.0)
+        finally:
+            platform.stop()
+        failure = platform.failure()
+    if failure is not None or not any(port == platform.ports[0] for port, _, _ in scrapes):
+        last = misses.get(platform.ports[0], "never scraped")
+        raise RuntimeError(failure or f"no scrape of the run's node returned its metrics (last: {last})")
+    families: set[str] = set().union(*(FAMILY.findall(text) for _, _, text in scrapes))
     catalogued = {name.removesuffix("_total").removesuffix("_bucket") for name in families}
     known = {name for name in catalogued if name in CATALOGUE}
     domains = sorted({CATALOGUE[name].domain for name in known})
-    durations = [ms for ms, _ in scrapes]
+    durations = [ms for port, ms, _ in scrapes if port == platform.ports[0]]
     _log(f"{len(families)} families in {len(domains)} domains ({', '.join(domains)}); {len(scrapes)} scrapes")
     params = {
-        "nodes": nodes,
-        "ticks": ticks,
-        "tick_interval_s": SCRAPED_TICK_INTERVAL_S[quick],
+        "nodes": platform.nodes,
+        "ticks": platform.ticks,
+        "tick_interval_s": SCRAPED_TICK_INTERVAL_S,
         "scrapes": len(scrapes),
-        "endpoint": "Ray node metrics agent",
+        "endpoints": "Ray node metrics agents of the run and of the training job",
+        "events": sorted(platform.events),
     }
     absent = sorted({spec.domain for spec in CATALOGUE.values()} - set(domains))
     return [
@@ -246,7 +419,7 @@ def _scrape_rows(quick: bool) -> list[dict[str, Any]]:
             "metric_domains",
             float(len(domains)),
             "domains",
-            {**params, "domains": domains, "not_in_a_plain_run": absent},
+            {**params, "domains": domains, "absent": absent},
             target=("value", ">=", 10.0),
         ),
         result(
@@ -255,8 +428,9 @@ def _scrape_rows(quick: bool) -> list[dict[str, Any]]:
             "ms",
             {
                 **params,
+                "endpoint": "the run's Ray node",
                 "p95_ms": sorted(durations)[int(0.95 * (len(durations) - 1))],
-                "body_bytes": len(scrapes[-1][1]),
+                "body_bytes": max(len(text) for port, _, text in scrapes if port == platform.ports[0]),
             },
         ),
     ]
