@@ -9,8 +9,9 @@ component's process; the driver is a separate ``x0tta6bl4 run`` process.
 
 ``--quick`` keeps the kills and trims the waits: the runs with the controller attach to one Serve
 app deployed declaratively while the mesh-only cases run (each scores under a stream of its own,
-so none inherits another's baselines), and the driver's two processes join the bench's Ray
-instead of starting one each.
+so none inherits another's baselines), the driver's two processes join the bench's Ray instead
+of starting one each (without shipping the package: its workers import the bench's), and the
+live run's gateway is fuzzed while the run goes on until its first kill.
 """
 
 from __future__ import annotations
@@ -86,7 +87,9 @@ def results(quick: bool = False) -> list[dict[str, Any]]:
                     else _kill_named(target, kill_at, conn)
                 )
                 if target == "controller":  # the live run's gateway is fuzzed before its kills
-                    kill = _fuzz_first(kill, _config(size, target, True), quick, kill_at - 3, fuzzed)
+                    # quick: fuzzed from the first tick on, beside the run; full: at one tick, the run waits
+                    start, by = (1, kill_at) if quick else (kill_at - 3, kill_at - 3)
+                    kill = _fuzz_first(kill, _config(size, target, True), quick, start, by, fuzzed)
                 report = _run(size, target, True, kill, ebpf=target == "ebpf", own_stream=own_stream)
                 # Host telemetry joins the run with eBPF on: its unharmed run has it too.
                 base = _run(size, "loop-ebpf-base", True, ebpf=True) if target == "ebpf" else loop_base
@@ -288,7 +291,12 @@ def _driver_case(
     ]
     ticks = runs / run_id / "ticks.jsonl"
     print(f"bench chaos: run {run_id} (killed, then resumed)", file=sys.stderr, flush=True)
-    proc = subprocess.Popen([*cli, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = os.environ.copy()
+    if ray_address:  # on this machine, the cluster's workers import the package the bench runs
+        from x0tta6bl4.connect import SHIP_PACKAGE_ENV
+
+        env[SHIP_PACKAGE_ENV] = "off"
+    proc = subprocess.Popen([*cli, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
         if ticks.exists() and ticks.read_text().count("\n") > at:
@@ -302,6 +310,7 @@ def _driver_case(
         text=True,
         timeout=600,
         check=False,
+        env=env,
     )
     report = _read_report(runs / run_id) or {}
     if resumed.returncode != 0:
@@ -373,17 +382,25 @@ class _SharedApps:
 
 
 def _fuzz_first(
-    then: Callable[[int], None], config: Any, quick: bool, at: int, out: list[Any]
+    then: Callable[[int], None], config: Any, quick: bool, start: int, by: int, out: list[Any]
 ) -> Callable[[int], None]:
-    """At tick ``at``, fuzz the running app's gateway from its OpenAPI schema (through the front's
-    token, as an operator); every tick, ``then``."""
+    """From tick ``start``, fuzz the running app's gateway from its OpenAPI schema (through the
+    front's token, as an operator), done by tick ``by`` (the run waits for it there); every tick,
+    ``then``."""
+    fuzzing: list[threading.Thread] = []
+
+    def fuzz() -> None:
+        try:
+            out.append(_fuzz(config, quick))
+        except Exception as exc:  # reported after the run: a fuzz that cannot run must not pass
+            out.append(exc)
 
     def step(tick: int) -> None:
-        if tick == at:
-            try:
-                out.append(_fuzz(config, quick))
-            except Exception as exc:  # reported after the run: a fuzz that cannot run must not pass
-                out.append(exc)
+        if tick == start:
+            fuzzing.append(threading.Thread(target=fuzz, name="chaos-fuzz", daemon=True))
+            fuzzing[0].start()
+        if tick >= by and fuzzing:
+            fuzzing.pop().join()
         then(tick)
 
     return step
@@ -405,8 +422,8 @@ def _fuzz(config: Any, quick: bool) -> Any:
     print(f"bench chaos: fuzzing {base}", file=sys.stderr, flush=True)
     return fuzz_gateway(
         base,
-        max_examples=3 if quick else 25,
-        max_boundary_cases=10 if quick else 100,
+        max_examples=2 if quick else 25,
+        max_boundary_cases=6 if quick else 100,
         seed=24,
         budget_s=30 if quick else 180,
         headers=headers,
