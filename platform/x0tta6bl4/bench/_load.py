@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import time
 from collections.abc import Sequence
@@ -89,13 +90,75 @@ def _client_tls(svid_dir: str | None) -> Any:
     return client_context(svid, {domain: TrustBundle(domain, authorities, 0, 0)})
 
 
-def _child(conn: Any, args: tuple[Any, ...]) -> None:
+def _child(conn: Any) -> None:
+    """The load process: one load per request received (None ends it); each answer or error sent back."""
     try:
-        conn.send(asyncio.run(_drive(*args)))
-    except BaseException as exc:  # report, never hang the parent
-        conn.send({"error": repr(exc)})
+        while (args := conn.recv()) is not None:
+            try:
+                conn.send(asyncio.run(_drive(*args)))
+            except Exception as exc:  # report, never hang the parent
+                conn.send({"error": repr(exc)})
+    except (EOFError, OSError):  # the parent went away
+        pass
     finally:
         conn.close()
+
+
+class LoadProcess:
+    """A child process that runs loads one after another (:func:`run_load`'s, without a process start
+    per load); use it as a context manager."""
+
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe(duplex=True)
+        self._proc = ctx.Process(target=_child, args=(child,), daemon=True)
+        self._proc.start()
+        child.close()
+
+    def run(
+        self,
+        url: str,
+        bodies: Sequence[bytes],
+        *,
+        content_type: str = "application/json",
+        concurrency: int = 32,
+        duration_s: float = 10.0,
+        warmup_s: float = 2.0,
+        headers: dict[str, str] | None = None,
+        svid_dir: str | None = None,
+    ) -> dict[str, Any]:
+        """One load, as :func:`run_load` describes (same arguments, result and errors)."""
+        args = (url, list(bodies), content_type, concurrency, duration_s, warmup_s, headers, svid_dir)
+        try:
+            self._conn.send(args)
+            if not self._conn.poll(duration_s + warmup_s + 180):
+                self._proc.kill()
+                raise RuntimeError(f"load against {url} did not finish")
+            out: dict[str, Any] = self._conn.recv()
+        except (EOFError, OSError):
+            raise RuntimeError(f"load against {url} failed: the load process died") from None
+        if "error" in out:
+            raise RuntimeError(f"load against {url} failed: {out['error']}")
+        if out["requests"] == 0 and out["connection_errors"]:
+            errors = out["connection_errors"]
+            raise RuntimeError(f"load against {url} failed: {errors} connection errors and no answer")
+        return out
+
+    def close(self) -> None:
+        """End the child process (killed when it does not end within 10 s)."""
+        with contextlib.suppress(OSError):  # it is gone already
+            self._conn.send(None)
+        self._proc.join(10)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+        self._conn.close()
+
+    def __enter__(self) -> LoadProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def run_load(
@@ -111,9 +174,10 @@ def run_load(
 ) -> dict[str, Any]:
     """Post ``bodies`` (round robin) to ``url`` from ``concurrency`` clients for ``duration_s`` seconds.
 
-    The clients run in a child process, so the caller's interpreter does not slow them. Keep-alive
-    connections, as real clients use; ``svid_dir`` (``svid.pem``, ``svid.key``, ``bundle.pem``)
-    makes them mTLS clients of an ``https://`` URL; ``headers`` are added to every request.
+    The clients run in a child process, so the caller's interpreter does not slow them (started for
+    this load; :class:`LoadProcess` keeps one for several). Keep-alive connections, as real clients
+    use; ``svid_dir`` (``svid.pem``, ``svid.key``, ``bundle.pem``) makes them mTLS clients of an
+    ``https://`` URL; ``headers`` are added to every request.
 
     Returns:
         ``requests_per_s`` (answered 2xx per second), ``p50_ms``, ``p95_ms``, ``requests``,
@@ -123,22 +187,14 @@ def run_load(
     Raises:
         RuntimeError: the load process failed, or no request got an answer.
     """
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(
-        target=_child,
-        args=(child, (url, list(bodies), content_type, concurrency, duration_s, warmup_s, headers, svid_dir)),
-    )
-    proc.start()
-    child.close()
-    if not parent.poll(duration_s + warmup_s + 180):
-        proc.kill()
-        raise RuntimeError(f"load against {url} did not finish")
-    out: dict[str, Any] = parent.recv()
-    proc.join(10)
-    if "error" in out:
-        raise RuntimeError(f"load against {url} failed: {out['error']}")
-    if out["requests"] == 0 and out["connection_errors"]:
-        errors = out["connection_errors"]
-        raise RuntimeError(f"load against {url} failed: {errors} connection errors and no answer")
-    return out
+    with LoadProcess() as load:
+        return load.run(
+            url,
+            bodies,
+            content_type=content_type,
+            concurrency=concurrency,
+            duration_s=duration_s,
+            warmup_s=warmup_s,
+            headers=headers,
+            svid_dir=svid_dir,
+        )

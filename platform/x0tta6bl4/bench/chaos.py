@@ -6,6 +6,12 @@ loop's components (the controller twice, a detector, retriever or gateway replic
 EbpfSource) run with the controller: their timelines depend on when thresholds reach the
 replicas, so they are compared by completion and MTTR. Every kill is a real ``SIGKILL`` of the
 component's process; the driver is a separate ``x0tta6bl4 run`` process.
+
+``--quick`` keeps the kills and trims the waits: the runs with the controller attach to one Serve
+app deployed declaratively while the mesh-only cases run (each scores under a stream of its own,
+so none inherits another's baselines), the driver's two processes join the bench's Ray instead
+of starting one each (without shipping the package: its workers import the bench's), and the
+live run's gateway is fuzzed while the run goes on until its first kill.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +35,7 @@ from x0tta6bl4.bench._report import result
 #: nodes, regions, ticks, tick of the (first) kill. A run with the controller measures MTTR only on
 #: faults that would end within it (start + 60 ticks), so even the quick run needs 80 ticks.
 FULL = (2000, 4, 160, 60)
-QUICK = (300, 3, 80, 22)
+QUICK = (300, 2, 80, 22)
 SEED = 101
 #: Fault rate by quick: the short run needs a denser schedule to have faults to repair.
 FAULTS_PER_1000_TICKS = {False: 40.0, True: 120.0}
@@ -47,7 +54,8 @@ def results(quick: bool = False) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="x0tta6bl4-chaos-") as tmp:
         runs = Path(tmp)
-        conn = connect_ray(dashboard=True)
+        conn = connect_ray(dashboard=not quick)  # the dashboard lists the replicas the full run kills
+        apps: _SharedApps | None = None
         try:
             size = {
                 "nodes": nodes,
@@ -59,10 +67,17 @@ def results(quick: bool = False) -> list[dict[str, Any]]:
                 # One port for every run: Serve keeps the HTTP options it was first started with.
                 "serve_port": _free_port(),
             }
+            if quick:  # deploys while the mesh-only cases run
+                apps = _SharedApps(_config(size, "loop-base", True))
+            own_stream = apps is not None
             mesh_only = _run(size, "mesh-base", autonomy=False)
             rows += _case("shard", _run(size, "shard", False, _kill_shard(kill_at)), mesh_only, params)
-            rows += _case("driver", _driver_case(size, runs, kill_at, autonomy=False), mesh_only, params)
-            loop_base = _run(size, "loop-base", autonomy=True)
+            joins = conn.address if quick else None  # quick: the driver joins this Ray
+            driver = _driver_case(size, runs, kill_at, autonomy=False, ray_address=joins)
+            rows += _case("driver", driver, mesh_only, params)
+            if apps is not None:
+                apps.wait()
+            loop_base = _run(size, "loop-base", autonomy=True, own_stream=own_stream)
             targets = ["controller"] if quick else ["controller", *REPLICAS, "ebpf"]
             fuzzed: list[Any] = []
             for target in targets:
@@ -72,8 +87,10 @@ def results(quick: bool = False) -> list[dict[str, Any]]:
                     else _kill_named(target, kill_at, conn)
                 )
                 if target == "controller":  # the live run's gateway is fuzzed before its kills
-                    kill = _fuzz_first(kill, _config(size, target, True), quick, kill_at - 3, fuzzed)
-                report = _run(size, target, True, kill, ebpf=target == "ebpf")
+                    # quick: fuzzed from the first tick on, beside the run; full: at one tick, the run waits
+                    start, by = (1, kill_at) if quick else (kill_at - 3, kill_at - 3)
+                    kill = _fuzz_first(kill, _config(size, target, True), quick, start, by, fuzzed)
+                report = _run(size, target, True, kill, ebpf=target == "ebpf", own_stream=own_stream)
                 # Host telemetry joins the run with eBPF on: its unharmed run has it too.
                 base = _run(size, "loop-ebpf-base", True, ebpf=True) if target == "ebpf" else loop_base
                 rows += _case(target, report, base, params)
@@ -83,14 +100,23 @@ def results(quick: bool = False) -> list[dict[str, Any]]:
                 )
             rows += _fuzz_rows(fuzzed)
         finally:
+            if apps is not None:
+                apps.close(wait=not conn.started_here)  # a Ray started here takes the app down with it
             disconnect_ray(conn)
     return rows
 
 
-def _config(size: dict[str, Any], run_id: str, autonomy: bool, ebpf: bool = False) -> Any:
+def _config(
+    size: dict[str, Any], run_id: str, autonomy: bool, ebpf: bool = False, own_stream: bool = False
+) -> Any:
+    """The run's RunConfig; ``own_stream``: its controller scores under a stream named after the run."""
     from x0tta6bl4.autonomy.config import RunConfig
+    from x0tta6bl4.mapek.config import ControllerConfig
 
-    return RunConfig(**size, run_id=run_id, autonomy=autonomy, ebpf=ebpf)
+    extra: dict[str, Any] = {}
+    if own_stream:
+        extra["controller"] = ControllerConfig(stream_id=f"{ControllerConfig().stream_id}-{run_id}")
+    return RunConfig(**size, run_id=run_id, autonomy=autonomy, ebpf=ebpf, **extra)
 
 
 def _run(
@@ -99,11 +125,15 @@ def _run(
     autonomy: bool,
     kill: Callable[[int], None] | None = None,
     ebpf: bool = False,
+    own_stream: bool = False,
 ) -> dict[str, Any]:
-    """One run in this process; a run that fails still leaves its report (read back from disk)."""
+    """One run in this process; a run that fails still leaves its report (read back from disk).
+
+    ``own_stream``: the run's controller scores under a stream of its own (on apps that outlive it).
+    """
     from x0tta6bl4.autonomy.job import execute, plan_run
 
-    plan = plan_run(_config(size, run_id, autonomy, ebpf))
+    plan = plan_run(_config(size, run_id, autonomy, ebpf, own_stream))
     print(f"bench chaos: run {run_id}", file=sys.stderr, flush=True)
     try:
         return execute(plan, on_tick=(lambda r: kill(r.tick)) if kill is not None else None)
@@ -240,10 +270,16 @@ def _kill_named(target: str, at: int, conn: Any) -> Callable[[int], None]:
     return kill
 
 
-def _driver_case(size: dict[str, Any], runs: Path, at: int, autonomy: bool) -> dict[str, Any]:
-    """`x0tta6bl4 run` SIGKILLed once it has recorded tick ``at``, then `x0tta6bl4 run --resume`."""
+def _driver_case(
+    size: dict[str, Any], runs: Path, at: int, autonomy: bool, ray_address: str | None = None
+) -> dict[str, Any]:
+    """`x0tta6bl4 run` SIGKILLed once it has recorded tick ``at``, then `x0tta6bl4 run --resume`.
+
+    ``ray_address``: both processes join that cluster (default: each starts a local Ray of its own).
+    """
     run_id = "driver_loop" if autonomy else "driver"
     cli = [str(Path(sys.executable).parent / "x0tta6bl4")]
+    joins = ("--ray-address", ray_address) if ray_address else ()
     args = [
         "run",
         *("--nodes", str(size["nodes"]), "--regions", str(size["regions"]), "--ticks", str(size["ticks"])),
@@ -251,10 +287,16 @@ def _driver_case(size: dict[str, Any], runs: Path, at: int, autonomy: bool) -> d
         *("--faults-per-1000-ticks", str(size["faults_per_1000_ticks"])),
         *("--serve-port", str(size["serve_port"]), "--no-ebpf", "--tick-interval-s", "0.02"),
         *(() if autonomy else ("--no-autonomy",)),
+        *joins,
     ]
     ticks = runs / run_id / "ticks.jsonl"
     print(f"bench chaos: run {run_id} (killed, then resumed)", file=sys.stderr, flush=True)
-    proc = subprocess.Popen([*cli, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = os.environ.copy()
+    if ray_address:  # on this machine, the cluster's workers import the package the bench runs
+        from x0tta6bl4.connect import SHIP_PACKAGE_ENV
+
+        env[SHIP_PACKAGE_ENV] = "off"
+    proc = subprocess.Popen([*cli, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
         if ticks.exists() and ticks.read_text().count("\n") > at:
@@ -263,11 +305,12 @@ def _driver_case(size: dict[str, Any], runs: Path, at: int, autonomy: bool) -> d
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     resumed = subprocess.run(
-        [*cli, "run", "--runs-dir", str(runs), "--resume", run_id],
+        [*cli, "run", "--runs-dir", str(runs), "--resume", run_id, *joins],
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
+        env=env,
     )
     report = _read_report(runs / run_id) or {}
     if resumed.returncode != 0:
@@ -276,18 +319,88 @@ def _driver_case(size: dict[str, Any], runs: Path, at: int, autonomy: bool) -> d
     return report
 
 
+class _SharedApps:
+    """The run's Serve apps deployed once, declaratively (as ``serve deploy`` does), in the background.
+
+    A run with the controller attaches to a declaratively deployed app of its name instead of
+    deploying its own, and leaves it up when it ends: one deploy serves every such run.
+    """
+
+    def __init__(self, config: Any) -> None:
+        from x0tta6bl4.autonomy.serving import serve_config_of
+
+        self.served = serve_config_of(config)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._deploy, name="chaos-serve-deploy", daemon=True)
+        self._thread.start()
+
+    def _deploy(self) -> None:
+        try:
+            from ray import serve
+            from ray.serve.context import _get_global_client
+            from ray.serve.schema import ServeDeploySchema
+
+            from x0tta6bl4.serve.front import require_front_token
+
+            served = self.served
+            require_front_token(served)  # as the run's own deploy does: the gateway believes the front only
+            http = {
+                "host": served.http.host,
+                "port": served.http.port,
+                "request_timeout_s": served.http.request_timeout_s,
+            }
+            print("bench chaos: deploying the Serve apps once, for every run", file=sys.stderr, flush=True)
+            serve.start(http_options=http)
+            app = {
+                "name": served.app_name,
+                "route_prefix": served.route_prefix,
+                "import_path": "x0tta6bl4.serve.app:build_app",
+                "args": served.model_dump(mode="json"),
+            }
+            schema = ServeDeploySchema.model_validate({"http_options": http, "applications": [app]})
+            _get_global_client().deploy_apps(schema)
+        except BaseException as exc:  # raised by wait(), in the bench's own thread
+            self._error = exc
+
+    def wait(self) -> None:
+        """Return once the deploy was handed to Serve (each run waits for the app to be running).
+
+        Raises:
+            RuntimeError: the deploy failed.
+        """
+        self._thread.join()
+        if self._error is not None:
+            raise RuntimeError(f"deploying the shared Serve apps failed: {self._error}") from self._error
+
+    def close(self, wait: bool) -> None:
+        """Delete the app (``wait``: until it is gone)."""
+        from ray import serve
+
+        self._thread.join()
+        with contextlib.suppress(Exception):
+            serve.delete(self.served.app_name, _blocking=wait)
+
+
 def _fuzz_first(
-    then: Callable[[int], None], config: Any, quick: bool, at: int, out: list[Any]
+    then: Callable[[int], None], config: Any, quick: bool, start: int, by: int, out: list[Any]
 ) -> Callable[[int], None]:
-    """At tick ``at``, fuzz the running app's gateway from its OpenAPI schema (through the front's
-    token, as an operator); every tick, ``then``."""
+    """From tick ``start``, fuzz the running app's gateway from its OpenAPI schema (through the
+    front's token, as an operator), done by tick ``by`` (the run waits for it there); every tick,
+    ``then``."""
+    fuzzing: list[threading.Thread] = []
+
+    def fuzz() -> None:
+        try:
+            out.append(_fuzz(config, quick))
+        except Exception as exc:  # reported after the run: a fuzz that cannot run must not pass
+            out.append(exc)
 
     def step(tick: int) -> None:
-        if tick == at:
-            try:
-                out.append(_fuzz(config, quick))
-            except Exception as exc:  # reported after the run: a fuzz that cannot run must not pass
-                out.append(exc)
+        if tick == start:
+            fuzzing.append(threading.Thread(target=fuzz, name="chaos-fuzz", daemon=True))
+            fuzzing[0].start()
+        if tick >= by and fuzzing:
+            fuzzing.pop().join()
         then(tick)
 
     return step
@@ -309,8 +422,8 @@ def _fuzz(config: Any, quick: bool) -> Any:
     print(f"bench chaos: fuzzing {base}", file=sys.stderr, flush=True)
     return fuzz_gateway(
         base,
-        max_examples=3 if quick else 25,
-        max_boundary_cases=10 if quick else 100,
+        max_examples=2 if quick else 25,
+        max_boundary_cases=6 if quick else 100,
         seed=24,
         budget_s=30 if quick else 180,
         headers=headers,

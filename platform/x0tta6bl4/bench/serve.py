@@ -1,4 +1,10 @@
-"""Serve benchmark: anomaly and RAG endpoints vs a no-op ceiling fed the same bodies; hnswlib vs exact."""
+"""Serve benchmark: anomaly and RAG endpoints vs a no-op ceiling fed the same bodies; hnswlib vs exact.
+
+``--quick`` measures the same figures in shorter windows and overlaps what no figure measures: the
+bootstrap detector trains, the RAG app's runbook store is built (its replica then only loads it)
+and the hnswlib vectors are embedded while Ray and the apps start, all done before the first
+measurement; one load process serves every load; the RAG cache is filled by concurrent requests.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +15,15 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from x0tta6bl4.bench._ceiling import Ceiling
-from x0tta6bl4.bench._load import run_load
+from x0tta6bl4.bench._load import LoadProcess, run_load
 from x0tta6bl4.bench._report import result
 from x0tta6bl4.connect import connect_ray, disconnect_ray, free_local_port
 
@@ -23,6 +31,9 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_NODES = 1000
 CONCURRENCY = 32
+
+#: A load run: :func:`run_load`'s signature (or :meth:`LoadProcess.run`).
+Load = Callable[..., dict[str, Any]]
 
 
 def _say(message: str) -> None:
@@ -80,34 +91,59 @@ def _query_texts(count: int, seed: int) -> list[str]:
 def _serve_results(quick: bool) -> list[dict[str, Any]]:
     from ray import serve
 
-    from x0tta6bl4.models.bootstrap import SMALL_BOOTSTRAP, bootstrap_detector
     from x0tta6bl4.models.registry import ModelRegistry
-    from x0tta6bl4.serve.app import build_app
     from x0tta6bl4.serve.config import ServeConfig
 
-    duration = 3.0 if quick else 15.0
-    warmup = 1.0 if quick else 3.0
+    duration = 2.0 if quick else 15.0
+    warmup = 0.5 if quick else 3.0
     nodes = 300 if quick else SNAPSHOT_NODES
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="x0-bench-serve-") as tmp:
+        # quick: one load process for every run (it starts while Ray does)
+        load_process = LoadProcess() if quick else None
+        load: Load = load_process.run if load_process is not None else run_load
         registry = ModelRegistry(Path(tmp) / "registry")
+        config = ServeConfig.model_validate(
+            {
+                "anomaly": {"registry": str(registry.uri), "bootstrap": False},
+                "rag": {"retriever": {"data_dir": str(Path(tmp) / "rag")}},
+            }
+        )
         _say("training a bootstrap detector")
-        bootstrap_detector(registry, SMALL_BOOTSTRAP if quick else None)
+        if quick:  # in the background (its imports too), while Ray, Serve and the ceiling start
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-serve")
+            trained = pool.submit(_bootstrap, registry, quick)
+            # Then the runbook store (the replica waits on its lock, then loads it) and the vectors.
+            built = pool.submit(_runbook_store, config)
+            embedded = pool.submit(_hnsw_vectors, quick)
+            pool.shutdown(wait=False)
+        else:
+            _bootstrap(registry, quick)
         port = free_local_port()
         conn = connect_ray(dashboard=False)
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": port})
-            config = ServeConfig.model_validate(
-                {
-                    "anomaly": {"registry": str(registry.uri), "bootstrap": False},
-                    "rag": {"retriever": {"data_dir": str(Path(tmp) / "rag")}},
-                }
-            )
             _say("deploying the application and the ceiling")
-            serve.run(build_app(config), name="x0tta6bl4", route_prefix="/")
-            serve.run(Ceiling.bind(), name="ceiling", route_prefix="/ceiling")  # type: ignore[attr-defined]
+            from x0tta6bl4.serve.app import build_app
+
+            ceiling_app = Ceiling.bind()  # type: ignore[attr-defined]
+            if quick:
+                serve.run_many(
+                    [serve.RunTarget(ceiling_app, name="ceiling", route_prefix="/ceiling")],
+                    wait_for_ingress_deployment_creation=False,
+                    wait_for_applications_running=False,
+                )
+                trained.result()
+                serve.run(build_app(config), name="x0tta6bl4", route_prefix="/")
+                _wait_running("ceiling")
+            else:
+                serve.run(build_app(config), name="x0tta6bl4", route_prefix="/")
+                serve.run(ceiling_app, name="ceiling", route_prefix="/ceiling")
             base = f"http://127.0.0.1:{port}"
             json_bodies, npz_bodies = snapshot_bodies(nodes, 8)
+            if quick:  # nothing runs beside the measurements
+                built.result()
+                embedded.result()
             common: dict[str, Any] = {"concurrency": CONCURRENCY, "duration_s": duration, "warmup_s": warmup}
             for media, bodies, label in (
                 ("application/json", json_bodies, "json"),
@@ -122,7 +158,7 @@ def _serve_results(quick: bool) -> list[dict[str, Any]]:
                 urls = {"ceiling": f"{base}/ceiling/score", "endpoint": f"{base}/v1/anomaly/score"}
                 for which in order:
                     before = _scoring_batches(base)
-                    loads[which].append(run_load(urls[which], bodies, content_type=media, **common))
+                    loads[which].append(load(urls[which], bodies, content_type=media, **common))
                     after = _scoring_batches(base)  # the ceiling scores nothing: no change
                     batches += after[0] - before[0]
                     snapshots += after[1] - before[1]
@@ -158,11 +194,52 @@ def _serve_results(quick: bool) -> list[dict[str, Any]]:
                         params,
                     )
                 )
-            rows.extend(_rag_rows(base, quick, common))
+            rows.extend(_rag_rows(base, quick, common, load))
         finally:
-            serve.shutdown()
+            if load_process is not None:
+                load_process.close()
+            if not (quick and conn.started_here):  # quick: the Ray started here takes Serve down with it
+                serve.shutdown()
             disconnect_ray(conn)
     return rows
+
+
+def _bootstrap(registry: Any, quick: bool) -> None:
+    """Train and promote the detector the app serves (``quick``: the small one)."""
+    from x0tta6bl4.models.bootstrap import SMALL_BOOTSTRAP, bootstrap_detector
+
+    bootstrap_detector(registry, SMALL_BOOTSTRAP if quick else None)
+
+
+def _runbook_store(config: Any) -> None:
+    """Build the RAG app's runbook store in its ``data_dir`` as its replica would (with one torch thread)."""
+    import torch
+
+    from x0tta6bl4.rag.retriever import Retriever, RetrieverConfig
+
+    torch.set_num_threads(1)
+    Retriever.open(RetrieverConfig.model_validate(config.resolved().rag.retriever))
+
+
+def _wait_running(app_name: str, timeout_s: float = 300.0) -> None:
+    """Wait until Serve app ``app_name`` runs.
+
+    Raises:
+        RuntimeError: it failed to deploy, or still is not running after ``timeout_s``.
+    """
+    from ray import serve
+    from ray.serve.schema import ApplicationStatus
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        app = serve.status().applications.get(app_name)
+        if app is not None and app.status == ApplicationStatus.RUNNING:
+            return
+        if app is not None and app.status in (ApplicationStatus.DEPLOY_FAILED, ApplicationStatus.UNHEALTHY):
+            raise RuntimeError(f"Serve app {app_name!r} is {app.status}: {app.message}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Serve app {app_name!r} is not running after {timeout_s:.0f} s")
+        time.sleep(0.2)
 
 
 def _scoring_batches(base: str) -> tuple[float, float]:
@@ -187,7 +264,7 @@ def _embedding_rate(encoder: Any, texts: list[str], duration_s: float, chunk: in
             return done / elapsed
 
 
-def _rag_rows(base: str, quick: bool, common: dict[str, Any]) -> list[dict[str, Any]]:
+def _rag_rows(base: str, quick: bool, common: dict[str, Any], load: Load) -> list[dict[str, Any]]:
     import requests
 
     from x0tta6bl4.models.embedder import load_embedder
@@ -211,9 +288,10 @@ def _rag_rows(base: str, quick: bool, common: dict[str, Any]) -> list[dict[str, 
         retriever_config.unpadded_encoding,
     )
     batch_size = retriever_config.encode_batch_size
-    sample = texts[: 128 if quick else 512]
-    encoder.encode(sample[:32])
-    model.encode(sample[:32], batch_size=batch_size)
+    sample = texts[: 64 if quick else 512]
+    warm = sample[: 8 if quick else 32]  # first passes of both, outside the measured ones
+    encoder.encode(warm)
+    model.encode(warm, batch_size=batch_size)
     # In-process embedding and the served endpoint in ABBA order (quick: AB), so a drift of the
     # machine's speed weighs on both alike; each figure is the mean of its runs.
     order = ("in_process", "served") if quick else ("in_process", "served", "served", "in_process")
@@ -230,7 +308,7 @@ def _rag_rows(base: str, quick: bool, common: dict[str, Any]) -> list[dict[str, 
             model.encode(sample, batch_size=batch_size)  # the library's padded passes, sorted by length
             library_rates.append(len(sample) / (time.perf_counter() - t0))
         else:
-            loads.append(run_load(f"{base}/v1/rag/query?cache=false", uncached, **common))
+            loads.append(load(f"{base}/v1/rag/query?cache=false", uncached, **common))
     del model, encoder
     embed_qps = statistics.mean(rates)
     served = {key: statistics.mean(r[key] for r in loads) for key in ("requests_per_s", "p95_ms")}
@@ -281,12 +359,16 @@ def _rag_rows(base: str, quick: bool, common: dict[str, Any]) -> list[dict[str, 
         )
     )
     hot = uncached[:64]
-    for body in hot:  # fill the cache
+
+    def fill(body: bytes) -> None:
         requests.post(
             f"{base}/v1/rag/query", data=body, headers={"content-type": "application/json"}, timeout=60
         )
-    ceiling = run_load(f"{base}/ceiling/rag", hot, **common)
-    cached = run_load(f"{base}/v1/rag/query", hot, **common)
+
+    with ThreadPoolExecutor(max_workers=8 if quick else 1) as pool:  # fill the cache
+        list(pool.map(fill, hot))
+    ceiling = load(f"{base}/ceiling/rag", hot, **common)
+    cached = load(f"{base}/v1/rag/query", hot, **common)
     rows.append(
         result(
             "rag_cached_queries_per_s",
@@ -327,12 +409,23 @@ def _recall_rows(base: str) -> list[dict[str, Any]]:
     ]
 
 
+def _hnsw_vectors(quick: bool) -> Any:
+    """The real MiniLM embeddings the hnswlib figures search (cached after the first run), embedded
+    with one torch thread as the replicas do."""
+    import torch
+
+    from x0tta6bl4.bench.hnsw import real_embeddings
+
+    torch.set_num_threads(1)
+    return real_embeddings(600 if quick else 100_000, seed=0)
+
+
 def _hnsw_rows(quick: bool) -> list[dict[str, Any]]:
-    from x0tta6bl4.bench.hnsw import hnsw_vs_exact, real_embeddings
+    from x0tta6bl4.bench.hnsw import hnsw_vs_exact
 
     n = 600 if quick else 100_000
     _say(f"hnswlib vs exact search on {n} real MiniLM embeddings (cached after the first run)")
-    matrix = real_embeddings(n, seed=0)
+    matrix = _hnsw_vectors(quick)
     out = hnsw_vs_exact(matrix, num_queries=100 if quick else 1000, k=10)
     params: dict[str, Any] = {"vectors": n, "k": 10}
     params.update({key: out[key] for key in ("m", "ef_construction", "ef") if key in out})
