@@ -15,6 +15,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,9 @@ QUICK_SCENARIOS = ((101, 102), 400, 120)
 #: nodes, measured ticks, warm-up ticks of the controller throughput run.
 THROUGHPUT = (10_000, 40, 8)
 QUICK_THROUGHPUT = (1_000, 10, 3)
+#: Shard actors (regions) of the throughput run; quick: fewer worker processes to start on two cores.
+THROUGHPUT_REGIONS = 8
+QUICK_THROUGHPUT_REGIONS = 2
 
 
 def _log(msg: str) -> None:
@@ -94,13 +98,14 @@ def run_scenario(
     return out
 
 
-def _scenario_results(quick: bool) -> list[dict[str, Any]]:
+def _scenario_results(quick: bool, scorer: Any = None) -> list[dict[str, Any]]:
+    """Every seed under every mode, in process (``scorer``: a LocalScorer already made, or None)."""
     from x0tta6bl4.mapek.clients import LocalRunbooks, LocalScorer
     from x0tta6bl4.models.embedder import load_embedder
     from x0tta6bl4.rag.retriever import RetrieverConfig
 
     seeds, nodes, ticks = QUICK_SCENARIOS if quick else SCENARIOS
-    scorer = LocalScorer()
+    scorer = scorer or LocalScorer()
     rows: list[dict[str, Any]] = []
     figures: dict[str, dict[int, dict[str, Any]]] = {m: {} for m in MODES}
     with tempfile.TemporaryDirectory(prefix="x0tta6bl4-bench-autonomy-") as tmp:
@@ -182,8 +187,11 @@ def _scenario_results(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
-def _throughput_results(quick: bool) -> list[dict[str, Any]]:
-    """Controller steps/s on the real path, against the sharded mesh's own ticks/s in the same run."""
+def _throughput_results(quick: bool, before_timing: Callable[[], Any] | None = None) -> list[dict[str, Any]]:
+    """Controller steps/s on the real path, against the sharded mesh's own ticks/s in the same run.
+
+    ``before_timing`` is called once everything is up, before the first tick.
+    """
     import ray
 
     from x0tta6bl4.autonomy.config import RunConfig
@@ -197,7 +205,7 @@ def _throughput_results(quick: bool) -> list[dict[str, Any]]:
     from x0tta6bl4.mesh.shard import MeshSpec
 
     nodes, ticks, warmup = QUICK_THROUGHPUT if quick else THROUGHPUT
-    regions = 8
+    regions = QUICK_THROUGHPUT_REGIONS if quick else THROUGHPUT_REGIONS
     with tempfile.TemporaryDirectory(prefix="x0tta6bl4-bench-ctl-") as tmp:
         config = RunConfig(
             nodes=nodes,
@@ -210,7 +218,7 @@ def _throughput_results(quick: bool) -> list[dict[str, Any]]:
             run_id="throughput",
         )
         plan = plan_run(config)
-        conn = connect_ray()
+        conn = connect_ray(dashboard=not quick)  # quick: the dashboard's start alone costs CPU-seconds
         try:
             spec = MeshSpec(
                 plan.topology_spec,
@@ -228,6 +236,8 @@ def _throughput_results(quick: bool) -> list[dict[str, Any]]:
                 ControllerConfig(knowledge_path=str(Path(tmp) / "k.sqlite")),
                 serve_config,
             )
+            if before_timing is not None:
+                before_timing()
             mesh_s, ctl_s = [], []
             actions: tuple[Any, ...] = ()
             for i in range(ticks + warmup):
@@ -268,6 +278,18 @@ def results(quick: bool = False) -> list[dict[str, Any]]:
     import torch
 
     torch.set_num_threads(1)
-    rows = _scenario_results(quick)
-    rows += _throughput_results(quick)
-    return rows
+    if not quick:
+        rows = _scenario_results(quick)
+        rows += _throughput_results(quick)
+        return rows
+    # Quick: the scenarios (every figure counted in ticks, none in seconds) run in a thread while
+    # Ray, the shards, Serve and the controller start; the timed ticks start once they are done.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from x0tta6bl4.mapek.clients import LocalScorer
+
+    scorer = LocalScorer()  # first: it bootstraps the registry Serve then loads, if it has no model
+    with ThreadPoolExecutor(1) as pool:
+        scenarios = pool.submit(_scenario_results, quick, scorer)
+        throughput = _throughput_results(quick, before_timing=scenarios.result)
+    return scenarios.result() + throughput

@@ -7,8 +7,16 @@ schedule (labels used only to evaluate).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,6 +50,8 @@ def _sizes(quick: bool) -> dict[str, Any]:
             "train_seeds": (11,),
             "eval_ticks": 60,
             "epochs": 1,
+            # A third of the spec's snapshots per epoch, for every training of the run alike.
+            "steps_per_epoch": 20,
             "rounds": 1,
             "lora_rounds": 2,
             "central_seeds": (0,),
@@ -55,6 +65,7 @@ def _sizes(quick: bool) -> dict[str, Any]:
         "train_seeds": (11, 12),
         "eval_ticks": 200,
         "epochs": 8,
+        "steps_per_epoch": None,  # the spec's
         "rounds": 5,
         "lora_rounds": 3,
         "central_seeds": (0, 1, 2),
@@ -179,48 +190,130 @@ def _throughput(spec: DetectorSpec, nodes: int, ticks: int) -> list[dict[str, An
 def results(quick: bool = False) -> list[dict[str, Any]]:
     size = _sizes(quick)
     spec = DetectorSpec.load()
-    torch.set_num_threads(2)
-    started = time.perf_counter()
-    train = [
-        simulate(
-            ScenarioSpec(nodes=size["nodes"], regions=size["regions"], ticks=size["ticks"], seed=s),
-            spec.window,
-        )[0]
-        for s in size["train_seeds"]
-    ]
-    heldout = ScenarioSpec(nodes=size["nodes"], regions=size["regions"], ticks=size["eval_ticks"], seed=101)
-    test, _ = simulate(heldout, spec.window)
-    _log(f"simulated {len(train)} training and 1 held-out scenarios in {time.perf_counter() - started:.1f} s")
-    started = time.perf_counter()
-    visible = visible_faults(heldout, spec.window)[list(test.valid_ticks)]
-    ceiling = ev.f1_ceiling(visible, ev.labels_of(test))
-    took = time.perf_counter() - started
-    _log(f"F1 ceiling {ceiling['f1']:.3f} (one re-run per held-out fault) in {took:.1f} s")
-    rows = _quality(spec, train, test, size["epochs"], ceiling)
-    rows += _federated(spec, size)
-    rows += _throughput(spec, size["inference_nodes"], size["inference_ticks"])
-    rows += _embedder(quick)
-    return rows
+    if size["steps_per_epoch"] is not None:
+        steps = spec.train.model_copy(update={"steps_per_epoch": size["steps_per_epoch"]})
+        spec = spec.model_copy(update={"train": steps})
+    # Quick: one thread. Its graphs are small, and two threads meeting at a barrier for every small
+    # op slow scoring tenfold as soon as anything else (a Ray node, another job) wants the cores.
+    torch.set_num_threads(1 if quick else 2)
+    # Quick: the Ray head boots while this process simulates and trains (no figure there is a time).
+    with _shared_ray(quick) as ray_address:
+        started = time.perf_counter()
+        train = [
+            simulate(
+                ScenarioSpec(nodes=size["nodes"], regions=size["regions"], ticks=size["ticks"], seed=s),
+                spec.window,
+            )[0]
+            for s in size["train_seeds"]
+        ]
+        heldout = ScenarioSpec(
+            nodes=size["nodes"], regions=size["regions"], ticks=size["eval_ticks"], seed=101
+        )
+        test, _ = simulate(heldout, spec.window)
+        took = time.perf_counter() - started
+        _log(f"simulated {len(train)} training and 1 held-out scenarios in {took:.1f} s")
+        started = time.perf_counter()
+        visible = visible_faults(heldout, spec.window)[list(test.valid_ticks)]
+        ceiling = ev.f1_ceiling(visible, ev.labels_of(test))
+        took = time.perf_counter() - started
+        _log(f"F1 ceiling {ceiling['f1']:.3f} (one re-run per held-out fault) in {took:.1f} s")
+        rows = _quality(spec, train, test, size["epochs"], ceiling)
+        address = ray_address()
+        # Measured before the federations, while no Ray job runs (the quick head idles).
+        throughput = _throughput(spec, size["inference_nodes"], size["inference_ticks"])
+        rows += _federated(spec, size, address)
+        embedder = _embedder(quick, address)
+    return rows + throughput + embedder
 
 
-def _federated(spec: DetectorSpec, size: dict[str, Any]) -> list[dict[str, Any]]:
+@contextlib.contextmanager
+def _shared_ray(quick: bool) -> Iterator[Callable[[], str | None]]:
+    """Quick: start one local Ray head, without the dashboard, that both Flower runs join.
+
+    Yields a function that waits until the head is up and returns its address (None when not
+    quick: then each run starts a Ray of its own, as ``x0tta6bl4 train`` does).
+
+    Flower's Ray backend ends each run with ``ray.shutdown()``, which stops a Ray its driver
+    started: without this head, each run starts a Ray of its own, dashboard included (tens of
+    CPU-seconds each on two cores). A driver that joins this head only disconnects. Like the
+    Ray ``connect_ray`` starts, it runs in token mode with the platform's token, its workers
+    import the package from this environment (nothing shipped), and its temp dir is its own, so
+    no other process on the machine finds it.
+    """
+    if not quick:
+        yield lambda: None
+        return
+    from x0tta6bl4.connect import SHIP_PACKAGE_ENV, free_local_port
+    from x0tta6bl4.security import ray_auth
+
+    temp = tempfile.mkdtemp(prefix="x0fed", dir="/tmp")  # short: Ray's socket paths must fit
+    address = f"127.0.0.1:{free_local_port()}"
+    ports = ("node-manager", "object-manager", "metrics-export", "dashboard-agent-listen",
+             "dashboard-agent-grpc", "runtime-env-agent", "ray-client-server")  # fmt: skip
+    cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block"]
+    cmd += [f"--port={address.rsplit(':', 1)[1]}", *(f"--{name}-port={free_local_port()}" for name in ports)]
+    cmd += [f"--num-cpus={os.cpu_count() or 1}", "--include-dashboard=false", f"--temp-dir={temp}"]
+    cmd += ["--disable-usage-stats"]
+    before = ray_auth.auth_env_snapshot()
+    ship = os.environ.get(SHIP_PACKAGE_ENV)
+    if ray_auth.auth_enabled():
+        ray_auth.use_token_auth()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    ray_auth.restore_auth_env(before)
+    log_path = Path(temp) / "ray-start.log"
+    with log_path.open("wb") as log:
+        head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def ready() -> str:
+        deadline = time.monotonic() + 300
+        while b"Ray runtime started" not in log_path.read_bytes():
+            if head.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ray start failed: {log_path.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.2)
+        _log(f"one Ray head for both Flower runs at {address} (no dashboard)")
+        return address
+
+    os.environ[SHIP_PACKAGE_ENV] = "off"
+    try:
+        yield ready
+    finally:
+        if ship is None:
+            os.environ.pop(SHIP_PACKAGE_ENV, None)
+        else:
+            os.environ[SHIP_PACKAGE_ENV] = ship
+        head.terminate()  # `ray start --block` stops every process of its node on SIGTERM
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
+        with contextlib.suppress(ProcessLookupError):  # anything of the node still alive
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _federated(spec: DetectorSpec, size: dict[str, Any], ray_address: str | None) -> list[dict[str, Any]]:
     """A real Flower run (``train_main``: shards, ServerApp, ClientApps on Ray) and centralised training.
 
     The centralised model trains on the same windows pooled from every region, with as
     many gradient steps as all clients together; both are scored on the job's held-out
-    scenario.
+    scenario. ``ray_address``: the Ray to train on (None: ``train_main`` starts one).
     """
-    import tempfile
+    import yaml
 
     from x0tta6bl4.federated.config import TrainConfig
     from x0tta6bl4.federated.run import train_main
 
     with tempfile.TemporaryDirectory(prefix="x0-bench-fed-") as tmp:
+        extra: dict[str, Any] = {"ray_address": ray_address}
+        if size["steps_per_epoch"] is not None:  # the clients train with the bench's spec
+            extra["spec"] = Path(tmp) / "spec.yaml"
+            extra["spec"].write_text(yaml.safe_dump(spec.to_dict()))
         config = TrainConfig.model_validate({
             "nodes": size["nodes"], "regions": size["regions"], "ticks": size["ticks"], "seed": 11,
             "rounds": size["rounds"], "lora_rounds": size["lora_rounds"], "registry": f"{tmp}/registry",
             "runs_dir": f"{tmp}/runs", "eval_nodes": size["nodes"], "eval_ticks": size["eval_ticks"],
-            "eval_seed": 101,
+            "eval_seed": 101, **extra,
         })  # fmt: skip
         fed = train_main(config)
     rounds = fed.rounds
@@ -303,7 +396,7 @@ def _federated(spec: DetectorSpec, size: dict[str, Any]) -> list[dict[str, Any]]
     return rows
 
 
-def _embedder(quick: bool) -> list[dict[str, Any]]:
+def _embedder(quick: bool, ray_address: str | None) -> list[dict[str, Any]]:
     """Federated LoRA fine-tuning of the RAG embedder: recall@3 on held-out incidents before and after.
 
     Each region's Flower ClientApp fine-tunes the shared adapters on its own (incident,
@@ -326,7 +419,7 @@ def _embedder(quick: bool) -> list[dict[str, Any]]:
     fed = EmbedderFederation(
         regions=tuple(regions[:2] if quick else regions), rounds=rounds, max_pairs=16 if quick else None
     )
-    state, fed_rounds = federate_embedder(fed, embedder.adapter_state())
+    state, fed_rounds = federate_embedder(fed, embedder.adapter_state(), ray_address=ray_address)
     took = time.perf_counter() - started
     _log(f"embedder: {rounds} Flower round(s) over {len(fed.regions)} regions ({took:.0f} s)")
     embedder.load_adapter_state(state)

@@ -25,7 +25,7 @@ import numpy as np
 
 from x0tta6bl4.bench._load import run_load
 from x0tta6bl4.bench._report import result
-from x0tta6bl4.connect import connect_ray, disconnect_ray, free_local_port
+from x0tta6bl4.connect import SHIP_PACKAGE_ENV, connect_ray, disconnect_ray, free_local_port
 from x0tta6bl4.security.authz import Policy
 from x0tta6bl4.security.ca import EmbeddedCA
 from x0tta6bl4.security.front import BackgroundFront, MtlsFront
@@ -48,11 +48,12 @@ def _say(message: str) -> None:
 def results(quick: bool = False) -> list[dict[str, Any]]:
     """Every row of the suite (``quick``: shorter windows and a smaller mesh, for the tests)."""
     rows: list[dict[str, Any]] = []
+    mesh_runs: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
     with tempfile.TemporaryDirectory(prefix="x0-bench-security-") as tmp:
         ca = EmbeddedCA.open(Path(tmp) / "ca")
         rows.append(_issuance(ca, 0.5 if quick else 3.0))
-        rows.extend(_served(ca, Path(tmp), quick))
-    rows.extend(_ray_auth_mesh(quick))
+        rows.extend(_served(ca, Path(tmp), quick, mesh_runs))
+        rows.extend(_ray_auth_mesh(quick, mesh_runs, Path(tmp)))
     from x0tta6bl4.bench import provenance
 
     _say("provenance: the signed ledger and signed model versions")
@@ -82,7 +83,18 @@ def _save(ca: EmbeddedCA, spiffe_id: str, out: Path, ttl_s: int | None = None) -
     return out
 
 
-def _served(ca: EmbeddedCA, tmp: Path, quick: bool) -> list[dict[str, Any]]:
+def _served(
+    ca: EmbeddedCA, tmp: Path, quick: bool, mesh_runs: dict[bool, list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """Serve behind the front: handshakes, throughput, refusals and rotation.
+
+    Quick: the bootstrap detector trains (one torch thread) while Ray and Serve start, and once
+    Serve is shut down the token-mode mesh run joins this Ray (its run goes to ``mesh_runs``)
+    instead of starting one more.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
     from ray import serve
 
     from x0tta6bl4.bench.serve import snapshot_bodies
@@ -93,14 +105,23 @@ def _served(ca: EmbeddedCA, tmp: Path, quick: bool) -> list[dict[str, Any]]:
 
     registry = ModelRegistry(tmp / "registry")
     _say("training a bootstrap detector")
-    bootstrap_detector(registry, SMALL_BOOTSTRAP if quick else None)
+    training = ThreadPoolExecutor(1)
+    if quick:
+        torch.set_num_threads(1)  # it shares the cores with Ray's start
+        trained = training.submit(bootstrap_detector, registry, SMALL_BOOTSTRAP)
+    else:
+        bootstrap_detector(registry)
     token_file = tmp / "front.token"
     token = load_or_create_token(token_file)
     port = free_local_port()
     rows: list[dict[str, Any]] = []
     conn = connect_ray(dashboard=False)
+    serving = True
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
+        if quick:
+            trained.result()
+        training.shutdown()
         config = ServeConfig.model_validate(
             {
                 "anomaly": {"registry": str(registry.uri), "bootstrap": False},
@@ -125,9 +146,17 @@ def _served(ca: EmbeddedCA, tmp: Path, quick: bool) -> list[dict[str, Any]]:
         finally:
             front.stop()
             source.close()
-        rows.append(_rotation(ca, upstream, token, tmp, 6.0 if quick else 20.0))
-    finally:
+        rows.append(_rotation(ca, upstream, token, tmp, 3.0 if quick else 20.0))
         serve.shutdown()
+        serving = False
+        if quick:
+            nodes, regions, ticks, warmup = _mesh_size(quick)
+            _say(f"mesh {nodes} nodes, Ray auth on (joining this Ray, Serve shut down)")
+            mesh_runs[True].append(_mesh_run(True, nodes, regions, ticks, warmup, tmp, join=conn.address))
+    finally:
+        training.shutdown(cancel_futures=True)
+        if serving:
+            serve.shutdown()
         disconnect_ray(conn)
     return rows
 
@@ -155,7 +184,7 @@ def _throughput(
     upstream: str, front_port: int, token: str, operator_dir: Path, bodies: list[bytes], quick: bool
 ) -> list[dict[str, Any]]:
     """The scoring route through the front against the same route over plain loopback HTTP."""
-    duration, warmup = (3.0, 1.0) if quick else (15.0, 3.0)
+    duration, warmup = (2.0, 0.5) if quick else (15.0, 3.0)
     common: dict[str, Any] = {"concurrency": CONCURRENCY, "duration_s": duration, "warmup_s": warmup}
     plain_headers = {FRONT_TOKEN_HEADER: token, PEER_ID_HEADER: OPERATOR}  # what the front would add
     order = ("plain", "front") if quick else ("plain", "front", "front", "plain")
@@ -245,8 +274,13 @@ def _refusals(ca: EmbeddedCA, port: int, tmp: Path) -> dict[str, Any]:
     revoked_ctx = client_context(revoked, bundles)
     before = _request(port, revoked_ctx, "GET", "/v1/anomaly/model") == 200
     ca.revoke_svid(revoked.leaf)
-    time.sleep(ca.refresh_hint_s + 0.5)  # one refresh interval
-    cases["revoked_svid"] = before and _refused(port, revoked_ctx)
+    # Refused once the front has re-read the CRL: within one refresh interval of the bundle's hint.
+    deadline = time.monotonic() + ca.refresh_hint_s + 0.5
+    refused_now = _refused(port, revoked_ctx)
+    while not refused_now and time.monotonic() < deadline:
+        time.sleep(0.25)
+        refused_now = _refused(port, revoked_ctx)
+    cases["revoked_svid"] = before and refused_now
 
     tls12 = _operator_context(ca)
     tls12.minimum_version = tls12.maximum_version = ssl.TLSVersion.TLSv1_2
@@ -258,8 +292,16 @@ def _refusals(ca: EmbeddedCA, port: int, tmp: Path) -> dict[str, Any]:
     return result("refused_cases", refused, "cases", params, target=("value", ">=", len(cases)))
 
 
+#: Longest a rotation run goes on past its duration while the front has not rotated yet.
+ROTATION_GRACE_S = 15.0
+
+
 def _rotation(ca: EmbeddedCA, upstream: str, token: str, tmp: Path, duration_s: float) -> dict[str, Any]:
-    """Continuous requests while the front's SVID (TTL 4 s) and the client's rotate several times."""
+    """Continuous requests while the front's SVID (TTL 4 s) and the client's rotate.
+
+    The run lasts ``duration_s``, and past it (up to ``ROTATION_GRACE_S``) until the front has
+    rotated at least once: a short run on a loaded machine still spans a rotation.
+    """
     source = EmbeddedSource(
         workload_id(WorkloadKind.FRONT), ca.directory, ttl_s=4, ip_addresses=["127.0.0.1"], refresh_s=0.2
     )
@@ -270,9 +312,16 @@ def _rotation(ca: EmbeddedCA, upstream: str, token: str, tmp: Path, duration_s: 
     served_certs: set[bytes] = set()
     client = ca.issue_svid(OPERATOR, ttl_s=4)
     conn: http.client.HTTPSConnection | None = None
-    deadline = time.monotonic() + duration_s
+    started = time.monotonic()
+    deadline, grace = started + duration_s, started + duration_s + ROTATION_GRACE_S
+
+    def going() -> bool:
+        now = time.monotonic()
+        rotated = front.front.stats.context_rebuilds > rebuilds_before
+        return now < deadline or (not rotated and now < grace)
+
     try:
-        while time.monotonic() < deadline:
+        while going():
             if conn is None or done % 20 == 0:
                 if client.renew_at(0) <= dt.datetime.now(dt.UTC):
                     client = ca.issue_svid(OPERATOR, ttl_s=4)
@@ -297,6 +346,7 @@ def _rotation(ca: EmbeddedCA, upstream: str, token: str, tmp: Path, duration_s: 
     finally:
         if conn is not None:
             conn.close()
+        elapsed = time.monotonic() - started
         rotations = front.front.stats.context_rebuilds - rebuilds_before
         front.stop()
         source.close()
@@ -304,6 +354,7 @@ def _rotation(ca: EmbeddedCA, upstream: str, token: str, tmp: Path, duration_s: 
     params = {
         "requests": done,
         "duration_s": duration_s,
+        "elapsed_s": round(elapsed, 2),
         "svid_ttl_s": 4,
         "front_rotations": rotations,
         "distinct_front_certificates": len(served_certs),
@@ -314,14 +365,20 @@ def _rotation(ca: EmbeddedCA, upstream: str, token: str, tmp: Path, duration_s: 
 _MESH_SCRIPT = """
 import json, os, sys, tempfile
 from x0tta6bl4.connect import connect_ray, disconnect_ray
-from x0tta6bl4.bench.mesh import _rate, _spec
+from x0tta6bl4.bench.mesh import _rate
+from x0tta6bl4.mesh.faults import random_schedule
 from x0tta6bl4.mesh.pipeline import ShardedMesh
-nodes, ticks, warmup = (int(a) for a in sys.argv[1:4])
+from x0tta6bl4.mesh.shard import MeshSpec
+from x0tta6bl4.mesh.topology import TopologySpec
+nodes, regions, ticks, warmup = (int(a) for a in sys.argv[1:5])
 conn = connect_ray(num_cpus=os.cpu_count(), dashboard=False)
 try:
     mode = os.environ.get("RAY_AUTH_MODE", "disabled")
     with tempfile.TemporaryDirectory() as ckpt:
-        spec = _spec(nodes, ticks + warmup, ckpt)
+        # bench mesh's spec (seed 1, its fault schedule), with this many regions (shard actors)
+        topo = TopologySpec(nodes, regions, seed=1)
+        faults = tuple(random_schedule(topo.build(), ticks + warmup, seed=1))
+        spec = MeshSpec(topology=topo, seed=1, faults=faults, checkpoint_dir=ckpt)
         mesh = ShardedMesh(spec.topology.build(), spec)
         rate = _rate(mesh, ticks, warmup)
         mesh.close()
@@ -331,14 +388,24 @@ print(json.dumps({"ticks_per_s": rate, "ray_auth_mode": mode}))
 """
 
 
-def _mesh_run(auth: bool, nodes: int, ticks: int, warmup: int, cwd: Path) -> dict[str, Any]:
+def _mesh_run(
+    auth: bool, nodes: int, regions: int, ticks: int, warmup: int, cwd: Path, join: str | None = None
+) -> dict[str, Any]:
+    """One sharded mesh run in a fresh driver process: on a local Ray it starts, or on Ray ``join``.
+
+    Joining, the driver offers this process's token and imports the package from this
+    environment (nothing shipped), as the workers of a local Ray do.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
     if not auth:
         env["X0TTA6BL4_RAY_AUTH"] = "off"
     else:
         env.pop("X0TTA6BL4_RAY_AUTH", None)
+    if join is not None:
+        env.update({k: v for k, v in os.environ.items() if k.startswith("RAY_AUTH")})
+        env.update({"RAY_ADDRESS": join, SHIP_PACKAGE_ENV: "off"})
     proc = subprocess.run(
-        [sys.executable, "-c", _MESH_SCRIPT, str(nodes), str(ticks), str(warmup)],
+        [sys.executable, "-c", _MESH_SCRIPT, str(nodes), str(regions), str(ticks), str(warmup)],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -351,21 +418,39 @@ def _mesh_run(auth: bool, nodes: int, ticks: int, warmup: int, cwd: Path) -> dic
     return out
 
 
-def _ray_auth_mesh(quick: bool) -> list[dict[str, Any]]:
-    """The 10,000-node sharded mesh on a local Ray with token authentication, against the same without."""
-    nodes, ticks, warmup = (600, 30, 5) if quick else (MESH_NODES, 200, 10)
+def _mesh_size(quick: bool) -> tuple[int, int, int, int]:
+    """Nodes, regions (shard actors), measured ticks and warm-up ticks of the Ray auth mesh runs."""
+    from x0tta6bl4.bench.mesh import REGIONS
+
+    # Quick: a small mesh in two shards (each shard actor is one more worker process to start).
+    return (600, 2, 100, 10) if quick else (MESH_NODES, REGIONS, 200, 10)
+
+
+def _ray_auth_mesh(quick: bool, runs: dict[bool, list[dict[str, Any]]], tmp: Path) -> list[dict[str, Any]]:
+    """The 10,000-node sharded mesh on a local Ray with token authentication, against the same without.
+
+    Each run is a fresh driver process; ``runs`` may hold runs done already (quick: the token-mode
+    run on the Ray of the served rows). Runs alternate (ABBA) when there are several of each.
+    """
+    nodes, regions, ticks, warmup = _mesh_size(quick)
     order = (True, False) if quick else (True, False, False, True)
-    runs: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
-    with tempfile.TemporaryDirectory(prefix="x0-bench-rayauth-") as cwd:
-        for auth in order:
-            _say(f"mesh {nodes} nodes, Ray auth {'on' if auth else 'off'}")
-            runs[auth].append(_mesh_run(auth, nodes, ticks, warmup, Path(cwd)))
+    done = {True: len(runs[True]), False: len(runs[False])}
+    cwd = tmp / "rayauth"
+    cwd.mkdir()
+    for auth in order:
+        if done[auth]:
+            done[auth] -= 1
+            continue
+        _say(f"mesh {nodes} nodes, Ray auth {'on' if auth else 'off'}")
+        runs[auth].append(_mesh_run(auth, nodes, regions, ticks, warmup, cwd))
     with_auth = statistics.mean(r["ticks_per_s"] for r in runs[True])
     without = statistics.mean(r["ticks_per_s"] for r in runs[False])
     params = {
         "nodes": nodes,
+        "regions": regions,
         "ticks": ticks,
         "runs_each": len(runs[True]),
+        "token_run_joined_the_served_ray": quick,
         "ray_auth_mode": runs[True][0]["ray_auth_mode"],
         "baseline_ray_auth_mode": runs[False][0]["ray_auth_mode"],
     }
