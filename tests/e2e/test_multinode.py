@@ -3,6 +3,7 @@ spread over the nodes and survive losing a worker; the head's GCS restarts from 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import shutil
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import BIN, REPO
+from tests.e2e.conftest import BIN, REPO, clean_env
 from tests.e2e.raynodes import RayNodes, free_port, restart_process, start_redis
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -24,11 +25,45 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 FAST_NODE_DEATH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
 
 
-@pytest.fixture
-def cluster_root() -> Iterator[Path]:
+@dataclasses.dataclass
+class Cluster:
+    """The module's Ray cluster: its nodes (the head, and the workers a test adds), their root directory,
+    and whether its GCS keeps its tables in Redis (Debian's redis-server; None when not installed)."""
+
+    nodes: RayNodes
+    root: Path
+    redis_port: int | None
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """One `ray start` head for the module's tests: its GCS on Redis when redis-server is installed.
+
+    Each test's run gets its own run id and registry; a worker node is the test's own (started and
+    killed inside it), so the tests do not depend on each other's order.
+    """
     root = Path(tempfile.mkdtemp(prefix="x0mn-"))  # short (Ray's socket paths must fit): no pytest tmp_path
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
+    redis = None
+    extra_env = dict(FAST_NODE_DEATH)
+    try:
+        redis_port = None
+        if shutil.which("redis-server") is not None:
+            redis, redis_port = start_redis(root / "redis")
+            extra_env.update(
+                RAY_REDIS_ADDRESS=f"127.0.0.1:{redis_port}",
+                RAY_external_storage_namespace=f"x0mn-{secrets.token_hex(4)}",
+            )
+        nodes = RayNodes(root, clean_env())
+        try:
+            nodes.start_head(num_cpus=2, resources={"head": 1}, extra_env=extra_env)
+            yield Cluster(nodes, root, redis_port)
+        finally:
+            nodes.close()
+    finally:
+        if redis is not None:
+            redis.kill()
+            redis.wait(timeout=30)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 #: A small run, paced so that it is still running when a node or the GCS is killed.
@@ -40,7 +75,10 @@ def _free_serve_ports() -> list[str]:
 
 
 def _start_run(nodes: RayNodes, root: Path, run_id: str, args: list[str]) -> subprocess.Popen[str]:
-    env = {**nodes.env, "RAY_ADDRESS": str(nodes.address), "X0TTA6BL4_REGISTRY": str(root / "registry")}
+    """The run, started as a driver of the cluster. Its detector comes from the checkout's registry
+    (models/registry, bootstrapped once for the suite's runs): training a fresh one is the shared
+    small run's proof (tests/e2e/conftest.py), not these tests'."""
+    env = {**nodes.env, "RAY_ADDRESS": str(nodes.address)}
     return subprocess.Popen(
         [str(BIN / "x0tta6bl4"), "run", "--state-dir", str(root / "shared"), "--run-id", run_id, *args],
         cwd=REPO,
@@ -61,25 +99,24 @@ def _wait_for_checkpoint(proc: subprocess.Popen[str], run_dir: Path, tick: int, 
         time.sleep(0.1)
 
 
-def test_shards_spread_over_two_nodes_and_the_workers_shards_resume_on_the_head_from_checkpoints(
-    cli_env, cluster_root
-):
-    nodes = RayNodes(cluster_root, cli_env)
+def test_shards_spread_over_two_nodes_and_the_workers_shards_resume_on_the_head_from_checkpoints(cluster):
+    nodes, root = cluster.nodes, cluster.root
+    nodes.start_worker("worker", num_cpus=0, resources={"worker": 1})
+    run = _start_run(
+        nodes,
+        root,
+        "two-nodes",
+        [*_SMALL, "--regions", "4", "--ticks", "200", "--faults-per-1000-ticks", "0", "--no-autonomy"],
+    )
     try:
-        nodes.start_head(num_cpus=2, resources={"head": 1}, extra_env=FAST_NODE_DEATH)
-        nodes.start_worker("worker", num_cpus=0, resources={"worker": 1})
-        run = _start_run(
-            nodes,
-            cluster_root,
-            "two-nodes",
-            [*_SMALL, "--regions", "4", "--ticks", "200", "--faults-per-1000-ticks", "0", "--no-autonomy"],
-        )
-        run_dir = cluster_root / "shared" / "runs" / "two-nodes"
+        run_dir = root / "shared" / "runs" / "two-nodes"
         _wait_for_checkpoint(run, run_dir, 39, timeout_s=120)
         assert nodes.kill("worker"), "the worker node had no processes to kill"
         _out, err = run.communicate(timeout=150)
     finally:
-        nodes.close()
+        nodes.kill("worker")
+        if run.poll() is None:
+            run.kill()
     assert run.returncode == 0, err[-3000:]
     report = json.loads((run_dir / "report.json").read_text())
     assert report["status"] == "completed" and len(report["timeline"]) == 200
@@ -102,11 +139,11 @@ def test_shards_spread_over_two_nodes_and_the_workers_shards_resume_on_the_head_
     (lost,) = [h for h in report["hosts"] if h["source"] == "unavailable"]
     assert "ActorUnschedulableError" in lost["error"]
     # Checkpoints, the action journal and the report live under the shared state_dir.
-    assert report["config"]["state_dir"] == str(cluster_root / "shared")
+    assert report["config"]["state_dir"] == str(root / "shared")
     assert len(list((run_dir / "checkpoints").glob("region-*.ckpt"))) == 4 * 2  # the last two each
     # Each node ran the driver's package and bpf/ programs, shipped in the job's runtime_env.
     for node in ("head", "worker"):
-        unpacked = cluster_root / node / "session_latest" / "runtime_resources" / "py_modules_files"
+        unpacked = root / node / "session_latest" / "runtime_resources" / "py_modules_files"
         assert list(unpacked.glob("_ray_pkg_*/x0tta6bl4/mesh/shard.py")), node
         assert list(unpacked.glob("_ray_pkg_*/bpf/*.c")), node
     # The actors' warnings reach the driver's output (what `ray job logs` shows).
@@ -114,29 +151,21 @@ def test_shards_spread_over_two_nodes_and_the_workers_shards_resume_on_the_head_
     assert len(resumed) == 2 and all("(MeshShardActor pid=" in line for line in resumed), err[-3000:]
 
 
-def test_the_gcs_restarts_from_redis_mid_run_and_detached_actors_and_serve_keep_their_state(
-    cli_env, cluster_root
-):
-    if shutil.which("redis-server") is None:
+def test_the_gcs_restarts_from_redis_mid_run_and_detached_actors_and_serve_keep_their_state(cluster):
+    if cluster.redis_port is None:
         pytest.skip("redis-server is missing: apt-get install -y redis-server (scripts/setup.sh does)")
-    redis, redis_port = start_redis(cluster_root / "redis")
-    nodes = RayNodes(cluster_root, cli_env)
+    nodes, root = cluster.nodes, cluster.root
+    run = _start_run(
+        nodes,
+        root,
+        "gcs-ft",
+        [*_SMALL, "--regions", "3", "--ticks", "120", "--no-ebpf", "--keep-mesh", *_free_serve_ports()],
+    )
     try:
-        gcs_ft = {
-            "RAY_REDIS_ADDRESS": f"127.0.0.1:{redis_port}",
-            "RAY_external_storage_namespace": f"x0mn-{secrets.token_hex(4)}",
-        }
-        nodes.start_head(num_cpus=2, resources={"head": 1}, extra_env=gcs_ft)
-        run = _start_run(
-            nodes,
-            cluster_root,
-            "gcs-ft",
-            [*_SMALL, "--regions", "3", "--ticks", "120", "--no-ebpf", "--keep-mesh", *_free_serve_ports()],
-        )
-        run_dir = cluster_root / "shared" / "runs" / "gcs-ft"
+        run_dir = root / "shared" / "runs" / "gcs-ft"
         _wait_for_checkpoint(run, run_dir, 29, timeout_s=240)
         gcs = nodes.process("head", "gcs_server")
-        restarted = restart_process(gcs, cluster_root / "gcs-restarted.log")
+        restarted = restart_process(gcs, root / "gcs-restarted.log")
         _out, err = run.communicate(timeout=240)
         assert run.returncode == 0, err[-3000:]
         # Ask the restarted GCS (its tables reloaded from Redis) for the run's detached actors.
@@ -150,9 +179,8 @@ def test_the_gcs_restarts_from_redis_mid_run_and_detached_actors_and_serve_keep_
         )
         assert nodes.process("head", "gcs_server") == restarted.pid != gcs
     finally:
-        nodes.close()
-        redis.kill()
-        redis.wait(timeout=30)
+        if run.poll() is None:
+            run.kill()
     assert probe.returncode == 0, probe.stderr[-3000:]
     state = json.loads(probe.stdout.strip().splitlines()[-1])
     report = json.loads((run_dir / "report.json").read_text())

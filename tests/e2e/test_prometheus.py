@@ -1,7 +1,7 @@
 """A real Prometheus scrapes the Ray node of a real `x0tta6bl4 run`: one PromQL query per domain has data.
 
 The run is the session's shared small run (tests/e2e/conftest.py); Prometheus scraped its Ray
-node's metrics agent every second while it ran, so queries look back over the run with
+node's metrics agent every few seconds while it ran, so queries look back over the run with
 ``last_over_time``. Domains a plain run does not exercise are checked elsewhere: federated rounds
 (tests/integration/federated/test_train.py), recovery and ledger verification failures
 (tests/integration/observability/test_ray_export.py, tests/unit/security/test_ledger.py), the mTLS
