@@ -27,6 +27,7 @@ from x0tta6bl4.rag.encoding import BatchEncoder
 from x0tta6bl4.rag.index import RWLock, VectorIndex
 from x0tta6bl4.rag.provenance import SignatureRecords, document_claim
 from x0tta6bl4.rag.ranking import QueryResult, Ranker
+from x0tta6bl4.rag.readings import expand_query
 from x0tta6bl4.rag.store import (
     EMBEDDING_DIM,
     ChunkRecord,
@@ -91,7 +92,7 @@ class RetrieverConfig(BaseModel):
         "packaged runbook is about 10)",
     )
     lexical_weight: float = Field(
-        default=0.4,
+        default=0.5,
         ge=0,
         description="weight of the BM25 score (scaled to 1 for the query's best chunk) added to the cosine "
         "similarity; 0 ranks by embeddings only; tuned on the train split of the labelled incidents",
@@ -107,6 +108,11 @@ class RetrieverConfig(BaseModel):
         ge=0,
         le=1,
         description="BM25 document-length normalisation b (0: none, 1: full); tuned on the train split",
+    )
+    expand_queries: bool = Field(
+        default=True,
+        description="append plain-language readings of the telemetry values a query quotes ('cpu_util 1.00': "
+        "'CPU pinned at 1.0') to the text that is embedded and BM25-scored; the cache key stays the query",
     )
     candidates: int = Field(
         default=64,
@@ -380,8 +386,9 @@ class Retriever:
     ) -> list[QueryResult]:
         """Answer many queries with one embedder call.
 
-        Exact cache hits are answered without embedding; the misses are embedded together,
-        checked against the semantic cache, searched, and cached.
+        Exact cache hits are answered without embedding; the misses are embedded together
+        (as :meth:`search_text` words them), checked against the semantic cache, searched, and
+        cached.
 
         Args:
             texts: incident descriptions.
@@ -408,7 +415,9 @@ class Retriever:
         todo = [i for i, r in enumerate(results) if r is None]
         searched = 0
         if todo:
-            vectors = self.embed([texts[i] for i in todo])
+            # What is embedded and BM25-scored; the cache keys stay the texts as sent.
+            search_texts = {i: self.search_text(texts[i]) for i in todo}
+            vectors = self.embed([search_texts[i] for i in todo])
             rows: list[int] = []
             for row, i in enumerate(todo):
                 hit: QueryResult | None = self.cache.get_similar(keys[i], vectors[row]) if use_cache else None
@@ -417,7 +426,7 @@ class Retriever:
                 else:
                     results[i] = dataclasses.replace(hit, cached=True)
             found = self.search(
-                vectors[rows], [int(ks[todo[r]]) for r in rows], [texts[todo[r]] for r in rows]
+                vectors[rows], [int(ks[todo[r]]) for r in rows], [search_texts[todo[r]] for r in rows]
             )
             for row, result in zip(rows, found, strict=True):
                 if use_cache:
@@ -435,6 +444,11 @@ class Retriever:
         retrieval.end()
         return [r for r in results if r is not None]
 
+    def search_text(self, text: str) -> str:
+        """The text embedded and BM25-scored for a query: with ``expand_queries``, ``text`` plus
+        :func:`~x0tta6bl4.rag.readings.expand_query`'s readings of its telemetry values."""
+        return expand_query(text) if self.config.expand_queries else text
+
     def search(
         self, embeddings: npt.ArrayLike, ks: Sequence[int], texts: Sequence[str] | None = None
     ) -> list[QueryResult]:
@@ -448,7 +462,8 @@ class Retriever:
         Args:
             embeddings: unit-normalised query embeddings (see :meth:`embed`).
             ks: runbooks wanted per query.
-            texts: the query texts for lexical scoring (``None``: dense only).
+            texts: the texts for lexical scoring, as embedded (see :meth:`search_text`; ``None``:
+                dense only).
 
         Shapes:
             embeddings: ``[q, 384]``; ``ks`` and ``texts``: ``q`` items.

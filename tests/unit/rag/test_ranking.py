@@ -20,7 +20,7 @@ def test_ranking_equals_the_chunk_by_chunk_definition(model, built, evidence_chu
     scaled BM25 scores; its passage is its chunk of best fused score."""
     config = RetrieverConfig(data_dir=built, candidates=10_000, evidence_chunks=evidence_chunks)
     retriever = Retriever.open(config, model=model)
-    texts = [i.text for i in load_incidents(split="test")[:40]]
+    texts = [retriever.search_text(i.text) for i in load_incidents(split="test")[:40]]
     vectors = retriever.embed(texts)
     records = retriever._ranker.chunks
     chunks = [c.text for c in records]
