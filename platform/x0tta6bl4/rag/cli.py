@@ -1,4 +1,5 @@
-"""``x0tta6bl4 runbook``: sign runbooks as an operator, and check a signed runbook before it is ingested."""
+"""``x0tta6bl4 runbook``: sign runbooks as an operator, check a signed runbook before it is ingested, and
+measure how well the retriever ranks the runbooks of labelled incidents."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def add_runbook_command(sub: Any) -> None:
     """Register ``runbook`` on the top-level subparsers."""
     p = sub.add_parser(
         "runbook",
-        help="sign runbooks (operators) and verify signed ones",
+        help="sign runbooks (operators), verify signed ones, measure retrieval on labelled incidents",
         description="Runbooks drive remediation: the controller acts only on runbooks whose signature "
         "verifies. `sign` writes the POST /v1/rag/documents body with the signature.",
     )
@@ -32,6 +33,26 @@ def add_runbook_command(sub: Any) -> None:
     sign.add_argument("--out", type=Path, help="write the JSON body here instead of stdout")
     verify = actions.add_parser("verify", help="check the signatures of an ingest body written by sign")
     verify.add_argument("body", type=Path, help="the JSON body")
+    ev = actions.add_parser(
+        "eval",
+        help="recall@k and MRR of the fault runbooks on the labelled incidents",
+        description="Ask the retriever for every labelled incident of a split (uncached) and count, as "
+        "`bench serve` does, whether a passage of the incident's fault type is among the k answered.",
+    )
+    ev.add_argument(
+        "--split",
+        choices=["train", "test", "all"],
+        default="train",
+        help="incidents to ask (default train: tune on it; report test)",
+    )
+    ev.add_argument("--k", type=int, default=3, help="passages per incident (default 3)")
+    ev.add_argument(
+        "--data-dir",
+        type=Path,
+        help="measure this store, ingested documents included (default: the packaged runbooks in a "
+        "fresh temporary store)",
+    )
+    ev.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=runbook_main)
 
 
@@ -44,8 +65,36 @@ def _read(path: Path) -> str:
         raise ConfigError(f"cannot read {path}: {exc}") from None
 
 
+def _eval(args: argparse.Namespace) -> int:
+    """Print recall@k and MRR, overall and per fault type."""
+    from x0tta6bl4.rag.evaluation import evaluate_retrieval
+    from x0tta6bl4.rag.retriever import Retriever, RetrieverConfig
+
+    if args.k < 1:
+        raise ConfigError(f"--k must be at least 1, got {args.k}")
+    retriever = None
+    if args.data_dir is not None:
+        if not args.data_dir.is_dir():
+            raise ConfigError(f"--data-dir {args.data_dir} is not a directory")
+        retriever = Retriever.open(RetrieverConfig(data_dir=args.data_dir, sign_packaged_as=None))
+    split = None if args.split == "all" else args.split
+    result = evaluate_retrieval(retriever, split=split, k=args.k)
+    if args.json:
+        sys.stdout.write(json.dumps(result.to_dict(), indent=1) + "\n")
+        return 0
+    rows = [("all", result.overall), *result.by_fault.items()]
+    sys.stdout.write(
+        f"split {args.split}, k={result.k}\n{'fault type':<18} {'n':>4} {'recall@k':>9} {'MRR':>6}\n"
+    )
+    for name, score in rows:
+        sys.stdout.write(f"{name:<18} {score.incidents:>4} {score.recall_at_k:>9.3f} {score.mrr:>6.3f}\n")
+    return 0
+
+
 def runbook_main(args: argparse.Namespace) -> int:
-    """Sign or verify; bad input is a ConfigError (one line, exit 2), a failed check exits 1."""
+    """Sign, verify or eval; bad input is a ConfigError (one line, exit 2), a failed check exits 1."""
+    if args.action == "eval":
+        return _eval(args)
     from x0tta6bl4.rag.provenance import document_claim
     from x0tta6bl4.rag.store import RetrievalInputError, parse_document
     from x0tta6bl4.security.provenance import RUNBOOK_CONTEXT, ProvenanceConfig, ProvenancePolicy

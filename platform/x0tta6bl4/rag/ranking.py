@@ -1,4 +1,10 @@
-"""Ranking: dense and BM25 scores fused per runbook, and the remediation chosen among the best ones."""
+"""Ranking: dense and BM25 scores fused per runbook, and the remediation chosen among the best ones.
+
+A runbook's evidence is the mean of its best ``evidence_chunks`` chunk scores, taken for the
+cosine and the scaled BM25 apart: one chunk that happens to share words with a query (a
+"when not to use it" list naming other faults, say) counts less than a runbook whose
+summary, symptoms and report sections all match.
+"""
 
 from __future__ import annotations
 
@@ -24,8 +30,9 @@ class Passage:
 
     Args:
         text: the chunk text (runbook title and section heading first).
-        score: the runbook's fused score: best cosine similarity of its chunks plus
-            ``lexical_weight`` times its best scaled BM25 score.
+        score: the runbook's fused score: the mean cosine similarity of its best
+            ``evidence_chunks`` chunks plus ``lexical_weight`` times the mean of its best
+            ``evidence_chunks`` scaled BM25 scores.
         runbook_id: the runbook (document) id.
         runbook_title: its title.
         section: the heading of the chunk's section.
@@ -86,11 +93,25 @@ class Ranker:
             the cosine similarity; 0 ranks by embeddings only.
         candidates: chunks taken from the lexical ranking before fusion (the caller takes as many
             from the dense one).
+        evidence_chunks: how many of a runbook's best chunks its score averages, for the cosine
+            and the BM25 score apart (default 1: its best chunk; a runbook with fewer chunks
+            averages all of them).
+        length_norm: BM25's document-length normalisation ``b`` (0: none, 1: full).
     """
 
-    def __init__(self, documents: Mapping[str, Document], lexical_weight: float, candidates: int) -> None:
+    def __init__(
+        self,
+        documents: Mapping[str, Document],
+        lexical_weight: float,
+        candidates: int,
+        evidence_chunks: int = 1,
+        length_norm: float = 0.75,
+    ) -> None:
+        if evidence_chunks < 1:
+            raise ValueError(f"evidence_chunks must be at least 1, got {evidence_chunks}")
         self._weight = lexical_weight
         self._candidates = candidates
+        self._evidence = evidence_chunks
         self._docs = dict(documents)
         self._doc_order = list(documents)
         self.chunks: list[ChunkRecord] = []
@@ -99,7 +120,7 @@ class Ranker:
         self._by_doc = np.zeros(0, np.int64)
         self._doc_ptr = np.zeros(1, np.int64)
         self._vectors = np.zeros((0, EMBEDDING_DIM), np.float32)
-        self._bm25 = BM25()
+        self._bm25 = BM25(b=length_norm)
 
     @property
     def documents(self) -> list[Document]:
@@ -185,7 +206,9 @@ class Ranker:
         labels = self._by_doc[np.repeat(starts - offsets, sizes) + np.arange(int(sizes.sum()))]
         dense = self._vectors[labels] @ vec
         lex = np.zeros(len(labels)) if lexical is None else lexical[labels]
-        doc_scores = np.maximum.reduceat(dense, offsets) + weight * np.maximum.reduceat(lex, offsets)
+        doc_scores = self._evidence_mean(dense, offsets, sizes) + weight * self._evidence_mean(
+            lex, offsets, sizes
+        )
         # Each runbook is represented by its chunk of best fused score (the first one on a tie).
         fused = dense + weight * lex
         best_chunk = labels[np.lexsort((-fused, np.repeat(np.arange(len(docs)), sizes)))[offsets]]
@@ -204,3 +227,19 @@ class Ranker:
             chosen.action if chosen else None,
             fault.fault_type if fault else None,
         )
+
+    def _evidence_mean(
+        self, values: npt.NDArray[Any], offsets: npt.NDArray[np.int64], sizes: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float64]:
+        """Per segment (one runbook's chunks, starting at ``offsets``), the mean of its best
+        ``evidence_chunks`` values.
+
+        Shapes:
+            values: ``[chunks]``; offsets, sizes and the result: ``[runbooks]``.
+        """
+        if self._evidence == 1:
+            return np.maximum.reduceat(values, offsets).astype(np.float64)
+        segment = np.repeat(np.arange(len(offsets)), sizes)
+        ordered = values[np.lexsort((-values, segment))]  # each segment sorted, best first
+        kept = np.where(np.arange(len(values)) - np.repeat(offsets, sizes) < self._evidence, ordered, 0.0)
+        return np.add.reduceat(kept, offsets) / np.minimum(sizes, self._evidence)

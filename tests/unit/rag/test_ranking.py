@@ -1,23 +1,33 @@
 """Ranking: fused scores and the chosen chunk equal the chunk-by-chunk definition."""
 
 import numpy as np
+import pytest
 
 from x0tta6bl4.corpus import load_incidents
 from x0tta6bl4.rag.lexical import BM25
+from x0tta6bl4.rag.ranking import Ranker
 from x0tta6bl4.rag.retriever import Retriever, RetrieverConfig
 
 
-def test_ranking_equals_the_chunk_by_chunk_definition(model, built):
-    """Each runbook scores its best chunk cosine plus the weighted best scaled BM25 of its chunks."""
-    retriever = Retriever.open(RetrieverConfig(data_dir=built, candidates=10_000), model=model)
-    texts = [i.text for i in load_incidents(split="test")[:40]]
+def _evidence(scores, n):
+    """Mean of the best ``n`` scores (all of them when there are fewer)."""
+    return float(np.mean(np.sort(scores)[::-1][:n]))
+
+
+@pytest.mark.parametrize("evidence_chunks", [1, 2, 3])
+def test_ranking_equals_the_chunk_by_chunk_definition(model, built, evidence_chunks):
+    """Each runbook scores the mean cosine of its best chunks plus the weighted mean of its best
+    scaled BM25 scores; its passage is its chunk of best fused score."""
+    config = RetrieverConfig(data_dir=built, candidates=10_000, evidence_chunks=evidence_chunks)
+    retriever = Retriever.open(config, model=model)
+    texts = [retriever.search_text(i.text) for i in load_incidents(split="test")[:40]]
     vectors = retriever.embed(texts)
     records = retriever._ranker.chunks
     chunks = [c.text for c in records]
     chunk_vectors = retriever.embed(chunks)
-    bm25 = BM25()  # equal to the definition: see test_lexical
+    bm25 = BM25(b=config.lexical_length_norm)  # equal to the definition: see test_lexical
     bm25.add(chunks)
-    weight = retriever.config.lexical_weight
+    weight = config.lexical_weight
     for text, vec, result in zip(
         texts, vectors, retriever.search(vectors, [5] * len(texts), texts), strict=True
     ):
@@ -27,7 +37,9 @@ def test_ranking_equals_the_chunk_by_chunk_definition(model, built):
         expected = []
         for doc_id in [d.id for d in retriever.documents]:
             own = [i for i, c in enumerate(records) if c.doc == doc_id]
-            score = cosine[own].max() + weight * lexical[own].max()
+            score = _evidence(cosine[own], evidence_chunks) + weight * _evidence(
+                lexical[own], evidence_chunks
+            )
             best = own[int(np.argmax(cosine[own] + weight * lexical[own]))]
             expected.append((-score, doc_id, records[best].heading))
         expected.sort()
@@ -36,3 +48,8 @@ def test_ranking_equals_the_chunk_by_chunk_definition(model, built):
         np.testing.assert_allclose(
             [p.score for p in result.passages], [-s for s, _, _ in expected[:5]], atol=1e-5
         )
+
+
+def test_ranker_refuses_zero_evidence_chunks():
+    with pytest.raises(ValueError, match="evidence_chunks"):
+        Ranker({}, 0.5, 8, evidence_chunks=0)
