@@ -404,8 +404,8 @@ def _recall_rows(base: str) -> list[dict[str, Any]]:
             rr += 1.0 / (faults.index(incident.fault_type) + 1)
     params = {"incidents": len(incidents), "k": 3, "through": "POST /v1/rag/batch"}
     return [
-        result("rag_recall_at_3", hits / len(incidents), "fraction", params, target=("value", ">=", 0.9)),
-        result("rag_mrr", rr / len(incidents), "fraction", params),
+        result("rag_recall_at_3", hits / len(incidents), "fraction", params, target=("value", ">=", 0.95)),
+        result("rag_mrr", rr / len(incidents), "fraction", params, target=("value", ">=", 0.85)),
     ]
 
 
