@@ -102,7 +102,7 @@ def _scenario_results(quick: bool, scorer: Any = None) -> list[dict[str, Any]]:
     """Every seed under every mode, in process (``scorer``: a LocalScorer already made, or None)."""
     from x0tta6bl4.mapek.clients import LocalRunbooks, LocalScorer
     from x0tta6bl4.models.embedder import load_embedder
-    from x0tta6bl4.rag.retriever import RetrieverConfig
+    from x0tta6bl4.rag.config import RetrieverConfig
 
     seeds, nodes, ticks = QUICK_SCENARIOS if quick else SCENARIOS
     scorer = scorer or LocalScorer()

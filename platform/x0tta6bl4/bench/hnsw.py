@@ -149,7 +149,7 @@ def real_embeddings(
     Raises:
         ConfigError: ``n < 1``.
     """
-    from x0tta6bl4.rag.retriever import embedder_fingerprint
+    from x0tta6bl4.rag.config import embedder_fingerprint
 
     root = Path(cache_dir or os.environ.get(CACHE_DIR_ENV) or ".x0tta6bl4/cache")
     path = root / f"minilm-texts-v{TEXTS_VERSION}-n{n}-seed{seed}-{embedder_fingerprint()[:16]}.npy"

@@ -215,7 +215,8 @@ def _runbook_store(config: Any) -> None:
     """Build the RAG app's runbook store in its ``data_dir`` as its replica would (with one torch thread)."""
     import torch
 
-    from x0tta6bl4.rag.retriever import Retriever, RetrieverConfig
+    from x0tta6bl4.rag.config import RetrieverConfig
+    from x0tta6bl4.rag.retriever import Retriever
 
     torch.set_num_threads(1)
     Retriever.open(RetrieverConfig.model_validate(config.resolved().rag.retriever))
@@ -268,8 +269,8 @@ def _rag_rows(base: str, quick: bool, common: dict[str, Any], load: Load) -> lis
     import requests
 
     from x0tta6bl4.models.embedder import load_embedder
+    from x0tta6bl4.rag.config import RetrieverConfig
     from x0tta6bl4.rag.encoding import BatchEncoder
-    from x0tta6bl4.rag.retriever import RetrieverConfig
     from x0tta6bl4.serve.config import RagConfig
 
     n_unique = 400 if quick else 4000

@@ -70,7 +70,8 @@ class LocalRunbooks:
     """
 
     def __init__(self, data_dir: str | None = None, model: Any = None) -> None:
-        from x0tta6bl4.rag.retriever import Retriever, RetrieverConfig
+        from x0tta6bl4.rag.config import RetrieverConfig
+        from x0tta6bl4.rag.retriever import Retriever
 
         self._retriever = Retriever.open(
             RetrieverConfig() if data_dir is None else RetrieverConfig(data_dir=Path(data_dir)), model=model

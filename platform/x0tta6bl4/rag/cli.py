@@ -67,8 +67,9 @@ def _read(path: Path) -> str:
 
 def _eval(args: argparse.Namespace) -> int:
     """Print recall@k and MRR, overall and per fault type."""
+    from x0tta6bl4.rag.config import RetrieverConfig
     from x0tta6bl4.rag.evaluation import evaluate_retrieval
-    from x0tta6bl4.rag.retriever import Retriever, RetrieverConfig
+    from x0tta6bl4.rag.retriever import Retriever
 
     if args.k < 1:
         raise ConfigError(f"--k must be at least 1, got {args.k}")

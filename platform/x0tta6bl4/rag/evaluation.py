@@ -16,8 +16,9 @@ from typing import Any
 
 from x0tta6bl4.corpus import Incident, load_incidents
 from x0tta6bl4.errors import ConfigError
+from x0tta6bl4.rag.config import RetrieverConfig
 from x0tta6bl4.rag.ranking import QueryResult
-from x0tta6bl4.rag.retriever import Retriever, RetrieverConfig
+from x0tta6bl4.rag.retriever import Retriever
 
 
 @dataclasses.dataclass(frozen=True)

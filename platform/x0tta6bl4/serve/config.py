@@ -112,7 +112,7 @@ class RagConfig(_Config):
     )
     retriever: dict[str, Any] = Field(
         default_factory=dict,
-        description="x0tta6bl4.rag.retriever.RetrieverConfig fields (data_dir, ef, cache, ...)",
+        description="x0tta6bl4.rag.config.RetrieverConfig fields (data_dir, ef, cache, ...)",
     )
     edge_cache: bool = Field(
         default=True,

@@ -39,7 +39,8 @@ class RunbookRetriever:
     """
 
     def __init__(self, config: dict[str, Any]) -> None:
-        from x0tta6bl4.rag.retriever import Retriever, RetrieverConfig
+        from x0tta6bl4.rag.config import RetrieverConfig
+        from x0tta6bl4.rag.retriever import Retriever
 
         torch.set_num_threads(1)
         tracing.setup_tracing("rag")

@@ -5,7 +5,8 @@ import os
 import pytest
 
 from x0tta6bl4.models.embedder import load_embedder
-from x0tta6bl4.rag.retriever import Retriever, RetrieverConfig
+from x0tta6bl4.rag.config import RetrieverConfig
+from x0tta6bl4.rag.retriever import Retriever
 
 
 @pytest.fixture(scope="session")

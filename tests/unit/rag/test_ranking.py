@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from x0tta6bl4.corpus import load_incidents
+from x0tta6bl4.rag.config import RetrieverConfig
 from x0tta6bl4.rag.lexical import BM25
 from x0tta6bl4.rag.ranking import Ranker
-from x0tta6bl4.rag.retriever import Retriever, RetrieverConfig
+from x0tta6bl4.rag.retriever import Retriever
 
 
 def _evidence(scores, n):
