@@ -185,13 +185,16 @@ def _span_rows() -> list[dict[str, Any]]:
 #: the e2e Prometheus test's run does, so a short run's once-recorded families reach a scrape.
 METRICS_REPORT_INTERVAL_MS = "1000"
 #: Training job of the scraped platform (its own Ray, as a RayJob's cluster): nodes, regions,
-#: ticks, full-model rounds. Two rounds, so the first round's series are exported while the
-#: second trains.
-TRAIN = {False: (1_000, 4, 80, 2), True: (200, 2, 50, 2)}
+#: ticks, full-model rounds. Three rounds, so the first rounds' series are exported while the
+#: last trains (its Ray shuts down with the job).
+TRAIN = {False: (1_000, 4, 80, 3), True: (200, 2, 50, 3)}
 #: Tick of the scraped run at which one of its MeshShard processes is SIGKILLed (recovery series).
 SHARD_KILL_TICK = {False: 20, True: 10}
-#: Scrapes taken after the last event before the platform is stopped (Ray reports every second).
+#: Seconds the platform keeps running after its last event (Ray reports every second).
 SETTLE_SCRAPES = 4
+#: Seconds between two scrapes of one node's metrics agent (Prometheus would take 15 s; a short
+#: training job's Ray lives only a few seconds after its first round's series are exported).
+SCRAPE_PERIOD_S = 0.5
 
 
 class _Platform:
@@ -363,38 +366,69 @@ class _Platform:
         return None
 
 
-def _scrape_rows(quick: bool) -> list[dict[str, Any]]:
-    import requests
+class _Scraper:
+    """Scrapes each node's metrics agent on a thread of its own, every ``SCRAPE_PERIOD_S``: a slow
+    scrape of one node (or the platform's event checks) never delays another node's scrapes, so a
+    short training job's round series are caught before its Ray shuts down."""
 
+    def __init__(self, ports: list[int]) -> None:
+        self.ports = ports
+        self.scrapes: list[tuple[int, float, str]] = []  # port, scrape ms, text with our families
+        self.misses: dict[int, str] = {}  # port -> why its last failed scrape had nothing
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._scrape, args=(p,), daemon=True) for p in ports]
+        for thread in self._threads:
+            thread.start()
+
+    def _scrape(self, port: int) -> None:
+        import requests
+
+        session = requests.Session()
+        session.trust_env = False
+        while not self._stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                text = session.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+            except requests.RequestException as exc:
+                self.misses[port] = type(exc).__name__
+            else:
+                if "ray_x0tta6bl4_" in text:
+                    with self._lock:
+                        self.scrapes.append((port, 1000.0 * (time.perf_counter() - t0), text))
+                else:
+                    self.misses[port] = f"{len(text)} bytes without x0tta6bl4 families"
+            self._stop.wait(SCRAPE_PERIOD_S)
+
+    def scraped(self, port: int) -> bool:
+        """Whether a scrape of ``port`` returned the platform's families."""
+        with self._lock:
+            return any(p == port for p, _, _ in self.scrapes)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=35)
+
+
+def _scrape_rows(quick: bool) -> list[dict[str, Any]]:
     from x0tta6bl4.observability.metrics import CATALOGUE
 
-    scrapes: list[tuple[int, float, str]] = []
-    misses: dict[int, str] = {}  # port -> why its last failed scrape had nothing
-    session = requests.Session()
-    session.trust_env = False
     with tempfile.TemporaryDirectory(prefix="x0-bench-obs-run-") as tmp:
         platform = _Platform(quick, Path(tmp))
+        scraper = _Scraper(platform.ports)
         deadline = time.monotonic() + (600 if quick else 1200)
         try:
             while not platform.done() and time.monotonic() < deadline:
-                for port in platform.ports:
-                    t0 = time.perf_counter()
-                    try:
-                        text = session.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
-                    except requests.RequestException as exc:
-                        misses[port] = f"{type(exc).__name__}"
-                        continue
-                    if "ray_x0tta6bl4_" in text:
-                        scrapes.append((port, 1000.0 * (time.perf_counter() - t0), text))
-                        if port == platform.ports[0]:
-                            platform.start_training()
-                    else:
-                        misses[port] = f"{len(text)} bytes without x0tta6bl4 families"
+                if scraper.scraped(platform.ports[0]):
+                    platform.start_training()
                 platform.step()
-                time.sleep(1.0)
+                time.sleep(0.5)
         finally:
+            scraper.stop()
             platform.stop()
         failure = platform.failure()
+    scrapes, misses = scraper.scrapes, scraper.misses
     if failure is not None or not any(port == platform.ports[0] for port, _, _ in scrapes):
         last = misses.get(platform.ports[0], "never scraped")
         raise RuntimeError(failure or f"no scrape of the run's node returned its metrics (last: {last})")
