@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from scipy.sparse import csr_matrix, identity
 
+from x0tta6bl4.mesh.faults import HEALED_BY
 from x0tta6bl4.observability.metrics import metric
 
 
@@ -57,12 +58,16 @@ def evaluate(
     ledger: AlarmLedger,
     max_duration_ticks: int = 60,
 ) -> dict[str, Any]:
-    """Precision, recall and F1 of detection, MTTD and MTTR in ticks, false alarms per 1,000 node-ticks.
+    """Precision, recall and F1 of detection, MTTD and MTTR in ticks, false alarms per 1,000 node-ticks,
+    and how often the first action taken on a fault was the one that fixed it.
 
     Evaluated faults are those that would have ended within the run even if nobody acted
     (start + ``max_duration_ticks`` <= ticks), so MTTR is never cut short by the run's end.
     A detection is a confirmed incident (transients the controller dismissed are not); it is
     true when one of its nodes is a node (or link end) of a fault active during the incident.
+    A fault is acted on when an incident holding one of its nodes sent an action while the fault
+    was active; its first action fixed it when that action is the fault's cure on its own target
+    (see :func:`first_action`), which is what a right root cause and a right plan both need.
     """
     confirmed = [i for i in incidents if i.get("confirmed_tick") is not None]
     evaluated = [f for f in faults if f["start_tick"] + max_duration_ticks <= ticks]
@@ -94,6 +99,14 @@ def evaluate(
     repair = [
         (f["ended_tick"] if f["ended_tick"] is not None else ticks) - f["start_tick"] for f in evaluated
     ]
+    repair_by_type: dict[str, list[int]] = {}
+    first_ok_by_type: dict[str, list[int]] = {}
+    for f, r in zip(evaluated, repair, strict=True):
+        repair_by_type.setdefault(f["kind"], []).append(r)
+        first = first_action(f, incidents, ticks)
+        if first is not None:
+            first_ok_by_type.setdefault(f["kind"], []).append(int(_fixes(f, first)))
+    first_ok = [ok for oks in first_ok_by_type.values() for ok in oks]
     return {
         "faults_evaluated": len(evaluated),
         "faults_detected": detected,
@@ -108,7 +121,51 @@ def evaluate(
         "false_alarms_per_1000_node_ticks": ledger.per_1000_node_ticks,
         "false_alarm_node_ticks": ledger.false_alarm_node_ticks,
         "recall_by_fault_type": {k: float(np.mean(v)) for k, v in sorted(per_type.items())},
+        "faults_acted_on": len(first_ok),
+        "first_action_success_ratio": float(np.mean(first_ok)) if first_ok else None,
+        "first_action_success_by_fault_type": {
+            k: float(np.mean(v)) for k, v in sorted(first_ok_by_type.items())
+        },
+        "mttr_by_fault_type": {k: float(np.mean(v)) for k, v in sorted(repair_by_type.items())},
     }
+
+
+def by_fault_type(detection: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """Recall, first-action success and MTTR per fault type, from :func:`evaluate`'s figures."""
+    kinds = sorted(set(detection["recall_by_fault_type"]) | set(detection["mttr_by_fault_type"]))
+    return {
+        k: {
+            "recall": detection["recall_by_fault_type"].get(k),
+            "first_action_success_ratio": detection["first_action_success_by_fault_type"].get(k),
+            "mttr_ticks": detection["mttr_by_fault_type"].get(k),
+        }
+        for k in kinds
+    }
+
+
+def first_action(fault: dict[str, Any], incidents: list[dict[str, Any]], ticks: int) -> dict[str, Any] | None:
+    """The earliest action sent, while ``fault`` was active, by an incident holding one of its nodes."""
+    end = fault["ended_tick"] if fault["ended_tick"] is not None else ticks
+    targets = _targets(fault)
+    sent = [
+        a
+        for inc in incidents
+        if targets & set(inc["nodes"])
+        for a in inc.get("attempts", [])
+        if fault["start_tick"] <= a["tick"] <= end
+    ]
+    return min(sent, key=lambda a: a["tick"]) if sent else None
+
+
+def _fixes(fault: dict[str, Any], attempt: dict[str, Any]) -> bool:
+    """The attempt is the fault's cure on the fault's own target, and the fault was cured."""
+    if HEALED_BY.get(fault["kind"]) != attempt["action"] or fault["remediation_tick"] is None:
+        return False
+    if fault["peer"] is not None:
+        on_target = {attempt["node"], attempt["peer"]} == {fault["node"], fault["peer"]}
+    else:
+        on_target = attempt["node"] == fault["node"] and attempt["peer"] is None
+    return on_target and fault["remediation_tick"] >= attempt["tick"]
 
 
 def _targets(fault: dict[str, Any]) -> set[int]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.sparse import csr_matrix
 
-from x0tta6bl4.mapek.evaluate import AlarmLedger, evaluate
+from x0tta6bl4.mapek.evaluate import AlarmLedger, by_fault_type, evaluate, first_action
 
 
 def _fault(
@@ -181,3 +181,62 @@ def test_ledger_ignores_alarms_on_nodes_beyond_the_simulated_ones() -> None:
 
 def test_an_empty_ledger_reports_zero() -> None:
     assert _ledger().per_1000_node_ticks == 0.0
+
+
+def _attempt(tick: int, action: str, node: int, peer: int | None = None) -> dict[str, Any]:
+    return {"tick": tick, "action": action, "node": node, "peer": peer}
+
+
+def test_first_action_success_counts_only_the_first_action_on_the_right_target() -> None:
+    faults = [
+        _fault(0, "node_crash", 10, node=1, ended=20, remediated_by="restart_node"),
+        _fault(1, "link_degradation", 30, node=4, peer=5, ended=45, remediated_by="reroute"),
+        _fault(2, "congestion", 50, node=8, ended=70, remediated_by="rate_limit"),
+        _fault(3, "blackhole", 60, node=2, ended=80),  # never acted on
+    ]
+    faults[0]["remediation_tick"] = 15
+    faults[1]["remediation_tick"] = 41
+    faults[2]["remediation_tick"] = 66
+    incidents = [
+        {**_incident(0, 12, 13, 20, [0, 1]), "attempts": [_attempt(15, "restart_node", 1)]},
+        # The link's fix named the peer the other way round: still the link.
+        {**_incident(1, 32, 33, 45, [5, 6]), "attempts": [_attempt(41, "reroute", 5, 4)]},
+        # First action hit a symptom (the congested node's parent), the second the root.
+        {
+            **_incident(2, 52, 53, 70, [7, 8]),
+            "attempts": [_attempt(55, "rate_limit", 7), _attempt(66, "rate_limit", 8)],
+        },
+    ]
+    result = evaluate(faults, incidents, 100, _ledger(), max_duration_ticks=20)
+    assert result["faults_acted_on"] == 3
+    assert result["first_action_success_ratio"] == pytest.approx(2 / 3)
+    assert result["first_action_success_by_fault_type"] == {
+        "congestion": 0.0,
+        "link_degradation": 1.0,
+        "node_crash": 1.0,
+    }
+    assert result["mttr_by_fault_type"] == {
+        "blackhole": 20.0,
+        "congestion": 20.0,
+        "link_degradation": 15.0,
+        "node_crash": 10.0,
+    }
+    table = by_fault_type(result)
+    assert table["congestion"] == {"recall": 1.0, "first_action_success_ratio": 0.0, "mttr_ticks": 20.0}
+    assert table["blackhole"]["first_action_success_ratio"] is None
+
+
+def test_a_link_fix_without_the_peer_or_before_the_fault_is_not_a_first_action_success() -> None:
+    fault = _fault(0, "link_degradation", 30, node=4, peer=5, ended=50)
+    stale = {**_incident(0, 5, 6, 40, [4]), "attempts": [_attempt(8, "reroute", 4, 5)]}  # before the fault
+    blunt = {**_incident(1, 31, 32, 50, [4]), "attempts": [_attempt(34, "reroute", 4)]}  # avoids the node
+    result = evaluate([fault], [stale, blunt], 100, _ledger(), max_duration_ticks=20)
+    assert result["faults_acted_on"] == 1
+    assert result["first_action_success_ratio"] == 0.0
+    assert first_action(fault, [stale, blunt], 100) == _attempt(34, "reroute", 4)
+
+
+def test_no_action_means_no_first_action_ratio() -> None:
+    result = evaluate([_fault(0, "congestion", 10, node=1, ended=40)], [], 100, _ledger())
+    assert result["faults_acted_on"] == 0
+    assert result["first_action_success_ratio"] is None
