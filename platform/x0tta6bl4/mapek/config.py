@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from x0tta6bl4.mesh.faults import ACTIONS
 from x0tta6bl4.security.provenance import ProvenanceConfig
 
 #: How the controller runs: detect only, fixed thresholds, or everything it can learn.
@@ -13,6 +14,17 @@ Mode = Literal["no_remediation", "static", "learning"]
 
 #: Per-node threshold strategies learned online from the node's own recent healthy scores.
 Strategy = Literal["percentile", "sigma", "iqr", "ensemble"]
+
+#: Ticks from deciding an action to judging it, per action: it is applied the next tick, then the
+#: mesh needs its own time (a reboot, routing convergence) and the queues downstream need theirs to
+#: drain before the root's signals can say whether it worked.
+SETTLE_TICKS: dict[str, int] = {
+    "restart_node": 9,
+    "reroute": 7,
+    "isolate_node": 7,
+    "rate_limit": 6,
+    "scale_capacity": 5,
+}
 
 
 class ControllerConfig(BaseModel):
@@ -77,8 +89,11 @@ class ControllerConfig(BaseModel):
     )
     trend_level: float = Field(default=0.6, gt=0, le=1, description="mem_util above which a trend alarms")
     rag_k: int = Field(default=3, ge=1, le=10, description="runbooks asked for per incident")
-    verify_ticks: int = Field(
-        default=3, ge=1, description="ticks after an action takes effect before its outcome is judged"
+    settle_ticks: dict[str, int] = Field(
+        default_factory=lambda: dict(SETTLE_TICKS),
+        description="per action: ticks from deciding it to judging it by the root's own signals (the "
+        "action's own effect, routing convergence and the queues downstream draining); actions not "
+        "named keep their default",
     )
     max_attempts: int = Field(default=4, ge=1, description="actions tried per incident before escalating")
     max_actions_per_tick: int = Field(default=8, ge=1, description="actions issued in one tick at most")
@@ -131,6 +146,16 @@ class ControllerConfig(BaseModel):
     audit: bool = Field(
         default=True, description="record threshold pushes, actions and their verdicts in the audit ledger"
     )
+
+    @field_validator("settle_ticks")
+    @classmethod
+    def _known_actions(cls, value: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(value) - set(ACTIONS))
+        if unknown:
+            raise ValueError(f"settle_ticks names unknown actions {unknown} (known: {', '.join(ACTIONS)})")
+        if any(v < 2 for v in value.values()):
+            raise ValueError("settle_ticks must be >= 2 (applied next tick, judged at least one tick later)")
+        return {**SETTLE_TICKS, **value}
 
     @property
     def learning(self) -> bool:

@@ -22,10 +22,12 @@ from x0tta6bl4.mapek.config import ControllerConfig
 from x0tta6bl4.mapek.incidents import Attempt, Incident, signature
 from x0tta6bl4.mapek.interfaces import MeshView, Runbooks, Scorer, StepResult
 from x0tta6bl4.mapek.knowledge import KnowledgeStore
+from x0tta6bl4.mapek.rootcause import RoutingKnowledge, action_worked, locate_root, uplink_peer
 from x0tta6bl4.mapek.state import Health, deep_analysis, mesh_health, monitoring_interval_ticks
 from x0tta6bl4.mapek.symptoms import FeatureBaselines, describe
 from x0tta6bl4.mapek.thresholds import ThresholdLearner, neighbour_max, trend_slope
 from x0tta6bl4.mesh.faults import ACTIONS, Action
+from x0tta6bl4.mesh.routing import RoutingTree
 from x0tta6bl4.observability import tracing
 from x0tta6bl4.observability.metrics import domain_metrics
 from x0tta6bl4.telemetry.frame import FEATURE_INDEX, FEATURES
@@ -34,9 +36,6 @@ log = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
-
-#: Ticks an action needs before its effect can be seen (boot, routing convergence), beyond the next tick.
-EFFECT_DELAY_TICKS = {"restart_node": 3, "reroute": 2}
 
 #: Excess given to a silent node so that it ranks above every scored symptom around it.
 SILENT_EXCESS = 1e6
@@ -87,6 +86,7 @@ class ControllerCore:
         self.run_id = run_id
         self.adjacency = view.adjacency()
         self._reach = self.adjacency + identity(view.num_nodes, format="csr")
+        self.routing = RoutingKnowledge(view)
         self.features, static = scorer.contract()
         self._columns = [FEATURES.index(f) for f in self.features]
         n = view.num_nodes
@@ -111,6 +111,7 @@ class ControllerCore:
         self.avoided_links: set[tuple[int, int]] = set()
         self.errors: list[str] = []
         self._last_features = np.zeros((n, len(FEATURES)), dtype=np.float32)
+        self._last_silent = np.zeros(n, dtype=bool)
         self._slope_cache = np.zeros(n, dtype=np.float64)
         self.counters = {
             "analyses": 0,
@@ -307,7 +308,7 @@ class ControllerCore:
         excess = np.maximum(scores.astype(np.float64), 0.0) / np.maximum(thr, 1e-9)
         above = excess > 1.0
         self.run = np.where(above, self.run + 1, 0)
-        silent = self._silent(features)
+        silent = self._last_silent = self._silent(features)
         deep = deep_analysis(self.mesh_state) or tick % 5 == 0
         self._slope_cache = (
             trend_slope(self.mem_history) if self.mem_filled >= 3 else np.zeros(self.view.num_nodes)
@@ -424,11 +425,16 @@ class ControllerCore:
             new &= ~members
 
     def _reroot(self, inc: Incident, shown: F64, peer_max: F64) -> None:
-        """Root = the most abnormal member that passes the peer-group check (else the most abnormal)."""
+        """Root = the member routing knowledge blames (see :func:`locate_root`); without a routing
+        relation among the members, the most abnormal one that passes the peer-group check."""
         members = np.array(sorted(inc.nodes))
         passes = members[shown[members] >= self.config.peer_ratio * peer_max[members]]
         pool = passes if passes.size else members
-        inc.root = int(pool[np.argmax(shown[pool])])
+        fallback = int(pool[np.argmax(shown[pool])])
+        features, level = self._last_features, self.baselines.level
+        inc.root = locate_root(
+            members, shown, self._last_silent, features, level, self._tree(), fallback
+        ).node
         inc.description, inc.signature = self._describe(inc.root, len(inc.nodes) - 1)
 
     def _describe(self, node: int, neighbours: int) -> tuple[str, str]:
@@ -476,8 +482,7 @@ class ControllerCore:
         if attempt is not None:
             if tick < attempt.due_tick:
                 return
-            others = members[members != attempt.node] if attempt.action == "isolate_node" else members
-            ok = not alarmed[others].any() if others.size else True
+            ok = action_worked(attempt.action, attempt.node, members, alarmed)
             self._judge(tick, inc, attempt, ok)
             if ok:
                 self._close(tick, inc, "resolved")
@@ -551,7 +556,7 @@ class ControllerCore:
             node, peer = target
             if not self._preconditions(tick, name, node, peer, features):
                 continue
-            delay = 1 + EFFECT_DELAY_TICKS.get(name, 0) + self.config.verify_ticks
+            delay = self.config.settle_ticks[name]
             attempt = Attempt(len(inc.attempts), tick + 1, name, node, peer, source, tick + delay)
             inc.attempts.append(attempt)
             inc.status = "acting"
@@ -582,12 +587,19 @@ class ControllerCore:
             return None
         if name != "reroute":
             return root, None
+        uplink = uplink_peer(root, self._tree(), excess >= 1.0)
+        if uplink is not None and self.view.actionable[uplink]:
+            return root, uplink  # the root's own trouble starts on its link to its next hop
         nbrs = self.adjacency.indices[self.adjacency.indptr[root] : self.adjacency.indptr[root + 1]]
         nbrs = nbrs[self.view.actionable[nbrs]]
         if nbrs.size == 0:
             return root, None
         peer = int(nbrs[np.argmax(excess[nbrs])])
         return (root, peer) if excess[peer] >= 0.5 else (root, None)
+
+    def _tree(self) -> RoutingTree:
+        """The routing tree the mesh runs on, given the controller's own isolations and avoided links."""
+        return self.routing.tree(self.isolated, self.avoided_links)
 
     def _preconditions(self, tick: int, name: str, node: int, peer: int | None, features: F32) -> bool:
         """The runbooks' preconditions that telemetry and the controller's own record can check."""
