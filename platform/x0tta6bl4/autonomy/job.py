@@ -273,6 +273,8 @@ def execute(
             "owner": "declarative" if loop.declarative_serve else "this run",
         }
     if autonomy_report is not None:
+        from x0tta6bl4.mapek.evaluate import by_fault_type
+
         report["detection"] = autonomy_report["detection"]
         report["remediation"] = autonomy_report["remediation"]
         report["incidents"] = autonomy_report["incidents"]
@@ -283,9 +285,12 @@ def execute(
             "mttd_ticks",
             "mttr_ticks",
             "false_alarms_per_1000_node_ticks",
+            "faults_acted_on",
+            "first_action_success_ratio",
         ):
             report["summary"][key] = autonomy_report["detection"][key]
         report["summary"]["incidents"] = autonomy_report["remediation"]["incidents"]
+        report["by_fault_type"] = by_fault_type(autonomy_report["detection"])
     ledger_end = audit_ledger.current()
     report["ledger"] = {
         "dir": str(audit_ledger.directory),

@@ -76,10 +76,24 @@ def print_summary(report: dict[str, Any], as_json: bool) -> None:
     for key, value in report["summary"].items():
         shown = f"{value:.4g}" if isinstance(value, float) else ("-" if value is None else str(value))
         table.add_row(key.replace("_", " "), shown)
+    for kind, figures in (report.get("by_fault_type") or {}).items():
+        table.add_row(f"{kind.replace('_', ' ')}", _fault_type_cell(figures))
     for host in report["hosts"]:
         table.add_row(f"host {host.get('host', '?')}", f"source {host.get('source', '?')}")
     table.add_row("report", report["path"])
     Console().print(table)
+
+
+def _fault_type_cell(figures: dict[str, float | None]) -> str:
+    """One fault type's recall, first-action success and MTTR, as one table cell."""
+
+    def shown(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3g}"
+
+    return (
+        f"recall {shown(figures['recall'])}, first action {shown(figures['first_action_success_ratio'])}, "
+        f"MTTR {shown(figures['mttr_ticks'])} ticks"
+    )
 
 
 def write_report(report: dict[str, Any], path: Path) -> Path:

@@ -106,7 +106,6 @@ def _scenario_results(quick: bool, scorer: Any = None) -> list[dict[str, Any]]:
 
     seeds, nodes, ticks = QUICK_SCENARIOS if quick else SCENARIOS
     scorer = scorer or LocalScorer()
-    rows: list[dict[str, Any]] = []
     figures: dict[str, dict[int, dict[str, Any]]] = {m: {} for m in MODES}
     with tempfile.TemporaryDirectory(prefix="x0tta6bl4-bench-autonomy-") as tmp:
         # One embedder and one built store, copied for each mode (each mode's ingests stay its own).
@@ -126,9 +125,17 @@ def _scenario_results(quick: bool, scorer: Any = None) -> list[dict[str, Any]]:
                 _log(
                     f"seed {seed} {mode}: f1 {ev['f1']:.3f} (p {ev['precision']:.2f} r {ev['recall']:.2f}) "
                     f"mttd {ev['mttd_ticks']} mttr {ev['mttr_ticks']} false alarms "
-                    f"{ev['false_alarms_per_1000_node_ticks']:.2f}/1000 node-ticks, {ev['wall_s']:.0f} s"
+                    f"{ev['false_alarms_per_1000_node_ticks']:.2f}/1000 node-ticks, first actions right "
+                    f"{ev['first_action_success_ratio']} of {ev['faults_acted_on']}, {ev['wall_s']:.0f} s"
                 )
-    params = {"nodes": nodes, "ticks": ticks, "regions": 4}
+    return scenario_rows(figures, seeds, {"nodes": nodes, "ticks": ticks, "regions": 4})
+
+
+def scenario_rows(
+    figures: dict[str, dict[int, dict[str, Any]]], seeds: tuple[int, ...], params: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Result rows per seed and over all seeds from each mode's evaluations (``figures[mode][seed]``)."""
+    rows: list[dict[str, Any]] = []
     for key in [*seeds, "all"]:
         p = {**params, "scenario": key if key == "all" else f"seed-{key}"}
 
@@ -161,6 +168,16 @@ def _scenario_results(quick: bool, scorer: Any = None) -> list[dict[str, Any]]:
                 baseline=("no_remediation_mttr_ticks", fig("no_remediation", "mttr_ticks")),
             )
         )
+        for mode in ("learning", "static"):  # the right fix first: a right root and a right plan
+            rows.append(
+                result(
+                    "first_action_success_ratio",
+                    fig(mode, "first_action_success_ratio"),
+                    "share",
+                    {**p, "mode": mode},
+                    target=("value", ">=", 0.8),
+                )
+            )
         rows.append(result("mttd_ticks", fig("learning", "mttd_ticks"), "ticks", p))
         rows.append(
             result(

@@ -482,11 +482,15 @@ class ControllerCore:
         if attempt is not None:
             if tick < attempt.due_tick:
                 return
-            ok = action_worked(attempt.action, attempt.node, members, alarmed)
+            silent, level = self._last_silent, self.baselines.level
+            ok = action_worked(attempt.action, attempt.node, members, alarmed, silent, features, level)
             self._judge(tick, inc, attempt, ok)
             if ok:
                 self._close(tick, inc, "resolved")
                 return
+            description, sig = self._describe(inc.root, len(inc.nodes) - 1)
+            if sig != inc.signature:  # the root's signals changed since the plan: ask the runbooks again
+                inc.description, inc.signature, inc.plan = description, sig, None
         if inc.quiet_ticks >= c.clear_ticks:
             if inc.confirmed_tick is None:
                 self._close(tick, inc, "false_alarm")
@@ -548,10 +552,10 @@ class ControllerCore:
                 errors.append(msg)
                 continue
             candidates.append((name, "runbook"))
-        tried = {(a.action, a.node, a.peer) for a in inc.attempts}
+        tried = {(a.action, a.node) for a in inc.attempts}  # a failed reroute is not retried via another peer
         for name, source in candidates:
             target = self._target(name, inc.root, excess)
-            if target is None or (name, *target) in tried:
+            if target is None or (name, target[0]) in tried:
                 continue
             node, peer = target
             if not self._preconditions(tick, name, node, peer, features):

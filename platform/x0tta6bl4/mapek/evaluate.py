@@ -105,7 +105,7 @@ def evaluate(
         repair_by_type.setdefault(f["kind"], []).append(r)
         first = first_action(f, incidents, ticks)
         if first is not None:
-            first_ok_by_type.setdefault(f["kind"], []).append(int(_fixes(f, first)))
+            first_ok_by_type.setdefault(f["kind"], []).append(int(action_fixes(f, first)))
     first_ok = [ok for oks in first_ok_by_type.values() for ok in oks]
     return {
         "faults_evaluated": len(evaluated),
@@ -157,7 +157,7 @@ def first_action(fault: dict[str, Any], incidents: list[dict[str, Any]], ticks: 
     return min(sent, key=lambda a: a["tick"]) if sent else None
 
 
-def _fixes(fault: dict[str, Any], attempt: dict[str, Any]) -> bool:
+def action_fixes(fault: dict[str, Any], attempt: dict[str, Any]) -> bool:
     """The attempt is the fault's cure on the fault's own target, and the fault was cured."""
     if HEALED_BY.get(fault["kind"]) != attempt["action"] or fault["remediation_tick"] is None:
         return False

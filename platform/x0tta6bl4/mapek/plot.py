@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from x0tta6bl4.mapek.evaluate import action_fixes, first_action
 from x0tta6bl4.mesh.faults import FAULT_TYPES
 
 
 def timeline_png(report: dict[str, Any], path: Path) -> Path:
-    """Draw faults (bars), confirmed detections (dots), actions (ticks) and service level; write a PNG."""
+    """Draw faults (bars), confirmed detections (dots), first actions (triangles: green when that first
+    action fixed the fault, red when not), healing actions (ticks) and service level; write a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,11 +52,17 @@ def timeline_png(report: dict[str, Any], path: Path) -> Path:
         ]
         if hits:
             bottom.plot([min(hits)], [row], "o", color="black", ms=5)
+        first = first_action(fault, incidents, ticks[-1] + 1 if ticks else 0)
+        if first is not None:
+            verdict = "tab:green" if action_fixes(fault, first) else "tab:red"
+            bottom.plot([first["tick"]], [row], "v", color=verdict, ms=7)
         if fault["remediation_tick"] is not None:
             bottom.plot([fault["remediation_tick"]], [row], "|", color="black", ms=14, mew=2)
     for kind in FAULT_TYPES:
         bottom.plot([], [], color=colours(FAULT_TYPES.index(kind) % 10), lw=5, label=kind)
     bottom.plot([], [], "o", color="black", label="detected")
+    bottom.plot([], [], "v", color="tab:green", ms=7, label="first action: fixed it")
+    bottom.plot([], [], "v", color="tab:red", ms=7, label="first action: did not")
     bottom.plot([], [], "|", color="black", mew=2, ms=10, label="healing action")
     bottom.set_yticks(range(len(faults)))
     bottom.set_yticklabels([f"{f['kind']} @{f['node']}" for f in faults], fontsize=7)

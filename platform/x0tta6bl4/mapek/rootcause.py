@@ -163,17 +163,30 @@ def uplink_peer(node: int, tree: RoutingTree, alarmed: Bools) -> int | None:
     return parent
 
 
-def action_worked(action: str, node: int, members: I64, alarmed: Bools) -> bool:
+def action_worked(
+    action: str, node: int, members: I64, alarmed: Bools, silent: Bools, features: F32, baseline: F64
+) -> bool:
     """The verdict on an action, read from the fault's own signals once the action has settled.
 
-    An action on a node worked when that node (the root) no longer alarms: the symptoms around it
-    drain on their own time and say nothing of the action. A quarantine silences its own target, so
-    it worked when the nodes that routed into it stopped alarming.
+    An action on a node worked when that node (the root) neither alarms nor still shows its own
+    sign (a blackhole's one-way traffic, a surge's full queue: a blackhole can look calm to the
+    detector while it still swallows traffic). The symptoms around it drain on their own time and
+    say nothing of the action. A quarantine silences its own target, so it worked when the members
+    that routed into it are quiet, except those with a sign of their own (another fault's root).
+
+    Shapes:
+        members: ``[m]``; alarmed, silent: ``[nodes]``; features, baseline: ``[nodes, FEATURES]``.
     """
+    marked = np.zeros(alarmed.shape[0], dtype=bool)
+    marked[members] = (
+        silent[members]
+        | blackhole_sign(features[members], baseline[members])
+        | surge_sign(features[members], baseline[members])
+    )
     if action == "isolate_node":
-        others = members[members != node]
+        others = members[(members != node) & ~marked[members]]
         return not bool(alarmed[others].any()) if others.size else True
-    return not bool(alarmed[node])
+    return not bool(alarmed[node] or marked[node])
 
 
 class RoutingKnowledge:

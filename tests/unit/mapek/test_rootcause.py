@@ -159,17 +159,35 @@ def test_signs_stay_quiet_for_a_leaf_a_busy_forwarder_and_a_congested_node() -> 
 
 def test_a_fix_is_judged_by_the_roots_own_signals_not_by_symptoms_still_draining() -> None:
     members = np.array([3, 5, 6])
+    features, base = _telemetry()
     alarmed = np.zeros(N, dtype=bool)
     alarmed[[5, 6]] = True  # downstream queues still draining
-    assert action_worked("reroute", 3, members, alarmed)
-    assert action_worked("restart_node", 3, members, alarmed)
+
+    def worked(action: str, node: int) -> bool:
+        return action_worked(action, node, members, alarmed, SILENT_NONE, features, base)
+
+    assert worked("reroute", 3)
+    assert worked("restart_node", 3)
     alarmed[3] = True
-    assert not action_worked("restart_node", 3, members, alarmed)
+    assert not worked("restart_node", 3)
     # A quarantine silences its own target: it worked when the nodes that routed into it are quiet.
     alarmed[[5, 6]] = False
-    assert action_worked("isolate_node", 3, members, alarmed)
+    assert worked("isolate_node", 3)
     alarmed[5] = True
-    assert not action_worked("isolate_node", 3, members, alarmed)
+    assert not worked("isolate_node", 3)
+
+
+def test_a_blackhole_that_the_detector_no_longer_flags_still_fails_a_wrong_fix() -> None:
+    members = np.array([3, 4, 5])
+    features, base = _telemetry(n4={"rx_bytes_per_s": 6e5, "tx_bytes_per_s": 3e4})
+    alarmed = np.zeros(N, dtype=bool)  # the detector's scores calmed down; the one-way traffic did not
+    assert not action_worked("reroute", 4, members, alarmed, SILENT_NONE, features, base)
+    # Another fault's root among the members (a surge at 5) does not fail the quarantine of 4.
+    features, base = _telemetry(n5={"rx_bytes_per_s": 9e5, "queue_depth_pkts": 100.0})
+    alarmed[5] = True
+    assert action_worked("isolate_node", 4, members, alarmed, SILENT_NONE, features, base)
+    alarmed[3] = True
+    assert not action_worked("isolate_node", 4, members, alarmed, SILENT_NONE, features, base)
 
 
 def test_settle_ticks_cover_every_action_and_a_partial_override_keeps_the_other_defaults() -> None:
