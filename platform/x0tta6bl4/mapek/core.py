@@ -22,7 +22,13 @@ from x0tta6bl4.mapek.config import ControllerConfig
 from x0tta6bl4.mapek.incidents import Attempt, Incident, signature
 from x0tta6bl4.mapek.interfaces import MeshView, Runbooks, Scorer, StepResult
 from x0tta6bl4.mapek.knowledge import KnowledgeStore
-from x0tta6bl4.mapek.rootcause import RoutingKnowledge, action_worked, locate_root, uplink_peer
+from x0tta6bl4.mapek.rootcause import (
+    RoutingKnowledge,
+    action_worked,
+    blackhole_sign,
+    locate_root,
+    uplink_peer,
+)
 from x0tta6bl4.mapek.state import Health, deep_analysis, mesh_health, monitoring_interval_ticks
 from x0tta6bl4.mapek.symptoms import FeatureBaselines, describe
 from x0tta6bl4.mapek.thresholds import ThresholdLearner, neighbour_max, trend_slope
@@ -488,9 +494,9 @@ class ControllerCore:
             if ok:
                 self._close(tick, inc, "resolved")
                 return
-            description, sig = self._describe(inc.root, len(inc.nodes) - 1)
-            if sig != inc.signature:  # the root's signals changed since the plan: ask the runbooks again
-                inc.description, inc.signature, inc.plan = description, sig, None
+            # Ask the runbooks again with what the root shows now (a blackhole's sign can come late).
+            inc.description, inc.signature = self._describe(inc.root, len(inc.nodes) - 1)
+            inc.plan = None
         if inc.quiet_ticks >= c.clear_ticks:
             if inc.confirmed_tick is None:
                 self._close(tick, inc, "false_alarm")
@@ -613,8 +619,9 @@ class ControllerCore:
             last = self.restarted_at.get(node)
             return last is None or tick - last >= self.config.restart_cooldown_ticks
         rx, rx0 = f[FEATURE_INDEX["rx_bytes_per_s"]], base[FEATURE_INDEX["rx_bytes_per_s"]]
-        if name == "isolate_node":  # a blackhole attracts traffic; never quarantine a gateway
-            return node not in self.isolated and not self.view.gateways[node] and rx > 1.5 * rx0 + 1e4
+        hole = bool(blackhole_sign(features[node][None], base[None])[0])  # traffic in, nothing forwarded
+        if name == "isolate_node":  # only a blackhole is quarantined; never a gateway
+            return node not in self.isolated and not self.view.gateways[node] and hole
         if name == "rate_limit":  # there is a surge to cap
             queue = f[FEATURE_INDEX["queue_depth_pkts"]]
             return node not in self.rate_limited and (rx > 1.5 * rx0 + 1e4 or queue >= 20)
@@ -623,9 +630,11 @@ class ControllerCore:
                 self.scaled.get(node, 0) < self.config.max_capacity_scalings
                 and f[FEATURE_INDEX["cpu_util"]] >= 0.8
             )
-        if name == "reroute":
+        if name == "reroute":  # steers honest nodes only: a blackhole ignores it
             key = (min(node, peer), max(node, peer)) if peer is not None else (node, -1)
-            return key not in self.avoided_links and not (peer is None and self.view.gateways[node])
+            return (
+                key not in self.avoided_links and not (peer is None and self.view.gateways[node]) and not hole
+            )
         return False
 
     def _remember_action(self, name: str, node: int, peer: int | None, tick: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from x0tta6bl4.mapek.rootcause import blackhole_sign
 from x0tta6bl4.telemetry.frame import FEATURE_INDEX
 
 F32 = npt.NDArray[np.float32]
@@ -102,7 +103,14 @@ def _signs(features: F32, baseline: F64) -> list[str]:
         return out
     rx = (f["rx_bytes_per_s"] + 2e4) / (b["rx_bytes_per_s"] + 2e4)
     tx = (f["tx_bytes_per_s"] + 2e4) / (b["tx_bytes_per_s"] + 2e4)
-    if rx >= 3.0 and tx < 0.5 * rx and f["queue_depth_pkts"] < 10 and f["packet_drops_per_s"] < 50:
+    # A blackhole takes transit in and forwards none: its rx grows as it attracts routes, or, while
+    # routing still converges, its rx holds while its tx collapses.
+    one_way = bool(blackhole_sign(features[None], baseline[None])[0])
+    if (
+        (one_way or (rx >= 3.0 and tx < 0.5 * rx))
+        and f["queue_depth_pkts"] < 10
+        and f["packet_drops_per_s"] < 50
+    ):
         out.append(
             f"rx {rx:.0f}x baseline but tx {tx:.1f}x: "
             "attracts transit traffic and forwards none, no drops counted"
