@@ -17,18 +17,12 @@ import numpy as np
 import numpy.typing as npt
 from scipy.sparse import identity
 
+from x0tta6bl4.mapek import rootcause
 from x0tta6bl4.mapek.audit import ControllerAudit
 from x0tta6bl4.mapek.config import ControllerConfig
 from x0tta6bl4.mapek.incidents import Attempt, Incident, signature
 from x0tta6bl4.mapek.interfaces import MeshView, Runbooks, Scorer, StepResult
 from x0tta6bl4.mapek.knowledge import KnowledgeStore
-from x0tta6bl4.mapek.rootcause import (
-    RoutingKnowledge,
-    action_worked,
-    blackhole_sign,
-    locate_root,
-    uplink_peer,
-)
 from x0tta6bl4.mapek.state import Health, deep_analysis, mesh_health, monitoring_interval_ticks
 from x0tta6bl4.mapek.symptoms import FeatureBaselines, describe
 from x0tta6bl4.mapek.thresholds import ThresholdLearner, neighbour_max, trend_slope
@@ -92,7 +86,7 @@ class ControllerCore:
         self.run_id = run_id
         self.adjacency = view.adjacency()
         self._reach = self.adjacency + identity(view.num_nodes, format="csr")
-        self.routing = RoutingKnowledge(view)
+        self.routing = rootcause.RoutingKnowledge(view)
         self.features, static = scorer.contract()
         self._columns = [FEATURES.index(f) for f in self.features]
         n = view.num_nodes
@@ -431,16 +425,14 @@ class ControllerCore:
             new &= ~members
 
     def _reroot(self, inc: Incident, shown: F64, peer_max: F64) -> None:
-        """Root = the member routing knowledge blames (see :func:`locate_root`); without a routing
+        """Root = the member routing knowledge blames (:func:`rootcause.locate_root`); without a routing
         relation among the members, the most abnormal one that passes the peer-group check."""
         members = np.array(sorted(inc.nodes))
         passes = members[shown[members] >= self.config.peer_ratio * peer_max[members]]
         pool = passes if passes.size else members
         fallback = int(pool[np.argmax(shown[pool])])
-        features, level = self._last_features, self.baselines.level
-        inc.root = locate_root(
-            members, shown, self._last_silent, features, level, self._tree(), fallback
-        ).node
+        features, level, silent = self._last_features, self.baselines.level, self._last_silent
+        inc.root = rootcause.locate_root(members, shown, silent, features, level, self._tree(), fallback).node
         inc.description, inc.signature = self._describe(inc.root, len(inc.nodes) - 1)
 
     def _describe(self, node: int, neighbours: int) -> tuple[str, str]:
@@ -489,7 +481,9 @@ class ControllerCore:
             if tick < attempt.due_tick:
                 return
             silent, level = self._last_silent, self.baselines.level
-            ok = action_worked(attempt.action, attempt.node, members, alarmed, silent, features, level)
+            ok = rootcause.action_worked(
+                attempt.action, attempt.node, members, alarmed, silent, features, level
+            )
             self._judge(tick, inc, attempt, ok)
             if ok:
                 self._close(tick, inc, "resolved")
@@ -597,7 +591,7 @@ class ControllerCore:
             return None
         if name != "reroute":
             return root, None
-        uplink = uplink_peer(root, self._tree(), excess >= 1.0)
+        uplink = rootcause.uplink_peer(root, self._tree(), excess >= 1.0)
         if uplink is not None and self.view.actionable[uplink]:
             return root, uplink  # the root's own trouble starts on its link to its next hop
         nbrs = self.adjacency.indices[self.adjacency.indptr[root] : self.adjacency.indptr[root + 1]]
@@ -619,7 +613,9 @@ class ControllerCore:
             last = self.restarted_at.get(node)
             return last is None or tick - last >= self.config.restart_cooldown_ticks
         rx, rx0 = f[FEATURE_INDEX["rx_bytes_per_s"]], base[FEATURE_INDEX["rx_bytes_per_s"]]
-        hole = bool(blackhole_sign(features[node][None], base[None])[0])  # traffic in, nothing forwarded
+        hole = bool(
+            rootcause.blackhole_sign(features[node][None], base[None])[0]
+        )  # traffic in, nothing forwarded
         if name == "isolate_node":  # only a blackhole is quarantined; never a gateway
             return node not in self.isolated and not self.view.gateways[node] and hole
         if name == "rate_limit":  # there is a surge to cap
