@@ -88,6 +88,13 @@ class ControllerConfig(BaseModel):
         default=0.008, gt=0, description="mem_util growth per tick that counts as a leak trend"
     )
     trend_level: float = Field(default=0.6, gt=0, le=1, description="mem_util above which a trend alarms")
+    route_settle_ticks: int = Field(
+        default=4,
+        ge=0,
+        description="ticks after opening that an incident whose root reports but has no route waits before "
+        "acting: routing around a change (a blackhole attracting routes) settles first, and with it the "
+        "root's own signs",
+    )
     rag_k: int = Field(default=3, ge=1, le=10, description="runbooks asked for per incident")
     settle_ticks: dict[str, int] = Field(
         default_factory=lambda: dict(SETTLE_TICKS),

@@ -391,6 +391,9 @@ class ControllerCore:
         c = self.config
         covered = np.zeros(self.view.num_nodes, dtype=bool)
         open_incidents = [i for i in self.incidents if i.is_open]
+        for inc in open_incidents:  # until confirmed, the root follows the signals (routing converges)
+            if inc.confirmed_tick is None:
+                self._reroot(inc, shown, peer_max)
         for inc in open_incidents:
             covered[list(inc.nodes)] = True
         new = alarmed & ~covered
@@ -502,6 +505,8 @@ class ControllerCore:
         if inc.confirmed_tick is None:
             if tick - inc.opened_tick < CONFIRM_TICKS and not (excess[inc.root] >= c.severe_factor):
                 return
+            if tick - inc.opened_tick < c.route_settle_ticks and rootcause.unrouted(features[inc.root]):
+                return  # a live root without a route: routing may still converge (and show a blackhole)
             inc.confirmed_tick = tick
             inc.description, inc.signature = self._describe(inc.root, len(inc.nodes) - 1)
         if not c.remediation or inc.status == "escalated" or self.runbooks is None:

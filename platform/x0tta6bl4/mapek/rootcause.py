@@ -91,6 +91,17 @@ def surge_sign(features: F32, baseline: F64) -> Bools:
     return sign
 
 
+def unrouted(features: F32) -> bool:
+    """A node that still reports (CPU, links) but whose path reaches no gateway (all traffic lost).
+
+    Shapes:
+        features: ``[FEATURES]`` of one node.
+    """
+    f = np.nan_to_num(features.astype(np.float64))
+    alive = f[FEATURE_INDEX["links_up"]] > 0 and f[FEATURE_INDEX["cpu_util"]] > 0
+    return bool(alive and f[FEATURE_INDEX["loss_ratio"]] >= 0.99)
+
+
 def subtree_cover(members: I64, parent: I64) -> I64:
     """How many of ``members`` each member routes for: itself and the members below it on the tree.
 

@@ -23,6 +23,7 @@ from x0tta6bl4.mapek.rootcause import (
     locate_root,
     subtree_cover,
     surge_sign,
+    unrouted,
     uplink_peer,
 )
 from x0tta6bl4.telemetry.frame import FEATURE_INDEX, FEATURES
@@ -200,3 +201,12 @@ def test_settle_ticks_cover_every_action_and_a_partial_override_keeps_the_other_
         ControllerConfig(settle_ticks={"reboot_universe": 3})
     with pytest.raises(ValidationError, match=">= 2"):
         ControllerConfig(settle_ticks={"reroute": 1})
+
+
+def test_a_live_node_that_lost_its_route_is_unrouted_and_a_silent_one_is_not() -> None:
+    features, _ = _telemetry(
+        n3={"loss_ratio": 1.0, "latency_mean_ms": 3000.0},  # a sink it routes into (a blackhole's victim)
+        n4=dict.fromkeys(FEATURES, 0.0) | {"loss_ratio": 1.0},  # crashed: the collector's record
+        n5={"loss_ratio": 0.4},  # a lossy link: degraded, still routed
+    )
+    assert [unrouted(features[i]) for i in (3, 4, 5, 6)] == [True, False, False, False]
