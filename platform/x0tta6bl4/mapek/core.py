@@ -317,6 +317,7 @@ class ControllerCore:
         if deep and self.mem_filled >= c.trend_ticks:
             trend = (self._slope_cache >= c.trend_slope_per_tick) & (self.mem_history[-1] >= c.trend_level)
         alarmed = (self.run >= c.persist_ticks) | (excess >= c.severe_factor) | silent | trend
+        alarmed[list(self.isolated)] = False  # quarantined on purpose: unreachable is what it should be
         in_incident = np.zeros(self.view.num_nodes, dtype=bool)
         for inc in self.incidents:
             if inc.is_open:
