@@ -344,6 +344,7 @@ class ControllerCore:
         state = np.where(above | trend, Health.OPTIMIZING, Health.HEALTHY).astype(np.int8)
         state[alarmed] = Health.DEGRADED
         state[(excess >= c.severe_factor) | silent] = Health.CRITICAL
+        state[list(self.isolated)] = Health.OPTIMIZING  # quarantined: deviates as intended, no alarm
         for inc in self.incidents:
             if inc.is_open and inc.verifying is not None:
                 state[list(inc.nodes)] = np.maximum(state[list(inc.nodes)], Health.RECOVERING)

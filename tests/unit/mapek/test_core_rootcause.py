@@ -1,4 +1,4 @@
-"""ControllerCore with routing knowledge: a lossy uplink is fixed at its root and judged once it settled.
+"""ControllerCore with routing knowledge: faults are fixed at their root and judged once they settled.
 
 A stand-in scorer replays chosen scores over the small tree of ``test_rootcause`` (gateway 0,
 0 <- 1 <- 3 <- {5, 6}); the uplink 3-1 degrades, so 3, 5 and 6 alarm and 5 alarms loudest.
@@ -40,17 +40,25 @@ class _Scorer:
 
 
 class _Runbooks:
+    """Operator-signed runbooks recommending ``actions`` in rank order (one runbook per action)."""
+
+    def __init__(self, *actions: str) -> None:
+        self.actions = actions
+
     def query(self, text: str, k: int) -> dict[str, Any]:
-        return {"action": "reroute", "passages": [{"action": "reroute", "runbook_id": "r"}]}
+        passages = [{"action": a, "runbook_id": a} for a in self.actions]
+        return {"action": self.actions[0], "passages": passages}
 
     def ingest(self, documents: list[dict[str, Any]]) -> None:
         return None
 
     def signatures(self, doc_ids: list[str]) -> dict[str, dict[str, Any]]:
-        """Its one runbook, signed by an operator: the controller acts only on signed runbooks."""
-        claim = document_claim(Document("r", "stand-in", "stand-in runbook", None, "reroute"))
-        signature = ProvenancePolicy().signer("operator/test").sign(claim, RUNBOOK_CONTEXT)
-        return {"r": {"claim": claim.decode(), "signature": signature.to_dict()}} if "r" in doc_ids else {}
+        out = {}
+        for action in set(self.actions) & set(doc_ids):
+            claim = document_claim(Document(action, "stand-in", "stand-in runbook", None, action))
+            signature = ProvenancePolicy().signer("operator/test").sign(claim, RUNBOOK_CONTEXT)
+            out[action] = {"claim": claim.decode(), "signature": signature.to_dict()}
+        return out
 
 
 def _features(lossy: bool) -> npt.NDArray[np.float32]:
@@ -64,7 +72,7 @@ def _features(lossy: bool) -> npt.NDArray[np.float32]:
 def test_a_lossy_uplink_is_rerouted_at_its_root_naming_the_next_hop_and_judged_after_settling() -> None:
     scorer = _Scorer()
     config = ControllerConfig(mode="static", audit=False, ingest_resolved=False)
-    core = ControllerCore(_view(), config, scorer, _Runbooks(), KnowledgeStore(":memory:"), "t")
+    core = ControllerCore(_view(), config, scorer, _Runbooks("reroute"), KnowledgeStore(":memory:"), "t")
     for tick in range(12):  # healthy: baselines settle
         core.step(tick, _features(False))
     scorer.scores[[3, 5, 6]] = [5.0, 9.0, 6.0]  # severe: confirmed at once; 5 is the loudest symptom
@@ -81,3 +89,35 @@ def test_a_lossy_uplink_is_rerouted_at_its_root_naming_the_next_hop_and_judged_a
     assert attempt.outcome == "success"
     assert incident.status == "resolved"
     assert set(core.step(decided + 8, _features(True)).alarmed) == {5, 6}  # symptoms, not the fault's own
+
+
+def test_a_blackhole_is_quarantined_not_rerouted_and_stops_alarming_once_quarantined() -> None:
+    scorer = _Scorer()
+    config = ControllerConfig(mode="static", audit=False, ingest_resolved=False)
+    runbooks = _Runbooks("reroute", "isolate_node")  # the runbooks rank the reroute first
+    core = ControllerCore(_view(), config, scorer, runbooks, KnowledgeStore(":memory:"), "t")
+    for tick in range(12):
+        core.step(tick, _features(False))
+    # 4 swallows what 3, 5 and 6 now send it: they lose everything and alarm loudest; 4 looks calm.
+    hole = _features(False)
+    hole[[3, 5, 6], FEATURE_INDEX["loss_ratio"]] = 1.0
+    hole[[3, 5, 6], FEATURE_INDEX["latency_mean_ms"]] = 3000.0
+    hole[4, FEATURE_INDEX["rx_bytes_per_s"]] = 6e5
+    hole[4, FEATURE_INDEX["tx_bytes_per_s"]] = 3e4
+    scorer.scores[[3, 4, 5, 6]] = [9.0, 1.5, 9.0, 9.0]
+    decided = next(t for t in range(12, 30) if core.step(t, hole).actions)
+    (incident,) = core.incidents
+    assert [(a.action, a.node) for a in incident.attempts] == [("isolate_node", 4)]
+    quarantined = _features(False)
+    quarantined[4] = 0.0  # out of routing: nothing in, nothing out, no route
+    quarantined[4, FEATURE_INDEX["loss_ratio"]] = 1.0
+    scorer.scores[[3, 5, 6]] = 0.1
+    scorer.scores[4] = 9.0
+    for tick in range(decided + 1, decided + 20):
+        step = core.step(tick, quarantined)
+        if incident.attempts[0].outcome is not None:
+            assert 4 not in step.alarmed  # while verifying, its incident's nodes are RECOVERING
+    assert incident.attempts[0].outcome == "success"
+    assert incident.attempts[0].judged_tick == decided + config.settle_ticks["isolate_node"]
+    assert incident.status == "resolved"
+    assert len(core.incidents) == 1  # the quarantined node opened no incident of its own
