@@ -55,7 +55,7 @@ def timeline_png(report: dict[str, Any], path: Path) -> Path:
         first = first_action(fault, incidents, ticks[-1] + 1 if ticks else 0)
         if first is not None:
             verdict = "tab:green" if action_fixes(fault, first) else "tab:red"
-            bottom.plot([first["tick"]], [row], "v", color=verdict, ms=7)
+            bottom.plot([first["tick"]], [row + 0.3], "v", color=verdict, ms=7)  # above the healing tick
         if fault["remediation_tick"] is not None:
             bottom.plot([fault["remediation_tick"]], [row], "|", color="black", ms=14, mew=2)
     for kind in FAULT_TYPES:
