@@ -14,10 +14,10 @@ run: setup
 	$(BIN)/x0tta6bl4 run $(RUN_ARGS)
 
 test: setup
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=25
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not ray and not root and not slow"
+	$(BIN)/python -m pytest -q -n 2 -m "not ray and not root and not slow"
 
 lint: setup
 	$(BIN)/ruff check platform jobs tests

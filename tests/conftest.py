@@ -1,19 +1,40 @@
-"""Settings every test shares: models load from the packaged files only, never from a hub; tiers by marker."""
+"""Settings every test shares: models load from the packaged files only, never from a hub; tiers by
+marker; with pytest-xdist (``make test`` runs two workers), each worker's Ray clusters apart and
+the tests that share a Ray or a whole job kept on one worker."""
 
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _WORKER:
+    # Ray keeps its sockets, logs and the `ray_current_cluster` file the platform reads under
+    # RAY_TMPDIR: each worker (and every job its tests start, which inherit it) gets its own, so
+    # no worker's job ever finds or joins the other worker's cluster. Short: socket paths.
+    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix=f"x0{_WORKER}-", dir="/tmp")
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # A test that gets the session's Ray, directly or through another fixture, is a Ray test
-    # whatever its module says, so `make test-fast` (-m "not ray ...") never starts Ray.
+#: xdist groups: every test of a group runs on one worker, in order. The integration tests share
+#: the session's Ray (tests/integration/conftest.py) and their packages' Serve deployments; the
+#: whole-job tests share one small run (tests/e2e/conftest.py). Unit tests spread freely.
+_GROUPS = ("e2e", "integration")
+_TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    grouped = config.pluginmanager.hasplugin("xdist")
     for item in items:
+        # A test that gets the session's Ray, directly or through another fixture, is a Ray test
+        # whatever its module says, so `make test-fast` (-m "not ray ...") never starts Ray.
         if "ray_local" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.ray)
+        top = Path(str(item.fspath)).resolve().relative_to(_TESTS).parts[0]
+        if grouped and top in _GROUPS:
+            item.add_marker(pytest.mark.xdist_group(top))
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,9 @@ import pytest
 
 from tests.e2e.conftest import BIN, REPO
 
-pytestmark = pytest.mark.slow
+#: pytest-timeout's limit for these tests: above run_quick's longest, so a bench that runs too long
+#: fails with its own output rather than pytest's stack dump.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(960)]
 NAME = re.compile(r"^[a-z0-9]+(_[a-z0-9]+)*$")
 
 #: Rows each suite must report (BENCHMARKS.md's table) and the baselines each may be measured against
@@ -118,14 +120,18 @@ def validate(doc, suite):
 
 def run_quick(suite, env, timeout):
     """Run `x0tta6bl4 bench <suite> --quick --json`; the parsed report (exit status 0 asserted)."""
-    proc = subprocess.run(
-        [str(BIN / "x0tta6bl4"), "bench", suite, "--quick", "--json"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    try:
+        proc = subprocess.run(
+            [str(BIN / "x0tta6bl4"), "bench", suite, "--quick", "--json"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as exc:
+        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
+        pytest.fail(f"bench {suite} --quick ran over {timeout} s; its stderr ends:\n{err[-3000:]}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(proc.stdout)
     validate(doc, suite)

@@ -6,7 +6,7 @@ start-up noise) with every metric recorded and every span exported over OTLP/HTT
 receiver, against the same seed with metrics and tracing off, in ABBA order. The exported
 families, their domains and the scrape time come from a running platform scraped as Prometheus
 would: a real ``x0tta6bl4 run`` serving through its mTLS front and a federated ``x0tta6bl4 train``
-on a Ray cluster of its own, whose nodes' metrics agents are scraped every second while a shard
+on a Ray cluster of its own, whose nodes' metrics agents are scraped every 2 s while a shard
 is killed, the gateway answers and a client without a certificate is refused at the front.
 """
 
@@ -185,16 +185,19 @@ def _span_rows() -> list[dict[str, Any]]:
 #: the e2e Prometheus test's run does, so a short run's once-recorded families reach a scrape.
 METRICS_REPORT_INTERVAL_MS = "1000"
 #: Training job of the scraped platform (its own Ray, as a RayJob's cluster): nodes, regions,
-#: ticks, full-model rounds. Three rounds, so the first rounds' series are exported while the
-#: last trains (its Ray shuts down with the job).
-TRAIN = {False: (1_000, 4, 80, 3), True: (200, 2, 50, 3)}
+#: ticks, full-model rounds. Four rounds, so the first rounds' series are exported and scraped
+#: while the last ones train (its Ray shuts down with the job).
+TRAIN = {False: (1_000, 4, 80, 4), True: (200, 2, 50, 4)}
 #: Tick of the scraped run at which one of its MeshShard processes is SIGKILLed (recovery series).
 SHARD_KILL_TICK = {False: 20, True: 10}
 #: Seconds the platform keeps running after its last event (Ray reports every second).
-SETTLE_SCRAPES = 4
-#: Seconds between two scrapes of one node's metrics agent (Prometheus would take 15 s; a short
-#: training job's Ray lives only a few seconds after its first round's series are exported).
-SCRAPE_PERIOD_S = 0.5
+SETTLE_SCRAPES = 6
+#: Seconds between two scrapes of one node's metrics agent. Not shorter: in Ray 2.55 a scrape that
+#: overlaps the agent registering a metric name it has not seen before can deadlock the agent for
+#: good (ray-project/ray#64946, fixed in 2.57), and every scrape is a chance of that overlap.
+SCRAPE_PERIOD_S = 2.0
+#: Seconds without an answer from a node's agent (after its first) that end the bench with an error.
+AGENT_SILENT_S = 90.0
 
 
 class _Platform:
@@ -259,6 +262,11 @@ class _Platform:
         args += ["--registry", str(self.tmp / "registry"), "--runs-dir", str(self.tmp / "train"), "--json"]
         self.train = self._start(1, args)
         _log("the run's node is up: training job started")
+
+    def ended(self, port: int) -> bool:
+        """Whether the job whose Ray node exports on ``port`` has ended (its agent with it)."""
+        proc = self.run if port == self.ports[0] else self.train
+        return proc is not None and proc.poll() is not None
 
     def step(self) -> None:
         """Cause the next due event: the gateway request, the refused TLS client; note the training's end."""
@@ -375,6 +383,7 @@ class _Scraper:
         self.ports = ports
         self.scrapes: list[tuple[int, float, str]] = []  # port, scrape ms, text with our families
         self.misses: dict[int, str] = {}  # port -> why its last failed scrape had nothing
+        self.answered: dict[int, float] = {}  # port -> when its agent last answered (monotonic)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._scrape, args=(p,), daemon=True) for p in ports]
@@ -393,12 +402,18 @@ class _Scraper:
             except requests.RequestException as exc:
                 self.misses[port] = type(exc).__name__
             else:
+                self.answered[port] = time.monotonic()
                 if "ray_x0tta6bl4_" in text:
                     with self._lock:
                         self.scrapes.append((port, 1000.0 * (time.perf_counter() - t0), text))
                 else:
                     self.misses[port] = f"{len(text)} bytes without x0tta6bl4 families"
             self._stop.wait(SCRAPE_PERIOD_S)
+
+    def silent(self, port: int) -> bool:
+        """Whether ``port``'s agent answered once and then not for :data:`AGENT_SILENT_S` (wedged)."""
+        last = self.answered.get(port)
+        return last is not None and time.monotonic() - last > AGENT_SILENT_S
 
     def scraped(self, port: int) -> bool:
         """Whether a scrape of ``port`` returned the platform's families."""
@@ -420,8 +435,15 @@ def _scrape_rows(quick: bool) -> list[dict[str, Any]]:
         deadline = time.monotonic() + (600 if quick else 1200)
         try:
             while not platform.done() and time.monotonic() < deadline:
-                if scraper.scraped(platform.ports[0]):
+                if platform.ports[0] in scraper.answered:  # the run's Ray is up
                     platform.start_training()
+                wedged = [p for p in platform.ports if scraper.silent(p) and not platform.ended(p)]
+                if wedged:
+                    raise RuntimeError(
+                        f"the metrics agent on port {wedged[0]} stopped answering scrapes for "
+                        f"{AGENT_SILENT_S:.0f} s ({scraper.misses.get(wedged[0])}): Ray 2.55's agent can "
+                        "deadlock when a scrape overlaps a new metric's registration (ray-project/ray#64946)"
+                    )
                 platform.step()
                 time.sleep(0.5)
         finally:

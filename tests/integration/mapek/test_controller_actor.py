@@ -81,7 +81,12 @@ def test_controller_heals_survives_a_kill_and_rides_out_a_serve_outage(ray_local
         # The dashboard's view: the controller and the shards are named actors in Ray's state API.
         from ray.util.state import list_actors
 
-        names = {a.name for a in list_actors(filters=[("state", "=", "ALIVE")])}
+        names = {
+            a.name
+            for a in list_actors(
+                address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")]
+            )
+        }
         assert {CONTROLLER_NAME, "mesh-shard-0", "mesh-shard-2"} <= names
 
         os.kill(before["pid"], signal.SIGKILL)  # Ray restarts it (max_restarts=-1)

@@ -61,7 +61,15 @@ def test_shards_are_named_detached_actors_in_the_platform_namespace(ray_local, t
             handle = ray_local.get_actor(shard_name(r), namespace=RAY_NAMESPACE)
             assert ray_local.get(handle.status.remote())["region"] == r
         # What the dashboard shows: every shard alive, named, detached, in our namespace.
-        shards = {a.name: a for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True) if a.name}
+        shards = {
+            a.name: a
+            for a in list_actors(
+                address=ray_local.get_runtime_context().gcs_address,
+                filters=[("state", "=", "ALIVE")],
+                detail=True,
+            )
+            if a.name
+        }
         for r in range(topology.num_regions):
             actor = shards[shard_name(r)]
             assert actor.ray_namespace == RAY_NAMESPACE
