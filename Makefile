@@ -13,8 +13,10 @@ setup:
 run: setup
 	$(BIN)/x0tta6bl4 run $(RUN_ARGS)
 
+# Two phases: two xdist workers for everything but the `serial` tests, then those alone.
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=25
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not serial" --durations=25
+	$(BIN)/python -m pytest -q -m serial --durations=5
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -n 2 -m "not ray and not root and not slow"

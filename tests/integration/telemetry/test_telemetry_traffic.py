@@ -13,7 +13,9 @@ from x0tta6bl4.telemetry.ebpf import EbpfPrograms, EbpfReading
 if TYPE_CHECKING:  # for type checkers only: pytest itself loads conftest.py
     from conftest import VethPair
 
-pytestmark = [pytest.mark.root, pytest.mark.usefixtures("ebpf_host")]
+# serial: the kernel's TCP retransmits are counted host-wide, so a parallel test's traffic on a
+# loaded machine swamps the control run's count.
+pytestmark = [pytest.mark.root, pytest.mark.serial, pytest.mark.usefixtures("ebpf_host")]
 
 
 @pytest.fixture(scope="module")
