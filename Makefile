@@ -16,7 +16,7 @@ run: setup
 # Two phases: two xdist workers for everything but the `serial` tests, then those alone.
 test: setup
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not serial" --durations=25
-	$(BIN)/python -m pytest -q -m serial --durations=5
+	$(BIN)/python -m pytest -q -m serial --durations=5 tests/integration tests/unit tests/e2e
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -n 2 -m "not ray and not root and not slow"

@@ -188,6 +188,9 @@ METRICS_REPORT_INTERVAL_MS = "1000"
 #: ticks, full-model rounds. Four rounds, so the first rounds' series are exported and scraped
 #: while the last ones train (its Ray shuts down with the job).
 TRAIN = {False: (1_000, 4, 80, 4), True: (200, 2, 50, 4)}
+#: Seconds the training job keeps its Ray up after its last round (``--metrics-linger-s``): four
+#: scrapes, so its last rounds' series are scraped before its Ray goes down with it.
+TRAIN_LINGER_S = 8.0
 #: Tick of the scraped run at which one of its MeshShard processes is SIGKILLed (recovery series).
 SHARD_KILL_TICK = {False: 20, True: 10}
 #: Seconds the platform keeps running after its last event (Ray reports every second).
@@ -259,6 +262,7 @@ class _Platform:
         t_nodes, t_regions, t_ticks, rounds = TRAIN[self.quick]
         args = ["train", "--nodes", str(t_nodes), "--regions", str(t_regions), "--ticks", str(t_ticks)]
         args += ["--rounds", str(rounds), "--lora-rounds", "0", "--seed", "3", "--client-cpus", "0.5"]
+        args += ["--metrics-linger-s", str(TRAIN_LINGER_S)]
         args += ["--registry", str(self.tmp / "registry"), "--runs-dir", str(self.tmp / "train"), "--json"]
         self.train = self._start(1, args)
         _log("the run's node is up: training job started")

@@ -98,6 +98,14 @@ class TrainConfig(BaseModel):
     runs_dir: Path = Field(
         default=Path("runs"), description="where runs/<run-id>/ keeps the shards' checkpoints"
     )
+    metrics_linger_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=600,
+        description="seconds the simulation keeps its Ray connection after the last round, so a scrape "
+        "(one Prometheus interval) collects the final rounds' series before a Ray this job started "
+        "goes down with it",
+    )
     run_id: str | None = Field(default=None, description="run id (default: train-<time stamp>-s<seed>)")
     keep_mesh: bool = Field(default=False, description="leave the shard actors running after training")
     crash_region: int | None = Field(

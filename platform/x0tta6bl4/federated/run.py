@@ -163,6 +163,14 @@ def _start_mesh(plan: TrainPlan) -> ShardedMesh:
     return mesh
 
 
+def _close_and_linger(mesh: ShardedMesh, linger_s: float) -> None:
+    """Close the mesh, then hold Ray up ``linger_s`` (its metrics agent exports the last rounds)."""
+    mesh.close()
+    if linger_s > 0:
+        say(f"metrics: keeping Ray up {linger_s:g} s for a last scrape")
+        time.sleep(linger_s)
+
+
 def _once(fn: Callable[[], None]) -> Callable[[], None]:
     lock = threading.Lock()
     done: list[bool] = []
@@ -192,7 +200,7 @@ def _federate(plan: TrainPlan, conn_address: str, mesh: ShardedMesh) -> Federati
         server_app=server_app(
             outcome,
             on_round=lambda rec: progress_round(rec, total),
-            on_done=_once(mesh.close),
+            on_done=_once(lambda: _close_and_linger(mesh, config.metrics_linger_s)),
             run_config=flower_run_config(config),
         ),
         client_app=client_app(),
