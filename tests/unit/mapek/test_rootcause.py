@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from tests.unit.mapek.test_mapek_symptoms import HEALTHY as SYMPTOMS_HEALTHY
 from x0tta6bl4.mapek.config import SETTLE_TICKS, ControllerConfig
 from x0tta6bl4.mapek.interfaces import MeshView
 from x0tta6bl4.mapek.rootcause import (
@@ -31,21 +32,8 @@ from x0tta6bl4.telemetry.frame import FEATURE_INDEX, FEATURES
 PAIRS = [(0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (3, 6), (3, 4)]
 N = 7
 
-HEALTHY = {
-    "cpu_util": 0.2,
-    "mem_util": 0.4,
-    "queue_depth_pkts": 2.0,
-    "rx_bytes_per_s": 1e5,
-    "tx_bytes_per_s": 1e5,
-    "latency_mean_ms": 20.0,
-    "latency_p95_ms": 35.0,
-    "loss_ratio": 0.001,
-    "tcp_retransmits_per_s": 5.0,
-    "packet_drops_per_s": 1.0,
-    "tcp_resets_per_s": 0.5,
-    "links_up": 2.0,
-    "runqueue_latency_p95_ms": 1.0,
-}
+# A healthy node of this tree: two links up (the symptoms tests' node has four).
+HEALTHY = {**SYMPTOMS_HEALTHY, "links_up": 2.0}
 
 
 def _view() -> MeshView:
