@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN_ARGS ?=
 
-.PHONY: setup run test test-fast lint bench clean
+.PHONY: setup run test test-fast lint bench notebook clean
 
 setup:
 	@bash scripts/setup.sh
@@ -28,6 +28,11 @@ lint: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_quality.py -k "not quality_gate"
 	$(BIN)/python scripts/bandit_gate.py
 	promtool check rules cluster/prometheus/rules.yaml
+
+# JupyterLab (pinned in the lock) on the notebooks, with this virtualenv's kernel; NOTEBOOK_ARGS adds
+# options, e.g. NOTEBOOK_ARGS="--no-browser --port 8899". As root (a container) it needs --allow-root.
+notebook: setup
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(NOTEBOOK_ARGS)
 
 bench: setup
 	$(BIN)/x0tta6bl4 bench mesh --json

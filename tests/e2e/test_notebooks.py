@@ -168,3 +168,55 @@ def test_rag_notebook_runs_small(kernel_env):
     assert [r["chunk_words"] for r in results["chunk_sizes"]] == [120, 240]
     # recall per fault, ef sweep, cache thresholds, chunk sizes
     assert images(nb) >= 4
+
+
+@pytest.mark.slow
+def test_make_notebook_serves_every_notebook_with_this_kernel(tmp_path):
+    """`make notebook` starts JupyterLab, which lists the notebooks behind a token and offers
+    this virtualenv's Python as its kernel."""
+    import os
+    import secrets
+    import signal
+    import subprocess
+
+    import requests
+
+    from x0tta6bl4.connect import free_local_port
+
+    root = NOTEBOOKS.parent
+    port, token = free_local_port(), secrets.token_hex(16)
+    env = {
+        **os.environ,
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"),
+    }
+    env.pop("JUPYTER_PATH", None)
+    args = f"--no-browser --port={port} --ip=127.0.0.1 --IdentityProvider.token={token}"
+    server = subprocess.Popen(
+        ["make", "-s", "notebook", f"NOTEBOOK_ARGS={args}"], cwd=root, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    base, headers = f"http://127.0.0.1:{port}", {"Authorization": f"token {token}"}
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert server.poll() is None, server.stderr.read() if server.stderr else "make notebook exited"
+            try:
+                if requests.get(f"{base}/api/status", headers=headers, timeout=5).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "jupyter lab did not answer in 90 s"
+            time.sleep(0.5)
+        assert requests.get(f"{base}/api/contents", timeout=5).status_code == 403  # no token, no files
+        listed = requests.get(f"{base}/api/contents", headers=headers, timeout=10).json()
+        names = {item["name"] for item in listed["content"]}
+        assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} <= names
+        specs = requests.get(f"{base}/api/kernelspecs", headers=headers, timeout=10).json()
+        python = specs["kernelspecs"][specs["default"]]["spec"]["argv"][0]
+        assert Path(python).resolve().is_relative_to(Path(sys.prefix).resolve()) or python == "python"
+        lab = requests.get(f"{base}/lab", headers=headers, timeout=10)
+        assert lab.ok and "JupyterLab" in lab.text
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # make and the jupyter server it started
+        server.wait(timeout=30)
