@@ -201,6 +201,20 @@ SETTLE_SCRAPES = 6
 SCRAPE_PERIOD_S = 2.0
 #: Seconds without an answer from a node's agent (after its first) that end the bench with an error.
 AGENT_SILENT_S = 90.0
+#: Training jobs the bench starts at most: a second one (on a fresh Ray) only when the first one's agent
+#: wedged (ray-project/ray#64946) before any of its federated series was scraped.
+TRAIN_ATTEMPTS = 2
+#: An agent whose last answer came this long before its job ended had stopped answering (a healthy one
+#: answers every ``SCRAPE_PERIOD_S`` through the job's metrics linger).
+WEDGED_BEFORE_END_S = 3 * SCRAPE_PERIOD_S
+
+
+def wedged_before_end(answered_at: float | None, ended_at: float, series_scraped: bool) -> bool:
+    """Whether a job's metrics agent had stopped answering before the job ended, before any of the
+    job's own series was scraped (monotonic seconds; ``answered_at`` None: it never answered)."""
+    if series_scraped:
+        return False
+    return answered_at is None or ended_at - answered_at >= WEDGED_BEFORE_END_S
 
 
 class _Platform:
@@ -235,6 +249,9 @@ class _Platform:
         run += ["--front-port", str(self.front_port)]
         self.run = self._start(0, run)
         self.train: subprocess.Popen[str] | None = None
+        self.training_runs = 0
+        #: Why a training job was run again (its agent wedged before its series were scraped).
+        self.retrained: list[str] = []
         threading.Thread(target=self._kill_a_shard_mid_run, daemon=True).start()
 
     def _start(self, i: int, args: list[str]) -> subprocess.Popen[str]:
@@ -265,7 +282,34 @@ class _Platform:
         args += ["--metrics-linger-s", str(TRAIN_LINGER_S)]
         args += ["--registry", str(self.tmp / "registry"), "--runs-dir", str(self.tmp / "train"), "--json"]
         self.train = self._start(1, args)
-        _log("the run's node is up: training job started")
+        self.training_runs += 1
+        _log(f"the run's node is up: training job {self.training_runs} started")
+
+    def retrain_if_wedged(self, scraper: _Scraper) -> None:
+        """Start the training job again on a fresh Ray when the last one ended without any of its
+        federated series scraped because its metrics agent had stopped answering: Ray 2.55's agent
+        deadlocks when a scrape overlaps the registration of a new metric (ray-project/ray#64946), and
+        a training job registers its round metrics mid-run. Any other reason for missing series is
+        not retried: the bench reports it."""
+        port, ended_at = self.ports[1], self.events.get("trained")
+        if ended_at is None or self.train is None or self.train.returncode != 0:
+            return
+        if self.training_runs >= TRAIN_ATTEMPTS:
+            return
+        answered = scraper.answered.get(port)
+        if not wedged_before_end(answered, ended_at, scraper.saw(port, "ray_x0tta6bl4_federated_")):
+            return
+        when = "before a scrape" if answered is None else f"{ended_at - answered:.0f} s before its end"
+        why = (
+            f"training job {self.training_runs}'s metrics agent stopped answering {when} "
+            f"({scraper.misses.get(port, 'no answer')}; ray-project/ray#64946)"
+        )
+        _log(f"{why}: training again on a fresh Ray")
+        self.retrained.append(why)
+        del self.events["trained"]
+        scraper.answered.pop(port, None)
+        self.train = None
+        self.start_training()
 
     def ended(self, port: int) -> bool:
         """Whether the job whose Ray node exports on ``port`` has ended (its agent with it)."""
@@ -419,6 +463,11 @@ class _Scraper:
         last = self.answered.get(port)
         return last is not None and time.monotonic() - last > AGENT_SILENT_S
 
+    def saw(self, port: int, text: str) -> bool:
+        """Whether a scrape of ``port`` that returned the platform's families contained ``text``."""
+        with self._lock:
+            return any(p == port and text in body for p, _, body in self.scrapes)
+
     def scraped(self, port: int) -> bool:
         """Whether a scrape of ``port`` returned the platform's families."""
         with self._lock:
@@ -449,6 +498,7 @@ def _scrape_rows(quick: bool) -> list[dict[str, Any]]:
                         "deadlock when a scrape overlaps a new metric's registration (ray-project/ray#64946)"
                     )
                 platform.step()
+                platform.retrain_if_wedged(scraper)
                 time.sleep(0.5)
         finally:
             scraper.stop()
@@ -471,6 +521,8 @@ def _scrape_rows(quick: bool) -> list[dict[str, Any]]:
         "scrapes": len(scrapes),
         "endpoints": "Ray node metrics agents of the run and of the training job",
         "events": sorted(platform.events),
+        "training_runs": platform.training_runs,
+        "retrained": platform.retrained,
     }
     absent = sorted({spec.domain for spec in CATALOGUE.values()} - set(domains))
     return [
