@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from x0tta6bl4.mapek.config import ControllerConfig
-from x0tta6bl4.mesh.drift import DriftConfig
+from x0tta6bl4.mesh.drift import DriftConfig, realistic_drift
 from x0tta6bl4.mesh.faults import ACTIONS, FAULT_TYPES, check_action, check_fault_type
 from x0tta6bl4.settings import add_field_flags, add_switch, load_options
 
@@ -205,6 +205,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         parser, "--in-process", "in_process", True, "run the mesh kernel in the driver, without shard actors"
     )
     add_switch(parser, "--keep-mesh", "keep_mesh", True, "leave the shard actors running after the run")
+    add_switch(
+        parser,
+        "--drift",
+        "drift_preset",
+        True,
+        "realistic workload drift scaled to the run: two daily cycles, one region's load x1.75 from "
+        "mid-run, 3 %% of the nodes leaving and 3 %% joining (replaces the config file's drift)",
+    )
     parser.add_argument(
         "--mode",
         choices=("learning", "static", "no_remediation"),
@@ -259,4 +267,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if controller:
         base = load_config(args.config, {}).controller.model_dump()
         overrides["controller"] = {**base, **controller}
+    if getattr(args, "drift_preset", None):
+        ticks = load_config(args.config, {"ticks": overrides["ticks"]}).ticks
+        overrides["drift"] = realistic_drift(ticks).model_dump()
     return load_config(args.config, overrides)

@@ -181,3 +181,22 @@ class DriftSchedule:
         if stepped:
             out = np.where(self.step_nodes[first:last], out * c.region_step_factor, out)
         return out
+
+
+def realistic_drift(ticks: int) -> DriftConfig:
+    """The drift of the bench's drift scenarios and of `x0tta6bl4 run --drift`, scaled to the run.
+
+    Two daily cycles of +-55 % demand, one region's demand x1.75 from mid-run on, and 3 % of the
+    nodes leaving and 3 % joining between a fifth and four fifths of the run.
+    """
+    window = (max(1, ticks // 5), max(2, 4 * ticks // 5))
+    return DriftConfig(
+        daily_amplitude=0.55,
+        daily_period_ticks=max(2, ticks // 2),
+        region_step_tick=max(1, ticks // 2),
+        region_step_factor=1.75,
+        leave_share=0.03,
+        leave_ticks=window,
+        join_share=0.03,
+        join_ticks=window,
+    )
