@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from x0tta6bl4.mapek.config import ControllerConfig
+from x0tta6bl4.mesh.drift import DriftConfig, realistic_drift
 from x0tta6bl4.mesh.faults import ACTIONS, FAULT_TYPES, check_action, check_fault_type
 from x0tta6bl4.settings import add_field_flags, add_switch, load_options
 
@@ -74,6 +75,11 @@ class RunConfig(BaseModel):
     mean_degree: float = Field(default=6.0, gt=0, description="average radio neighbours per node")
     gateway_fraction: float = Field(
         default=0.03, gt=0, le=1, description="share of nodes with a wired uplink"
+    )
+    drift: DriftConfig = Field(
+        default_factory=DriftConfig,
+        description="workload drift: daily traffic cycle, a region's load step, nodes leaving and joining "
+        "(default: none)",
     )
     checkpoint_every_ticks: int = Field(default=10, gt=0, description="ticks between shard checkpoints")
     tick_interval_s: float = Field(
@@ -150,6 +156,11 @@ class RunConfig(BaseModel):
             raise ValueError("nodes must be at least 2")
         for kind in self.fault_types:
             check_fault_type(kind)
+        step_region = self.drift.region_step_region
+        if step_region is not None and step_region >= self.regions:
+            raise ValueError(
+                f"drift.region_step_region {step_region} but the mesh has regions 0..{self.regions - 1}"
+            )
         for fault in self.faults:
             if fault.node >= self.nodes or (fault.peer is not None and fault.peer >= self.nodes):
                 raise ValueError(f"fault on node {fault.node} but the mesh has nodes 0..{self.nodes - 1}")
@@ -194,6 +205,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         parser, "--in-process", "in_process", True, "run the mesh kernel in the driver, without shard actors"
     )
     add_switch(parser, "--keep-mesh", "keep_mesh", True, "leave the shard actors running after the run")
+    add_switch(
+        parser,
+        "--drift",
+        "drift_preset",
+        True,
+        "realistic workload drift scaled to the run: two daily cycles, one region's load x1.75 from "
+        "mid-run, 3 %% of the nodes leaving and 3 %% joining (replaces the config file's drift)",
+    )
     parser.add_argument(
         "--mode",
         choices=("learning", "static", "no_remediation"),
@@ -248,4 +267,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if controller:
         base = load_config(args.config, {}).controller.model_dump()
         overrides["controller"] = {**base, **controller}
+    if getattr(args, "drift_preset", None):
+        ticks = load_config(args.config, {"ticks": overrides["ticks"]}).ticks
+        overrides["drift"] = realistic_drift(ticks).model_dump()
     return load_config(args.config, overrides)

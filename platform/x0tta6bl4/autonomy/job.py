@@ -20,6 +20,7 @@ from x0tta6bl4.autonomy.serving import attach_or_deploy, serve_forever
 from x0tta6bl4.autonomy.ticklog import TICKS_NAME, Replay, TickLog, load_run_config, save_run_config
 from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
 from x0tta6bl4.mesh.control import ControlParams
+from x0tta6bl4.mesh.drift import DriftSchedule
 from x0tta6bl4.mesh.faults import Action, Fault, random_schedule
 from x0tta6bl4.mesh.pipeline import LocalMesh, Mesh, ShardedMesh, TickResult
 from x0tta6bl4.mesh.shard import MeshSpec
@@ -59,9 +60,15 @@ def plan_run(config: RunConfig) -> Plan:
         config.nodes, config.regions, config.seed, config.mean_degree, config.gateway_fraction
     )
     topology = topology_spec.build()
+    drift = DriftSchedule.build(config.drift, topology, config.seed) if config.drift.enabled else None
     faults = list(
         random_schedule(
-            topology, config.ticks, config.seed, config.faults_per_1000_ticks, tuple(config.fault_types)
+            topology,
+            config.ticks,
+            config.seed,
+            config.faults_per_1000_ticks,
+            tuple(config.fault_types),
+            exclude=drift.churn if drift is not None else None,
         )
         if config.faults_per_1000_ticks > 0
         else []
@@ -72,6 +79,13 @@ def plan_run(config: RunConfig) -> Plan:
         )
     for fault in faults:
         fault.validate(topology)
+        if drift is not None:
+            ends = (fault.node, fault.peer) if fault.peer is not None else (fault.node,)
+            gone = [n for n in ends if drift.absent(fault.start_tick)[n]]
+            if gone:
+                raise ConfigError(
+                    f"fault {fault.fault_id} on node {gone[0]}, which is not in the mesh at its start"
+                )
     actions: dict[int, list[Action]] = {}
     for ac in config.actions:
         action = Action(ac.action, ac.node, ac.peer, ac.tick, reason="scripted in the run config")
@@ -156,6 +170,7 @@ def execute(
         control=ControlParams(),
         checkpoint_dir=str(plan.run_dir / "checkpoints"),
         checkpoint_every_ticks=config.checkpoint_every_ticks,
+        drift=config.drift,
     )
     conn = connect_ray(config.ray_address) if not config.in_process or config.ebpf else None
     mesh: Mesh = (

@@ -42,6 +42,12 @@ class ControllerConfig(BaseModel):
         description="per-node threshold: percentile of recent healthy scores, mean + k sigma, Q3 + k IQR, "
         "or the median of the three",
     )
+    static_threshold: float | None = Field(
+        default=None,
+        gt=0,
+        description="static mode's one threshold for every node (None: the served model's recorded "
+        "threshold); how a threshold tuned offline runs as the static baseline; other modes ignore it",
+    )
     history_ticks: int = Field(default=60, ge=8, description="healthy scores kept per node for learning")
     learn_warmup_ticks: int = Field(
         default=10, ge=1, description="analysed ticks of scores a node needs before its own threshold is used"

@@ -188,6 +188,7 @@ class ControllerCore:
         self.last_tick = tick
         self.pending.append(features[:, self._columns])
         mem = np.nan_to_num(features[:, FEATURE_INDEX["mem_util"]].astype(np.float64))
+        mem[_unlisted(features)] = np.nan  # no record: no trend across the gap (see _analyse_plan_execute)
         self.mem_history = np.roll(self.mem_history, -1, axis=0)
         self.mem_history[-1] = mem
         self.mem_filled = min(self.mem_filled + 1, self.config.trend_ticks)
@@ -305,13 +306,19 @@ class ControllerCore:
         analysis = tracing.start_span("mapek.analyze", {"tick": tick})
         self._last_features = features
         thr = self.learner.thresholds
+        # A node without a record (an all-NaN row: not a member of the mesh) has no data: it never
+        # alarms, and neither its score nor its features are learned from.
+        unlisted = _unlisted(features)
+        scores = np.where(unlisted, np.float32(0.0), scores) if unlisted.any() else scores
         excess = np.maximum(scores.astype(np.float64), 0.0) / np.maximum(thr, 1e-9)
         above = excess > 1.0
         self.run = np.where(above, self.run + 1, 0)
         silent = self._last_silent = self._silent(features)
         deep = deep_analysis(self.mesh_state) or tick % 5 == 0
         self._slope_cache = (
-            trend_slope(self.mem_history) if self.mem_filled >= 3 else np.zeros(self.view.num_nodes)
+            np.nan_to_num(trend_slope(self.mem_history))
+            if self.mem_filled >= 3
+            else np.zeros(self.view.num_nodes)
         )
         trend = np.zeros(self.view.num_nodes, dtype=bool)
         if deep and self.mem_filled >= c.trend_ticks:
@@ -322,7 +329,7 @@ class ControllerCore:
         for inc in self.incidents:
             if inc.is_open:
                 in_incident[list(inc.nodes)] = True
-        healthy = ~(above | alarmed | in_incident)
+        healthy = ~(above | alarmed | in_incident | unlisted)
         self.baselines.update(features, healthy)
         self.learner.observe(scores, healthy)
         self.recent_scores = np.roll(self.recent_scores, -1, axis=0)
@@ -370,6 +377,7 @@ class ControllerCore:
             & self.baselines.seen
             & (self.baselines.level[:, FEATURE_INDEX["links_up"]] > 0)
             & ~np.isin(np.arange(self.view.num_nodes), list(self.isolated))
+            & ~_unlisted(features)  # no record at all is absence from the mesh, not a crash
         )
         return silent
 
@@ -755,3 +763,8 @@ class ControllerCore:
             "errors": len(self.errors),
             **self.counters,
         }
+
+
+def _unlisted(features: F32) -> npt.NDArray[np.bool_]:
+    """Rows that are entirely NaN: the collector holds no record of the node (not a mesh member)."""
+    return np.asarray(np.isnan(features).all(axis=1))

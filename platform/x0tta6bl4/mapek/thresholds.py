@@ -25,7 +25,8 @@ class ThresholdLearner:
         num_nodes: nodes scored each tick.
         config: the controller's configuration (strategy, window, constants).
         static_default: the served model's threshold; the threshold of every node in
-            ``static`` mode, and of nodes still warming up otherwise.
+            ``static`` mode (unless ``config.static_threshold`` names another), and of nodes still
+            warming up otherwise.
 
     Shapes:
         scores, learn: ``[nodes]``; history: ``[history_ticks, nodes]``.
@@ -51,7 +52,8 @@ class ThresholdLearner:
     def thresholds(self) -> F64:
         """The threshold in force for each node."""
         if not self.config.learning:
-            return np.full(self.num_nodes, self.static_default)
+            fixed = self.config.static_threshold
+            return np.full(self.num_nodes, self.static_default if fixed is None else fixed)
         return self.base * self.multiplier
 
     def observe(self, scores: F32, learn: npt.NDArray[np.bool_]) -> None:

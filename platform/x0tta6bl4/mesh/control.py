@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from x0tta6bl4.errors import ConfigError
+from x0tta6bl4.mesh.drift import DriftSchedule
 from x0tta6bl4.mesh.faults import FAULT_CODES, HEALED_BY, Action, Fault
 from x0tta6bl4.mesh.routing import RoutingTree, routing_tree
 from x0tta6bl4.mesh.topology import Topology
@@ -63,11 +64,20 @@ class MeshControl:
     coordinator, and routing stays one global tree.
     """
 
-    def __init__(self, topology: Topology, faults: list[Fault], params: ControlParams | None = None) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        faults: list[Fault],
+        params: ControlParams | None = None,
+        drift: DriftSchedule | None = None,
+    ) -> None:
         self.topology = topology
         self.params = params or ControlParams()
         n, e = topology.num_nodes, topology.num_links
         self.tick = -1
+        #: Membership drift (None: every node is a member all along); static, rebuilt from the spec.
+        self.drift = drift
+        self._drift_events = drift.event_ticks(self.params.convergence_ticks) if drift else frozenset()
         self.faults = [FaultStatus(f) for f in faults]
         self._by_start: dict[int, list[int]] = {}
         for i, f in enumerate(faults):
@@ -91,6 +101,11 @@ class MeshControl:
         self.link_avoided = np.zeros(e, dtype=bool)
         self.labels = np.zeros(n, dtype=np.int8)
         self.actions: list[Action] = []
+        # Membership (see mesh.drift): absent nodes are not in the mesh; draining ones leave soon
+        # (no next hop picks them); settling ones joined but have no route (and no telemetry row) yet.
+        self.absent = drift.absent(0) if drift else np.zeros(n, dtype=bool)
+        self.draining = drift.draining(0, self.params.convergence_ticks) if drift else np.zeros(n, dtype=bool)
+        self._unlisted = self.absent.copy()
         # Routing: snapshots of its inputs, each effective convergence_ticks after the change.
         self._routing_history: list[tuple[int, RoutingInputs]] = [(-(10**9), self._routing_inputs())]
         self._last_routing_key = self._routing_key()
@@ -100,12 +115,12 @@ class MeshControl:
         #: Incremented whenever node or link status changes (cheap change detection for shards).
         self.state_version = 0
         self._down = np.zeros(n, dtype=bool)
-        self._sinks = np.zeros(n, dtype=bool)
+        self._sinks = self.absent.copy()
 
     # ------------------------------------------------------------ durability
     def state(self) -> dict[str, Any]:
         """The control plane's state without the topology and caches (for checkpoints)."""
-        skip = {"topology", "_tree", "_tree_version"}
+        skip = {"topology", "_tree", "_tree_version", "drift", "_drift_events"}
         return {k: v for k, v in self.__dict__.items() if k not in skip}
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -121,13 +136,18 @@ class MeshControl:
         return self._down
 
     @property
+    def unlisted(self) -> npt.NDArray[np.bool_]:
+        """Nodes without a telemetry row (NaN): absent, or joined and still waiting for a route."""
+        return self._unlisted
+
+    @property
     def sinks(self) -> npt.NDArray[np.bool_]:
         """Nodes where transit traffic dies: down, isolated or blackholing."""
         return self._sinks
 
     def _refresh_status(self) -> None:
         self._down = self.crashed | (self.booting_until > self.tick)
-        self._sinks = self._down | self.isolated | self.blackhole
+        self._sinks = self._down | self.isolated | self.blackhole | self.absent
 
     def active_faults(self) -> list[FaultStatus]:
         return [s for s in self.faults if s.active]
@@ -152,10 +172,10 @@ class MeshControl:
 
     def _routing_inputs(self) -> RoutingInputs:
         down = self.crashed | (self.booting_until > self.tick)
-        participating = ~(down | self.isolated)
+        participating = ~(down | self.isolated | self.absent)
         return RoutingInputs(
             participating=participating,
-            may_forward=participating & (~self.avoided | self.blackhole),
+            may_forward=participating & (~self.avoided | self.blackhole) & ~self.draining,
             roots=(self.topology.gateways | self.blackhole) & participating,
             link_usable=~self.link_avoided,
         )
@@ -173,8 +193,11 @@ class MeshControl:
         ending = [s for s in self.faults if s.active and self._should_end(s)]
         starting = self._by_start.get(tick, [])
         booted = bool(self._any_boot_done(tick))
-        if not (actions or ending or starting or booted):
+        members = tick in self._drift_events
+        if not (actions or ending or starting or booted or members):
             return
+        if members:
+            self._refresh_membership()
         for action in actions:
             self._apply(dataclasses.replace(action, tick=tick))
         for status in self.faults:
@@ -189,6 +212,13 @@ class MeshControl:
         if key != self._last_routing_key:
             self._last_routing_key = key
             self._routing_history.append((tick + self.params.convergence_ticks, self._routing_inputs()))
+
+    def _refresh_membership(self) -> None:
+        assert self.drift is not None
+        lead = self.params.convergence_ticks
+        self.absent = self.drift.absent(self.tick)
+        self.draining = self.drift.draining(self.tick, lead)
+        self._unlisted = self.absent | self.drift.settling(self.tick, lead)
 
     def _any_boot_done(self, tick: int) -> bool:
         return bool(np.any(self.booting_until == tick))

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from x0tta6bl4.errors import ConfigError
 from x0tta6bl4.mesh.topology import Topology
@@ -146,12 +147,14 @@ def random_schedule(
     min_duration_ticks: int = 20,
     max_duration_ticks: int = 60,
     warmup_ticks: int = 10,
+    exclude: npt.NDArray[np.bool_] | None = None,
 ) -> list[Fault]:
     """A seeded schedule that cycles through ``types`` so every type appears.
 
     Faults start after ``warmup_ticks``, never overlap on the same node, never target a
     gateway with ``blackhole`` (a gateway is a real root) and pick links for
-    ``link_degradation`` among the target's links.
+    ``link_degradation`` among the target's links. Nodes in ``exclude`` (those that leave or
+    join the mesh) are never a fault's node or peer.
     """
     for kind in types:
         check_fault_type(kind)
@@ -167,13 +170,22 @@ def random_schedule(
         duration = int(rng.integers(min_duration_ticks, max_duration_ticks + 1))
         for _ in range(50):
             node = int(rng.integers(0, topology.num_nodes))
-            if busy_until[node] <= start and not (kind == "blackhole" and topology.gateways[node]):
+            excluded = exclude is not None and bool(exclude[node])
+            if (
+                busy_until[node] <= start
+                and not excluded
+                and not (kind == "blackhole" and topology.gateways[node])
+            ):
                 break
         else:
             continue
         peer = None
         if kind == "link_degradation":
             neighbours = adjacency.indices[adjacency.indptr[node] : adjacency.indptr[node + 1]]
+            if exclude is not None:
+                neighbours = neighbours[~exclude[neighbours]]
+                if neighbours.size == 0:
+                    continue
             peer = int(rng.choice(neighbours))
         severity = float(rng.uniform(0.6, 1.0))
         busy_until[node] = start + duration + 5

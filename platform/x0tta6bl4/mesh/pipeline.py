@@ -110,7 +110,7 @@ class LocalMesh:
     def __init__(self, topology: Topology, spec: MeshSpec) -> None:
         self.topology = topology
         self.spec = spec
-        self.control = MeshControl(topology, list(spec.faults), spec.control)
+        self.control = MeshControl(topology, list(spec.faults), spec.control, spec.drift_schedule(topology))
         self.cores = [ShardCore(topology, r, spec) for r in range(topology.num_regions)]
         self._messages: list[Message] = [empty_message()] * topology.num_regions
         directory = spec.checkpoint_dir
@@ -202,7 +202,7 @@ class ShardedMesh:
         self.fetch_frames = fetch_frames
         self.step_timeout_s = step_timeout_s
         self.max_recoveries = max_recoveries
-        self.control = MeshControl(topology, list(spec.faults), spec.control)
+        self.control = MeshControl(topology, list(spec.faults), spec.control, spec.drift_schedule(topology))
         self.journal = ActionJournal(Path(spec.checkpoint_dir) / JOURNAL_NAME)
         if not resume:
             self.journal.entries.clear()  # a new run with this directory starts its own journal

@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from x0tta6bl4.mesh.control import MeshControl
+from x0tta6bl4.mesh.drift import DriftSchedule
 from x0tta6bl4.mesh.routing import RegionPaths, region_paths
 from x0tta6bl4.mesh.topology import Topology
 from x0tta6bl4.telemetry.frame import FEATURE_INDEX, FEATURES
@@ -20,7 +21,7 @@ I64 = npt.NDArray[np.int64]
 #: (parent ids, traffic handed up to them, node ids, their path state [m, 4]).
 Message = tuple[I64, F64, I64, F64]
 
-#: Columns of the per-region summary vector.
+#: Columns of the per-region summary vector ("nodes": members, see mesh.drift).
 SUMMARY_FIELDS = ("nodes", "serviceable", "down", "labelled", "latency_sum_ms")
 
 _PKT_BYTES = 1000.0
@@ -69,9 +70,15 @@ class RegionSim:
     """
 
     def __init__(
-        self, topology: Topology, region: int, seed: int, params: TrafficParams | None = None
+        self,
+        topology: Topology,
+        region: int,
+        seed: int,
+        params: TrafficParams | None = None,
+        drift: DriftSchedule | None = None,
     ) -> None:
         self.region = region
+        self.drift = drift
         self.first = int(topology.region_offsets[region])
         self.last = int(topology.region_offsets[region + 1])
         self.params = params or TrafficParams()
@@ -127,7 +134,7 @@ class RegionSim:
         key = (version, control.state_version)
         if key != self._paths_key or self._paths is None:
             self._paths = region_paths(tree, self.first, self.last, control.sinks)
-            usable = ~(control.down | control.isolated)
+            usable = ~(control.down | control.isolated | control.absent)
             link_ok = ~control.link_avoided[self._adj_links.data - 1] & usable[self._adj_links.col]
             self._links_up = np.bincount(self._adj_links.row[link_ok], minlength=self.num_nodes).astype(
                 np.float64
@@ -153,12 +160,17 @@ class RegionSim:
         isolated = control.isolated[a:b]
         blackhole = control.blackhole[a:b]
         sinks = control.sinks[a:b]
-        alive = ~(down | isolated)
+        unlisted = control.unlisted[a:b]
+        alive = ~(down | isolated | unlisted)
 
         # Own traffic (both directions), with the daily swing and per-tick noise.
         noise = self.rng.lognormal(0.0, p.noise, n)
         diurnal = 1.0 + 0.25 * np.sin(2.0 * np.pi * tick / p.diurnal_period_ticks)
-        own = self.demand_base * diurnal * noise + control.surge[a:b] * self.capacity * noise
+        demand = self.demand_base * diurnal
+        drift = self.drift.demand_multiplier(tick, a, b) if self.drift is not None else None
+        if drift is not None:
+            demand = demand * drift
+        own = demand * noise + control.surge[a:b] * self.capacity * noise
         limited = control.rate_limited[a:b]
         if limited.any():
             own = np.where(limited, np.minimum(own, 1.5 * self.demand_base), own)
@@ -267,6 +279,11 @@ class RegionSim:
             out[down, FEATURE_INDEX["loss_ratio"]] = 1.0
             out[down, FEATURE_INDEX["latency_mean_ms"]] = _TIMEOUT_MS
             out[down, FEATURE_INDEX["latency_p95_ms"]] = _TIMEOUT_MS
+        # A node that is not a member (see mesh.drift) has no record at all: NaN, not zeros.
+        members = n
+        if unlisted.any():
+            out[unlisted] = np.nan
+            members = n - int(unlisted.sum())
 
         # Boundary message: traffic handed to remote parents, path state of nodes with remote children.
         up = np.flatnonzero(paths.remote_parent & ~sinks)
@@ -282,7 +299,7 @@ class RegionSim:
         )
         serviceable = routed & (loss < 0.2)
         summary = np.array(
-            [n, serviceable.sum(), down.sum(), (control.labels[a:b] > 0).sum(), out[:, 5].sum()],
+            [members, serviceable.sum(), down.sum(), (control.labels[a:b] > 0).sum(), np.nansum(out[:, 5])],
             dtype=np.float64,
         )
         self.tick = tick

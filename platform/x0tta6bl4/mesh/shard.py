@@ -20,6 +20,7 @@ from x0tta6bl4.durable import write_atomic
 from x0tta6bl4.errors import X0tta6bl4Error
 from x0tta6bl4.mesh.checkpoint import CheckpointError, decode_state, encode_state
 from x0tta6bl4.mesh.control import ControlParams, MeshControl
+from x0tta6bl4.mesh.drift import DriftConfig, DriftSchedule
 from x0tta6bl4.mesh.faults import Action, Fault
 from x0tta6bl4.mesh.region import Message, RegionSim, TrafficParams
 from x0tta6bl4.mesh.topology import Topology, TopologySpec
@@ -41,6 +42,8 @@ class MeshSpec:
         checkpoint_dir: where shards write checkpoints (None: no durability).
         checkpoint_every_ticks: ticks between checkpoints (default 10).
         recent_frames: frames each shard keeps for consumers that pull them (default 64).
+        drift: what drifts (daily cycle, a region's load step, nodes leaving and joining); the
+            default drifts nothing.
     """
 
     topology: TopologySpec
@@ -51,6 +54,11 @@ class MeshSpec:
     checkpoint_dir: str | None = None
     checkpoint_every_ticks: int = 10
     recent_frames: int = 64
+    drift: DriftConfig = dataclasses.field(default_factory=DriftConfig)
+
+    def drift_schedule(self, topology: Topology) -> DriftSchedule | None:
+        """The run's drift resolved for ``topology`` (None when nothing drifts)."""
+        return DriftSchedule.build(self.drift, topology, self.seed) if self.drift.enabled else None
 
 
 #: What one shard step returns: the region's frame (None when the driver did not ask for it:
@@ -121,8 +129,9 @@ class ShardCore:
         self.region = region
         self.spec = spec
         self.topology = topology
-        self.control = MeshControl(topology, list(spec.faults), spec.control)
-        self.sim = RegionSim(topology, region, spec.seed, spec.traffic)
+        drift = spec.drift_schedule(topology)
+        self.control = MeshControl(topology, list(spec.faults), spec.control, drift)
+        self.sim = RegionSim(topology, region, spec.seed, spec.traffic, drift)
         self.restored_tick: int | None = None
         self.recent: collections.deque[TelemetryFrame] = collections.deque(maxlen=spec.recent_frames)
         self.last_message: Message | None = None

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from ray import serve
 
@@ -167,7 +168,11 @@ class AnomalyScorer:
             for tick in snapshot.window:
                 x, y = stream.push(tick, key)
             warm, ticks = stream.warm, stream.ticks
-        return GraphInputs(x, y, self._edges(snapshot)), warm, ticks
+        edges = self._edges(snapshot)
+        unlisted = unlisted_nodes(snapshot)
+        if unlisted.any():  # a node without a record is not in the graph: its zeros would skew its neighbours
+            edges = edges[:, ~(unlisted[edges[0]] | unlisted[edges[1]])]
+        return GraphInputs(x, y, edges), warm, ticks
 
     def _edges(self, snapshot: Snapshot) -> np.ndarray:
         """Both directions of the snapshot's links; meshes repeat their topology, so cached by content."""
@@ -193,6 +198,9 @@ class AnomalyScorer:
         scores = score_graphs(served.detector, [p[0] for p in prepared])
         out = []
         for (snapshot, _), (_, warm, ticks), s in zip(items, prepared, scores, strict=False):
+            unlisted = unlisted_nodes(snapshot)
+            if unlisted.any():  # no record this tick: no data, so no score and never an alarm
+                s = np.where(unlisted, np.float32(0.0), s)
             limit = thresholds.for_nodes(snapshot.node_ids)
             # float32 scores printed as float64 carry ~17 digits of noise; rounding shortens the body.
             # Alarms compare the rounded scores, so an answer never contradicts itself.
@@ -399,3 +407,8 @@ class AnomalyDetector:
             "mean_batch_size": batcher.mean_batch_size,
         }
         return {**self.scorer.describe(), "batching": batching}
+
+
+def unlisted_nodes(snapshot: Snapshot) -> npt.NDArray[np.bool_]:
+    """Nodes whose newest row is entirely NaN: no record (not a mesh member), so no data to score."""
+    return np.asarray(np.isnan(snapshot.window[-1]).all(axis=1))
