@@ -107,6 +107,7 @@ def is_auprc(value):
         ("01_graphsage_anomaly.ipynb", "X0_NB_NODES"),
         ("02_federated_lora.ipynb", "X0_NB_NODES"),
         ("03_rag.ipynb", "X0_NB_VECTORS"),
+        ("04_autonomy.ipynb", "X0_NB_NODES"),
     ],
 )
 def test_notebook_is_saved_clean(name, size_var):
@@ -167,6 +168,26 @@ def test_rag_notebook_runs_small(kernel_env):
     assert [r["hit_rate"] for r in rows] == sorted((r["hit_rate"] for r in rows), reverse=True)
     assert [r["chunk_words"] for r in results["chunk_sizes"]] == [120, 240]
     # recall per fault, ef sweep, cache thresholds, chunk sizes
+    assert images(nb) >= 4
+
+
+@pytest.mark.slow
+def test_autonomy_notebook_runs_every_mode_on_both_workloads(kernel_env, monkeypatch):
+    monkeypatch.setenv("X0_NB_TUNING_GRID", "1.0,1.25")
+    nb, results, _ = execute("04_autonomy.ipynb", kernel_env)
+    assert results["sizes"]["nodes"] == 300 and results["sizes"]["ticks"] == 80
+    assert results["drift"]["max_absent_nodes"] > 0  # nodes left or had not joined yet
+    low, high = results["drift"]["demand_multiplier_range"]
+    assert low < 1.0 < high  # the daily cycle swings both ways
+    for workload in ("stationary", "drift"):
+        tuned = results["tuned"][workload]
+        assert tuned["multiple"] in (1.0, 1.25) and tuned["threshold"] > 0
+        assert tuned["tuning_seed"] not in results["sizes"]["seeds"].values()
+        for mode in ("no_remediation", "static", "static_tuned", "learning"):
+            run = results["runs"][f"{workload}/{mode}"]
+            assert 0.0 <= run["f1"] <= 1.0 and 0.0 < run["availability"] <= 1.0, (workload, mode, run)
+            assert run["false_alarms_per_1000_node_ticks"] >= 0.0
+    # drift, availability over time, recall and MTTR per fault type, F1 and MTTR
     assert images(nb) >= 4
 
 

@@ -131,6 +131,7 @@ def run_scenario(
         [st.to_dict() for st in mesh.control.faults], [i.to_dict() for i in core.incidents], ticks, ledger
     )
     out["availability"] = float(np.mean(serviceable))
+    out["serviceable_by_tick"] = serviceable
     out["wall_s"] = time.perf_counter() - started
     out["actions"] = sum(len(i.attempts) for i in core.incidents)
     core.knowledge.close()
@@ -146,7 +147,7 @@ def _log_run(what: str, ev: dict[str, Any]) -> None:
     )
 
 
-class _Stores:
+class ScenarioStores:
     """Fresh copies of one built runbook store, and knowledge paths, under one directory."""
 
     def __init__(self, root: Path, model: Any) -> None:
@@ -167,7 +168,7 @@ class _Stores:
 
 
 def tune_static_threshold(
-    workload: str, nodes: int, ticks: int, grid: tuple[float, ...], scorer: Any, stores: _Stores
+    workload: str, nodes: int, ticks: int, grid: tuple[float, ...], scorer: Any, stores: ScenarioStores
 ) -> dict[str, Any]:
     """The single static threshold with the best F1 on the workload's tuning seed (static mode).
 
@@ -223,7 +224,7 @@ def _scenario_results(quick: bool, scorer: Any = None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="x0tta6bl4-bench-autonomy-") as tmp:
         # One embedder and one built store, copied for each mode (each mode's ingests stay its own).
-        stores = _Stores(Path(tmp), load_embedder(max_seq_length=RetrieverConfig().max_seq_length))
+        stores = ScenarioStores(Path(tmp), load_embedder(max_seq_length=RetrieverConfig().max_seq_length))
         for workload in WORKLOADS:
             drift = realistic_drift(ticks) if workload == "drift" else None
             prefix = "" if workload == "stationary" else f"{workload}-"
