@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -57,6 +57,7 @@ def evaluate(
     ticks: int,
     ledger: AlarmLedger,
     max_duration_ticks: int = 60,
+    visible: Mapping[int, bool] | None = None,
 ) -> dict[str, Any]:
     """Precision, recall and F1 of detection, MTTD and MTTR in ticks, false alarms per 1,000 node-ticks,
     and how often the first action taken on a fault was the one that fixed it.
@@ -68,6 +69,9 @@ def evaluate(
     A fault is acted on when an incident holding one of its nodes sent an action while the fault
     was active; its first action fixed it when that action is the fault's cure on its own target
     (see :func:`first_action`), which is what a right root cause and a right plan both need.
+    ``visible`` (fault id -> whether the fault changed any telemetry, from
+    :func:`~x0tta6bl4.mapek.visibility.fault_visibility`) adds recall among the visible faults per
+    fault type: what a controller of telemetry can be held to.
     """
     confirmed = [i for i in incidents if i.get("confirmed_tick") is not None]
     evaluated = [f for f in faults if f["start_tick"] + max_duration_ticks <= ticks]
@@ -79,6 +83,7 @@ def evaluate(
             true_incidents += 1
     detected, mttd = 0, []
     per_type: dict[str, list[int]] = {}
+    seen_by_type: dict[str, dict[str, int]] = {}
     for f in evaluated:
         fault_end = f["ended_tick"] if f["ended_tick"] is not None else ticks
         hits = [
@@ -89,6 +94,12 @@ def evaluate(
             and (inc["closed_tick"] if inc["closed_tick"] is not None else ticks) >= f["start_tick"]
         ]
         per_type.setdefault(f["kind"], []).append(int(bool(hits)))
+        if visible is not None and f["fault_id"] in visible:
+            seen = seen_by_type.setdefault(f["kind"], {"faults": 0, "visible": 0, "detected_visible": 0})
+            seen["faults"] += 1
+            if visible[f["fault_id"]]:
+                seen["visible"] += 1
+                seen["detected_visible"] += int(bool(hits))
         if hits:
             detected += 1
             mttd.append(min(hits))
@@ -127,6 +138,10 @@ def evaluate(
             k: float(np.mean(v)) for k, v in sorted(first_ok_by_type.items())
         },
         "mttr_by_fault_type": {k: float(np.mean(v)) for k, v in sorted(repair_by_type.items())},
+        "visible_by_fault_type": dict(sorted(seen_by_type.items())),
+        "recall_of_visible_by_fault_type": {
+            k: v["detected_visible"] / v["visible"] for k, v in sorted(seen_by_type.items()) if v["visible"]
+        },
     }
 
 

@@ -33,3 +33,24 @@ def test_first_action_success_is_reported_per_mode_per_seed_and_over_all_seeds_a
     assert math.isclose(by["all", "learning"]["value"], 0.8)  # the seeds' mean
     assert by["all", "static"]["value"] == 0.5  # a seed that never acted does not count as 0
     assert math.isnan(by["seed-2", "static"]["value"])
+
+
+def test_recall_of_visible_faults_is_pooled_over_the_seeds_per_mode_and_fault_type() -> None:
+    seen = {
+        1: {"blackhole": {"faults": 2, "visible": 2, "detected_visible": 1}},
+        2: {"blackhole": {"faults": 2, "visible": 1, "detected_visible": 1}, "congestion": {"faults": 1, "visible": 0, "detected_visible": 0}},
+    }  # fmt: skip
+    figures = {
+        mode: {seed: {**_evaluation(0.9), "visible_by_fault_type": seen[seed]} for seed in (1, 2)}
+        for mode in MODES
+    }
+    rows = [r for r in scenario_rows(figures, (1, 2), {"nodes": 10}) if r["name"] == "recall_of_visible"]
+    by = {(r["params"]["mode"], r["params"]["fault_type"]): r for r in rows}
+    assert set(by) == {(m, k) for m in ("learning", "static") for k in ("blackhole", "congestion")}
+    assert all(r["params"]["scenario"] == "all" for r in rows)  # pooled, never per seed
+    blackhole = by["learning", "blackhole"]
+    assert math.isclose(blackhole["value"], 2 / 3) and blackhole["met"] is False
+    assert blackhole["params"]["visible_share"] == 0.75
+    assert (
+        math.isnan(by["static", "congestion"]["value"]) and by["static", "congestion"].get("target") is None
+    )

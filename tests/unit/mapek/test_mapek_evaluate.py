@@ -240,3 +240,24 @@ def test_no_action_means_no_first_action_ratio() -> None:
     result = evaluate([_fault(0, "congestion", 10, node=1, ended=40)], [], 100, _ledger())
     assert result["faults_acted_on"] == 0
     assert result["first_action_success_ratio"] is None
+
+
+def test_recall_of_visible_counts_only_the_faults_the_telemetry_showed() -> None:
+    faults = [
+        _fault(0, "link_degradation", 10, 2, 40, peer=3),  # visible, detected
+        _fault(1, "link_degradation", 50, 6, 80, peer=7),  # invisible (no route used it), missed
+        _fault(2, "blackhole", 90, 8, 120),  # visible, missed
+    ]
+    incidents = [_incident(0, 11, 12, 30, [2])]
+    out = evaluate(faults, incidents, 200, _ledger(), visible={0: True, 1: False, 2: True})
+    assert out["recall_by_fault_type"] == {"blackhole": 0.0, "link_degradation": 0.5}
+    assert out["visible_by_fault_type"] == {
+        "blackhole": {"faults": 1, "visible": 1, "detected_visible": 0},
+        "link_degradation": {"faults": 2, "visible": 1, "detected_visible": 1},
+    }
+    assert out["recall_of_visible_by_fault_type"] == {"blackhole": 0.0, "link_degradation": 1.0}
+
+
+def test_without_visibility_no_visible_figures_are_made_up() -> None:
+    out = evaluate([_fault(0, "node_crash", 10, 2, 40)], [], 200, _ledger())
+    assert out["visible_by_fault_type"] == {} and out["recall_of_visible_by_fault_type"] == {}
