@@ -1,6 +1,6 @@
 """Settings every test shares: models load from the packaged files only, never from a hub; tiers by
-marker; with pytest-xdist (``make test`` runs two workers), each worker's Ray clusters apart and
-the tests that share a Ray or a whole job kept on one worker."""
+marker; with pytest-xdist (``make test`` runs two workers), each worker's Ray clusters apart, its
+share of the cores for torch and BLAS, and the tests that share the session's Ray kept on one worker."""
 
 import os
 import tempfile
