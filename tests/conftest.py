@@ -27,12 +27,9 @@ if _WORKER:
         os.environ.setdefault(_pool, _share)
 
 #: xdist groups: every test of a group runs on one worker, in order. The integration tests share
-#: the session's Ray (tests/integration/conftest.py) and their packages' Serve deployments. Whole
-#: jobs (tests/e2e) spread with the unit tests: as one group they are the critical path (12 minutes
-#: into a run on a loaded machine: 9 of them done on one worker, 97 integration and unit tests on
-#: the other, which would soon have nothing left to run).
-#: The workers that run a test of the small run (tests/e2e/conftest.py) each start their own.
-_GROUPS = ("integration",)
+#: the session's Ray (tests/integration/conftest.py) and their packages' Serve deployments; the
+#: whole-job tests share one small run (tests/e2e/conftest.py). Unit tests spread freely.
+_GROUPS = ("e2e", "integration")
 _TESTS = Path(__file__).resolve().parent
 
 
@@ -63,8 +60,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     With pytest 9.2, xdist 3.8's suffix never reaches the scheduler (it writes ``item._nodeid``,
     which node ids no longer read: pytest-dev/pytest-xdist#1386), so the marks above were ignored:
-    both workers ran integration tests, each starting the session's Ray and the packages' Serve
-    apps (a bootstrap training each) for itself.
+    both workers ran whole jobs and integration tests, each starting the small run, the session's
+    Ray and the packages' Serve apps for itself, side by side on two cores.
     """
     if config.getvalue("dist") != "loadgroup":
         return None
