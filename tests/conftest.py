@@ -5,7 +5,6 @@ share of the cores for torch and BLAS, and the tests that share the session's Ra
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -33,9 +32,6 @@ _GROUPS = ("e2e", "integration")
 _TESTS = Path(__file__).resolve().parent
 
 
-# tryfirst: xdist's worker reads the `xdist_group` marks in its own pytest_collection_modifyitems,
-# which pluggy would otherwise call before this one (it was registered later).
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     grouped = config.pluginmanager.hasplugin("xdist")
     for item in items:
@@ -46,32 +42,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         top = Path(str(item.fspath)).resolve().relative_to(_TESTS).parts[0]
         if grouped and top in _GROUPS:
             item.add_marker(pytest.mark.xdist_group(top))
-
-
-def _group_of(nodeid: str) -> str | None:
-    """The xdist group of a test by its path (``tests/<group>/...``), or None."""
-    parts = nodeid.split("::", 1)[0].split("/")
-    return parts[1] if len(parts) > 2 and parts[0] == "tests" and parts[1] in _GROUPS else None
-
-
-@pytest.hookimpl(optionalhook=True, tryfirst=True)
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """``--dist loadgroup`` that groups by path, not only by the ``@group`` suffix xdist adds to node ids.
-
-    With pytest 9.2, xdist 3.8's suffix never reaches the scheduler (it writes ``item._nodeid``,
-    which node ids no longer read: pytest-dev/pytest-xdist#1386), so the marks above were ignored:
-    both workers ran whole jobs and integration tests, each starting the small run, the session's
-    Ray and the packages' Serve apps for itself, side by side on two cores.
-    """
-    if config.getvalue("dist") != "loadgroup":
-        return None
-    from xdist.scheduler import LoadGroupScheduling
-
-    class PathGroups(LoadGroupScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return _group_of(nodeid) or super()._split_scope(nodeid)
-
-    return PathGroups(config, log)
 
 
 @pytest.fixture(scope="session")
