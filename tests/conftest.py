@@ -1,6 +1,7 @@
 """Settings every test shares: models load from the packaged files only, never from a hub; tiers by
 marker; with pytest-xdist (``make test`` runs two workers), each worker's Ray clusters apart, its
-share of the cores for torch and BLAS, and the tests that share the session's Ray kept on one worker."""
+share of the cores for torch and BLAS, and the tests that share a Ray or a whole job kept on one worker
+(meant to: with pytest 9.2 the marks have no effect, pytest-dev/pytest-xdist#1386)."""
 
 import os
 import tempfile
