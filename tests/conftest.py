@@ -1,6 +1,7 @@
 """Settings every test shares: models load from the packaged files only, never from a hub; tiers by
-marker; with pytest-xdist (``make test`` runs two workers), each worker's Ray clusters apart and
-the tests that share a Ray or a whole job kept on one worker."""
+marker; with pytest-xdist (``make test`` runs two workers), each worker's Ray clusters apart, its
+share of the cores for torch and BLAS, and the tests that share a Ray or a whole job kept on one worker
+(meant to: with pytest 9.2 the marks have no effect, pytest-dev/pytest-xdist#1386)."""
 
 import os
 import tempfile
@@ -17,6 +18,13 @@ if _WORKER:
     # RAY_TMPDIR: each worker (and every job its tests start, which inherit it) gets its own, so
     # no worker's job ever finds or joins the other worker's cluster. Short: socket paths.
     os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix=f"x0{_WORKER}-", dir="/tmp")
+    # Each worker's share of the cores for torch's (OpenMP) and the BLAS thread pools, set before
+    # any test imports them, and inherited by the jobs its tests start. At the libraries' default
+    # (one thread a core in every worker) two workers oversubscribe the cores and the pools'
+    # spinning threads wait on each other: a two-epoch detector training took 13 s instead of 0.2 s.
+    _share = str(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    for _pool in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_pool, _share)
 
 #: xdist groups: every test of a group runs on one worker, in order. The integration tests share
 #: the session's Ray (tests/integration/conftest.py) and their packages' Serve deployments; the

@@ -21,7 +21,7 @@ TEXTS = [
 def model():
     import torch
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(min(2, int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)))
     return load_embedder(max_seq_length=256)
 
 
