@@ -23,6 +23,7 @@ from x0tta6bl4.mapek.config import ControllerConfig
 from x0tta6bl4.mapek.incidents import Attempt, Incident, signature
 from x0tta6bl4.mapek.interfaces import MeshView, Runbooks, Scorer, StepResult
 from x0tta6bl4.mapek.knowledge import KnowledgeStore
+from x0tta6bl4.mapek.membership import MembershipWatch
 from x0tta6bl4.mapek.state import Health, deep_analysis, mesh_health, monitoring_interval_ticks
 from x0tta6bl4.mapek.symptoms import FeatureBaselines, describe
 from x0tta6bl4.mapek.thresholds import ThresholdLearner, neighbour_max, trend_slope
@@ -87,6 +88,9 @@ class ControllerCore:
         self.adjacency = view.adjacency()
         self._reach = self.adjacency + identity(view.num_nodes, format="csr")
         self.routing = rootcause.RoutingKnowledge(view)
+        self.membership = MembershipWatch(
+            self.routing, view.num_nodes, config.membership_load_change_share, config.membership_grace_ticks
+        )
         self.features, static = scorer.contract()
         self._columns = [FEATURES.index(f) for f in self.features]
         n = view.num_nodes
@@ -305,10 +309,10 @@ class ControllerCore:
         c = self.config
         analysis = tracing.start_span("mapek.analyze", {"tick": tick})
         self._last_features = features
-        thr = self.learner.thresholds
         # A node without a record (an all-NaN row: not a member of the mesh) has no data: it never
         # alarms, and neither its score nor its features are learned from.
         unlisted = _unlisted(features)
+        thr = self._membership_thresholds(tick, unlisted)
         scores = np.where(unlisted, np.float32(0.0), scores) if unlisted.any() else scores
         excess = np.maximum(scores.astype(np.float64), 0.0) / np.maximum(thr, 1e-9)
         above = excess > 1.0
@@ -366,6 +370,20 @@ class ControllerCore:
             c.critical_incidents,
         )
         return actions
+
+    def _membership_thresholds(self, tick: int, unlisted: npt.NDArray[np.bool_]) -> F64:
+        """The thresholds in force after this frame's membership: nodes that a join or leave moved
+        (see :mod:`~x0tta6bl4.mapek.membership`) forget what they learned under the old routing tree
+        and are judged against at least the served model's threshold for a grace period."""
+        moved = self.membership.update(tick, unlisted, self.isolated, self.avoided_links)
+        if moved.size:
+            self.learner.forget(moved)
+            self.run[moved] = 0
+        thr = self.learner.thresholds
+        if not self.config.learning:
+            return thr
+        grace = self.membership.in_grace(tick)
+        return np.where(grace, np.maximum(thr, self.learner.static_default), thr) if grace.any() else thr
 
     def _silent(self, features: F32) -> npt.NDArray[np.bool_]:
         """Nodes that report the collector's unreachable record: no links, no CPU, no traffic."""
@@ -617,8 +635,8 @@ class ControllerCore:
         return (root, peer) if excess[peer] >= 0.5 else (root, None)
 
     def _tree(self) -> RoutingTree:
-        """The routing tree the mesh runs on, given the controller's own isolations and avoided links."""
-        return self.routing.tree(self.isolated, self.avoided_links)
+        """The routing tree the mesh runs on: its members, less the controller's isolations and avoidances."""
+        return self.membership.tree(self.isolated, self.avoided_links)
 
     def _preconditions(self, tick: int, name: str, node: int, peer: int | None, features: F32) -> bool:
         """The runbooks' preconditions that telemetry and the controller's own record can check."""
