@@ -113,8 +113,16 @@ class ControllerConfig(BaseModel):
     membership_grace_ticks: int = Field(
         default=20,
         ge=0,
-        description="ticks after such a membership change during which the moved nodes' thresholds are at "
-        "least the served model's (learning modes; queues and routes settle around the change meanwhile)",
+        description="ticks after such a membership change during which the moved nodes, the joiners and "
+        "the leavers' and joiners' neighbours are judged against at least membership_grace_threshold_share "
+        "of the served model's threshold (learning modes; queues, routes and the scorer's window of a "
+        "joiner settle meanwhile)",
+    )
+    membership_grace_threshold_share: float = Field(
+        default=1.5,
+        gt=0,
+        description="the grace period's threshold floor, as a multiple of the served model's threshold "
+        "(a joiner and the relays around it score 1.1-1.5x the model's threshold while they settle)",
     )
     rag_k: int = Field(default=3, ge=1, le=10, description="runbooks asked for per incident")
     settle_ticks: dict[str, int] = Field(

@@ -89,7 +89,7 @@ class ControllerCore:
         self._reach = self.adjacency + identity(view.num_nodes, format="csr")
         self.routing = rootcause.RoutingKnowledge(view)
         self.membership = MembershipWatch(
-            self.routing, view.num_nodes, config.membership_load_change_share, config.membership_grace_ticks
+            self.routing, self.adjacency, config.membership_load_change_share, config.membership_grace_ticks
         )
         self.features, static = scorer.contract()
         self._columns = [FEATURES.index(f) for f in self.features]
@@ -374,7 +374,8 @@ class ControllerCore:
     def _membership_thresholds(self, tick: int, unlisted: npt.NDArray[np.bool_]) -> F64:
         """The thresholds in force after this frame's membership: nodes that a join or leave moved
         (see :mod:`~x0tta6bl4.mapek.membership`) forget what they learned under the old routing tree
-        and are judged against at least the served model's threshold for a grace period."""
+        and are judged against at least ``membership_grace_threshold_share`` of the served model's
+        threshold for a grace period."""
         moved = self.membership.update(tick, unlisted, self.isolated, self.avoided_links)
         if moved.size:
             self.learner.forget(moved)
@@ -383,7 +384,8 @@ class ControllerCore:
         if not self.config.learning:
             return thr
         grace = self.membership.in_grace(tick)
-        return np.where(grace, np.maximum(thr, self.learner.static_default), thr) if grace.any() else thr
+        floor = self.config.membership_grace_threshold_share * self.learner.static_default
+        return np.where(grace, np.maximum(thr, floor), thr) if grace.any() else thr
 
     def _silent(self, features: F32) -> npt.NDArray[np.bool_]:
         """Nodes that report the collector's unreachable record: no links, no CPU, no traffic."""

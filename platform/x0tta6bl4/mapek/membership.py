@@ -18,6 +18,7 @@ from collections.abc import Collection
 
 import numpy as np
 import numpy.typing as npt
+from scipy.sparse import csr_matrix
 
 from x0tta6bl4.mapek.rootcause import RoutingKnowledge
 from x0tta6bl4.mesh.routing import RoutingTree
@@ -64,15 +65,21 @@ class MembershipWatch:
     Args:
         routing: the controller's routing knowledge (the mesh's own routing rule over its links).
         num_nodes: nodes in the view.
+        adjacency: ``[nodes, nodes]`` mesh links (a join or leave changes its neighbours' links).
         load_change_share: see :func:`moved_nodes`.
-        grace_ticks: ticks after a change during which moved nodes are judged against at least the
-            served model's threshold.
+        grace_ticks: ticks after a change during which the voided nodes stay in grace.
     """
 
     def __init__(
-        self, routing: RoutingKnowledge, num_nodes: int, load_change_share: float, grace_ticks: int
+        self,
+        routing: RoutingKnowledge,
+        adjacency: csr_matrix,
+        load_change_share: float,
+        grace_ticks: int,
     ) -> None:
+        num_nodes = adjacency.shape[0]
         self.routing = routing
+        self.adjacency = adjacency
         self.load_change_share = load_change_share
         self.grace_ticks = grace_ticks
         self.listed: Bools | None = None
@@ -100,8 +107,10 @@ class MembershipWatch:
         """Take this frame's membership; return the nodes whose learned thresholds it voids.
 
         Those are the nodes that joined (nothing learned about them is about the mesh they are in
-        now) and the members whose routed traffic the new tree moved (:func:`moved_nodes`); each
-        starts a grace period of ``grace_ticks``. The first frame only records membership.
+        now, and the scorer's window of them is still partly empty), the neighbours of every node
+        that joined or left (their links and link traffic changed), and the members whose routed
+        traffic the new tree moved (:func:`moved_nodes`); each starts a grace period of
+        ``grace_ticks``. The first frame only records membership.
         """
         listed = ~unlisted
         if self.listed is None:
@@ -111,10 +120,12 @@ class MembershipWatch:
             return np.zeros(0, dtype=np.int64)
         before = self.tree(isolated, avoided)
         joined = listed & ~self.listed
+        changed = listed != self.listed
         self.listed = listed.copy()
         after = self.tree(isolated, avoided)
         moved = moved_nodes(before, after, self.load_change_share)
-        void = np.union1d(np.flatnonzero(joined), moved).astype(np.int64)
+        near = np.asarray(self.adjacency @ changed.astype(np.float64)).ravel() > 0
+        void = np.union1d(np.flatnonzero(joined | (near & listed)), moved).astype(np.int64)
         self.grace_until[void] = tick + self.grace_ticks
         self.changes += 1
         return void

@@ -40,14 +40,15 @@ def test_a_leave_moves_the_relays_that_inherit_its_subtree_not_the_far_ancestors
     assert moved_nodes(before, after, 0.1).tolist() == [0, 2, 3, 4]
 
 
-def test_the_watch_records_the_first_frame_then_voids_joiners_and_moved_nodes_for_a_grace_period() -> None:
-    watch = MembershipWatch(RoutingKnowledge(_view()), N, 0.3, grace_ticks=5)
+def test_the_watch_records_the_first_frame_then_voids_joiners_neighbours_and_moved_nodes() -> None:
+    watch = MembershipWatch(RoutingKnowledge(_view()), _view().adjacency(), 0.3, grace_ticks=5)
     assert watch.update(0, _unlisted(), set(), set()).size == 0
     assert watch.update(1, _unlisted(), set(), set()).size == 0  # nothing changed
-    assert watch.update(2, _unlisted(1), set(), set()).tolist() == [2, 3, 4]
+    # 1 leaves: its neighbours 0 and 3 lose a link; 2, 3 and 4 carry 3's subtree now.
+    assert watch.update(2, _unlisted(1), set(), set()).tolist() == [0, 2, 3, 4]
     assert watch.absent == {1} and watch.tree(set(), set()).parent[3] == 4
-    assert watch.in_grace(7)[[2, 3, 4]].all() and not watch.in_grace(8).any()
-    assert not watch.in_grace(7)[[0, 5, 6]].any()
+    assert watch.in_grace(7)[[0, 2, 3, 4]].all() and not watch.in_grace(8).any()
+    assert not watch.in_grace(7)[[5, 6]].any()
     # Node 1 comes back: it joined (nothing learned applies) and 3 moves back under it.
     assert set(watch.update(10, _unlisted(), set(), set()).tolist()) >= {1, 3}
 
@@ -95,6 +96,20 @@ def _relay_after_churn(leaves: bool, grace_ticks: int = 20) -> set[int]:
 def test_a_relay_whose_transit_a_leave_moved_is_not_judged_by_its_old_history() -> None:
     assert 4 in _relay_after_churn(leaves=False), "without a membership change the jump is an anomaly"
     assert 4 not in _relay_after_churn(leaves=True)
+
+
+def test_the_grace_floor_is_a_multiple_of_the_static_threshold_and_only_for_moved_nodes() -> None:
+    config = ControllerConfig(
+        audit=False, ingest_resolved=False, learn_warmup_ticks=4, membership_grace_threshold_share=1.5
+    )
+    core = ControllerCore(_view(), config, _Scorer(), None, KnowledgeStore(":memory:"), "t")
+    for tick in range(12):
+        core.step(tick, _features())
+    f = _features()
+    f[1] = np.nan
+    core.step(12, f)
+    thr = core._membership_thresholds(13, np.isnan(f).all(axis=1))
+    assert np.allclose(thr[[0, 2, 3, 4]], 1.5) and np.all(thr[[5, 6]] < 0.5)
 
 
 def test_without_a_grace_period_the_moved_relay_relearns_from_the_static_threshold() -> None:
