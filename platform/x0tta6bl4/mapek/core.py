@@ -442,6 +442,8 @@ class ControllerCore:
                 new &= ~near
                 if inc.confirmed_tick is None:
                     self._reroot(inc, shown, peer_max)
+        if new.any():
+            new &= ~self._captured(open_incidents, new, features)
         while new.any():
             order = np.flatnonzero(new)
             root = int(order[np.argmax(shown[order])])
@@ -456,6 +458,27 @@ class ControllerCore:
             self.incidents.append(inc)
             self.knowledge.save_incident(self.run_id, inc.to_dict())
             new &= ~members
+
+    def _captured(
+        self, open_incidents: list[Incident], new: npt.NDArray[np.bool_], features: F32
+    ) -> npt.NDArray[np.bool_]:
+        """New alarms whose routes a blackhole root of an open incident captured (the mesh routes to
+        it as to a gateway, from beyond the correlation radius): they join that incident as symptoms."""
+        holes = {
+            inc.root: inc
+            for inc in open_incidents
+            if rootcause.blackhole_sign(features[[inc.root]], self.baselines.level[[inc.root]])[0]
+        }
+        joined = np.zeros_like(new)
+        if not holes:
+            return joined
+        tree = self.routing.tree(self.isolated | self.membership.absent, self.avoided_links, holes)
+        top = rootcause.root_of(tree)
+        for root, inc in holes.items():
+            mine = new & (top == root)
+            inc.nodes.update(int(i) for i in np.flatnonzero(mine))
+            joined |= mine
+        return joined
 
     def _reroot(self, inc: Incident, shown: F64, peer_max: F64) -> None:
         """Root = the member routing knowledge blames (:func:`rootcause.locate_root`); without a routing
