@@ -101,6 +101,29 @@ class ControllerConfig(BaseModel):
         "acting: routing around a change (a blackhole attracting routes) settles first, and with it the "
         "root's own signs",
     )
+    membership_load_change_share: float = Field(
+        default=0.3,
+        gt=0,
+        le=1,
+        description="a node leaving or joining (its telemetry row turning NaN or back) moves the routing "
+        "tree; members whose next hop changed, or whose carried load (nodes routing through them) changed "
+        "by at least this share of the larger value, forget their learned scores (history learned under "
+        "the old tree judges the new transit traffic as anomalous) and relearn from the static threshold",
+    )
+    membership_grace_ticks: int = Field(
+        default=20,
+        ge=0,
+        description="ticks after such a membership change during which the moved nodes, the joiners and "
+        "the leavers' and joiners' neighbours are judged against at least membership_grace_threshold_share "
+        "of the served model's threshold (learning modes; queues, routes and the scorer's window of a "
+        "joiner settle meanwhile)",
+    )
+    membership_grace_threshold_share: float = Field(
+        default=1.5,
+        gt=0,
+        description="the grace period's threshold floor, as a multiple of the served model's threshold "
+        "(a joiner and the relays around it score 1.1-1.5x the model's threshold while they settle)",
+    )
     rag_k: int = Field(default=3, ge=1, le=10, description="runbooks asked for per incident")
     settle_ticks: dict[str, int] = Field(
         default_factory=lambda: dict(SETTLE_TICKS),

@@ -23,6 +23,7 @@ from x0tta6bl4.mapek.config import ControllerConfig
 from x0tta6bl4.mapek.incidents import Attempt, Incident, signature
 from x0tta6bl4.mapek.interfaces import MeshView, Runbooks, Scorer, StepResult
 from x0tta6bl4.mapek.knowledge import KnowledgeStore
+from x0tta6bl4.mapek.membership import MembershipWatch
 from x0tta6bl4.mapek.state import Health, deep_analysis, mesh_health, monitoring_interval_ticks
 from x0tta6bl4.mapek.symptoms import FeatureBaselines, describe
 from x0tta6bl4.mapek.thresholds import ThresholdLearner, neighbour_max, trend_slope
@@ -87,6 +88,9 @@ class ControllerCore:
         self.adjacency = view.adjacency()
         self._reach = self.adjacency + identity(view.num_nodes, format="csr")
         self.routing = rootcause.RoutingKnowledge(view)
+        self.membership = MembershipWatch(
+            self.routing, self.adjacency, config.membership_load_change_share, config.membership_grace_ticks
+        )
         self.features, static = scorer.contract()
         self._columns = [FEATURES.index(f) for f in self.features]
         n = view.num_nodes
@@ -305,10 +309,10 @@ class ControllerCore:
         c = self.config
         analysis = tracing.start_span("mapek.analyze", {"tick": tick})
         self._last_features = features
-        thr = self.learner.thresholds
         # A node without a record (an all-NaN row: not a member of the mesh) has no data: it never
         # alarms, and neither its score nor its features are learned from.
         unlisted = _unlisted(features)
+        thr = self._membership_thresholds(tick, unlisted)
         scores = np.where(unlisted, np.float32(0.0), scores) if unlisted.any() else scores
         excess = np.maximum(scores.astype(np.float64), 0.0) / np.maximum(thr, 1e-9)
         above = excess > 1.0
@@ -367,6 +371,22 @@ class ControllerCore:
         )
         return actions
 
+    def _membership_thresholds(self, tick: int, unlisted: npt.NDArray[np.bool_]) -> F64:
+        """The thresholds in force after this frame's membership: nodes that a join or leave moved
+        (see :mod:`~x0tta6bl4.mapek.membership`) forget what they learned under the old routing tree
+        and are judged against at least ``membership_grace_threshold_share`` of the served model's
+        threshold for a grace period."""
+        moved = self.membership.update(tick, unlisted, self.isolated, self.avoided_links)
+        if moved.size:
+            self.learner.forget(moved)
+            self.run[moved] = 0
+        thr = self.learner.thresholds
+        if not self.config.learning:
+            return thr
+        grace = self.membership.in_grace(tick)
+        floor = self.config.membership_grace_threshold_share * self.learner.static_default
+        return np.where(grace, np.maximum(thr, floor), thr) if grace.any() else thr
+
     def _silent(self, features: F32) -> npt.NDArray[np.bool_]:
         """Nodes that report the collector's unreachable record: no links, no CPU, no traffic."""
         f = np.nan_to_num(features)
@@ -422,6 +442,8 @@ class ControllerCore:
                 new &= ~near
                 if inc.confirmed_tick is None:
                     self._reroot(inc, shown, peer_max)
+        if new.any():
+            new &= ~self._captured(open_incidents, new, features)
         while new.any():
             order = np.flatnonzero(new)
             root = int(order[np.argmax(shown[order])])
@@ -436,6 +458,27 @@ class ControllerCore:
             self.incidents.append(inc)
             self.knowledge.save_incident(self.run_id, inc.to_dict())
             new &= ~members
+
+    def _captured(
+        self, open_incidents: list[Incident], new: npt.NDArray[np.bool_], features: F32
+    ) -> npt.NDArray[np.bool_]:
+        """New alarms whose routes a blackhole root of an open incident captured (the mesh routes to
+        it as to a gateway, from beyond the correlation radius): they join that incident as symptoms."""
+        holes = {
+            inc.root: inc
+            for inc in open_incidents
+            if rootcause.blackhole_sign(features[[inc.root]], self.baselines.level[[inc.root]])[0]
+        }
+        joined = np.zeros_like(new)
+        if not holes:
+            return joined
+        tree = self.routing.tree(self.isolated | self.membership.absent, self.avoided_links, holes)
+        top = rootcause.root_of(tree)
+        for root, inc in holes.items():
+            mine = new & (top == root)
+            inc.nodes.update(int(i) for i in np.flatnonzero(mine))
+            joined |= mine
+        return joined
 
     def _reroot(self, inc: Incident, shown: F64, peer_max: F64) -> None:
         """Root = the member routing knowledge blames (:func:`rootcause.locate_root`); without a routing
@@ -617,8 +660,8 @@ class ControllerCore:
         return (root, peer) if excess[peer] >= 0.5 else (root, None)
 
     def _tree(self) -> RoutingTree:
-        """The routing tree the mesh runs on, given the controller's own isolations and avoided links."""
-        return self.routing.tree(self.isolated, self.avoided_links)
+        """The routing tree the mesh runs on: its members, less the controller's isolations and avoidances."""
+        return self.membership.tree(self.isolated, self.avoided_links)
 
     def _preconditions(self, tick: int, name: str, node: int, peer: int | None, features: F32) -> bool:
         """The runbooks' preconditions that telemetry and the controller's own record can check."""

@@ -221,11 +221,29 @@ class RoutingKnowledge:
         )
         self._cache: tuple[tuple[frozenset[int], frozenset[tuple[int, int]]], RoutingTree] | None = None
 
-    def tree(self, isolated: Collection[int], avoided: Collection[tuple[int, int]]) -> RoutingTree:
-        """The tree without ``isolated`` nodes and ``avoided`` links (``(u, v)``; ``(u, -1)``: a node)."""
+    def tree(
+        self,
+        isolated: Collection[int],
+        avoided: Collection[tuple[int, int]],
+        posing: Collection[int] = (),
+    ) -> RoutingTree:
+        """The tree without ``isolated`` nodes and ``avoided`` links (``(u, v)``; ``(u, -1)``: a node).
+
+        ``posing``: nodes that pose as roots (suspected blackholes: the mesh routes to them as to a
+        gateway); the one-entry cache holds the tree without them.
+        """
+        if posing:
+            return self._build((frozenset(isolated), frozenset(avoided)), frozenset(posing))
         key = (frozenset(isolated), frozenset(avoided))
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
+        tree = self._build(key, frozenset())
+        self._cache = (key, tree)
+        return tree
+
+    def _build(
+        self, key: tuple[frozenset[int], frozenset[tuple[int, int]]], posing: frozenset[int]
+    ) -> RoutingTree:
         topo = self._topology
         n = topo.num_nodes
         participating = np.ones(n, dtype=bool)
@@ -240,6 +258,18 @@ class RoutingKnowledge:
             pos = int(np.searchsorted(topo.edge_keys, a * n + b))
             if pos < topo.num_links and topo.edge_keys[pos] == a * n + b:
                 usable[pos] = False
-        tree = routing_tree(topo, participating, may_forward, topo.gateways & participating, usable)
-        self._cache = (key, tree)
-        return tree
+        roots = topo.gateways.copy()
+        roots[list(posing)] = True
+        return routing_tree(topo, participating, may_forward, roots & participating, usable)
+
+
+def root_of(tree: RoutingTree) -> I64:
+    """The root each node's route ends at (-1 for a node without a route).
+
+    Shapes:
+        out: ``[nodes]``.
+    """
+    top = np.where(tree.parent >= 0, tree.parent, np.arange(tree.parent.size))
+    for _ in range(int(np.ceil(np.log2(max(2, tree.parent.size)))) + 1):
+        top = top[top]
+    return np.where(tree.routed, top, -1).astype(np.int64)

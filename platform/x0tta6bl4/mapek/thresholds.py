@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -78,17 +79,42 @@ class ThresholdLearner:
         if self.filled < c.learn_warmup_ticks:
             return
         h = self.history[: self.filled].astype(np.float64)
-        q25, q50, q75, qp = np.percentile(h, [25.0, 50.0, 75.0, c.percentile], axis=0)
+        base = self._fit(h)
+        gaps = np.flatnonzero(np.isnan(h).any(axis=0))
+        if gaps.size:  # forgotten nodes: fit what they learned since, static until that is enough
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                partial = self._fit(h[:, gaps], nan=True)
+            enough = (~np.isnan(h[:, gaps])).sum(axis=0) >= c.learn_warmup_ticks
+            base[gaps] = np.where(enough, partial, self.static_default)
+        self.base = np.maximum(base, c.threshold_floor_share * self.static_default)
+
+    def _fit(self, h: F64, nan: bool = False) -> F64:
+        """The configured strategy's threshold per column of ``h`` (``nan``: ignore NaN entries)."""
+        c = self.config
+        percentile, mean, std = (
+            (np.nanpercentile, np.nanmean, np.nanstd) if nan else (np.percentile, np.mean, np.std)
+        )
+        q25, q50, q75, qp = percentile(h, [25.0, 50.0, 75.0, c.percentile], axis=0)
         candidates = {
             "percentile": q50 + c.percentile_margin * np.maximum(qp - q50, 0.0),
-            "sigma": h.mean(axis=0) + c.sigma_k * h.std(axis=0),
+            "sigma": mean(h, axis=0) + c.sigma_k * std(h, axis=0),
             "iqr": q75 + c.iqr_k * (q75 - q25),
         }
         if c.strategy == "ensemble":
-            base = np.median(np.stack(list(candidates.values())), axis=0)
-        else:
-            base = candidates[c.strategy]
-        self.base = np.maximum(base, c.threshold_floor_share * self.static_default)
+            return np.asarray(np.median(np.stack(list(candidates.values())), axis=0), dtype=np.float64)
+        return np.asarray(candidates[c.strategy], dtype=np.float64)
+
+    def forget(self, nodes: npt.ArrayLike) -> None:
+        """Drop what ``nodes`` learned (their history turns NaN) and give them the static threshold
+        until they have ``learn_warmup_ticks`` new healthy scores; their feedback multiplier stays."""
+        if not self.config.learning:
+            return
+        idx = np.asarray(nodes, dtype=np.int64)
+        if idx.size == 0:
+            return
+        self.history[:, idx] = np.nan
+        self.base[idx] = self.static_default
 
     def adjust(self, nodes: npt.ArrayLike, factor: float) -> None:
         """Scale the thresholds of ``nodes`` by ``factor`` (feedback), within the configured bounds."""

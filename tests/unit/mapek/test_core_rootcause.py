@@ -121,3 +121,25 @@ def test_a_blackhole_is_quarantined_not_rerouted_and_stops_alarming_once_quarant
     assert incident.attempts[0].judged_tick == decided + config.settle_ticks["isolate_node"]
     assert incident.status == "resolved"
     assert len(core.incidents) == 1  # the quarantined node opened no incident of its own
+
+
+def test_alarms_whose_routes_a_blackhole_captured_join_its_incident_beyond_the_correlation_radius() -> None:
+    scorer = _Scorer()
+    config = ControllerConfig(mode="static", correlation_hops=0, audit=False, ingest_resolved=False)
+    core = ControllerCore(_view(), config, scorer, None, KnowledgeStore(":memory:"), "t")
+    for tick in range(12):
+        core.step(tick, _features(False))
+    hole = _features(False)  # 4 takes traffic in and forwards none
+    hole[4, FEATURE_INDEX["rx_bytes_per_s"]] = 6e5
+    hole[4, FEATURE_INDEX["tx_bytes_per_s"]] = 3e4
+    scorer.scores[4] = 5.0
+    for tick in range(12, 16):
+        core.step(tick, hole)
+    (incident,) = core.incidents
+    assert incident.root == 4
+    # 5 routes through 3 into 4 (posing as a root); 2 routes to the gateway: its alarm is its own.
+    scorer.scores[[5, 2]] = 9.0
+    for tick in range(16, 20):
+        core.step(tick, hole)
+    assert 5 in incident.nodes and 2 not in incident.nodes
+    assert [sorted(i.nodes) for i in core.incidents[1:]] == [[2]]

@@ -22,6 +22,7 @@ from x0tta6bl4.mapek.rootcause import (
     action_worked,
     blackhole_sign,
     locate_root,
+    root_of,
     subtree_cover,
     surge_sign,
     unrouted,
@@ -198,3 +199,11 @@ def test_a_live_node_that_lost_its_route_is_unrouted_and_a_silent_one_is_not() -
         n5={"loss_ratio": 0.4},  # a lossy link: degraded, still routed
     )
     assert [unrouted(features[i]) for i in (3, 4, 5, 6)] == [True, False, False, False]
+
+
+def test_a_node_posing_as_a_root_captures_the_routes_around_it() -> None:
+    routing = RoutingKnowledge(_view())
+    assert root_of(routing.tree(set(), set())).tolist() == [0] * N
+    captured = routing.tree(set(), set(), posing={4})  # a blackhole at 4 attracts 3's subtree over 3-4
+    assert root_of(captured).tolist() == [0, 0, 0, 4, 4, 4, 4]
+    assert root_of(routing.tree(set(), set())).tolist() == [0] * N, "the cached tree is the honest one"
