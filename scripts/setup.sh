@@ -8,7 +8,8 @@
 #   4. The virtualenv .venv: pip pinned by hash (requirements/pip.txt), then requirements/lock.txt in
 #      pip's hash-checking mode (--require-hashes: every package pinned, every file checked against the
 #      lock's sha256s; scripts/lock_hashes.py regenerates them), then the package (editable), plus a .pth
-#      that makes Debian's `bcc` importable and nothing else of Debian's dist-packages.
+#      that makes Debian's `bcc` importable and nothing else of Debian's dist-packages, and a .pth that
+#      backports a Ray fix the pinned Ray lacks into every process of the venv (x0tta6bl4._ray_backports).
 # A stamp file makes the second run take well under a second when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,6 +82,17 @@ python_setup() {
   # No build isolation: the editable build uses the lock's setuptools, not an unpinned download.
   "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
   bcc_path
+  ray_backports
+}
+
+# Ray 2.55's metrics agent can deadlock against a scrape (ray-project/ray#64946, fixed in 2.57; Flower
+# 1.42 pins 2.55.1). Every process of the venv, Ray's agents included, installs the fix's backport,
+# which patches Ray's recorder module when it is imported (x0tta6bl4/_ray_backports.py). Sorted after
+# the editable install's .pth, which puts the package on the path.
+ray_backports() {
+  local site
+  site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  echo "import x0tta6bl4._ray_backports as b; b.install()" > "$site/zz_x0tta6bl4_ray_backports.pth"
 }
 
 # Debian's BCC module (python3-bpfcc) and nothing else from /usr/lib/python3/dist-packages (Debian's

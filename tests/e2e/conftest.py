@@ -54,9 +54,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-#: How often Prometheus scrapes the run's metrics agent. Not every second: in Ray 2.55 a scrape that
-#: overlaps the agent registering a metric name it has not seen before can deadlock the agent for good
-#: (ray-project/ray#64946, fixed in 2.57), and each scrape is a chance of that overlap.
+#: How often Prometheus scrapes the run's metrics agent. Ray 2.55's agent used to deadlock when a
+#: scrape overlapped its registering a new metric name (ray-project/ray#64946): the venv's backport of
+#: the fix (x0tta6bl4._ray_backports) is what keeps this test from failing at random.
 SCRAPE_INTERVAL = "2s"
 
 

@@ -196,9 +196,9 @@ SHARD_KILL_TICK = {False: 20, True: 10}
 #: Seconds the platform keeps running after its last event at least (Ray reports every second); it
 #: runs on until a scrape of the run's node follows the last event, or that agent is found wedged.
 SETTLE_SCRAPES = 6
-#: Seconds between two scrapes of one node's metrics agent. Not shorter: in Ray 2.55 a scrape that
-#: overlaps the agent registering a metric name it has not seen before can deadlock the agent for
-#: good (ray-project/ray#64946, fixed in 2.57), and every scrape is a chance of that overlap.
+#: Seconds between two scrapes of one node's metrics agent. Not shorter: without the venv's backport
+#: (x0tta6bl4._ray_backports), Ray 2.55's agent deadlocks when a scrape overlaps its registering a
+#: new metric name (ray-project/ray#64946, fixed in 2.57), and every scrape is a chance of that.
 SCRAPE_PERIOD_S = 2.0
 #: Seconds between two scrapes of the run's node: it lives for minutes and registers new metric names
 #: all along (a new controller phase, a restarted shard), so fewer scrapes mean fewer chances to wedge it.

@@ -60,8 +60,9 @@ def test_the_image_is_debian_12_set_up_by_setup_sh_from_the_files_its_stamp_hash
     for pattern in _setup_stamp_inputs():
         stem = pattern.split("*")[0].rstrip("/")
         assert re.search(rf"^COPY {re.escape(stem)}\S* ", copied_before_setup, re.M), pattern
-    # The editable install reads pyproject's readme and the version from the package's __init__.py.
-    for needed in ("README.md", "platform/x0tta6bl4/__init__.py"):
+    # The editable install reads pyproject's readme and the version from the package's __init__.py;
+    # the .pth setup.sh writes imports _ray_backports in every process from then on.
+    for needed in ("README.md", "platform/x0tta6bl4/__init__.py", "platform/x0tta6bl4/_ray_backports.py"):
         assert re.search(rf"^COPY .*\b{re.escape(needed)}\b", copied_before_setup, re.M), needed
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".x0tta6bl4", ".venv", ".git", "models/registry"} <= ignored
