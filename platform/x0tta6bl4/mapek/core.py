@@ -31,7 +31,7 @@ from x0tta6bl4.mesh.faults import ACTIONS, Action
 from x0tta6bl4.mesh.routing import RoutingTree
 from x0tta6bl4.observability import tracing
 from x0tta6bl4.observability.metrics import domain_metrics
-from x0tta6bl4.telemetry.frame import FEATURE_INDEX, FEATURES
+from x0tta6bl4.telemetry.frame import FEATURE_INDEX, FEATURES, unlisted_rows
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ class ControllerCore:
         self.last_tick = tick
         self.pending.append(features[:, self._columns])
         mem = np.nan_to_num(features[:, FEATURE_INDEX["mem_util"]].astype(np.float64))
-        mem[_unlisted(features)] = np.nan  # no record: no trend across the gap (see _analyse_plan_execute)
+        mem[unlisted_rows(features)] = np.nan  # no record: no trend across the gap
         self.mem_history = np.roll(self.mem_history, -1, axis=0)
         self.mem_history[-1] = mem
         self.mem_filled = min(self.mem_filled + 1, self.config.trend_ticks)
@@ -311,13 +311,13 @@ class ControllerCore:
         self._last_features = features
         # A node without a record (an all-NaN row: not a member of the mesh) has no data: it never
         # alarms, and neither its score nor its features are learned from.
-        unlisted = _unlisted(features)
+        unlisted = unlisted_rows(features)
         thr = self._membership_thresholds(tick, unlisted)
         scores = np.where(unlisted, np.float32(0.0), scores) if unlisted.any() else scores
         excess = np.maximum(scores.astype(np.float64), 0.0) / np.maximum(thr, 1e-9)
         above = excess > 1.0
         self.run = np.where(above, self.run + 1, 0)
-        silent = self._last_silent = self._silent(features)
+        silent = self._last_silent = self._silent(features, unlisted)
         deep = deep_analysis(self.mesh_state) or tick % 5 == 0
         self._slope_cache = (
             np.nan_to_num(trend_slope(self.mem_history))
@@ -387,7 +387,7 @@ class ControllerCore:
         floor = self.config.membership_grace_threshold_share * self.learner.static_default
         return np.where(grace, np.maximum(thr, floor), thr) if grace.any() else thr
 
-    def _silent(self, features: F32) -> npt.NDArray[np.bool_]:
+    def _silent(self, features: F32, unlisted: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
         """Nodes that report the collector's unreachable record: no links, no CPU, no traffic."""
         f = np.nan_to_num(features)
         silent: npt.NDArray[np.bool_] = (
@@ -397,7 +397,7 @@ class ControllerCore:
             & self.baselines.seen
             & (self.baselines.level[:, FEATURE_INDEX["links_up"]] > 0)
             & ~np.isin(np.arange(self.view.num_nodes), list(self.isolated))
-            & ~_unlisted(features)  # no record at all is absence from the mesh, not a crash
+            & ~unlisted  # no record at all is absence from the mesh, not a crash
         )
         return silent
 
@@ -806,8 +806,3 @@ class ControllerCore:
             "errors": len(self.errors),
             **self.counters,
         }
-
-
-def _unlisted(features: F32) -> npt.NDArray[np.bool_]:
-    """Rows that are entirely NaN: the collector holds no record of the node (not a mesh member)."""
-    return np.asarray(np.isnan(features).all(axis=1))

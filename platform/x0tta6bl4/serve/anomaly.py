@@ -37,6 +37,7 @@ from x0tta6bl4.serve.config import AnomalyConfig, AnomalyUserConfig
 from x0tta6bl4.serve.errors import ModelChangedError
 from x0tta6bl4.serve.schemas import SCORE_DECIMALS
 from x0tta6bl4.serve.snapshot import Limits, Snapshot, check_stream_id, stream_key
+from x0tta6bl4.telemetry.frame import unlisted_rows
 from x0tta6bl4.telemetry.windows import RollingInputs
 
 log = logging.getLogger(__name__)
@@ -411,4 +412,4 @@ class AnomalyDetector:
 
 def unlisted_nodes(snapshot: Snapshot) -> npt.NDArray[np.bool_]:
     """Nodes whose newest row is entirely NaN: no record (not a mesh member), so no data to score."""
-    return np.asarray(np.isnan(snapshot.window[-1]).all(axis=1))
+    return unlisted_rows(snapshot.window[-1])

@@ -28,6 +28,16 @@ FEATURES: tuple[str, ...] = (
 )
 FEATURE_INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURES)}
 
+
+def unlisted_rows(features: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.bool_]:
+    """Rows that are entirely NaN: the collector holds no record of the node (not a mesh member).
+
+    Shapes:
+        features ``[nodes, features]``; returns ``[nodes]``.
+    """
+    return np.asarray(np.isnan(features).all(axis=1))
+
+
 #: Values of TelemetryFrame.source.
 SOURCES = ("sim", "ebpf", "procfs")
 
