@@ -280,10 +280,39 @@ def disconnect_ray(conn: RayConnection) -> None:
     del conn
 
 
+#: Where :func:`free_local_port` looks: above Ray's default worker ports (10002-19999), below the
+#: kernel's ephemeral range (where it falls back to when that range starts lower).
+_FREE_PORTS = (20_000, 32_768)
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32_768, 60_999
+
+
 def free_local_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (for test and benchmark servers)."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for test and benchmark servers).
+
+    Not one the kernel hands out for port 0: those come from the ephemeral range, where any outgoing
+    connection of any process (Ray opens many) can take the port as its source port before the
+    server binds it ("Failed to bind"). A random free port between Ray's worker ports and that
+    range is far less contended.
+    """
+    import random
     import socket
 
+    low, high = _FREE_PORTS[0], min(_FREE_PORTS[1], _ephemeral_ports()[0])
+    for _ in range(200 if high - low >= 1_000 else 0):
+        port = random.randrange(low, high)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

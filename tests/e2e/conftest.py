@@ -13,7 +13,6 @@ import dataclasses
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ import pytest
 import requests
 
 from tests.otlp import OtlpReceiver
+from x0tta6bl4.connect import free_local_port as free_port
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -46,12 +46,6 @@ def clean_env() -> dict[str, str]:
 @pytest.fixture
 def cli_env():
     return clean_env()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 #: How often Prometheus scrapes the run's metrics agent. Ray 2.55's agent used to deadlock when a

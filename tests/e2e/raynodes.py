@@ -13,14 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+from x0tta6bl4.connect import free_local_port as free_port
+
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _cmdline(pid: int) -> str:

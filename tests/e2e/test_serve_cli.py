@@ -1,6 +1,5 @@
 """`x0tta6bl4 serve` from a fresh registry: bootstraps a detector, answers through the mTLS front, stops; bad options exit 2."""
 
-import socket
 import subprocess
 import time
 
@@ -9,15 +8,10 @@ import requests
 
 from tests.e2e.conftest import BIN, REPO
 from x0tta6bl4.bench.serve import snapshot_bodies
+from x0tta6bl4.connect import free_local_port as free_port
 from x0tta6bl4.security.ca import EmbeddedCA
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_serve_bootstraps_answers_through_the_mtls_front_and_stops(cli_env, tmp_path):

@@ -3,7 +3,7 @@
 ``instrumented_ticks_per_s`` is the run loop (``x0tta6bl4 run --in-process``: the mesh kernel
 and the MAPE-K controller core in one process, so both modes run the same code without Ray's
 start-up noise) with every metric recorded and every span exported over OTLP/HTTP to a local
-receiver, against the same seed with metrics and tracing off, in ABBA order. The exported
+receiver, against the same seed with metrics and tracing off, in ABBA BAAB order. The exported
 families, their domains and the scrape time come from a running platform scraped as Prometheus
 would: a real ``x0tta6bl4 run`` serving through its mTLS front and a federated ``x0tta6bl4 train``
 on a Ray cluster of its own, whose nodes' metrics agents are scraped every 2 s while a shard
@@ -31,7 +31,7 @@ from typing import Any
 from x0tta6bl4.bench._report import result
 
 #: nodes, ticks of the instrumented loop; nodes, ticks of the scraped run.
-FULL = {"loop": (10_000, 60), "scrape": (10_000, 60)}
+FULL = {"loop": (10_000, 120), "scrape": (10_000, 60)}
 QUICK = {"loop": (1_000, 10), "scrape": (1_000, 30)}
 #: Pause between the scraped run's ticks, so it runs for several of Ray's metric reports.
 SCRAPED_TICK_INTERVAL_S = 0.25
@@ -114,7 +114,8 @@ def _loop_rows(quick: bool) -> list[dict[str, Any]]:
     from x0tta6bl4.autonomy.job import execute, plan_run
 
     nodes, ticks = (QUICK if quick else FULL)["loop"]
-    order = (False, True) if quick else (False, True, True, False)
+    # ABBA twice over (ABBA BAAB): a drift of the machine's speed during the bench weighs on both modes.
+    order = (False, True) if quick else (False, True, True, False, True, False, False, True)
     rates: dict[bool, list[float]] = {False: [], True: []}
     with tempfile.TemporaryDirectory(prefix="x0-bench-obs-") as tmp, _otlp_sink() as endpoint:
         for i, on in enumerate(order):

@@ -28,6 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from x0tta6bl4.connect import free_local_port
 from x0tta6bl4.errors import X0tta6bl4Error
 
 #: The Flower app (``pyproject.toml``) that ``flwr run`` builds into a FAB: the ServerApp and
@@ -103,13 +104,6 @@ def check_prerequisites(ca_dir: Path | None) -> None:
     except (OSError, X0tta6bl4Error) as exc:
         where = ca_dir if ca_dir is not None else "the default CA directory"
         raise ConfigError(f"deployment: cannot open the CA in {where}: {exc}") from None
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -349,7 +343,7 @@ class FlowerDeployment:
             DeploymentError: it exited, or did not serve the CA's certificate within START_TIMEOUT_S.
         """
         chain, key = self._issue_server_certificate(svid_ttl_s)
-        port = free_port()
+        port = free_local_port()
         self._start(
             "superlink",
             [
@@ -409,7 +403,7 @@ class FlowerDeployment:
                 "--host",
                 "127.0.0.1",
                 "--port",
-                str(free_port()),
+                str(free_local_port()),
             ],
             key.name,
         )

@@ -23,6 +23,7 @@ import pytest
 from aiohttp import web
 from cryptography import x509
 
+from x0tta6bl4.connect import free_local_port as free_port
 from x0tta6bl4.security.ca import EmbeddedCA
 from x0tta6bl4.security.front_token import FRONT_TOKEN_HEADER, PEER_ID_HEADER
 from x0tta6bl4.security.tls import client_context
@@ -61,12 +62,6 @@ class Echo:
         asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
