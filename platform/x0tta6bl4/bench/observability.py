@@ -201,9 +201,9 @@ SETTLE_SCRAPES = 6
 #: (x0tta6bl4._ray_backports), Ray 2.55's agent deadlocks when a scrape overlaps its registering a
 #: new metric name (ray-project/ray#64946, fixed in 2.57), and every scrape is a chance of that.
 SCRAPE_PERIOD_S = 2.0
-#: Seconds between two scrapes of the run's node: it lives for minutes and registers new metric names
-#: all along (a new controller phase, a restarted shard), so fewer scrapes mean fewer chances to wedge it.
-RUN_SCRAPE_PERIOD_S = 5.0
+#: Seconds between two scrapes of the run's node (it registers new metric names all along: a new
+#: controller phase, a restarted shard; with the backport, a scrape meeting one is harmless).
+RUN_SCRAPE_PERIOD_S = SCRAPE_PERIOD_S
 #: Training jobs the bench starts at most: a second one (on a fresh Ray) only when the first one's agent
 #: wedged (ray-project/ray#64946) before any of its federated series was scraped.
 TRAIN_ATTEMPTS = 2
