@@ -13,7 +13,7 @@ import pytest
 from x0tta6bl4 import RAY_NAMESPACE
 from x0tta6bl4.mesh.faults import Action, random_schedule
 from x0tta6bl4.mesh.pipeline import LocalMesh, ShardedMesh
-from x0tta6bl4.mesh.shard import MeshSpec, shard_name
+from x0tta6bl4.mesh.shard import MeshSpec, checkpoint_file, shard_name
 from x0tta6bl4.mesh.topology import TopologySpec
 
 pytestmark = pytest.mark.ray
@@ -101,6 +101,10 @@ def test_a_killed_shard_restarts_from_its_checkpoint_and_the_run_is_unchanged(ra
 
     def kill_mid_run(t):
         if t == 25:
+            # A shard writes its checkpoints on a thread of its own: kill once tick 19's is on disk.
+            deadline = time.monotonic() + 60
+            while not checkpoint_file(tmp_path, 2, 19).exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
             status = mesh.status()[2]
             killed["pid"] = status["pid"]
             os.kill(status["pid"], signal.SIGKILL)
