@@ -101,10 +101,7 @@ def test_a_killed_shard_restarts_from_its_checkpoint_and_the_run_is_unchanged(ra
 
     def kill_mid_run(t):
         if t == 25:
-            # A shard writes its checkpoints on a thread of its own: kill once tick 19's is on disk.
-            deadline = time.monotonic() + 60
-            while not checkpoint_file(tmp_path, 2, 19).exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
+            _wait_for_checkpoint(tmp_path, 2, 19)
             status = mesh.status()[2]
             killed["pid"] = status["pid"]
             os.kill(status["pid"], signal.SIGKILL)
@@ -123,6 +120,13 @@ def test_a_killed_shard_restarts_from_its_checkpoint_and_the_run_is_unchanged(ra
         assert np.array_equal(ref.features, got.features)
     journal = (tmp_path / "actions.jsonl").read_text().splitlines()  # the driver's, one for all shards
     assert len(journal) == 1 and '"restart_node"' in journal[0]
+
+
+def _wait_for_checkpoint(directory, region, tick, timeout_s=60):
+    """Until ``region``'s checkpoint of ``tick`` is on disk: a shard writes them on a thread of its own."""
+    deadline = time.monotonic() + timeout_s
+    while not checkpoint_file(directory, region, tick).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _kill(pid):
@@ -153,6 +157,7 @@ def test_shards_restarted_between_ticks_and_again_while_being_recovered_are_reco
 
     def kill_between_ticks(t):
         if t == 25:  # shard 1 dies and Ray restarts it at its tick-19 checkpoint before tick 25 is sent
+            _wait_for_checkpoint(tmp_path, 1, 19)
             pid = mesh.status()[1]["pid"]
             _kill(pid)
             assert _restarted(mesh, 1, pid)["restored_tick"] == 19
@@ -195,6 +200,8 @@ def test_a_run_whose_driver_died_resumes_from_the_common_checkpoint_bit_for_bit(
     actions = _actions(spec)
     first = ShardedMesh(topology, spec, keep_actors=True)
     _run(first, actions, ticks=27)  # the driver "dies" here: its shards live on at tick 26
+    for region in range(topology.num_regions):  # each shard's tick-19 checkpoint, written on its own thread
+        _wait_for_checkpoint(tmp_path, region, 19)
     del first
     resumed = ShardedMesh(topology, spec, resume=True)
     try:
