@@ -89,19 +89,9 @@ def patch_recorder(module: ModuleType) -> bool:
     return True
 
 
-_locks_guard = threading.Lock()
-
-
-def _registration_lock(recorder: Any) -> threading.Lock:
-    """The recorder's own registration lock (made on first use; never taken inside a callback)."""
-    lock = getattr(recorder, "_x0tta6bl4_registration_lock", None)
-    if lock is None:
-        with _locks_guard:
-            lock = getattr(recorder, "_x0tta6bl4_registration_lock", None)
-            if lock is None:
-                lock = threading.Lock()
-                recorder._x0tta6bl4_registration_lock = lock
-    return lock
+#: Serialises the patched registrations (a node's agent holds one recorder). Never taken inside a
+#: scrape's callbacks, so holding it while the SDK's collection lock is taken cannot invert anything.
+_REGISTRATION_LOCK = threading.Lock()
 
 
 def _registration(kind: Any, create: str, store: str, namespace: str) -> Callable[[Any, str, str], None]:
@@ -109,7 +99,7 @@ def _registration(kind: Any, create: str, store: str, namespace: str) -> Callabl
         with self._lock:
             if name in self._registered_instruments:
                 return
-        with _registration_lock(self):
+        with _REGISTRATION_LOCK:
             with self._lock:
                 if name in self._registered_instruments:
                     return

@@ -201,9 +201,6 @@ SETTLE_SCRAPES = 6
 #: (x0tta6bl4._ray_backports), Ray 2.55's agent deadlocks when a scrape overlaps its registering a
 #: new metric name (ray-project/ray#64946, fixed in 2.57), and every scrape is a chance of that.
 SCRAPE_PERIOD_S = 2.0
-#: Seconds between two scrapes of the run's node (it registers new metric names all along: a new
-#: controller phase, a restarted shard; with the backport, a scrape meeting one is harmless).
-RUN_SCRAPE_PERIOD_S = SCRAPE_PERIOD_S
 #: Training jobs the bench starts at most: a second one (on a fresh Ray) only when the first one's agent
 #: wedged (ray-project/ray#64946) before any of its federated series was scraped.
 TRAIN_ATTEMPTS = 2
@@ -432,9 +429,8 @@ class _Scraper:
     scrape of one node (or the platform's event checks) never delays another node's scrapes, so a
     short training job's round series are caught before its Ray shuts down."""
 
-    def __init__(self, ports: list[int], periods_s: list[float] | None = None) -> None:
+    def __init__(self, ports: list[int]) -> None:
         self.ports = ports
-        self.periods_s = dict(zip(ports, periods_s or [SCRAPE_PERIOD_S] * len(ports), strict=True))
         self.scrapes: list[tuple[int, float, str]] = []  # port, scrape ms, text with our families
         self.misses: dict[int, str] = {}  # port -> why its last failed scrape had nothing
         self.answered: dict[int, float] = {}  # port -> when its agent last answered (monotonic)
@@ -462,13 +458,13 @@ class _Scraper:
                         self.scrapes.append((port, 1000.0 * (time.perf_counter() - t0), text))
                 else:
                     self.misses[port] = f"{len(text)} bytes without x0tta6bl4 families"
-            self._stop.wait(self.periods_s[port])
+            self._stop.wait(SCRAPE_PERIOD_S)
 
     def wedged(self, port: int) -> bool:
         """Whether ``port``'s agent answered once and has not for three of its scrape periods: Ray
         2.55's agent deadlocked (ray-project/ray#64946); it never answers again."""
         last = self.answered.get(port)
-        return last is not None and time.monotonic() - last >= 3 * self.periods_s[port] + 30.0
+        return last is not None and time.monotonic() - last >= 3 * SCRAPE_PERIOD_S + 30.0
 
     def saw(self, port: int, text: str) -> bool:
         """Whether a scrape of ``port`` that returned the platform's families contained ``text``."""
@@ -491,7 +487,7 @@ def _scrape_rows(quick: bool) -> list[dict[str, Any]]:
 
     with tempfile.TemporaryDirectory(prefix="x0-bench-obs-run-") as tmp:
         platform = _Platform(quick, Path(tmp))
-        scraper = _Scraper(platform.ports, [RUN_SCRAPE_PERIOD_S, SCRAPE_PERIOD_S])
+        scraper = _Scraper(platform.ports)
         deadline = time.monotonic() + (600 if quick else 1200)
         try:
             while not platform.done(scraper) and time.monotonic() < deadline:
