@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from tests.ports import worker_port_flags
 from x0tta6bl4.connect import free_local_port as free_port
 
 BIN = Path(sys.executable).parent
@@ -82,6 +83,7 @@ class RayNodes:
             f"--dashboard-agent-grpc-port={free_port()}",
             f"--runtime-env-agent-port={free_port()}",
         ]
+        ports += worker_port_flags()
         cmd = [str(BIN / "ray"), "start", *args, *ports, f"--temp-dir={temp}", "--disable-usage-stats"]
         self.nodes[name] = temp
         for attempt in range(2):

@@ -18,6 +18,7 @@ import yaml
 
 from tests.e2e.conftest import BIN, REPO
 from tests.e2e.raynodes import pids_of_temp_dir
+from tests.ports import worker_port_flags
 
 pytestmark = pytest.mark.slow
 
@@ -231,6 +232,7 @@ def test_the_job_runs_through_ray_job_submit_on_a_real_head_and_uses_its_declara
             f"--port={port}",
             f"--dashboard-port={dash}",
             "--num-cpus=2",
+            *worker_port_flags(),
             "--include-dashboard=true",
             f"--temp-dir={temp_dir}",
             # Not the default 52365: the suite's own local Ray may hold it, and a head whose agent

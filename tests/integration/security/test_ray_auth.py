@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.ports import worker_port_flags
 from x0tta6bl4.connect import free_local_port
 from x0tta6bl4.security import ray_auth
 
@@ -111,6 +112,7 @@ def head():
             f"--dashboard-agent-listen-port={free_local_port()}",
             f"--ray-client-server-port={free_local_port()}",
             "--num-cpus=1",
+            *worker_port_flags(),
             f"--temp-dir={root / 'ray'}",
             "--disable-usage-stats",
         ],
