@@ -42,8 +42,9 @@ _SMALL_RUN_MODULES = frozenset(
 )
 #: Packages whose conftest deploys a Serve app for all their tests (``scope="package"``).
 _PACKAGE_SCOPES = ("tests/integration/serve/", "tests/integration/mapek/")
-#: Modules outside tests/integration with a module-scoped fixture worth building once.
-_MODULE_SCOPES = frozenset({"tests/e2e/test_multinode.py"})
+#: Modules outside tests/integration run whole on one worker: the multinode tests share a `ray start`
+#: head; the quick benches each use both cores, so two of them side by side only slow each other.
+_MODULE_SCOPES = frozenset({"tests/e2e/test_multinode.py", "tests/e2e/test_bench.py"})
 
 
 def xdist_scope(nodeid: str) -> str:
@@ -51,8 +52,8 @@ def xdist_scope(nodeid: str) -> str:
 
     The small run's modules share one run; an integration package that deploys Serve for its tests
     shares that deployment; every other integration module (and a few e2e ones) shares its
-    module-scoped fixtures (a `ray start` head, a Serve app, shards). Every other test is a unit of
-    its own, free to balance the workers. Split further, each worker built its own copy of the
+    module-scoped fixtures (a `ray start` head, a Serve app, shards), and the quick benches run one
+    after another. Every other test is a unit of its own, free to balance the workers. Split further, each worker built its own copy of the
     fixture (ci: test_ray_auth's head and both packages' Serve apps, twice each).
     """
     module = nodeid.split("::", 1)[0]

@@ -27,6 +27,8 @@ REGIONS = 8
 #: nodes -> (measured ticks, warm-up ticks); the warm-up builds routing and caches.
 SIZES = {1_000: (300, 10), 10_000: (200, 10), 100_000: (20, 3)}
 QUICK_SIZES = {500: (40, 5), 2_000: (30, 5)}
+#: Quick: fewer shard actors, so fewer worker processes to start on a two-core machine.
+QUICK_REGIONS = 4
 #: Targets from the foundation issue: pipeline ticks/s and node-ticks/s ratio.
 TICK_TARGETS = {10_000: 20.0, 100_000: 1.0}
 RATIO_TARGET_NODES = 10_000
@@ -65,8 +67,8 @@ class _PeakRss:
         self._thread.join()
 
 
-def _spec(nodes: int, ticks: int, checkpoint_dir: str | None) -> MeshSpec:
-    topo = TopologySpec(nodes, REGIONS, seed=1)
+def _spec(nodes: int, regions: int, ticks: int, checkpoint_dir: str | None) -> MeshSpec:
+    topo = TopologySpec(nodes, regions, seed=1)
     faults = tuple(random_schedule(topo.build(), ticks, seed=1))
     return MeshSpec(topology=topo, seed=1, faults=faults, checkpoint_dir=checkpoint_dir)
 
@@ -89,11 +91,12 @@ def results(quick: bool = False) -> list[dict[str, Any]]:
     from x0tta6bl4.connect import connect_ray, disconnect_ray
 
     rows: list[dict[str, Any]] = []
+    regions = QUICK_REGIONS if quick else REGIONS
     conn = connect_ray(num_cpus=os.cpu_count(), dashboard=False)
     try:
         for nodes, (ticks, warmup) in (QUICK_SIZES if quick else SIZES).items():
-            params = {"nodes": nodes, "regions": REGIONS}
-            spec = _spec(nodes, ticks + warmup, None)
+            params = {"nodes": nodes, "regions": regions}
+            spec = _spec(nodes, regions, ticks + warmup, None)
             topology = spec.topology.build()
             with _PeakRss() as kernel_mem:
                 local = LocalMesh(topology, spec)
@@ -102,13 +105,15 @@ def results(quick: bool = False) -> list[dict[str, Any]]:
             del local
             _log(f"{nodes} nodes: kernel {kernel_tps:.1f} ticks/s")
             with tempfile.TemporaryDirectory(prefix="x0tta6bl4-bench-") as ckpt:
-                sharded = ShardedMesh(topology, _spec(nodes, ticks + warmup, ckpt))
+                sharded = ShardedMesh(topology, _spec(nodes, regions, ticks + warmup, ckpt))
                 pids = [s["pid"] for s in sharded.status()]
                 with _PeakRss(pids) as pipeline_mem:
                     pipeline_tps = _rate(sharded, ticks, warmup)
                 sharded.close()
             with tempfile.TemporaryDirectory(prefix="x0tta6bl4-bench-") as ckpt:
-                sharded = ShardedMesh(topology, _spec(nodes, ticks + warmup, ckpt), fetch_frames=True)
+                sharded = ShardedMesh(
+                    topology, _spec(nodes, regions, ticks + warmup, ckpt), fetch_frames=True
+                )
                 fetch_tps = _rate(sharded, ticks, warmup)
                 sharded.close()
             _log(f"{nodes} nodes: pipeline {pipeline_tps:.1f} ticks/s, fetching every frame {fetch_tps:.1f}")
