@@ -12,6 +12,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Ray's dashboard gives each of its module processes 30 s to start, then fails `ray start` (and a local
+# Ray's start) with "Module MetricsHead failed to start": a loaded 2-core machine needs longer. Every
+# Ray the tests start, in this process or a child, inherits this.
+os.environ.setdefault("RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT", "180")
 
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 if _WORKER:
@@ -40,50 +44,27 @@ _SMALL_RUN_MODULES = frozenset(
     f"tests/e2e/{name}.py"
     for name in ("test_prometheus", "test_grafana_dashboards", "test_run_tracing", "test_run_job")
 )
-#: Packages whose conftest deploys a Serve app for all their tests (``scope="package"``).
-_PACKAGE_SCOPES = ("tests/integration/serve/", "tests/integration/mapek/")
-#: Modules outside tests/integration run whole on one worker: the multinode tests share a `ray start`
-#: head; the quick benches each use both cores, so two of them side by side only slow each other.
-_MODULE_SCOPES = frozenset({"tests/e2e/test_multinode.py", "tests/e2e/test_bench.py"})
-
-
-def xdist_scope(nodeid: str) -> str:
-    """The unit of work one xdist worker takes whole: the tests that share an expensive fixture.
-
-    The small run's modules share one run; an integration package that deploys Serve for its tests
-    shares that deployment; every other integration module (and a few e2e ones) shares its
-    module-scoped fixtures (a `ray start` head, a Serve app, shards), and the quick benches run one
-    after another. Every other test is a unit of its own, free to balance the workers. Split further, each worker built its own copy of the
-    fixture (ci: test_ray_auth's head and both packages' Serve apps, twice each).
-    """
-    module = nodeid.split("::", 1)[0]
-    if module in _SMALL_RUN_MODULES:
-        return "small-run"
-    package = next((p for p in _PACKAGE_SCOPES if module.startswith(p)), None)
-    if package is not None:
-        return package
-    if module.startswith("tests/integration/") or module in _MODULE_SCOPES:
-        return module
-    return nodeid
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """``--dist loadgroup`` scheduling by :func:`xdist_scope`.
+    """``--dist loadgroup`` that also keeps the small run's modules on one worker.
 
     With pytest 9.2, the ``@group`` suffix xdist 3.8 gives node ids never reaches its scheduler
     (pytest-dev/pytest-xdist#1386), so the ``xdist_group`` marks alone keep nothing together: each
-    worker built the small run for itself (175 s and 128 s of set-up in one CI run).
+    worker built the small run for itself (175 s and 128 s of set-up in one CI run). This scheduler
+    groups those modules by path; every other test is scheduled on its own, as before.
     """
     if config.getvalue("dist") != "loadgroup":
         return None
     from xdist.scheduler import LoadGroupScheduling
 
-    class SharedFixturesTogether(LoadGroupScheduling):  # type: ignore[misc]
+    class SmallRunTogether(LoadGroupScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
-            return xdist_scope(nodeid)
+            module = nodeid.split("::", 1)[0]
+            return "small-run" if module in _SMALL_RUN_MODULES else str(super()._split_scope(nodeid))
 
-    return SharedFixturesTogether(config, log)
+    return SmallRunTogether(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -37,9 +37,6 @@ def clean_env() -> dict[str, str]:
     for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         env.pop(name, None)
     env["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] = "0"
-    # Ray's dashboard gives each of its module processes 30 s to start, then fails `ray start` (and a
-    # run's local Ray) with "Module MetricsHead failed to start": a loaded 2-core CI machine needs longer.
-    env.setdefault("RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT", "180")
     # The local Rays the commands start need no dashboard here (a head that takes `ray job submit` is
     # started with one): each would cost its start-up and tens of CPU-seconds on a 2-core machine.
     env["X0TTA6BL4_RAY_DASHBOARD"] = "off"

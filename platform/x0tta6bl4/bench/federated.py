@@ -246,32 +246,55 @@ def _shared_ray(quick: bool) -> Iterator[Callable[[], str | None]]:
     from x0tta6bl4.connect import SHIP_PACKAGE_ENV, free_local_port
     from x0tta6bl4.security import ray_auth
 
-    temp = tempfile.mkdtemp(prefix="x0fed", dir="/tmp")  # short: Ray's socket paths must fit
-    address = f"127.0.0.1:{free_local_port()}"
-    ports = ("node-manager", "object-manager", "metrics-export", "dashboard-agent-listen",
-             "dashboard-agent-grpc", "runtime-env-agent", "ray-client-server")  # fmt: skip
-    cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block"]
-    cmd += [f"--port={address.rsplit(':', 1)[1]}", *(f"--{name}-port={free_local_port()}" for name in ports)]
-    cmd += [f"--num-cpus={os.cpu_count() or 1}", "--include-dashboard=false", f"--temp-dir={temp}"]
-    cmd += ["--disable-usage-stats"]
     before = ray_auth.auth_env_snapshot()
     ship = os.environ.get(SHIP_PACKAGE_ENV)
     if ray_auth.auth_enabled():
         ray_auth.use_token_auth()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     ray_auth.restore_auth_env(before)
-    log_path = Path(temp) / "ray-start.log"
-    with log_path.open("wb") as log:
-        head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    heads: list[tuple[subprocess.Popen[bytes], str]] = []
+
+    def start() -> tuple[subprocess.Popen[bytes], str, Path]:
+        temp = tempfile.mkdtemp(prefix="x0fed", dir="/tmp")  # short: Ray's socket paths must fit
+        address = f"127.0.0.1:{free_local_port()}"
+        ports = ("node-manager", "object-manager", "metrics-export", "dashboard-agent-listen",
+                 "dashboard-agent-grpc", "runtime-env-agent", "ray-client-server")  # fmt: skip
+        cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block"]
+        cmd += [
+            f"--port={address.rsplit(':', 1)[1]}",
+            *(f"--{name}-port={free_local_port()}" for name in ports),
+        ]
+        cmd += [f"--num-cpus={os.cpu_count() or 1}", "--include-dashboard=false", f"--temp-dir={temp}"]
+        cmd += ["--disable-usage-stats"]
+        log_path = Path(temp) / "ray-start.log"
+        with log_path.open("wb") as log:
+            head = subprocess.Popen(
+                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        heads.append((head, temp))
+        return head, address, log_path
+
+    head, address, log_path = start()
 
     def ready() -> str:
+        nonlocal head, address, log_path
         deadline = time.monotonic() + 300
-        while b"Ray runtime started" not in log_path.read_bytes():
-            if head.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"ray start failed: {log_path.read_text(errors='replace')[-2000:]}")
-            time.sleep(0.2)
-        _log(f"one Ray head for both Flower runs at {address} (no dashboard)")
-        return address
+        for attempt in range(2):
+            while b"Ray runtime started" not in log_path.read_bytes():
+                if head.poll() is not None or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            else:
+                _log(f"one Ray head for both Flower runs at {address} (no dashboard)")
+                return address
+            failed = log_path.read_text(errors="replace")
+            # `ray start` gives its raylet 30 s to register (hard-coded): a loaded machine may need longer.
+            if attempt == 0 and head.poll() is not None and "timed out during startup" in failed:
+                _stop(*heads[-1])
+                head, address, log_path = start()
+                continue
+            raise RuntimeError(f"ray start failed: {failed[-2000:]}")
+        raise AssertionError("unreachable")
 
     os.environ[SHIP_PACKAGE_ENV] = "off"
     try:
@@ -281,15 +304,22 @@ def _shared_ray(quick: bool) -> Iterator[Callable[[], str | None]]:
             os.environ.pop(SHIP_PACKAGE_ENV, None)
         else:
             os.environ[SHIP_PACKAGE_ENV] = ship
+        for started in heads:
+            _stop(*started)
+
+
+def _stop(head: subprocess.Popen[bytes], temp: str) -> None:
+    """Stop a head of :func:`_shared_ray` and every process of its node, and remove its temp dir."""
+    if head.poll() is None:
         head.terminate()  # `ray start --block` stops every process of its node on SIGTERM
         try:
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
             head.kill()
             head.wait()
-        with contextlib.suppress(ProcessLookupError):  # anything of the node still alive
-            os.killpg(head.pid, signal.SIGKILL)
-        shutil.rmtree(temp, ignore_errors=True)
+    with contextlib.suppress(ProcessLookupError):  # anything of the node still alive
+        os.killpg(head.pid, signal.SIGKILL)
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def _federated(spec: DetectorSpec, size: dict[str, Any], ray_address: str | None) -> list[dict[str, Any]]:

@@ -123,7 +123,7 @@ def head():
         start_new_session=True,  # the head's processes form a group of their own: we stop only those
     )
     try:
-        _, err = start.communicate(timeout=120)
+        _, err = start.communicate(timeout=300)  # its dashboard modules get 180 s (tests/conftest.py)
         assert start.returncode == 0, err[-3000:]
         yield Head(root, f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", token_file)
     finally:
