@@ -44,11 +44,15 @@ _SMALL_RUN_MODULES = frozenset(
     f"tests/e2e/{name}.py"
     for name in ("test_prometheus", "test_grafana_dashboards", "test_run_tracing", "test_run_job")
 )
+#: Modules whose tests share a Ray head of their own (a module fixture that takes a minute or more to
+#: start): one xdist scope each, so the head is started once. Split, each worker started its own
+#: (test_ray_auth's token head: 104 s + 62 s of one run's work).
+_OWN_HEAD_MODULES = frozenset({"tests/integration/security/test_ray_auth.py"})
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """``--dist loadgroup`` that also keeps the small run's modules on one worker.
+    """``--dist loadgroup`` that also keeps the small run's modules, and each own-head module, on one worker.
 
     With pytest 9.2, the ``@group`` suffix xdist 3.8 gives node ids never reaches its scheduler
     (pytest-dev/pytest-xdist#1386), so the ``xdist_group`` marks alone keep nothing together: each
@@ -62,7 +66,11 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     class SmallRunTogether(LoadGroupScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0]
-            return "small-run" if module in _SMALL_RUN_MODULES else str(super()._split_scope(nodeid))
+            if module in _SMALL_RUN_MODULES:
+                return "small-run"
+            if module in _OWN_HEAD_MODULES:
+                return module
+            return str(super()._split_scope(nodeid))
 
     return SmallRunTogether(config, log)
 
