@@ -325,7 +325,17 @@ def scenario_rows(
 
         learn_f1, static_f1 = fig("learning", "f1"), fig("static", "f1")
         strong = _better_static(figures, fig)
+        ceiling = _f1_ceiling(figures["learning"], key)
         rows.append(result("f1", learn_f1, "f1", p, baseline=("static_thresholds_f1", static_f1)))
+        if not np.isnan(ceiling):
+            rows.append(
+                result(
+                    "f1_visible_ceiling",
+                    ceiling,
+                    "f1",
+                    {**p, "controller": "confirms each fault that changed telemetry, nothing else"},
+                )
+            )
         if figures.get("static_tuned"):
             rows.append(
                 result(
@@ -341,7 +351,11 @@ def scenario_rows(
                 "f1_gain",
                 learn_f1 - fig(strong, "f1"),
                 "f1",
-                {**p, "baseline_mode": strong},
+                {
+                    **p,
+                    "baseline_mode": strong,
+                    **({} if np.isnan(ceiling) else {"largest_possible": ceiling - fig(strong, "f1")}),
+                },
                 target=("value", ">=", 0.1),
             )
         )
@@ -419,6 +433,22 @@ def scenario_rows(
             )
         )
     return rows
+
+
+def _f1_ceiling(evaluations: dict[int, dict[str, Any]], key: Any) -> float:
+    """The best F1 a controller of telemetry can reach on these scenarios: it confirms exactly the
+    evaluated faults that changed some telemetry (precision 1, recall = their share); per seed, or the
+    mean over the seeds for ``key`` "all" (as the F1 rows). NaN without visibility figures."""
+    chosen = evaluations.values() if key == "all" else [evaluations[key]]
+    ceilings = []
+    for ev in chosen:
+        counts = ev.get("visible_by_fault_type") or {}
+        faults = sum(c["faults"] for c in counts.values())
+        if not faults:
+            continue
+        share = sum(c["visible"] for c in counts.values()) / faults
+        ceilings.append(2.0 * share / (1.0 + share) if share else 0.0)
+    return float(np.mean(ceilings)) if ceilings else float("nan")
 
 
 def _visible_recall_rows(

@@ -45,8 +45,10 @@ def carried_load(tree: RoutingTree) -> I64:
 
 
 def moved_nodes(before: RoutingTree, after: RoutingTree, load_change_share: float) -> I64:
-    """Nodes whose routed traffic a tree change moved: a new next hop, or a carried load that changed
-    by at least ``load_change_share`` of the larger of its two values.
+    """Nodes whose routed traffic a tree change moved: a new next hop, a carried load that changed
+    by at least ``load_change_share`` of the larger of its two values, or a route gained or lost
+    (a node cut off from every gateway reports loss 1.0 and 3 s latency; once reconnected, its
+    healthy figures are as far from what it showed as a fault's).
 
     Shapes:
         out: ``[k]`` node ids, ascending.
@@ -56,7 +58,8 @@ def moved_nodes(before: RoutingTree, after: RoutingTree, load_change_share: floa
     rerouted = both & (before.parent != after.parent)
     larger = np.maximum(np.maximum(old, new), 1)
     reloaded = both & (np.abs(new - old) >= load_change_share * larger)
-    return np.flatnonzero(rerouted | reloaded).astype(np.int64)
+    reconnected = before.routed != after.routed
+    return np.flatnonzero(rerouted | reloaded | reconnected).astype(np.int64)
 
 
 class MembershipWatch:
@@ -109,8 +112,8 @@ class MembershipWatch:
         Those are the nodes that joined (nothing learned about them is about the mesh they are in
         now, and the scorer's window of them is still partly empty), the neighbours of every node
         that joined or left (their links and link traffic changed), and the members whose routed
-        traffic the new tree moved (:func:`moved_nodes`); each starts a grace period of
-        ``grace_ticks``. The first frame only records membership.
+        traffic the new tree moved, cut off or reconnected (:func:`moved_nodes`); each starts a grace
+        period of ``grace_ticks``. The first frame only records membership.
         """
         listed = ~unlisted
         if self.listed is None:
@@ -124,6 +127,7 @@ class MembershipWatch:
         self.listed = listed.copy()
         after = self.tree(isolated, avoided)
         moved = moved_nodes(before, after, self.load_change_share)
+        moved = moved[listed[moved]]  # a leaver lost its route too, but there is nothing to judge
         near = np.asarray(self.adjacency @ changed.astype(np.float64)).ravel() > 0
         void = np.union1d(np.flatnonzero(joined | (near & listed)), moved).astype(np.int64)
         self.grace_until[void] = tick + self.grace_ticks

@@ -54,3 +54,28 @@ def test_recall_of_visible_faults_is_pooled_over_the_seeds_per_mode_and_fault_ty
     assert (
         math.isnan(by["static", "congestion"]["value"]) and by["static", "congestion"].get("target") is None
     )
+
+
+def test_the_visible_ceiling_is_the_f1_of_confirming_exactly_the_visible_faults_and_bounds_the_gain() -> None:
+    seen = {
+        1: {"blackhole": {"faults": 4, "visible": 4, "detected_visible": 4}},
+        2: {"node_crash": {"faults": 3, "visible": 2, "detected_visible": 2}, "congestion": {"faults": 1, "visible": 0, "detected_visible": 0}},
+    }  # fmt: skip
+    figures = {
+        mode: {seed: {**_evaluation(0.9), "visible_by_fault_type": seen[seed]} for seed in (1, 2)}
+        for mode in MODES
+    }
+    rows = scenario_rows(figures, (1, 2), {"nodes": 10})
+    ceiling = {r["params"]["scenario"]: r["value"] for r in rows if r["name"] == "f1_visible_ceiling"}
+    # Seed 2 shows half its faults: precision 1, recall 0.5, F1 2/3; over all seeds, the seeds' mean.
+    assert ceiling["seed-1"] == 1.0 and math.isclose(ceiling["seed-2"], 2 / 3)
+    assert math.isclose(ceiling["all"], (1.0 + 2 / 3) / 2)
+    gain = {r["params"]["scenario"]: r for r in rows if r["name"] == "f1_gain"}
+    # Every mode's F1 is 0.8 here: static could gain 0.2 on seed 1, nothing on seed 2.
+    assert math.isclose(gain["seed-1"]["params"]["largest_possible"], 0.2)
+    assert math.isclose(gain["seed-2"]["params"]["largest_possible"], 2 / 3 - 0.8)
+
+
+def test_without_visibility_figures_there_is_no_ceiling_row() -> None:
+    figures = {mode: {seed: _evaluation(0.9) for seed in (1, 2)} for mode in MODES}
+    assert not [r for r in scenario_rows(figures, (1, 2), {"nodes": 10}) if r["name"] == "f1_visible_ceiling"]

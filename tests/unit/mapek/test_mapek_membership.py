@@ -35,9 +35,19 @@ def test_carried_load_counts_each_node_and_everything_routed_through_it() -> Non
 def test_a_leave_moves_the_relays_that_inherit_its_subtree_not_the_far_ancestors() -> None:
     routing = RoutingKnowledge(_view())
     before, after = routing.tree(set(), set()), routing.tree({1}, set())
-    # 3 changes next hop; 2 and 4 now carry 3's subtree; the gateway's load moves by 1 of 7 only.
-    assert moved_nodes(before, after, 0.3).tolist() == [2, 3, 4]
-    assert moved_nodes(before, after, 0.1).tolist() == [0, 2, 3, 4]
+    # 3 changes next hop; 2 and 4 now carry 3's subtree; the gateway's load moves by 1 of 7 only;
+    # the leaver itself lost its route.
+    assert moved_nodes(before, after, 0.3).tolist() == [1, 2, 3, 4]
+    assert moved_nodes(before, after, 0.1).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_a_node_cut_off_or_reconnected_by_a_change_moved() -> None:
+    # Without 2 and the spare link 3-4, node 4 has no route; both come back and 4 is routed again.
+    routing = RoutingKnowledge(_view())
+    cut, whole = routing.tree({2}, {(3, 4)}), routing.tree(set(), set())
+    assert not cut.routed[4] and whole.routed[4]
+    assert 4 in moved_nodes(cut, whole, 0.9).tolist()
+    assert 4 in moved_nodes(whole, cut, 0.9).tolist()
 
 
 def test_the_watch_records_the_first_frame_then_voids_joiners_neighbours_and_moved_nodes() -> None:
