@@ -126,6 +126,14 @@ class ControllerConfig(BaseModel):
         "bench; a silent node still alarms in grace, by its own sign)",
     )
     rag_k: int = Field(default=3, ge=1, le=10, description="runbooks asked for per incident")
+    rag_k_wide: int = Field(
+        default=10,
+        ge=1,
+        le=10,
+        description="runbooks asked for, once per incident, when none of the first rag_k names an action "
+        "whose preconditions hold (the reports of resolved incidents the controller ingests can crowd the "
+        "runbook that fits out of the first ranks: a blackhole's rx surge reads like a congestion's)",
+    )
     settle_ticks: dict[str, int] = Field(
         default_factory=lambda: dict(SETTLE_TICKS),
         description="per action: ticks from deciding it to judging it by the root's own signals (the "

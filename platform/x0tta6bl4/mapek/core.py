@@ -583,17 +583,33 @@ class ControllerCore:
         actions.append(action)
 
     def _plan(self, tick: int, inc: Incident, excess: F64, features: F32, errors: list[str]) -> Action | None:
-        """The next action for ``inc``: learned ones first, then the runbooks' in rank order."""
-        assert self.runbooks is not None
+        """The next action for ``inc``: learned ones first, then the runbooks' in rank order; when none
+        of the first ``rag_k`` runbooks' actions can be taken, the runbooks are asked once more, wider."""
+        c = self.config
         if inc.plan is None:
-            try:
-                inc.plan = self.runbooks.query(inc.description, self.config.rag_k)
-            except Exception as exc:  # RAG unreachable: no plan this tick, keep monitoring
-                msg = f"tick {tick}: runbook query for incident {inc.incident_id} failed ({exc})"
-                log.warning(msg)
-                errors.append(msg)
-                self.errors.append(msg)
-                raise _PlanUnavailableError(msg) from exc
+            inc.plan = self._query(tick, inc, c.rag_k, errors)
+        action = self._first_feasible(tick, inc, excess, features, errors)
+        if action is None and len((inc.plan or {}).get("passages", ())) < c.rag_k_wide:
+            inc.plan = self._query(tick, inc, c.rag_k_wide, errors)
+            action = self._first_feasible(tick, inc, excess, features, errors)
+        return action
+
+    def _query(self, tick: int, inc: Incident, k: int, errors: list[str]) -> dict[str, Any]:
+        assert self.runbooks is not None
+        try:
+            return dict(self.runbooks.query(inc.description, k))
+        except Exception as exc:  # RAG unreachable: no plan this tick, keep monitoring
+            msg = f"tick {tick}: runbook query for incident {inc.incident_id} failed ({exc})"
+            log.warning(msg)
+            errors.append(msg)
+            self.errors.append(msg)
+            raise _PlanUnavailableError(msg) from exc
+
+    def _first_feasible(
+        self, tick: int, inc: Incident, excess: F64, features: F32, errors: list[str]
+    ) -> Action | None:
+        """The first candidate of ``inc``'s plan that is untried and whose preconditions hold, sent."""
+        assert self.runbooks is not None
         candidates: list[tuple[str, str]] = []
         if self.config.learning:
             learned = self.stats.get(inc.signature, {})
@@ -676,9 +692,9 @@ class ControllerCore:
         )  # traffic in, nothing forwarded
         if name == "isolate_node":  # only a blackhole is quarantined; never a gateway
             return node not in self.isolated and not self.view.gateways[node] and hole
-        if name == "rate_limit":  # there is a surge to cap
+        if name == "rate_limit":  # there is a surge to cap; a blackhole's rx grows too, but it queues nothing
             queue = f[FEATURE_INDEX["queue_depth_pkts"]]
-            return node not in self.rate_limited and (rx > 1.5 * rx0 + 1e4 or queue >= 20)
+            return node not in self.rate_limited and (rx > 1.5 * rx0 + 1e4 or queue >= 20) and not hole
         if name == "scale_capacity":
             return (
                 self.scaled.get(node, 0) < self.config.max_capacity_scalings

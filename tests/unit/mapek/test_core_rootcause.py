@@ -46,7 +46,7 @@ class _Runbooks:
         self.actions = actions
 
     def query(self, text: str, k: int) -> dict[str, Any]:
-        passages = [{"action": a, "runbook_id": a} for a in self.actions]
+        passages = [{"action": a, "runbook_id": a} for a in self.actions[:k]]
         return {"action": self.actions[0], "passages": passages}
 
     def ingest(self, documents: list[dict[str, Any]]) -> None:
@@ -91,10 +91,12 @@ def test_a_lossy_uplink_is_rerouted_at_its_root_naming_the_next_hop_and_judged_a
     assert set(core.step(decided + 8, _features(True)).alarmed) == {5, 6}  # symptoms, not the fault's own
 
 
-def test_a_blackhole_is_quarantined_not_rerouted_and_stops_alarming_once_quarantined() -> None:
+def test_a_blackhole_is_quarantined_not_rate_limited_or_rerouted_and_stops_alarming_once_quarantined() -> None:
     scorer = _Scorer()
     config = ControllerConfig(mode="static", audit=False, ingest_resolved=False)
-    runbooks = _Runbooks("reroute", "isolate_node")  # the runbooks rank the reroute first
+    # The first three runbooks (of rag_k = 3) name a rate limit (its rx surged), a reroute and more
+    # capacity: none can be taken on a blackhole, so the runbooks are asked again, wider.
+    runbooks = _Runbooks("rate_limit", "reroute", "scale_capacity", "isolate_node")
     core = ControllerCore(_view(), config, scorer, runbooks, KnowledgeStore(":memory:"), "t")
     for tick in range(12):
         core.step(tick, _features(False))
