@@ -91,7 +91,9 @@ def test_a_lossy_uplink_is_rerouted_at_its_root_naming_the_next_hop_and_judged_a
     assert set(core.step(decided + 8, _features(True)).alarmed) == {5, 6}  # symptoms, not the fault's own
 
 
-def test_a_blackhole_is_quarantined_not_rate_limited_or_rerouted_and_stops_alarming_once_quarantined() -> None:
+def test_a_blackhole_is_quarantined_not_rate_limited_or_rerouted_and_stops_alarming_once_quarantined() -> (
+    None
+):
     scorer = _Scorer()
     config = ControllerConfig(mode="static", audit=False, ingest_resolved=False)
     # The first three runbooks (of rag_k = 3) name a rate limit (its rx surged), a reroute and more
