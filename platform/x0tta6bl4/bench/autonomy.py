@@ -15,6 +15,12 @@ leaving and joining). The static baseline is honest twice over: ``static`` runs 
 model's recorded threshold, ``static_tuned`` the single threshold that scored the best F1 on a
 separate tuning seed of the same workload (a grid of multiples of the model's threshold); the
 F1 gain is measured against the better of the two.
+
+Targets (issue 26): stationary F1 >= 0.95 and MTTR <= static's and <= 0.3x no remediation; drift
+F1 gain >= 0.1 and MTTR <= 0.8x static's; first action right >= 0.8; <= 1 false alarm per 1,000
+node-ticks. F1 counts every evaluated fault, and some change no telemetry at all:
+``f1_visible_ceiling`` is the F1 of a controller that confirms exactly the faults that did, the
+most any controller of telemetry can score (``f1_gain``'s ``largest_possible`` follows from it).
 """
 
 from __future__ import annotations
@@ -326,7 +332,16 @@ def scenario_rows(
         learn_f1, static_f1 = fig("learning", "f1"), fig("static", "f1")
         strong = _better_static(figures, fig)
         ceiling = _f1_ceiling(figures["learning"], key)
-        rows.append(result("f1", learn_f1, "f1", p, baseline=("static_thresholds_f1", static_f1)))
+        rows.append(
+            result(
+                "f1",
+                learn_f1,
+                "f1",
+                p,
+                baseline=("static_thresholds_f1", static_f1),
+                target=None if drifting else ("value", ">=", 0.95),
+            )
+        )
         if not np.isnan(ceiling):
             rows.append(
                 result(
@@ -366,7 +381,7 @@ def scenario_rows(
                 "ticks",
                 p,
                 baseline=("no_remediation_mttr_ticks", fig("no_remediation", "mttr_ticks")),
-                target=("ratio", "<=", 0.5),
+                target=("ratio", "<=", 0.5 if drifting else 0.3),
             )
         )
         rows.append(
@@ -385,7 +400,7 @@ def scenario_rows(
                 "ticks",
                 {**p, "baseline_mode": strong},
                 baseline=("static_mttr_ticks", fig(strong, "mttr_ticks")),
-                target=("ratio", "<=", 0.8) if drifting else None,
+                target=("ratio", "<=", 0.8 if drifting else 1.0),
             )
         )
         for mode in ("learning", "static"):  # the right fix first: a right root and a right plan
