@@ -19,8 +19,9 @@ F1 gain is measured against the better of the two.
 Targets (issue 26): stationary F1 >= 0.95 and MTTR <= static's and <= 0.3x no remediation; drift
 F1 gain >= 0.1 and MTTR <= 0.8x static's; first action right >= 0.8; <= 1 false alarm per 1,000
 node-ticks. F1 counts every evaluated fault, and some change no telemetry at all:
-``f1_visible_ceiling`` is the F1 of a controller that confirms exactly the faults that did, the
-most any controller of telemetry can score (``f1_gain``'s ``largest_possible`` follows from it).
+``f1_visible_ceiling`` is the F1 of a controller that confirms exactly the faults that did; a real
+one passes it only by coincidence, when an incident about something else happens to hold an
+invisible fault's node (``f1_gain``'s ``largest_possible`` follows from it).
 """
 
 from __future__ import annotations
@@ -451,9 +452,10 @@ def scenario_rows(
 
 
 def _f1_ceiling(evaluations: dict[int, dict[str, Any]], key: Any) -> float:
-    """The best F1 a controller of telemetry can reach on these scenarios: it confirms exactly the
-    evaluated faults that changed some telemetry (precision 1, recall = their share); per seed, or the
-    mean over the seeds for ``key`` "all" (as the F1 rows). NaN without visibility figures."""
+    """The F1 of a controller that confirms exactly the evaluated faults that changed some telemetry
+    (precision 1, recall = their share), per seed, or the mean over the seeds for ``key`` "all" (as the
+    F1 rows); NaN without visibility figures. A controller passes it only when an incident about
+    something else holds an invisible fault's node."""
     chosen = evaluations.values() if key == "all" else [evaluations[key]]
     ceilings = []
     for ev in chosen:
