@@ -7,7 +7,7 @@ The scenario runs put the mesh kernel, the detector and the retriever in this pr
 code the actor runs, so thirty runs fit in minutes and differ only in the controller's mode.
 Each mode keeps one knowledge store and one runbook corpus across the scenarios, in order, as
 a deployment would. ``controller_ticks_per_s`` goes through the real path: shard actors, the
-detached controller actor, and the anomaly and RAG apps on Ray Serve.
+detached controller actor, and the anomaly and RAG apps on Ray Serve (:mod:`._controller_rate`).
 
 Two workloads: ``stationary`` (the traffic model's own weak daily swing) and ``drift``
 (:func:`~x0tta6bl4.mesh.drift.realistic_drift`: a strong daily cycle, a region's load step, nodes
@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from x0tta6bl4.bench._controller_rate import controller_rate_results
 from x0tta6bl4.bench._report import result
-from x0tta6bl4.connect import free_local_port
 from x0tta6bl4.mesh.drift import DriftConfig, realistic_drift
 
 MODES = ("no_remediation", "static", "learning")
@@ -61,12 +61,6 @@ SIZES = (1000, 300)
 QUICK_SIZES = (400, 120)
 #: A fault is evaluated when it would end within the scenario even if nobody acted (evaluate's default).
 EVALUATED_DURATION_TICKS = 60
-#: nodes, measured ticks, warm-up ticks of the controller throughput run.
-THROUGHPUT = (10_000, 40, 8)
-QUICK_THROUGHPUT = (1_000, 10, 3)
-#: Shard actors (regions) of the throughput run; quick: fewer worker processes to start on two cores.
-THROUGHPUT_REGIONS = 8
-QUICK_THROUGHPUT_REGIONS = 2
 
 
 def _log(msg: str) -> None:
@@ -500,100 +494,13 @@ def _visible_recall_rows(
     return rows
 
 
-def _throughput_results(quick: bool, before_timing: Callable[[], Any] | None = None) -> list[dict[str, Any]]:
-    """Controller steps/s on the real path, against the sharded mesh's own ticks/s in the same run.
-
-    ``before_timing`` is called once everything is up, before the first tick.
-    """
-    import ray
-
-    from x0tta6bl4.autonomy.config import RunConfig
-    from x0tta6bl4.autonomy.job import plan_run
-    from x0tta6bl4.autonomy.serving import deploy_serve
-    from x0tta6bl4.connect import connect_ray, disconnect_ray
-    from x0tta6bl4.mapek.config import ControllerConfig
-    from x0tta6bl4.mapek.controller import start_controller
-    from x0tta6bl4.mesh.control import ControlParams
-    from x0tta6bl4.mesh.pipeline import ShardedMesh
-    from x0tta6bl4.mesh.shard import MeshSpec
-
-    nodes, ticks, warmup = QUICK_THROUGHPUT if quick else THROUGHPUT
-    regions = QUICK_THROUGHPUT_REGIONS if quick else THROUGHPUT_REGIONS
-    with tempfile.TemporaryDirectory(prefix="x0tta6bl4-bench-ctl-") as tmp:
-        config = RunConfig(
-            nodes=nodes,
-            regions=regions,
-            ticks=ticks + warmup,
-            seed=5,
-            ebpf=False,
-            serve_port=free_local_port(),
-            runs_dir=Path(tmp),
-            run_id="throughput",
-        )
-        plan = plan_run(config)
-        conn = connect_ray(dashboard=not quick)  # quick: the dashboard's start alone costs CPU-seconds
-        try:
-            spec = MeshSpec(
-                plan.topology_spec,
-                config.seed,
-                plan.faults,
-                ControlParams(),
-                checkpoint_dir=str(Path(tmp) / "ckpt"),
-            )
-            mesh = ShardedMesh(plan.topology, spec)
-            serve_config = deploy_serve(config)
-            controller = start_controller(
-                "throughput",
-                plan.topology_spec,
-                [],
-                ControllerConfig(knowledge_path=str(Path(tmp) / "k.sqlite")),
-                serve_config,
-            )
-            if before_timing is not None:
-                before_timing()
-            mesh_s, ctl_s = [], []
-            actions: tuple[Any, ...] = ()
-            for i in range(ticks + warmup):
-                t0 = time.perf_counter()
-                res = mesh.step(actions)
-                t1 = time.perf_counter()
-                step = ray.get(controller.step.remote(res.tick, 0.0))
-                t2 = time.perf_counter()
-                actions = step.actions
-                if i >= warmup:
-                    mesh_s.append(t1 - t0)
-                    ctl_s.append(t2 - t1)
-            mesh.close()
-            ray.kill(controller)
-            from ray import serve
-
-            serve.delete(serve_config["app_name"])
-        finally:
-            disconnect_ray(conn)
-    ctl_rate = 1.0 / float(np.mean(ctl_s))
-    mesh_rate = 1.0 / float(np.mean(mesh_s))
-    _log(f"controller {ctl_rate:.1f} ticks/s at {nodes} nodes (mesh alone {mesh_rate:.1f} ticks/s)")
-    p = {"nodes": nodes, "regions": regions, "ticks": ticks}
-    return [
-        result(
-            "controller_ticks_per_s",
-            ctl_rate,
-            "ticks/s",
-            p,
-            baseline=("mesh_pipeline_ticks_per_s", mesh_rate),
-            target=("value", ">=", 5.0),
-        ),
-        result("controller_step_p95_ms", 1000.0 * float(np.quantile(ctl_s, 0.95)), "ms", p),
-    ]
-
-
 def results(quick: bool = False) -> list[dict[str, Any]]:
     import torch
 
     torch.set_num_threads(1)
     if not quick:
         rows = _scenario_results(quick)
-        rows += _throughput_results(quick)
+        rows += controller_rate_results(quick)
         return rows
     # Quick: the scenarios (every figure counted in ticks, none in seconds) run in a thread while
     # Ray, the shards, Serve and the controller start; the timed ticks start once they are done.
@@ -604,5 +511,5 @@ def results(quick: bool = False) -> list[dict[str, Any]]:
     scorer = LocalScorer()  # first: it bootstraps the registry Serve then loads, if it has no model
     with ThreadPoolExecutor(1) as pool:
         scenarios = pool.submit(_scenario_results, quick, scorer)
-        throughput = _throughput_results(quick, before_timing=scenarios.result)
+        throughput = controller_rate_results(quick, before_timing=scenarios.result)
     return scenarios.result() + throughput

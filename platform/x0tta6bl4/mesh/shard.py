@@ -259,9 +259,6 @@ class ShardBehindError(X0tta6bl4Error):
         self.at_tick = at_tick
         self.asked_tick = asked_tick
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.region, self.at_tick, self.asked_tick))
-
 
 class MeshShardActor:
     """Ray actor body: a ShardCore behind methods the driver calls; reports Ray metrics."""

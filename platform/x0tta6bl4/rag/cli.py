@@ -96,8 +96,9 @@ def runbook_main(args: argparse.Namespace) -> int:
     """Sign, verify or eval; bad input is a ConfigError (one line, exit 2), a failed check exits 1."""
     if args.action == "eval":
         return _eval(args)
+    from x0tta6bl4.rag.errors import RetrievalInputError
     from x0tta6bl4.rag.provenance import document_claim
-    from x0tta6bl4.rag.store import RetrievalInputError, parse_document
+    from x0tta6bl4.rag.store import parse_document
     from x0tta6bl4.security.provenance import RUNBOOK_CONTEXT, ProvenanceConfig, ProvenancePolicy
     from x0tta6bl4.security.signing import SignatureError
 

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from x0tta6bl4.durable import fsync_file, write_atomic
-from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
+from x0tta6bl4.rag.errors import IndexInputError, IndexStoreError
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -27,14 +27,6 @@ FORMAT_VERSION = 1
 #: Name of the metadata file inside a saved index directory (the commit point of a save).
 META_FILE = "index.json"
 SPACE = "cosine"
-
-
-class IndexInputError(ConfigError):
-    """Vectors, ids or parameters that the index cannot take (wrong shape, dimension, k)."""
-
-
-class IndexStoreError(X0tta6bl4Error):
-    """A saved index that cannot be loaded: missing, corrupt, or of another format or dimension."""
 
 
 class RWLock:

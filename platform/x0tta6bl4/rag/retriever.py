@@ -20,6 +20,7 @@ from x0tta6bl4.observability.metrics import domain_metrics
 from x0tta6bl4.rag.cache import CacheKey, SemanticCache, count_lookups
 from x0tta6bl4.rag.config import RetrieverConfig, embedder_fingerprint
 from x0tta6bl4.rag.encoding import BatchEncoder
+from x0tta6bl4.rag.errors import RetrievalInputError
 from x0tta6bl4.rag.index import RWLock, VectorIndex
 from x0tta6bl4.rag.provenance import SignatureRecords, document_claim
 from x0tta6bl4.rag.ranking import QueryResult, Ranker
@@ -28,7 +29,6 @@ from x0tta6bl4.rag.store import (
     EMBEDDING_DIM,
     ChunkRecord,
     Document,
-    RetrievalInputError,
     Store,
     chunk_document,
     packaged_documents,

@@ -21,23 +21,16 @@ from filelock import FileLock
 
 from x0tta6bl4.corpus import Runbook, RunbookError, chunk_text, load_runbooks, parse_runbook
 from x0tta6bl4.durable import append_synced, fsync_dir, write_atomic
-from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
+from x0tta6bl4.errors import ConfigError
 from x0tta6bl4.mesh.faults import ACTIONS, FAULT_TYPES, HEALED_BY
-from x0tta6bl4.rag.index import IndexStoreError, VectorIndex
+from x0tta6bl4.rag.errors import IndexStoreError, RetrievalInputError, RetrievalStoreError
+from x0tta6bl4.rag.index import VectorIndex
 from x0tta6bl4.rag.lexical import words
 
 STORE_VERSION = 1
 EMBEDDING_DIM = 384
 _DOC_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _DOC_KEYS = frozenset({"id", "title", "text", "fault_type", "action"})
-
-
-class RetrievalInputError(ConfigError):
-    """A query, ``k`` or document the retriever refuses (the HTTP layer answers 4xx)."""
-
-
-class RetrievalStoreError(X0tta6bl4Error):
-    """The persisted store cannot be read or written."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -53,9 +53,6 @@ class ServiceUnavailableError(X0tta6bl4Error):
         super().__init__(message)
         self.retry_after_s = retry_after_s
 
-    def __reduce__(self) -> tuple[type[ServiceUnavailableError], tuple[str, int]]:
-        return (type(self), (str(self), self.retry_after_s))
-
 
 def _unavailable_types() -> tuple[type[BaseException], ...]:
     """Errors that say a replica or its node is gone or overloaded, not that the request was wrong."""

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import requests
 
+from x0tta6bl4.serve.ingress import _HEALTHZ_TIMEOUT_S
+
 pytestmark = pytest.mark.ray
 
 NPZ = {"content-type": "application/x-npz"}
@@ -96,4 +98,6 @@ def test_hostile_requests_are_json_4xx_while_healthz_keeps_answering(deployed) -
         assert set(body) == {"error", "message", "details"}, (what, body)
         assert seconds < 10, (what, seconds)
     assert health and all(status == 200 for status, _ in health), health
-    assert max(seconds for _, seconds in health) < 2.0, health
+    # Within the deadline /healthz gives each backend: the gateway's own loop never stalled
+    # beyond it (it did, for seconds, while it imported the store to unpickle a refusal).
+    assert max(seconds for _, seconds in health) < _HEALTHZ_TIMEOUT_S, health

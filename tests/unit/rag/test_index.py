@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 
 from x0tta6bl4.errors import ConfigError, X0tta6bl4Error
+from x0tta6bl4.rag.errors import IndexInputError, IndexStoreError
 from x0tta6bl4.rag.index import (
     META_FILE,
-    IndexInputError,
-    IndexStoreError,
     RWLock,
     VectorIndex,
     exact_search,

@@ -10,9 +10,9 @@ import pytest
 from x0tta6bl4.corpus import load_incidents
 from x0tta6bl4.errors import ConfigError
 from x0tta6bl4.rag.config import RetrieverConfig, default_data_dir
+from x0tta6bl4.rag.errors import RetrievalInputError
 from x0tta6bl4.rag.ranking import QueryResult
 from x0tta6bl4.rag.retriever import Retriever
-from x0tta6bl4.rag.store import RetrievalInputError
 
 SOLAR_DOC = {
     "title": "Solar brown-out — a solar-powered relay sags at dusk",

@@ -12,9 +12,10 @@ import pytest
 from x0tta6bl4.mapek.audit import ControllerAudit
 from x0tta6bl4.mapek.config import ControllerConfig
 from x0tta6bl4.rag.config import RetrieverConfig
+from x0tta6bl4.rag.errors import RetrievalInputError
 from x0tta6bl4.rag.provenance import document_claim
 from x0tta6bl4.rag.retriever import Retriever
-from x0tta6bl4.rag.store import RetrievalInputError, parse_document
+from x0tta6bl4.rag.store import parse_document
 from x0tta6bl4.security.ledger import Ledger
 from x0tta6bl4.security.provenance import RUNBOOK_CONTEXT, ProvenanceConfig, ProvenancePolicy
 from x0tta6bl4.security.signing import SignatureVerifier

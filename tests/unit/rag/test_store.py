@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from x0tta6bl4.rag.store import RetrievalStoreError, Store
+from x0tta6bl4.rag.errors import RetrievalStoreError
+from x0tta6bl4.rag.store import Store
 
 HOLD = """
 import sys, time

@@ -82,3 +82,43 @@ def test_the_gateway_maps_each_error_to_its_status_and_body() -> None:
         503,
         {"error": "store_unavailable", "message": "cannot write the store in /x: disk full", "details": []},
     )
+
+
+def test_the_gateway_unpickles_a_backend_error_without_importing_the_backend() -> None:
+    # The gateway unpickles these on its event loop; importing the store or the model there
+    # (the corpus, the mesh, SciPy, torch) held every request, /healthz too, for seconds.
+    import subprocess
+    import sys
+
+    from x0tta6bl4.models.registry import CorruptVersionError
+    from x0tta6bl4.rag.errors import (
+        IndexInputError,
+        IndexStoreError,
+        RetrievalInputError,
+        RetrievalStoreError,
+    )
+    from x0tta6bl4.security.signing import SignatureError
+
+    errors = [
+        RetrievalInputError("bad heading"),
+        RetrievalStoreError("disk"),
+        IndexInputError("dim"),
+        IndexStoreError("gone"),
+        CorruptVersionError("v3"),
+        SignatureError("malformed", "runbook r1 has no signature"),
+    ]
+    child = (
+        "import pickle, sys\n"
+        "import x0tta6bl4.serve.ingress\n"
+        "errors = pickle.loads(sys.stdin.buffer.read())\n"
+        "heavy = ('scipy', 'torch', 'hnswlib', 'sentence_transformers', 'x0tta6bl4.mesh', 'x0tta6bl4.rag.store')\n"
+        "print(sorted(type(e).__name__ for e in errors), [m for m in heavy if m in sys.modules])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", child],
+        input=pickle.dumps(errors),
+        capture_output=True,
+        check=True,
+        timeout=120,
+    ).stdout.decode()
+    assert out.strip() == f"{sorted(type(e).__name__ for e in errors)} []", out
