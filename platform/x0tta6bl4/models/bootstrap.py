@@ -58,6 +58,8 @@ def bootstrap_detector(
     Returns:
         The written version.
     """
+    import torch
+
     from x0tta6bl4.models.data import ScenarioSpec, simulate
     from x0tta6bl4.models.evaluate import detection_metrics
     from x0tta6bl4.models.lora import full_arrays
@@ -70,10 +72,21 @@ def bootstrap_detector(
     series, _ = simulate(
         ScenarioSpec(nodes=cfg.nodes, regions=1, ticks=cfg.ticks, seed=cfg.seed), spec.window
     )
-    detector = GraphSAGEDetector(spec)
     train = spec.train.model_copy(update={"epochs": cfg.epochs, "seed": cfg.seed})
-    stats = train_detector(detector, [series], train)
-    scores = score_series(detector, series)
+    # One detector per seed: its initial weights come from the seed, not from whatever the process
+    # drew before (a model loaded first), and it trains on one thread (sums split over two threads
+    # round differently). Otherwise every clone bootstrapped a different detector, and the benches
+    # measured different figures on the same code.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.seed)
+            detector = GraphSAGEDetector(spec)
+            stats = train_detector(detector, [series], train)
+        scores = score_series(detector, series)
+    finally:
+        torch.set_num_threads(threads)
     labels = series.labels[list(series.valid_ticks)] if series.labels is not None else None
     metrics: dict[str, object] = {
         "trained_by": "bootstrap",
