@@ -589,15 +589,17 @@ class ControllerCore:
         if inc.plan is None:
             inc.plan = self._query(tick, inc, c.rag_k, errors)
         action = self._first_feasible(tick, inc, excess, features, errors)
-        if action is None and len((inc.plan or {}).get("passages", ())) < c.rag_k_wide:
+        if action is None and (inc.plan or {}).get("asked_k", c.rag_k) < c.rag_k_wide:
             inc.plan = self._query(tick, inc, c.rag_k_wide, errors)
             action = self._first_feasible(tick, inc, excess, features, errors)
         return action
 
     def _query(self, tick: int, inc: Incident, k: int, errors: list[str]) -> dict[str, Any]:
+        """The runbooks' answer for ``inc``, with the ``asked_k`` it was asked for (a small corpus
+        answers fewer: the wide query is still asked only once per plan)."""
         assert self.runbooks is not None
         try:
-            return dict(self.runbooks.query(inc.description, k))
+            return {**self.runbooks.query(inc.description, k), "asked_k": k}
         except Exception as exc:  # RAG unreachable: no plan this tick, keep monitoring
             msg = f"tick {tick}: runbook query for incident {inc.incident_id} failed ({exc})"
             log.warning(msg)
