@@ -83,6 +83,26 @@ class ControllerConfig(BaseModel):
     clear_ticks: int = Field(
         default=3, ge=1, description="ticks an incident's nodes stay below threshold to close it"
     )
+    unexplained_confirm_ticks: int = Field(
+        default=6,
+        ge=0,
+        description="ticks an incident stays unconfirmed (no action) while its root alone alarms and none of "
+        "its counters moves from its baseline: the score is all that speaks for a fault there, and in "
+        "drifting traffic such lone scores were false in most cases; the incident clears unconfirmed when "
+        "the score falls back first (0: confirm as any other incident)",
+    )
+    blackhole_sign_alarms: bool = Field(
+        default=True,
+        description="a node that takes traffic in and forwards none, with no queue or drops to explain it, "
+        "counts as above its threshold whatever its score (a blackhole's score can stay under a threshold "
+        "learned from a noisy node)",
+    )
+    recovery_check: bool = Field(
+        default=True,
+        description="leave an incident unconfirmed (no action) while its root's health counters all moved "
+        "towards health (latency, loss down, links up) and its other nodes show the same or nothing but "
+        "their scores: a node reconnected after being cut off scores as high as a fault",
+    )
     peer_ratio: float = Field(
         default=1.0,
         gt=0,

@@ -25,7 +25,7 @@ from x0tta6bl4.mapek.interfaces import MeshView, Runbooks, Scorer, StepResult
 from x0tta6bl4.mapek.knowledge import KnowledgeStore
 from x0tta6bl4.mapek.membership import MembershipWatch
 from x0tta6bl4.mapek.state import Health, deep_analysis, mesh_health, monitoring_interval_ticks
-from x0tta6bl4.mapek.symptoms import FeatureBaselines, describe
+from x0tta6bl4.mapek.symptoms import FeatureBaselines, describe, recovering, unexplained
 from x0tta6bl4.mapek.thresholds import ThresholdLearner, neighbour_max, trend_slope
 from x0tta6bl4.mesh.faults import ACTIONS, Action
 from x0tta6bl4.mesh.routing import RoutingTree
@@ -316,6 +316,9 @@ class ControllerCore:
         scores = np.where(unlisted, np.float32(0.0), scores) if unlisted.any() else scores
         excess = np.maximum(scores.astype(np.float64), 0.0) / np.maximum(thr, 1e-9)
         above = excess > 1.0
+        if c.blackhole_sign_alarms:  # forwarding nothing is a fault whatever the score says
+            hole = rootcause.blackhole_sign(features, self.baselines.level)
+            above |= hole & self.baselines.seen & ~unlisted
         self.run = np.where(above, self.run + 1, 0)
         silent = self._last_silent = self._silent(features, unlisted)
         deep = deep_analysis(self.mesh_state) or tick % 5 == 0
@@ -502,6 +505,26 @@ class ControllerCore:
         )
         return text, signature(text)
 
+    def _unexplained(self, inc: Incident) -> bool:
+        """Whether the incident is one node's score alone: no neighbour alarms with it and none of the
+        root's counters moved (see :func:`~x0tta6bl4.mapek.symptoms.unexplained`)."""
+        root = inc.root
+        return len(inc.nodes) == 1 and unexplained(
+            self._last_features[root], self.baselines.level[root], float(self._slope_cache[root])
+        )
+
+    def _recovering(self, inc: Incident) -> bool:
+        """Whether every node of the incident is coming back (see
+        :func:`~x0tta6bl4.mapek.symptoms.recovering`) or shows nothing but its score, the root among
+        the former."""
+        level, features, slope = self.baselines.level, self._last_features, self._slope_cache
+        if not recovering(features[inc.root], level[inc.root]):
+            return False
+        return all(
+            recovering(features[n], level[n]) or unexplained(features[n], level[n], float(slope[n]))
+            for n in inc.nodes
+        )
+
     def _late_check(self, inc: Incident, tick: int) -> None:
         """Feedback: when the root's score had been rising for a while, its threshold was too high."""
         s, t = self.recent_scores[:, inc.root], self.recent_thresholds[:, inc.root]
@@ -560,6 +583,10 @@ class ControllerCore:
                 return
             if tick - inc.opened_tick < c.route_settle_ticks and rootcause.unrouted(features[inc.root]):
                 return  # a live root without a route: routing may still converge (and show a blackhole)
+            if tick - inc.opened_tick < c.unexplained_confirm_ticks and self._unexplained(inc):
+                return  # only the score speaks for a fault: wait for it to persist (or to fall back)
+            if c.recovery_check and self._recovering(inc):
+                return  # its nodes are coming back, not failing: nothing to act on
             inc.confirmed_tick = tick
             inc.description, inc.signature = self._describe(inc.root, len(inc.nodes) - 1)
         if not c.remediation or inc.status == "escalated" or self.runbooks is None:

@@ -46,6 +46,16 @@ _FLOOR = {
 }
 
 
+#: Features whose level is traffic volume, neither healthy nor unhealthy in itself.
+_VOLUME = frozenset({"rx_bytes_per_s", "tx_bytes_per_s"})
+
+#: Features whose rise is a recovery (every other one's fall is).
+_HIGHER_IS_HEALTHIER = frozenset({"links_up"})
+
+#: mem_util growth per tick that an incident description mentions.
+_TREND_WORDS = 0.004
+
+
 class FeatureBaselines:
     """Exponentially weighted per-node feature levels while the node is healthy.
 
@@ -124,6 +134,29 @@ def _signs(features: F32, baseline: F64) -> list[str]:
     return out
 
 
+def unexplained(features: F32, baseline: F64, mem_slope_per_tick: float = 0.0) -> bool:
+    """Whether nothing in the node's telemetry explains an alarm: no sign, no counter off its
+    baseline, no memory trend (its description would read "no single counter stands out")."""
+    if _signs(features, baseline) or mem_slope_per_tick > _TREND_WORDS:
+        return False
+    return all(name in _VOLUME for name, _, _ in deviations(features, baseline))
+
+
+def recovering(features: F32, baseline: F64) -> bool:
+    """Whether the node is coming back rather than failing: no sign of a fault, and every health
+    counter that moved off its baseline moved towards health (latency, loss, retransmits, drops,
+    queue or load down, links up). Traffic volume is not judged: it moves with routing either way.
+
+    A node that a fault or its place in the mesh cut off for a while, then reconnected, reports
+    latencies of tens of milliseconds against a baseline of seconds: as far from what it showed as a
+    fault's figures, and the anomaly score says so, but nothing is wrong with it.
+    """
+    if _signs(features, baseline):
+        return False
+    moved = [(name, now, base) for name, now, base in deviations(features, baseline) if name not in _VOLUME]
+    return bool(moved) and all((now > base) == (name in _HIGHER_IS_HEALTHIER) for name, now, base in moved)
+
+
 def describe(
     node: int,
     features: F32,
@@ -141,7 +174,7 @@ def describe(
         parts.append(f"{name} {fmt.format(now)} (baseline {fmt.format(base)})")
         if parts[0].startswith("node silent"):
             break
-    if mem_slope_per_tick > 0.004:
+    if mem_slope_per_tick > _TREND_WORDS:
         parts.append(f"mem_util rising {mem_slope_per_tick:+.3f}/tick")
     if neighbours_alarmed:
         parts.append(f"{neighbours_alarmed} neighbours degraded too")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from x0tta6bl4.mapek.symptoms import FeatureBaselines, describe, deviations
+from x0tta6bl4.mapek.symptoms import FeatureBaselines, describe, deviations, recovering, unexplained
 from x0tta6bl4.telemetry.frame import FEATURE_INDEX, FEATURES
 
 HEALTHY = {
@@ -150,3 +150,33 @@ def test_feature_baselines_treat_unmeasured_values_as_zero() -> None:
     features = np.full((1, len(FEATURES)), np.nan, dtype=np.float32)
     baselines.update(features, np.array([True]))
     assert np.all(np.isfinite(baselines.level)) and not baselines.level.any()
+
+
+CUT_OFF = _vector(loss_ratio=1.0, latency_mean_ms=3000.0, latency_p95_ms=3000.0).astype(np.float64)
+
+
+def test_a_node_reconnected_after_being_cut_off_is_recovering_not_failing() -> None:
+    assert recovering(_vector(), CUT_OFF)  # latency and loss fell back from seconds and 100 %
+    assert recovering(_vector(links_up=4.0), _vector(links_up=1.0).astype(np.float64))  # links came back
+
+
+def test_a_node_is_not_recovering_when_any_health_counter_worsened_or_a_fault_sign_shows() -> None:
+    assert not recovering(_vector(), BASELINE)  # nothing moved: nothing to recover from
+    assert not recovering(_vector(cpu_util=1.0), CUT_OFF)  # latency fell, but its cpu is pinned
+    assert not recovering(_vector(links_up=2.0), BASELINE)
+    # A blackhole's latency and loss look fine; its rx surge and tx collapse are a sign.
+    assert not recovering(_vector(rx_bytes_per_s=2e6, tx_bytes_per_s=1e3), CUT_OFF)
+
+
+def test_traffic_volume_alone_neither_recovers_nor_explains_an_alarm() -> None:
+    halved = _vector(rx_bytes_per_s=3e4, tx_bytes_per_s=3e4)
+    assert deviations(halved, BASELINE)  # the traffic did move
+    assert not recovering(halved, BASELINE)
+    assert unexplained(halved, BASELINE)
+
+
+def test_an_alarm_is_explained_by_a_health_counter_a_sign_or_a_memory_trend() -> None:
+    assert unexplained(_vector(), BASELINE)
+    assert not unexplained(_vector(loss_ratio=0.2), BASELINE)
+    assert not unexplained(_vector(rx_bytes_per_s=2e6, tx_bytes_per_s=1e3), BASELINE)
+    assert not unexplained(_vector(), BASELINE, mem_slope_per_tick=0.02)

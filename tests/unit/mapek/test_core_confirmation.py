@@ -1,0 +1,128 @@
+"""ControllerCore: which incidents it confirms and acts on, and which it leaves to clear on their own.
+
+The stand-in scorer and runbooks of ``test_core_rootcause`` over the small tree of
+``test_rootcause`` (gateway 0, 0 <- 1 <- 3 <- {5, 6}); the served model's threshold is 1.0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from x0tta6bl4.mapek.config import ControllerConfig
+from x0tta6bl4.mapek.core import ControllerCore
+from x0tta6bl4.mapek.knowledge import KnowledgeStore
+from x0tta6bl4.telemetry.frame import FEATURE_INDEX
+
+from .test_core_rootcause import _features, _Runbooks, _Scorer
+from .test_rootcause import _view
+
+F32 = npt.NDArray[np.float32]
+
+
+def _core(scorer: _Scorer, **overrides: object) -> tuple[ControllerCore, ControllerConfig]:
+    config = ControllerConfig(mode="static", audit=False, ingest_resolved=False, **overrides)  # type: ignore[arg-type]
+    runbooks = _Runbooks("restart_node", "reroute", "isolate_node")
+    return ControllerCore(_view(), config, scorer, runbooks, KnowledgeStore(":memory:"), "t"), config
+
+
+def _cut_off(node: int) -> F32:
+    f = _features(False)
+    f[node, FEATURE_INDEX["loss_ratio"]] = 1.0
+    f[node, FEATURE_INDEX["latency_mean_ms"]] = 3000.0
+    f[node, FEATURE_INDEX["latency_p95_ms"]] = 3000.0
+    return f
+
+
+def test_a_reconnected_node_that_scores_as_high_as_a_fault_is_never_acted_on() -> None:
+    scorer = _Scorer()
+    core, config = _core(scorer)
+    for tick in range(12):  # 6 has no route for a while: its baselines are seconds and total loss
+        core.step(tick, _cut_off(6))
+    scorer.scores[6] = 9.0  # reconnected: its healthy figures are as far from those as a fault's
+    for tick in range(12, 24):
+        assert not core.step(tick, _features(False)).actions
+    (incident,) = core.incidents
+    assert incident.confirmed_tick is None and incident.attempts == []
+    scorer.scores[6] = 0.1  # the scorer's window moved past the gap
+    for tick in range(24, 24 + config.clear_ticks + 1):
+        core.step(tick, _features(False))
+    assert incident.status == "false_alarm"
+
+
+def test_the_same_jump_in_the_unhealthy_direction_is_acted_on_at_once() -> None:
+    scorer = _Scorer()
+    core, _ = _core(scorer)
+    for tick in range(12):
+        core.step(tick, _features(False))
+    lossy = _features(False)
+    lossy[6, FEATURE_INDEX["loss_ratio"]] = 0.5
+    lossy[6, FEATURE_INDEX["latency_mean_ms"]] = 800.0
+    scorer.scores[6] = 9.0
+    acted = [t for t in range(12, 16) if core.step(t, lossy).actions]
+    assert acted and acted[0] == 12  # severe: confirmed and acted on in its first tick
+
+
+def test_a_lone_score_with_no_counter_moved_is_confirmed_only_once_it_persisted() -> None:
+    scorer = _Scorer()
+    core, config = _core(scorer)
+    for tick in range(12):
+        core.step(tick, _features(False))
+    scorer.scores[6] = 9.0  # severe, but nothing in 6's telemetry moved
+    acted = next(t for t in range(12, 30) if core.step(t, _features(False)).actions)
+    (incident,) = core.incidents
+    assert incident.opened_tick == 12
+    assert acted == incident.confirmed_tick == 12 + config.unexplained_confirm_ticks
+
+
+def test_a_lone_score_that_falls_back_in_time_clears_without_an_action() -> None:
+    scorer = _Scorer()
+    core, config = _core(scorer)
+    for tick in range(12):
+        core.step(tick, _features(False))
+    scorer.scores[6] = 9.0
+    for tick in range(12, 15):
+        assert not core.step(tick, _features(False)).actions
+    scorer.scores[6] = 0.1
+    for tick in range(15, 15 + config.clear_ticks + 1):
+        assert not core.step(tick, _features(False)).actions
+    (incident,) = core.incidents
+    assert incident.status == "false_alarm" and incident.confirmed_tick is None
+
+
+def test_a_lone_score_is_acted_on_at_once_when_the_wait_is_off() -> None:
+    scorer = _Scorer()
+    core, _ = _core(scorer, unexplained_confirm_ticks=0)
+    for tick in range(12):
+        core.step(tick, _features(False))
+    scorer.scores[6] = 9.0
+    assert core.step(12, _features(False)).actions
+
+
+def _blackhole(node: int) -> F32:
+    f = _features(False)
+    f[node, FEATURE_INDEX["rx_bytes_per_s"]] = 6e5
+    f[node, FEATURE_INDEX["tx_bytes_per_s"]] = 3e4
+    return f
+
+
+def test_a_blackhole_alarms_by_its_sign_while_its_score_stays_under_the_threshold() -> None:
+    scorer = _Scorer()
+    core, config = _core(scorer)
+    for tick in range(12):
+        core.step(tick, _features(False))
+    scorer.scores[4] = 0.3  # a third of the threshold: the score alone never alarms
+    alarmed = [set(core.step(t, _blackhole(4)).alarmed) for t in range(12, 12 + config.persist_ticks)]
+    assert 4 not in alarmed[0] and 4 in alarmed[-1]  # persisted like any alarm
+    assert [i.root for i in core.incidents] == [4]
+
+
+def test_without_the_sign_rule_a_blackhole_under_the_threshold_goes_unseen() -> None:
+    scorer = _Scorer()
+    core, _ = _core(scorer, blackhole_sign_alarms=False)
+    for tick in range(12):
+        core.step(tick, _features(False))
+    scorer.scores[4] = 0.3
+    for tick in range(12, 20):
+        assert 4 not in core.step(tick, _blackhole(4)).alarmed
+    assert core.incidents == []
