@@ -134,12 +134,18 @@ def _signs(features: F32, baseline: F64) -> list[str]:
     return out
 
 
+def _health_moves(features: F32, baseline: F64) -> list[tuple[str, float, float]] | None:
+    """The health counters off the node's baseline (traffic volume aside), or ``None`` when a sign
+    of a fault shows."""
+    if _signs(features, baseline):
+        return None
+    return [(name, now, base) for name, now, base in deviations(features, baseline) if name not in _VOLUME]
+
+
 def unexplained(features: F32, baseline: F64, mem_slope_per_tick: float = 0.0) -> bool:
     """Whether nothing in the node's telemetry explains an alarm: no sign, no counter off its
     baseline, no memory trend (its description would read "no single counter stands out")."""
-    if _signs(features, baseline) or mem_slope_per_tick > _TREND_WORDS:
-        return False
-    return all(name in _VOLUME for name, _, _ in deviations(features, baseline))
+    return _health_moves(features, baseline) == [] and mem_slope_per_tick <= _TREND_WORDS
 
 
 def recovering(features: F32, baseline: F64) -> bool:
@@ -151,10 +157,10 @@ def recovering(features: F32, baseline: F64) -> bool:
     latencies of tens of milliseconds against a baseline of seconds: as far from what it showed as a
     fault's figures, and the anomaly score says so, but nothing is wrong with it.
     """
-    if _signs(features, baseline):
+    moved = _health_moves(features, baseline)
+    if not moved:
         return False
-    moved = [(name, now, base) for name, now, base in deviations(features, baseline) if name not in _VOLUME]
-    return bool(moved) and all((now > base) == (name in _HIGHER_IS_HEALTHIER) for name, now, base in moved)
+    return all((now > base) == (name in _HIGHER_IS_HEALTHIER) for name, now, base in moved)
 
 
 def describe(

@@ -26,12 +26,16 @@ def _core(scorer: _Scorer, **overrides: object) -> tuple[ControllerCore, Control
     return ControllerCore(_view(), config, scorer, runbooks, KnowledgeStore(":memory:"), "t"), config
 
 
-def _cut_off(node: int) -> F32:
+def _changed(node: int, **values: float) -> F32:
+    """Healthy features, except ``node``'s ``values``."""
     f = _features(False)
-    f[node, FEATURE_INDEX["loss_ratio"]] = 1.0
-    f[node, FEATURE_INDEX["latency_mean_ms"]] = 3000.0
-    f[node, FEATURE_INDEX["latency_p95_ms"]] = 3000.0
+    for name, value in values.items():
+        f[node, FEATURE_INDEX[name]] = value
     return f
+
+
+def _cut_off(node: int) -> F32:
+    return _changed(node, loss_ratio=1.0, latency_mean_ms=3000.0, latency_p95_ms=3000.0)
 
 
 def test_a_reconnected_node_that_scores_as_high_as_a_fault_is_never_acted_on() -> None:
@@ -55,9 +59,7 @@ def test_the_same_jump_in_the_unhealthy_direction_is_acted_on_at_once() -> None:
     core, _ = _core(scorer)
     for tick in range(12):
         core.step(tick, _features(False))
-    lossy = _features(False)
-    lossy[6, FEATURE_INDEX["loss_ratio"]] = 0.5
-    lossy[6, FEATURE_INDEX["latency_mean_ms"]] = 800.0
+    lossy = _changed(6, loss_ratio=0.5, latency_mean_ms=800.0)
     scorer.scores[6] = 9.0
     acted = [t for t in range(12, 16) if core.step(t, lossy).actions]
     assert acted and acted[0] == 12  # severe: confirmed and acted on in its first tick
@@ -100,10 +102,7 @@ def test_a_lone_score_is_acted_on_at_once_when_the_wait_is_off() -> None:
 
 
 def _blackhole(node: int) -> F32:
-    f = _features(False)
-    f[node, FEATURE_INDEX["rx_bytes_per_s"]] = 6e5
-    f[node, FEATURE_INDEX["tx_bytes_per_s"]] = 3e4
-    return f
+    return _changed(node, rx_bytes_per_s=6e5, tx_bytes_per_s=3e4)
 
 
 def test_a_blackhole_alarms_by_its_sign_while_its_score_stays_under_the_threshold() -> None:
