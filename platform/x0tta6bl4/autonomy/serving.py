@@ -36,6 +36,10 @@ class ServedApps:
 DECLARATIVE_READY_TIMEOUT_S = 300.0
 
 
+#: How the line that ``serve_forever`` prints once its front listens begins (scripts wait for it).
+SERVING_LINE = "serving through the mTLS front"
+
+
 def attach_or_deploy(config: RunConfig) -> ServedApps:
     """The declaratively deployed app of the run's name when one exists, else the run's own deploy.
 
@@ -145,7 +149,7 @@ def serve_forever(config: RunConfig, declarative: bool = False) -> None:
     if front is None:  # the run's ServeConfig never turns the front off
         raise ConfigError("the run's Serve apps are reachable only through the mTLS front")
     url = front_url(serve_config, front.start())
-    print(f"serving through the mTLS front: {url} (Ctrl-C to stop)", file=sys.stderr)
+    print(f"{SERVING_LINE}: {url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     print(curl_hint(url), file=sys.stderr)
     try:
         while not stop.is_set():

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from x0tta6bl4.autonomy.serving import SERVING_LINE
 from x0tta6bl4.bench._report import result
 
 #: nodes, ticks of the instrumented loop; nodes, ticks of the scraped run.
@@ -270,6 +271,8 @@ class _Platform:
         assert proc.stderr is not None
         for line in proc.stderr:
             self._errors[i] = (self._errors[i] + line)[-4000:]
+            if i == 0 and "serving" not in self.events and line.startswith(SERVING_LINE):
+                self._event("serving", "the run serves through its mTLS front")
 
     def start_training(self) -> None:
         """Start the training job (once the run's Ray is up: two Ray heads starting at once on a
@@ -315,7 +318,8 @@ class _Platform:
         """Cause the next due event: the gateway request, the refused TLS client; note the training's end."""
         if "gateway_request" not in self.events and self._gateway_answers():
             self._event("gateway_request", "the gateway answered a request")
-        if "front_refused" not in self.events and self._refused_at_front():
+        # Only once the run's own front listens: before, another process may hold that free port.
+        if "front_refused" not in self.events and "serving" in self.events and self._refused_at_front():
             self._event("front_refused", "the mTLS front refused a client without a certificate")
         if "trained" not in self.events and self.train is not None and self.train.poll() is not None:
             self._event("trained", f"the training job ended (exit {self.train.returncode})")
@@ -331,7 +335,7 @@ class _Platform:
             return True  # a failed job: failure() says what
         if "shard_killed" not in self.events and (self.tmp / "runs" / "scraped" / "report.json").exists():
             return True  # the run's ticks ended before its shard could be killed: failure() says so
-        wanted = ("shard_killed", "gateway_request", "front_refused", "trained")
+        wanted = ("shard_killed", "gateway_request", "serving", "front_refused", "trained")
         if any(name not in self.events for name in wanted):
             return False
         last = max(self.events.values())
@@ -418,7 +422,7 @@ class _Platform:
         if self.train is None or self.train.returncode != 0:
             code = None if self.train is None else self.train.returncode
             return f"the scraped training failed (exit {code}): {self._errors[1][-2000:]}"
-        missing = {"shard_killed", "gateway_request", "front_refused"} - set(self.events)
+        missing = {"shard_killed", "gateway_request", "serving", "front_refused"} - set(self.events)
         if missing:
             return f"the scraped run ended before {', '.join(sorted(missing))}: {self._errors[0][-2000:]}"
         return None
