@@ -97,6 +97,12 @@ class ControllerConfig(BaseModel):
         "counts as above its threshold whatever its score (a blackhole's score can stay under a threshold "
         "learned from a noisy node)",
     )
+    uplink_loss_alarms: bool = Field(
+        default=True,
+        description="a node whose path loss and latency rose over its next hop's (its own uplink degraded) "
+        "counts as above its threshold whatever its score (a degraded link's score fades within a few "
+        "ticks while the loss stays)",
+    )
     recovery_check: bool = Field(
         default=True,
         description="leave an incident unconfirmed (no action) while its root's health counters all moved "

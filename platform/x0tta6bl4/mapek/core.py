@@ -319,6 +319,12 @@ class ControllerCore:
         if c.blackhole_sign_alarms:  # forwarding nothing is a fault whatever the score says
             hole = rootcause.blackhole_sign(features, self.baselines.level)
             above |= hole & self.baselines.seen & ~unlisted
+        if c.uplink_loss_alarms:  # a lossy uplink is a fault whatever the score says
+            parent = self._tree().parent
+            lossy = rootcause.uplink_loss_sign(features, self.baselines.level, parent)
+            settled = ~self.membership.in_grace(tick)  # a moved node's baseline is of its old path
+            settled &= np.where(parent >= 0, settled[np.maximum(parent, 0)], True)
+            above |= lossy & settled & self.baselines.seen & ~unlisted
         self.run = np.where(above, self.run + 1, 0)
         silent = self._last_silent = self._silent(features, unlisted)
         deep = deep_analysis(self.mesh_state) or tick % 5 == 0

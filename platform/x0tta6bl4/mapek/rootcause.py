@@ -37,6 +37,12 @@ _BLACKHOLE_FORWARDING = 0.3
 #: Bytes/s a blackhole must take in beyond what it sends (a leaf's own rx-tx imbalance stays below it).
 _BLACKHOLE_IMBALANCE = 5e4
 
+#: Path loss a degraded uplink adds over the usual gap to the next hop's (a link fault adds 0.08-0.33).
+_UPLINK_LOSS = 0.1
+
+#: Latency (ms) a degraded uplink adds beyond the usual gap (a link fault adds 15-55 ms each way).
+_UPLINK_DELAY_MS = 20.0
+
 #: Of the members with the widest reach, the deepest is the root when it reaches this share of them.
 _COVER_SHARE = 0.75
 
@@ -88,6 +94,48 @@ def surge_sign(features: F32, baseline: F64) -> Bools:
     rx = f[:, FEATURE_INDEX["rx_bytes_per_s"]] + _TRAFFIC_FLOOR
     rx0 = baseline[:, FEATURE_INDEX["rx_bytes_per_s"]] + _TRAFFIC_FLOOR
     sign: Bools = (f[:, FEATURE_INDEX["queue_depth_pkts"]] >= 50) & (rx >= 3.0 * rx0)
+    return sign
+
+
+def uplink_loss_sign(features: F32, baseline: F64, parent: I64) -> Bools:
+    """Nodes whose own uplink degraded: their path loss and latency rose over their next hop's.
+
+    Loss and latency are end to end, so a lossy link shows on every node routed across it; only
+    the node just below the link sees them jump while its next hop, which reports normally and
+    still has a route, does not. Loss that the node's own queue explains (drops from a full queue)
+    is congestion, not a link. Nodes below it keep their usual gap to their own next hops, so
+    they are not signed. A node without a next hop, or one that lost all its traffic, is not.
+
+    Shapes:
+        features: ``[nodes, FEATURES]``; baseline: ``[nodes, FEATURES]``; parent: ``[nodes]``
+        (next hop, -1 at a root); out: ``[nodes]``.
+    """
+    f = np.nan_to_num(features.astype(np.float64))
+    has = parent >= 0
+    up = np.where(has, parent, 0)
+    loss, lat = FEATURE_INDEX["loss_ratio"], FEATURE_INDEX["latency_mean_ms"]
+
+    def rise(i: int) -> F64:  # this tick's gap to the next hop, less the usual (never below 0)
+        usual = np.maximum(baseline[:, i] - baseline[up, i], 0.0)
+        gap: F64 = (f[:, i] - f[up, i]) - usual
+        return gap
+
+    upstream_reports = (f[up, FEATURE_INDEX["links_up"]] > 0) & (f[up, FEATURE_INDEX["cpu_util"]] > 0)
+    queue, drops = FEATURE_INDEX["queue_depth_pkts"], FEATURE_INDEX["packet_drops_per_s"]
+    # Loss from the node's own full queue is congestion, not its link.
+    own_queue_normal = (f[:, queue] <= 2.0 * baseline[:, queue] + 10.0) & (
+        f[:, drops] <= 2.0 * baseline[:, drops] + 50.0
+    )
+    sign: Bools = (
+        has
+        & own_queue_normal
+        & upstream_reports
+        & ~np.isnan(features[up]).all(axis=1)
+        & (f[:, loss] < 0.99)
+        & (f[up, loss] < 0.99)
+        & (rise(loss) >= _UPLINK_LOSS)
+        & (rise(lat) >= _UPLINK_DELAY_MS)
+    )
     return sign
 
 

@@ -20,9 +20,11 @@ from .test_rootcause import _view
 F32 = npt.NDArray[np.float32]
 
 
-def _core(scorer: _Scorer, **overrides: object) -> tuple[ControllerCore, ControllerConfig]:
+def _core(
+    scorer: _Scorer, runbooks: _Runbooks | None = None, **overrides: object
+) -> tuple[ControllerCore, ControllerConfig]:
     config = ControllerConfig(mode="static", audit=False, ingest_resolved=False, **overrides)  # type: ignore[arg-type]
-    runbooks = _Runbooks("restart_node", "reroute", "isolate_node")
+    runbooks = runbooks or _Runbooks("restart_node", "reroute", "isolate_node")
     return ControllerCore(_view(), config, scorer, runbooks, KnowledgeStore(":memory:"), "t"), config
 
 
@@ -124,4 +126,35 @@ def test_without_the_sign_rule_a_blackhole_under_the_threshold_goes_unseen() -> 
     scorer.scores[4] = 0.3
     for tick in range(12, 20):
         assert 4 not in core.step(tick, _blackhole(4)).alarmed
+    assert core.incidents == []
+
+
+def _lossy_uplink_of_3() -> F32:
+    """3's link to its next hop (1) loses packets: 3 and the nodes below it (5, 6) see it."""
+    f = _features(False)
+    f[[3, 5, 6], FEATURE_INDEX["loss_ratio"]] = 0.3
+    f[[3, 5, 6], FEATURE_INDEX["latency_mean_ms"]] = 70.0
+    return f
+
+
+def test_a_lossy_uplink_alarms_by_its_sign_at_its_node_and_is_rerouted_there() -> None:
+    scorer = _Scorer()
+    core, _ = _core(scorer, _Runbooks("reroute"))  # what the runbooks answer for loss on a path
+    for tick in range(12):
+        core.step(tick, _features(False))
+    # The scores saw the jump and faded under the threshold (the served model adapts); the loss stays.
+    scorer.scores[[3, 5, 6]] = 0.3
+    actions = [a for t in range(12, 24) for a in core.step(t, _lossy_uplink_of_3()).actions]
+    assert [i.root for i in core.incidents] == [3]  # 5 and 6 keep their usual gap to 3
+    assert (actions[0].name, actions[0].node, actions[0].peer) == ("reroute", 3, 1)
+
+
+def test_without_the_uplink_rule_a_faded_lossy_link_goes_unseen() -> None:
+    scorer = _Scorer()
+    core, _ = _core(scorer, uplink_loss_alarms=False)
+    for tick in range(12):
+        core.step(tick, _features(False))
+    scorer.scores[[3, 5, 6]] = 0.3
+    for tick in range(12, 24):
+        assert not core.step(tick, _lossy_uplink_of_3()).alarmed
     assert core.incidents == []

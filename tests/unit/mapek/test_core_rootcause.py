@@ -80,15 +80,16 @@ def test_a_lossy_uplink_is_rerouted_at_its_root_naming_the_next_hop_and_judged_a
     (incident,) = core.incidents
     attempt = incident.attempts[0]
     assert (attempt.action, attempt.node, attempt.peer, attempt.tick) == ("reroute", 3, 1, decided + 1)
-    scorer.scores[3] = 0.1  # the reroute fixed the root; the queues below it are still draining
+    # The reroute fixed the root's path; the scores below it have not come down yet.
+    scorer.scores[3] = 0.1
     for tick in range(decided + 1, decided + 20):
-        core.step(tick, _features(True))
+        core.step(tick, _features(False))
         if attempt.outcome is not None:
             break
     assert attempt.judged_tick == decided + config.settle_ticks["reroute"]
     assert attempt.outcome == "success"
     assert incident.status == "resolved"
-    assert set(core.step(decided + 8, _features(True)).alarmed) == {5, 6}  # symptoms, not the fault's own
+    assert set(core.step(decided + 8, _features(False)).alarmed) == {5, 6}  # symptoms, not the fault's own
 
 
 def test_a_blackhole_is_quarantined_not_rate_limited_or_rerouted_and_stops_alarming_once_quarantined() -> (

@@ -26,6 +26,7 @@ from x0tta6bl4.mapek.rootcause import (
     subtree_cover,
     surge_sign,
     unrouted,
+    uplink_loss_sign,
     uplink_peer,
 )
 from x0tta6bl4.telemetry.frame import FEATURE_INDEX, FEATURES
@@ -145,6 +146,45 @@ def test_signs_stay_quiet_for_a_leaf_a_busy_forwarder_and_a_congested_node() -> 
     holes = blackhole_sign(features, base)
     assert not holes[[1, 3, 5]].any()
     assert surge_sign(features, base).tolist() == [False, False, False, True, False, False, False]
+
+
+def _lossy_below(node: int, loss: float = 0.3, latency_ms: float = 60.0) -> dict[str, dict[str, float]]:
+    """``node`` and every node routed through it lose ``loss`` and wait ``latency_ms`` on their path."""
+    below = {1: [1, 3, 5, 6], 3: [3, 5, 6], 2: [2, 4]}[node]
+    return {f"n{n}": {"loss_ratio": loss, "latency_mean_ms": latency_ms} for n in below}
+
+
+def test_the_uplink_loss_sign_marks_only_the_node_just_below_the_lossy_link() -> None:
+    parent = RoutingKnowledge(_view()).tree(set(), set()).parent
+    features, base = _telemetry(**_lossy_below(3))
+    assert np.flatnonzero(uplink_loss_sign(features, base, parent)).tolist() == [3]
+    features, base = _telemetry(**_lossy_below(1))
+    assert np.flatnonzero(uplink_loss_sign(features, base, parent)).tolist() == [1]
+
+
+def test_the_uplink_loss_sign_stays_quiet_for_congestion_a_lost_route_and_a_silent_next_hop() -> None:
+    parent = RoutingKnowledge(_view()).tree(set(), set()).parent
+    congested = _lossy_below(3)
+    congested["n3"] |= {"queue_depth_pkts": 90.0, "packet_drops_per_s": 400.0}  # its own queue drops
+    features, base = _telemetry(**congested)
+    assert not uplink_loss_sign(features, base, parent).any()
+    features, base = _telemetry(**_lossy_below(3, loss=1.0, latency_ms=3000.0))  # no route at all
+    assert not uplink_loss_sign(features, base, parent).any()
+    silent = _lossy_below(3)
+    silent["n1"] = {"links_up": 0.0, "cpu_util": 0.0, "rx_bytes_per_s": 0.0}  # 3's next hop crashed
+    features, base = _telemetry(**silent)
+    assert not uplink_loss_sign(features, base, parent)[3]
+    features, base = _telemetry(**_lossy_below(3, latency_ms=25.0))  # loss without the link's delay
+    assert not uplink_loss_sign(features, base, parent).any()
+
+
+def test_the_uplink_loss_sign_measures_the_rise_over_the_usual_gap_to_the_next_hop() -> None:
+    parent = RoutingKnowledge(_view()).tree(set(), set()).parent
+    features, base = _telemetry(n5={"loss_ratio": 0.25, "latency_mean_ms": 70.0})
+    assert uplink_loss_sign(features, base, parent)[5]
+    base[5, FEATURE_INDEX["loss_ratio"]] = 0.2  # 5's own link always lost this much
+    base[5, FEATURE_INDEX["latency_mean_ms"]] = 65.0
+    assert not uplink_loss_sign(features, base, parent)[5]
 
 
 def test_a_fix_is_judged_by_the_roots_own_signals_not_by_symptoms_still_draining() -> None:
