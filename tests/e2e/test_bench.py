@@ -187,6 +187,8 @@ def test_bench_federated_quick_follows_the_contract(cli_env):
     assert rows["federated_auprc"]["baseline"]["value"] <= central["centralised_auprc_max"]
     assert 0 < rows["best_f1"]["baseline"]["value"] <= 1
     assert rows["lora_bytes_per_round"]["value"] < rows["lora_bytes_per_round"]["baseline"]["value"]
+    recalls = [r for r in doc["results"] if r["name"] == "recall_at_best_f1"]
+    assert recalls and all(r["params"]["visible_share"] > 0 and "met" in r for r in recalls)
     faults = {r["params"]["fault_type"] for r in doc["results"] if r["name"] == "graphsage_auprc"}
     assert "all" in faults and len(faults) > 1, "AUPRC overall and per fault type"
     personalised = [r for r in doc["results"] if r["name"] == "lora_personalised_auprc"]

@@ -31,6 +31,7 @@ from x0tta6bl4.models.training import score_series, train_detector
 #: Targets from the federated issue.
 BEST_F1_TARGET = 0.9
 GRAPH_VS_BASELINE_TARGET = 1.2
+RECALL_AT_BEST_F1_TARGET = 0.5
 GRAPH_TARGET_FAULTS = ("congestion", "blackhole")
 FEDERATED_GAP_TARGET = 0.03
 LORA_BYTES_TARGET = 0.10
@@ -144,6 +145,24 @@ def _quality(
             target=("value", ">=", BEST_F1_TARGET),
         )
     )
+    # Recall at the best-F1 threshold of every fault type the telemetry shows at all (issue 26).
+    for fault, share in sorted(ceiling["visible_share_by_fault"].items()):
+        if share <= 0 or fault not in g["by_fault"]:  # type: ignore[operator]
+            continue
+        rows.append(
+            result(
+                "recall_at_best_f1",
+                g["by_fault"][fault]["recall"],  # type: ignore[index]
+                "recall",
+                {
+                    **params,
+                    "fault_type": fault,
+                    "visible_share": round(share, 3),
+                    "threshold": round(float(g["threshold"]), 6),  # type: ignore[arg-type]
+                },
+                target=("value", ">=", RECALL_AT_BEST_F1_TARGET),
+            )
+        )
     for name in ("graphsage", *baselines):
         m = metrics[name]
         rows.append(

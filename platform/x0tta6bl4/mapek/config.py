@@ -97,6 +97,12 @@ class ControllerConfig(BaseModel):
         "counts as above its threshold whatever its score (a blackhole's score can stay under a threshold "
         "learned from a noisy node)",
     )
+    surge_sign_alarms: bool = Field(
+        default=True,
+        description="a node whose forwarding queue is full under several times its usual traffic counts as "
+        "above its threshold whatever its score (a node in a membership grace period is judged against a "
+        "raised threshold that a surge's score can stay under)",
+    )
     uplink_loss_alarms: bool = Field(
         default=True,
         description="a node whose path loss and latency rose over its next hop's (its own uplink degraded) "

@@ -319,6 +319,8 @@ class ControllerCore:
         if c.blackhole_sign_alarms:  # forwarding nothing is a fault whatever the score says
             hole = rootcause.blackhole_sign(features, self.baselines.level)
             above |= hole & self.baselines.seen & ~unlisted
+        if c.surge_sign_alarms:  # a full queue under several times the usual traffic, whatever the score
+            above |= rootcause.surge_sign(features, self.baselines.level) & self.baselines.seen & ~unlisted
         if c.uplink_loss_alarms:  # a lossy uplink is a fault whatever the score says
             parent = self._tree().parent
             lossy = rootcause.uplink_loss_sign(features, self.baselines.level, parent)

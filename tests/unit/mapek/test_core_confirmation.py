@@ -158,3 +158,29 @@ def test_without_the_uplink_rule_a_faded_lossy_link_goes_unseen() -> None:
     for tick in range(12, 24):
         assert not core.step(tick, _lossy_uplink_of_3()).alarmed
     assert core.incidents == []
+
+
+def _surge(node: int) -> F32:
+    return _changed(node, rx_bytes_per_s=9e5, tx_bytes_per_s=4e5, queue_depth_pkts=100.0)
+
+
+def test_a_surge_alarms_by_its_sign_while_its_score_stays_under_the_threshold() -> None:
+    scorer = _Scorer()
+    core, config = _core(scorer)
+    for tick in range(12):
+        core.step(tick, _features(False))
+    scorer.scores[5] = 0.3  # e.g. a threshold raised for a membership grace period
+    alarmed = [set(core.step(t, _surge(5)).alarmed) for t in range(12, 12 + config.persist_ticks)]
+    assert 5 not in alarmed[0] and 5 in alarmed[-1]
+    assert [i.root for i in core.incidents] == [5]
+
+
+def test_without_the_surge_rule_a_surge_under_the_threshold_goes_unseen() -> None:
+    scorer = _Scorer()
+    core, _ = _core(scorer, surge_sign_alarms=False)
+    for tick in range(12):
+        core.step(tick, _features(False))
+    scorer.scores[5] = 0.3
+    for tick in range(12, 20):
+        assert 5 not in core.step(tick, _surge(5)).alarmed
+    assert core.incidents == []
