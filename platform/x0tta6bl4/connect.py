@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -275,6 +279,29 @@ def _current_cluster_accepts_us(address: str) -> bool:
         reason,
     )
     return False
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Inside the block, SIGTERM raises ``KeyboardInterrupt`` in the main thread: Ctrl-C's path.
+
+    A driver that ``ray.init`` started has Ray's fatal-signal handler on SIGTERM, which dumps a stack
+    and aborts (exit -6), so ``ray job stop`` or a supervisor's TERM would skip the job's clean
+    shutdown and its report. Off the main thread (where handlers cannot be set) it does nothing.
+    After the block, the previous handler is back (the default one if it was not Python's).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def disconnect_ray(conn: RayConnection) -> None:

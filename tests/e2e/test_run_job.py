@@ -109,6 +109,35 @@ def test_scripted_actions_from_a_yaml_config_heal_their_faults(tmp_path, cli_env
     assert [a["name"] for a in report["actions"]] == ["rate_limit", "restart_node"]
 
 
+def test_a_run_stopped_by_term_mid_run_exits_as_interrupted_and_reports_the_ticks_it_ran(tmp_path, cli_env):
+    # Sharded on a local Ray: the driver has Ray's fatal-signal handler, which aborted on TERM (exit -6).
+    args = ["run", "--nodes", "300", "--regions", "2", "--ticks", "400", "--tick-interval-s", "0.1"]
+    args += ["--no-ebpf", "--no-autonomy", "--runs-dir", str(tmp_path), "--run-id", "termed"]
+    err_path = tmp_path / "stderr"
+    with err_path.open("w") as err:
+        proc = subprocess.Popen(
+            [str(BIN / "x0tta6bl4"), *args], env=cli_env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err
+        )
+        ticks = tmp_path / "termed" / "ticks.jsonl"
+        deadline = time.monotonic() + 180
+        while proc.poll() is None and time.monotonic() < deadline:
+            if ticks.exists() and ticks.read_text().count("\n") >= 5:
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=120)
+        finally:
+            proc.kill()
+    stderr = err_path.read_text()
+    assert code == 130, stderr[-3000:]
+    assert "x0tta6bl4: interrupted" in stderr and "SIGTERM received" not in stderr
+    assert "--resume termed" in stderr  # how to go on
+    report = json.loads((tmp_path / "termed" / "report.json").read_text())
+    assert report["status"] == "interrupted" and report["error"].startswith("KeyboardInterrupt")
+    assert 5 <= len(report["timeline"]) < 400
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

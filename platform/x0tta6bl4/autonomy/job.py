@@ -154,7 +154,7 @@ def execute(
         ConfigError: ``resume`` in process (only a sharded mesh keeps what a resume needs).
         ShardLostError: a shard could not be brought back (after its retries).
     """
-    from x0tta6bl4.connect import connect_ray, disconnect_ray
+    from x0tta6bl4.connect import connect_ray, disconnect_ray, sigterm_interrupts
 
     config = plan.config
     if resume and config.in_process:
@@ -198,6 +198,8 @@ def execute(
     shards: list[dict[str, Any]] = []
     autonomy_report: dict[str, Any] | None = None
     failure: BaseException | None = None
+    terminate = contextlib.ExitStack()  # TERM (ray job stop) ends the ticks as Ctrl-C does
+    terminate.enter_context(sigterm_interrupts())
     try:
         while mesh.tick + 1 < config.ticks:
             tick = mesh.tick + 1
@@ -256,7 +258,13 @@ def execute(
         elapsed = time.perf_counter() - started
         failure = exc
         log.error("run %s failed at tick %d: %s: %s", plan.run_id, mesh.tick, type(exc).__name__, exc)
+    except KeyboardInterrupt as exc:  # Ctrl-C or TERM: the report of the ticks so far, then out
+        elapsed = time.perf_counter() - started
+        failure = exc
+        hint = "" if config.in_process else f" (continue it with --resume {plan.run_id})"
+        log.warning("run %s interrupted at tick %d%s", plan.run_id, mesh.tick, hint)
     finally:
+        terminate.close()
         progress.close()
         ticks_log.close()
         if loop is not None:
@@ -269,7 +277,8 @@ def execute(
             disconnect_ray(conn)
     restarts = getattr(mesh, "restarts", 0)
     report = build_report(plan, mesh, timeline, elapsed, restarts, host_report)
-    report["status"] = "failed" if failure is not None else "completed"
+    interrupted = isinstance(failure, KeyboardInterrupt)
+    report["status"] = "interrupted" if interrupted else "failed" if failure is not None else "completed"
     if failure is not None:
         report["error"] = f"{type(failure).__name__}: {failure}"[:2000]
     report["recovery"] = {
