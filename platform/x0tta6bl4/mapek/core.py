@@ -316,17 +316,18 @@ class ControllerCore:
         scores = np.where(unlisted, np.float32(0.0), scores) if unlisted.any() else scores
         excess = np.maximum(scores.astype(np.float64), 0.0) / np.maximum(thr, 1e-9)
         above = excess > 1.0
-        if c.blackhole_sign_alarms:  # forwarding nothing is a fault whatever the score says
-            hole = rootcause.blackhole_sign(features, self.baselines.level)
-            above |= hole & self.baselines.seen & ~unlisted
-        if c.surge_sign_alarms:  # a full queue under several times the usual traffic, whatever the score
-            above |= rootcause.surge_sign(features, self.baselines.level) & self.baselines.seen & ~unlisted
-        if c.uplink_loss_alarms:  # a lossy uplink is a fault whatever the score says
+        # A fault's sign counts as above the threshold whatever the score says (nodes with a baseline).
+        level, signed = self.baselines.level, np.zeros_like(above)
+        if c.blackhole_sign_alarms:  # traffic in, nothing forwarded
+            signed |= rootcause.blackhole_sign(features, level)
+        if c.surge_sign_alarms:  # a full queue under several times the usual traffic
+            signed |= rootcause.surge_sign(features, level)
+        if c.uplink_loss_alarms:  # its own uplink turned lossy
             parent = self._tree().parent
-            lossy = rootcause.uplink_loss_sign(features, self.baselines.level, parent)
             settled = ~self.membership.in_grace(tick)  # a moved node's baseline is of its old path
             settled &= np.where(parent >= 0, settled[np.maximum(parent, 0)], True)
-            above |= lossy & settled & self.baselines.seen & ~unlisted
+            signed |= rootcause.uplink_loss_sign(features, level, parent) & settled
+        above |= signed & self.baselines.seen & ~unlisted
         self.run = np.where(above, self.run + 1, 0)
         silent = self._last_silent = self._silent(features, unlisted)
         deep = deep_analysis(self.mesh_state) or tick % 5 == 0

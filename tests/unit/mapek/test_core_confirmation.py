@@ -6,8 +6,11 @@ The stand-in scorer and runbooks of ``test_core_rootcause`` over the small tree 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from x0tta6bl4.mapek.config import ControllerConfig
 from x0tta6bl4.mapek.core import ControllerCore
@@ -107,25 +110,44 @@ def _blackhole(node: int) -> F32:
     return _changed(node, rx_bytes_per_s=6e5, tx_bytes_per_s=3e4)
 
 
-def test_a_blackhole_alarms_by_its_sign_while_its_score_stays_under_the_threshold() -> None:
+def _surge(node: int) -> F32:
+    return _changed(node, rx_bytes_per_s=9e5, tx_bytes_per_s=4e5, queue_depth_pkts=100.0)
+
+
+# (the fault's features, its node, the rule that signs it): a blackhole forwards nothing; a surge
+# fills its queue (its threshold may be raised, e.g. for a membership grace period).
+SIGNED = pytest.mark.parametrize(
+    ("faulty", "node", "rule"),
+    [(_blackhole, 4, "blackhole_sign_alarms"), (_surge, 5, "surge_sign_alarms")],
+    ids=["blackhole", "surge"],
+)
+
+
+@SIGNED
+def test_a_signed_fault_alarms_while_its_score_stays_under_the_threshold(
+    faulty: Callable[[int], F32], node: int, rule: str
+) -> None:
     scorer = _Scorer()
     core, config = _core(scorer)
     for tick in range(12):
         core.step(tick, _features(False))
-    scorer.scores[4] = 0.3  # a third of the threshold: the score alone never alarms
-    alarmed = [set(core.step(t, _blackhole(4)).alarmed) for t in range(12, 12 + config.persist_ticks)]
-    assert 4 not in alarmed[0] and 4 in alarmed[-1]  # persisted like any alarm
-    assert [i.root for i in core.incidents] == [4]
+    scorer.scores[node] = 0.3  # a third of the threshold: the score alone never alarms
+    alarmed = [set(core.step(t, faulty(node)).alarmed) for t in range(12, 12 + config.persist_ticks)]
+    assert node not in alarmed[0] and node in alarmed[-1]  # persisted like any alarm
+    assert [i.root for i in core.incidents] == [node]
 
 
-def test_without_the_sign_rule_a_blackhole_under_the_threshold_goes_unseen() -> None:
+@SIGNED
+def test_without_its_sign_rule_a_fault_under_the_threshold_goes_unseen(
+    faulty: Callable[[int], F32], node: int, rule: str
+) -> None:
     scorer = _Scorer()
-    core, _ = _core(scorer, blackhole_sign_alarms=False)
+    core, _ = _core(scorer, **{rule: False})
     for tick in range(12):
         core.step(tick, _features(False))
-    scorer.scores[4] = 0.3
+    scorer.scores[node] = 0.3
     for tick in range(12, 20):
-        assert 4 not in core.step(tick, _blackhole(4)).alarmed
+        assert node not in core.step(tick, faulty(node)).alarmed
     assert core.incidents == []
 
 
@@ -157,30 +179,4 @@ def test_without_the_uplink_rule_a_faded_lossy_link_goes_unseen() -> None:
     scorer.scores[[3, 5, 6]] = 0.3
     for tick in range(12, 24):
         assert not core.step(tick, _lossy_uplink_of_3()).alarmed
-    assert core.incidents == []
-
-
-def _surge(node: int) -> F32:
-    return _changed(node, rx_bytes_per_s=9e5, tx_bytes_per_s=4e5, queue_depth_pkts=100.0)
-
-
-def test_a_surge_alarms_by_its_sign_while_its_score_stays_under_the_threshold() -> None:
-    scorer = _Scorer()
-    core, config = _core(scorer)
-    for tick in range(12):
-        core.step(tick, _features(False))
-    scorer.scores[5] = 0.3  # e.g. a threshold raised for a membership grace period
-    alarmed = [set(core.step(t, _surge(5)).alarmed) for t in range(12, 12 + config.persist_ticks)]
-    assert 5 not in alarmed[0] and 5 in alarmed[-1]
-    assert [i.root for i in core.incidents] == [5]
-
-
-def test_without_the_surge_rule_a_surge_under_the_threshold_goes_unseen() -> None:
-    scorer = _Scorer()
-    core, _ = _core(scorer, surge_sign_alarms=False)
-    for tick in range(12):
-        core.step(tick, _features(False))
-    scorer.scores[5] = 0.3
-    for tick in range(12, 20):
-        assert 5 not in core.step(tick, _surge(5)).alarmed
     assert core.incidents == []
