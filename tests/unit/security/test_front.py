@@ -125,6 +125,21 @@ def refusals(reason):
     return REGISTRY.get_sample_value("x0tta6bl4_security_handshake_failures_total", {"reason": reason}) or 0.0
 
 
+def handshake_refusals():
+    """Every reason the front has counted a refused peer for, with its count so far."""
+    metric = "x0tta6bl4_security_handshake_failures_total"
+    return {
+        sample.labels["reason"]: sample.value
+        for family in REGISTRY.collect()
+        for sample in family.samples
+        if sample.name == metric
+    }
+
+
+def refusals_since(before):
+    return {r: n - before.get(r, 0.0) for r, n in handshake_refusals().items() if n != before.get(r, 0.0)}
+
+
 def denials(rule):
     return REGISTRY.get_sample_value("x0tta6bl4_security_authz_denials_total", {"rule": rule}) or 0.0
 
@@ -241,28 +256,46 @@ def test_refused_over_tls_1_2(front, ca):
 def test_rotation_under_load_fails_no_request(front, ca):
     """The front's SVID (TTL 6 s) renews about every 3 s; clients also renew theirs and reconnect."""
     rebuilds_before = front.front.stats.context_rebuilds
+    refusals_before = handshake_refusals()
     serials = set()
     failures, done = [], 0
     deadline = time.monotonic() + 10.0
     svid = ca.issue_svid("spiffe://x0tta6bl4.local/operator/load", ttl_s=6)
-    conn = connect(front, client_context(svid, bundles(ca)))
-    n = 0
+
+    def fresh_connection():
+        """A fresh handshake with the current SVIDs (the client renews its own at half-life)."""
+        nonlocal svid
+        if svid.renew_at(0) <= dt.datetime.now(dt.UTC):
+            svid = ca.issue_svid("spiffe://x0tta6bl4.local/operator/load", ttl_s=6)
+        conn = connect(front, client_context(svid, bundles(ca)))
+        serials.add(conn.sock.getpeercert(binary_form=True))
+        return conn, time.monotonic()
+
+    conn, opened = fresh_connection()
+    on_connection = 0
     while time.monotonic() < deadline:
-        n += 1
-        if n % 25 == 0:  # a new connection now and then: a fresh handshake with the current SVIDs
-            if svid.renew_at(0) <= dt.datetime.now(dt.UTC):
-                svid = ca.issue_svid("spiffe://x0tta6bl4.local/operator/load", ttl_s=6)
+        if on_connection == 25:  # a new connection now and then
             conn.close()
-            conn = connect(front, client_context(svid, bundles(ca)))
-            serials.add(conn.sock.getpeercert(binary_form=True))
+            conn, opened = fresh_connection()
+            on_connection = 0
+        on_connection += 1
         try:
             status, body = call(conn)
             if status != 200:
                 failures.append((status, body))
         except Exception as exc:
-            failures.append(repr(exc))
+            client_age_s = (dt.datetime.now(dt.UTC) - svid.not_before).total_seconds()
+            failures.append(
+                f"request {on_connection} on a connection {time.monotonic() - opened:.1f} s old "
+                f"(client SVID {client_age_s:.1f} s old): {exc!r}"
+            )
+            # Say each broken connection once: every later request on it would fail the same way.
+            conn.close()
+            conn, opened = fresh_connection()
+            on_connection = 0
         done += 1
-    assert failures == []
+    conn.close()
+    assert failures == [], {"failures": failures, "front refusals": refusals_since(refusals_before)}
     assert done > 100
     assert front.front.stats.context_rebuilds - rebuilds_before >= 2
     assert len(serials) >= 3  # handshakes saw at least three different front certificates
