@@ -254,15 +254,14 @@ def execute(
         shards = _shard_moves(placed, mesh.placement()) if isinstance(mesh, ShardedMesh) else []
         host_report = report_hosts(hosts, host_frames, plan.topology) if hosts else []
         autonomy_report = loop.finish(mesh) if loop is not None else None
-    except Exception as exc:  # the report is still written, marked failed; then the error is raised
+    except (Exception, KeyboardInterrupt) as exc:  # the report is still written; then the error is raised
         elapsed = time.perf_counter() - started
         failure = exc
-        log.error("run %s failed at tick %d: %s: %s", plan.run_id, mesh.tick, type(exc).__name__, exc)
-    except KeyboardInterrupt as exc:  # Ctrl-C or TERM: the report of the ticks so far, then out
-        elapsed = time.perf_counter() - started
-        failure = exc
-        hint = "" if config.in_process else f" (continue it with --resume {plan.run_id})"
-        log.warning("run %s interrupted at tick %d%s", plan.run_id, mesh.tick, hint)
+        if isinstance(exc, KeyboardInterrupt):  # Ctrl-C or TERM: the report of the ticks so far
+            hint = "" if config.in_process else f" (continue it with --resume {plan.run_id})"
+            log.warning("run %s interrupted at tick %d%s", plan.run_id, mesh.tick, hint)
+        else:
+            log.error("run %s failed at tick %d: %s: %s", plan.run_id, mesh.tick, type(exc).__name__, exc)
     finally:
         terminate.close()
         progress.close()

@@ -120,13 +120,9 @@ def refused_at_handshake_or_first_read(front, ctx):
     return False
 
 
-def refusals(reason):
-    """The front's refused-handshake counter for ``reason`` (prometheus-client: no Ray here)."""
-    return REGISTRY.get_sample_value("x0tta6bl4_security_handshake_failures_total", {"reason": reason}) or 0.0
-
-
 def handshake_refusals():
-    """Every reason the front has counted a refused peer for, with its count so far."""
+    """Every reason the front has counted a refused peer for, with its count so far (prometheus-client:
+    no Ray here)."""
     metric = "x0tta6bl4_security_handshake_failures_total"
     return {
         sample.labels["reason"]: sample.value
@@ -134,6 +130,11 @@ def handshake_refusals():
         for sample in family.samples
         if sample.name == metric
     }
+
+
+def refusals(reason):
+    """The front's refused-handshake counter for ``reason``."""
+    return handshake_refusals().get(reason, 0.0)
 
 
 def refusals_since(before):
