@@ -126,6 +126,18 @@ class ControllerConfig(BaseModel):
         default=0.008, gt=0, description="mem_util growth per tick that counts as a leak trend"
     )
     trend_level: float = Field(default=0.6, gt=0, le=1, description="mem_util above which a trend alarms")
+    leak_watch: bool = Field(
+        default=True,
+        description="learning modes: also alarm on a node whose mem_util grows beyond its own learned "
+        "tick-to-tick noise for a few ticks (a CUSUM of its increments), at any level; the trend check "
+        "above waits for the level, which a slow leak reaches late",
+    )
+    leak_allowance_sigmas: float = Field(
+        default=2.5, gt=0, description="mem_util growth per tick, in the node's learned spreads, not counted"
+    )
+    leak_alarm_sigmas: float = Field(
+        default=8.0, gt=0, description="the CUSUM sum, in the node's learned spreads, at which a leak alarms"
+    )
     route_settle_ticks: int = Field(
         default=4,
         ge=0,

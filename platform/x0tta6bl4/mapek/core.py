@@ -26,7 +26,7 @@ from x0tta6bl4.mapek.knowledge import KnowledgeStore
 from x0tta6bl4.mapek.membership import MembershipWatch
 from x0tta6bl4.mapek.state import Health, deep_analysis, mesh_health, monitoring_interval_ticks
 from x0tta6bl4.mapek.symptoms import FeatureBaselines, describe, recovering, unexplained
-from x0tta6bl4.mapek.thresholds import ThresholdLearner, neighbour_max, trend_slope
+from x0tta6bl4.mapek.thresholds import LeakWatch, ThresholdLearner, neighbour_max, trend_slope
 from x0tta6bl4.mesh.faults import ACTIONS, Action
 from x0tta6bl4.mesh.routing import RoutingTree
 from x0tta6bl4.observability import tracing
@@ -101,6 +101,7 @@ class ControllerCore:
         self.recent_thresholds = np.full((8, n), static, dtype=np.float64)
         self.mem_history = np.zeros((config.trend_ticks, n), dtype=np.float64)
         self.mem_filled = 0
+        self.leaks = LeakWatch(n, config.leak_allowance_sigmas, config.leak_alarm_sigmas)
         self.node_state = np.zeros(n, dtype=np.int8)
         self.mesh_state = Health.HEALTHY
         self.incidents: list[Incident] = []
@@ -137,6 +138,10 @@ class ControllerCore:
         self._action_traces: dict[tuple[int, int], dict[str, str]] = {}
         self._restore()
 
+    @property
+    def _watches_leaks(self) -> bool:
+        return self.config.learning and self.config.leak_watch
+
     # ------------------------------------------------------------ durability
     def _restore(self) -> None:
         saved = self.knowledge.load_learner(self.run_id)
@@ -147,6 +152,7 @@ class ControllerCore:
         if "baseline_level" in state and state["baseline_level"].shape == self.baselines.level.shape:
             self.baselines.level = state["baseline_level"]
             self.baselines.seen = state["baseline_seen"].astype(bool)
+        self.leaks.load_state(state)
         self.incidents = [Incident.from_dict(d) for d in self.knowledge.incidents(self.run_id)]
         self.next_incident_id = max((i.incident_id for i in self.incidents), default=-1) + 1
         self.last_tick = self.last_analysed = tick
@@ -170,6 +176,7 @@ class ControllerCore:
         state = self.learner.state()
         state["baseline_level"] = self.baselines.level
         state["baseline_seen"] = self.baselines.seen
+        state.update(self.leaks.state())
         self.knowledge.save_learner(self.run_id, tick, state)
 
     # --------------------------------------------------------------- monitor
@@ -196,6 +203,10 @@ class ControllerCore:
         self.mem_history = np.roll(self.mem_history, -1, axis=0)
         self.mem_history[-1] = mem
         self.mem_filled = min(self.mem_filled + 1, self.config.trend_ticks)
+        if self._watches_leaks:
+            f = np.nan_to_num(features)
+            down = (f[:, FEATURE_INDEX["links_up"]] == 0) & (f[:, FEATURE_INDEX["cpu_util"]] == 0)
+            self.leaks.update(mem, ~down & np.isfinite(mem), self.node_state == Health.HEALTHY)
         interval = monitoring_interval_ticks(self.mesh_state, self.config.healthy_interval_ticks)
         if tick - self.last_analysed < interval and self.last_analysed >= 0:
             return self.idle(tick)
@@ -339,6 +350,14 @@ class ControllerCore:
         trend = np.zeros(self.view.num_nodes, dtype=bool)
         if deep and self.mem_filled >= c.trend_ticks:
             trend = (self._slope_cache >= c.trend_slope_per_tick) & (self.mem_history[-1] >= c.trend_level)
+        if self._watches_leaks:  # every analysis: the sum is kept every tick
+            leaking = self.leaks.alarms & ~unlisted
+            trend |= leaking
+            # Described by its growth since the sum started climbing: the window's slope still
+            # averages in the ticks before the leak.
+            self._slope_cache = np.where(
+                leaking, np.maximum(self._slope_cache, self.leaks.growth_per_tick), self._slope_cache
+            )
         alarmed = (self.run >= c.persist_ticks) | (excess >= c.severe_factor) | silent | trend
         alarmed[list(self.isolated)] = False  # quarantined on purpose: unreachable is what it should be
         in_incident = np.zeros(self.view.num_nodes, dtype=bool)

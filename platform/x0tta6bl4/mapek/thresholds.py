@@ -147,6 +147,101 @@ class ThresholdLearner:
         self.base = np.array(state["base"], dtype=np.float64)
 
 
+class LeakWatch:
+    """Learns each node's tick-to-tick ``mem_util`` noise and raises a leak alarm on sustained growth.
+
+    A one-sided CUSUM of each node's ``mem_util`` increments, measured in units of that node's own
+    increment spread (learned online from its healthy ticks): every tick adds the standardised
+    increment less an allowance, the sum never drops below zero, and an alarm stands while it is at
+    least ``alarm_sigmas``. Healthy memory wanders a little each tick, a leak adds the same amount
+    every tick, so the sum climbs within a few ticks of a leak's start, long before the memory
+    itself reaches a level that would alarm. A tick of a node without a record, or that reports
+    the collector's unreachable record (down, rebooting), breaks the series: the sum restarts.
+
+    Args:
+        num_nodes: nodes watched.
+        allowance_sigmas: growth per tick, in spreads, that is not yet counted.
+        alarm_sigmas: sum, in spreads, at which the alarm stands.
+        warmup_ticks: healthy increments a node needs before its alarm can stand.
+        learn_rate: weight of a new healthy increment in the running spread.
+
+    Shapes:
+        mem, reporting, learn: ``[nodes]``.
+    """
+
+    def __init__(
+        self,
+        num_nodes: int,
+        allowance_sigmas: float = 2.5,
+        alarm_sigmas: float = 8.0,
+        warmup_ticks: int = 8,
+        learn_rate: float = 0.05,
+    ) -> None:
+        self.num_nodes = num_nodes
+        self.allowance_sigmas = allowance_sigmas
+        self.alarm_sigmas = alarm_sigmas
+        self.warmup_ticks = warmup_ticks
+        self.learn_rate = learn_rate
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Forget everything learned."""
+        n = self.num_nodes
+        self.previous = np.full(n, np.nan, dtype=np.float64)
+        self.variance = np.zeros(n, dtype=np.float64)
+        self.learned = np.zeros(n, dtype=np.int64)
+        self.cusum = np.zeros(n, dtype=np.float64)
+        self.rise = np.zeros(n, dtype=np.float64)
+        self.rise_ticks = np.zeros(n, dtype=np.int64)
+
+    def update(self, mem: F64, reporting: npt.NDArray[np.bool_], learn: npt.NDArray[np.bool_]) -> None:
+        """Add one tick: ``mem`` (NaN: no record), which nodes report, which may be learned from."""
+        step = mem - self.previous
+        valid = reporting & np.isfinite(step)
+        warm = self.learned >= self.warmup_ticks
+        spread = np.sqrt(np.maximum(self.variance, 1e-12))
+        z = np.where(valid & warm, np.nan_to_num(step) / spread, 0.0)
+        cusum = np.where(valid, np.maximum(self.cusum + z - self.allowance_sigmas, 0.0), 0.0)
+        rising = cusum > 0.0
+        self.rise = np.where(rising, self.rise + np.nan_to_num(step), 0.0)
+        self.rise_ticks = np.where(rising, self.rise_ticks + 1, 0)
+        self.cusum = cusum
+        # Learned from healthy, quiet ticks only: a leak never teaches a node that growth is normal.
+        # One jump (a spike) moves the spread by at most a bounded amount.
+        take = valid & learn & ~rising
+        if take.any():
+            cap = np.where(warm, 36.0 * self.variance, np.inf)
+            squared = np.minimum(np.nan_to_num(step) ** 2, cap)
+            blended = (1.0 - self.learn_rate) * self.variance + self.learn_rate * squared
+            # Until warm, the plain mean of what was seen (a running weight would start from zero).
+            mean = self.variance + (squared - self.variance) / (self.learned + 1)
+            self.variance = np.where(take, np.where(warm, blended, mean), self.variance)
+            self.learned = np.where(take, self.learned + 1, self.learned)
+        self.previous = np.where(reporting, mem, np.nan)
+
+    @property
+    def alarms(self) -> npt.NDArray[np.bool_]:
+        """Nodes whose memory grew beyond their own noise for long enough (a leak)."""
+        return np.asarray((self.cusum >= self.alarm_sigmas) & (self.learned >= self.warmup_ticks))
+
+    @property
+    def growth_per_tick(self) -> F64:
+        """Mean ``mem_util`` growth per tick since each node's sum started climbing (0: not climbing)."""
+        return np.asarray(self.rise / np.maximum(self.rise_ticks, 1), dtype=np.float64)
+
+    def state(self) -> dict[str, Any]:
+        """What the watch learned (the spreads); the sums restart after a resume."""
+        return {"leak_variance": self.variance.copy(), "leak_learned": self.learned.copy()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state` returned (ignored when absent or the node count changed)."""
+        variance = state.get("leak_variance")
+        if variance is None or np.shape(variance) != self.variance.shape:
+            return
+        self.variance = np.array(variance, dtype=np.float64)
+        self.learned = np.array(state["leak_learned"], dtype=np.int64)
+
+
 def neighbour_max(values: F64, adjacency: csr_matrix) -> F64:
     """Largest value among each node's graph neighbours (0 for a node without neighbours).
 

@@ -1,4 +1,5 @@
-"""ThresholdLearner, neighbour_max and trend_slope: per-node thresholds learned from healthy scores."""
+"""ThresholdLearner, LeakWatch, neighbour_max and trend_slope: per-node thresholds and memory-noise
+spreads learned from healthy ticks."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 from scipy.sparse import csr_matrix
 
 from x0tta6bl4.mapek.config import ControllerConfig
-from x0tta6bl4.mapek.thresholds import ThresholdLearner, neighbour_max, trend_slope
+from x0tta6bl4.mapek.thresholds import LeakWatch, ThresholdLearner, neighbour_max, trend_slope
 
 STATIC = 1000.0
 STRATEGIES = ("percentile", "sigma", "iqr", "ensemble")
@@ -242,3 +243,88 @@ def test_trend_slope_is_close_to_the_true_slope_under_noise() -> None:
     t = np.arange(200, dtype=np.float64)
     series = (0.1 + 0.008 * t)[:, None] + rng.normal(0.0, 0.01, (200, 4))
     np.testing.assert_allclose(trend_slope(series), np.full(4, 0.008), atol=5e-4)
+
+
+#: Healthy ``mem_util`` wanders by this much a tick (the simulator's noise); the slowest leak the
+#: simulator makes grows ``0.45 / (0.66 * 60)`` a tick.
+MEM_NOISE = 0.002
+SLOWEST_LEAK = 0.45 / (0.66 * 60)
+
+
+def _wander(rng: np.random.Generator, ticks: int, nodes: int, start: float = 0.4) -> np.ndarray:
+    return start + np.cumsum(rng.normal(0.0, MEM_NOISE, (ticks, nodes)), axis=0)
+
+
+def _watch(watch: LeakWatch, rows: np.ndarray, reporting: np.ndarray | None = None) -> list[np.ndarray]:
+    alarms = []
+    everyone = np.ones(rows.shape[1], dtype=bool)
+    for i, row in enumerate(rows):
+        up = everyone if reporting is None else reporting[i]
+        watch.update(row, up, learn=~watch.alarms)
+        alarms.append(watch.alarms.copy())
+    return alarms
+
+
+def test_the_slowest_leak_alarms_within_a_few_ticks_while_memory_is_still_low() -> None:
+    rng = np.random.default_rng(10)
+    mem = _wander(rng, 60, 2)
+    mem[30:, 1] += SLOWEST_LEAK * np.arange(1, 31)  # node 1 leaks from tick 30
+    watch = LeakWatch(2)
+    alarms = np.array(_watch(watch, mem))
+    first = int(np.argmax(alarms[:, 1]))
+    assert 30 <= first <= 34, first
+    assert mem[first, 1] < 0.5, "the fixed trend check (0.6) would still be waiting"
+    assert not alarms[:, 0].any()
+    assert watch.growth_per_tick[1] == pytest.approx(SLOWEST_LEAK, rel=0.35)
+
+
+def test_healthy_memory_that_wanders_for_a_long_run_never_alarms() -> None:
+    watch = LeakWatch(2000)
+    alarms = np.array(_watch(watch, _wander(np.random.default_rng(11), 300, 2000)))
+    assert not alarms.any()  # 600,000 node-ticks
+    assert np.sqrt(watch.variance).mean() == pytest.approx(MEM_NOISE, rel=0.1), "the spread is learned"
+
+
+def test_each_node_is_judged_against_its_own_spread() -> None:
+    rng = np.random.default_rng(12)
+    mem = np.stack([_wander(rng, 80, 1)[:, 0], 0.4 + np.cumsum(rng.normal(0.0, 10 * MEM_NOISE, 80))], axis=1)
+    mem[40:] += 5 * MEM_NOISE * np.arange(1, 41)[:, None]  # the same growth on both nodes
+    alarms = np.array(_watch(LeakWatch(2), mem))
+    assert alarms[:, 0].any(), "growth well above node 0's noise is a leak"
+    assert not alarms[:, 1].any(), "the same growth is within node 1's own noise"
+
+
+def test_a_node_back_from_a_reboot_or_a_gap_starts_a_new_series_and_does_not_alarm() -> None:
+    mem = _wander(np.random.default_rng(13), 40, 1)
+    reporting = np.ones((40, 1), dtype=bool)
+    reporting[20:23] = False  # down (the collector's unreachable record: mem_util 0)
+    mem[20:23] = 0.0
+    mem[23:] += 0.3  # back at another level
+    mem[30, 0] = np.nan  # no record this tick
+    assert not np.array(_watch(LeakWatch(1), mem, reporting)).any()
+
+
+def test_no_alarm_before_the_warmup_and_growth_is_never_learned_as_noise() -> None:
+    watch = LeakWatch(1, warmup_ticks=8)
+    leak = 0.4 + 0.05 * np.arange(1, 9)[:, None]  # growing from the first tick on
+    assert not np.array(_watch(watch, leak)).any(), "no spread learned yet"
+    rng = np.random.default_rng(14)
+    watch = LeakWatch(1)
+    _watch(watch, _wander(rng, 30, 1))
+    spread = np.sqrt(watch.variance[0])
+    _watch(watch, 0.5 + 0.02 * np.arange(1, 31)[:, None])
+    assert watch.alarms[0]
+    assert np.sqrt(watch.variance[0]) == pytest.approx(spread), "the leak's ticks taught nothing"
+
+
+def test_the_learned_spreads_survive_a_restart_but_not_a_new_node_count() -> None:
+    watch = LeakWatch(3)
+    _watch(watch, _wander(np.random.default_rng(15), 30, 3))
+    resumed = LeakWatch(3)
+    resumed.load_state(watch.state())
+    assert np.array_equal(resumed.variance, watch.variance)
+    assert np.array_equal(resumed.learned, watch.learned)
+    other = LeakWatch(4)
+    other.load_state(watch.state())
+    other.load_state({})  # a checkpoint written before the watch existed
+    assert not other.learned.any()

@@ -1,0 +1,62 @@
+"""ControllerCore's leak watch: a slow memory leak is acted on while the node's memory is still low.
+
+The stand-in scorer, runbooks and tree of ``test_core_rootcause``; the leaking node's score never
+moves, so only its memory's growth can raise the alarm.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from x0tta6bl4.mapek.config import ControllerConfig
+from x0tta6bl4.mapek.core import ControllerCore
+from x0tta6bl4.mapek.knowledge import KnowledgeStore
+from x0tta6bl4.telemetry.frame import FEATURE_INDEX
+
+from .test_core_rootcause import _features, _Runbooks, _Scorer
+from .test_mapek_thresholds import MEM_NOISE, SLOWEST_LEAK
+from .test_rootcause import _view
+
+LEAK_START = 30
+MEM = FEATURE_INDEX["mem_util"]
+
+
+def _run(mode: str, ticks: int) -> tuple[ControllerCore, list[tuple[int, float, str]]]:
+    """``ticks`` of a mesh whose node 5 leaks from LEAK_START; every action with its tick and 5's memory."""
+    config = ControllerConfig(mode=mode, audit=False, ingest_resolved=False)  # type: ignore[arg-type]
+    core = ControllerCore(
+        _view(), config, _Scorer(), _Runbooks("restart_node"), KnowledgeStore(":memory:"), "t"
+    )
+    rng = np.random.default_rng(20)
+    mem = 0.35 + np.cumsum(rng.normal(0.0, MEM_NOISE, (ticks, core.view.num_nodes)), axis=0)
+    mem[LEAK_START:, 5] += SLOWEST_LEAK * np.arange(1, ticks - LEAK_START + 1)
+    acted = []
+    for tick in range(ticks):
+        features = _features(False)
+        features[:, MEM] = mem[tick]
+        acted += [
+            (tick, float(mem[tick, 5]), f"{a.name} {a.node}") for a in core.step(tick, features).actions
+        ]
+    return core, acted
+
+
+def test_learning_restarts_a_slowly_leaking_node_within_a_few_ticks_of_the_leak() -> None:
+    core, acted = _run("learning", LEAK_START + 12)
+    assert acted, "the leak was not acted on"
+    tick, mem, action = acted[0]
+    assert action == "restart_node 5"
+    assert tick <= LEAK_START + 8 and mem < 0.5, (tick, mem)
+    (incident,) = core.incidents
+    assert incident.root == 5 and "mem_util rising" in incident.description
+
+
+@pytest.mark.parametrize("mode", ["static", "learning"])
+def test_healthy_wandering_memory_raises_no_incident(mode: str) -> None:
+    core, _ = _run(mode, LEAK_START)
+    assert core.incidents == []
+
+
+def test_static_mode_waits_for_the_fixed_trend_level() -> None:
+    _, acted = _run("static", LEAK_START + 12)
+    assert acted == []  # memory is still under 0.6: static mode's trend check has not fired
