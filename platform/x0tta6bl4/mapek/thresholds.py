@@ -199,7 +199,7 @@ class LeakWatch:
         step = mem - self.previous
         valid = reporting & np.isfinite(step)
         warm = self.learned >= self.warmup_ticks
-        spread = np.sqrt(np.maximum(self.variance, 1e-12))
+        spread = np.sqrt(np.maximum(self.pooled_variance, 1e-12))
         z = np.where(valid & warm, np.nan_to_num(step) / spread, 0.0)
         cusum = np.where(valid, np.maximum(self.cusum + z - self.allowance_sigmas, 0.0), 0.0)
         rising = cusum > 0.0
@@ -218,6 +218,22 @@ class LeakWatch:
             self.variance = np.where(take, np.where(warm, blended, mean), self.variance)
             self.learned = np.where(take, self.learned + 1, self.learned)
         self.previous = np.where(reporting, mem, np.nan)
+
+    @property
+    def pooled_variance(self) -> F64:
+        """Each node's spread squared, shrunk towards the mesh's typical one by how little it has seen.
+
+        A few quiet ticks can make a node's own estimate several times too small, and a sum in
+        units of a too-small spread climbs on noise: the estimate is weighed as ``warmup_ticks``
+        ticks of the median warm node's against the node's own (at most the running weight's
+        effective count)."""
+        warm = self.learned >= self.warmup_ticks
+        if not warm.any():
+            return self.variance
+        typical = float(np.median(self.variance[warm]))
+        own = np.minimum(self.learned, 2.0 / self.learn_rate - 1.0)
+        prior = float(self.warmup_ticks)
+        return np.asarray((own * self.variance + prior * typical) / (own + prior), dtype=np.float64)
 
     @property
     def alarms(self) -> npt.NDArray[np.bool_]:

@@ -287,11 +287,25 @@ def test_healthy_memory_that_wanders_for_a_long_run_never_alarms() -> None:
 
 def test_each_node_is_judged_against_its_own_spread() -> None:
     rng = np.random.default_rng(12)
-    mem = np.stack([_wander(rng, 80, 1)[:, 0], 0.4 + np.cumsum(rng.normal(0.0, 10 * MEM_NOISE, 80))], axis=1)
-    mem[40:] += 5 * MEM_NOISE * np.arange(1, 41)[:, None]  # the same growth on both nodes
-    alarms = np.array(_watch(LeakWatch(2), mem))
+    mem = _wander(rng, 80, 20)  # node 1 wanders ten times as much as the other 19
+    mem[:, 1] = 0.4 + np.cumsum(rng.normal(0.0, 10 * MEM_NOISE, 80))
+    mem[40:, :2] += 5 * MEM_NOISE * np.arange(1, 41)[:, None]  # the same growth on nodes 0 and 1
+    alarms = np.array(_watch(LeakWatch(20), mem))
     assert alarms[:, 0].any(), "growth well above node 0's noise is a leak"
     assert not alarms[:, 1].any(), "the same growth is within node 1's own noise"
+    assert not alarms[:, 2:].any()
+
+
+def test_a_node_with_a_few_quiet_ticks_is_judged_by_the_meshs_typical_spread_until_it_has_seen_more() -> None:
+    rng = np.random.default_rng(16)
+    mem = _wander(rng, 40, 50)
+    mem[:10, 0] = 0.3 + np.arange(10) * 1e-5  # node 0's first ticks: nearly flat
+    mem[10:, 0] = 0.3 + np.cumsum(rng.normal(0.0, MEM_NOISE, 30))
+    watch = LeakWatch(50)
+    quiet = _watch(watch, mem[:10])
+    assert np.sqrt(watch.variance[0]) < 0.1 * MEM_NOISE  # its own estimate: far too small
+    alarms = np.array(quiet + _watch(watch, mem[10:]))
+    assert not alarms.any()  # yet ordinary noise after the quiet start raises no alarm
 
 
 def test_a_node_back_from_a_reboot_or_a_gap_starts_a_new_series_and_does_not_alarm() -> None:
