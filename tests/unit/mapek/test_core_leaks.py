@@ -60,3 +60,14 @@ def test_healthy_wandering_memory_raises_no_incident(mode: str) -> None:
 def test_static_mode_waits_for_the_fixed_trend_level() -> None:
     _, acted = _run("static", LEAK_START + 12)
     assert acted == []  # memory is still under 0.6: static mode's trend check has not fired
+
+
+def test_a_resumed_controller_keeps_the_memory_spreads_it_learned() -> None:
+    core, _ = _run("learning", LEAK_START)
+    core.checkpoint(LEAK_START - 1)
+    resumed = ControllerCore(
+        core.view, core.config, _Scorer(), _Runbooks("restart_node"), core.knowledge, "t"
+    )
+    assert resumed.restored_tick == LEAK_START - 1
+    assert np.array_equal(resumed.leaks.variance, core.leaks.variance)
+    assert resumed.leaks.alarms.sum() == 0 and (resumed.leaks.learned >= resumed.leaks.warmup_ticks).all()
