@@ -206,7 +206,10 @@ class ControllerCore:
         if self._watches_leaks:
             f = np.nan_to_num(features)
             down = (f[:, FEATURE_INDEX["links_up"]] == 0) & (f[:, FEATURE_INDEX["cpu_util"]] == 0)
-            self.leaks.update(mem, ~down & np.isfinite(mem), self.node_state == Health.HEALTHY)
+            # Real hosts are left out: their rows are polled every few ticks and held in between,
+            # so their increments are not a tick's (they keep the trend check).
+            reporting = ~down & np.isfinite(mem) & self.view.actionable
+            self.leaks.update(mem, reporting, self.node_state == Health.HEALTHY)
         interval = monitoring_interval_ticks(self.mesh_state, self.config.healthy_interval_ticks)
         if tick - self.last_analysed < interval and self.last_analysed >= 0:
             return self.idle(tick)

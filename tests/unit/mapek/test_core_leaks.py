@@ -11,6 +11,7 @@ import pytest
 
 from x0tta6bl4.mapek.config import ControllerConfig
 from x0tta6bl4.mapek.core import ControllerCore
+from x0tta6bl4.mapek.interfaces import MeshView
 from x0tta6bl4.mapek.knowledge import KnowledgeStore
 from x0tta6bl4.telemetry.frame import FEATURE_INDEX
 
@@ -22,15 +23,18 @@ LEAK_START = 30
 MEM = FEATURE_INDEX["mem_util"]
 
 
-def _run(mode: str, ticks: int) -> tuple[ControllerCore, list[tuple[int, float, str]]]:
-    """``ticks`` of a mesh whose node 5 leaks from LEAK_START; every action with its tick and 5's memory."""
+def _run(
+    mode: str, ticks: int, view: MeshView | None = None, leaking: int = 5
+) -> tuple[ControllerCore, list[tuple[int, float, str]]]:
+    """``ticks`` of a mesh whose node ``leaking`` leaks from LEAK_START; every action with its tick and
+    that node's memory."""
     config = ControllerConfig(mode=mode, audit=False, ingest_resolved=False)  # type: ignore[arg-type]
     core = ControllerCore(
-        _view(), config, _Scorer(), _Runbooks("restart_node"), KnowledgeStore(":memory:"), "t"
+        view or _view(), config, _Scorer(), _Runbooks("restart_node"), KnowledgeStore(":memory:"), "t"
     )
     rng = np.random.default_rng(20)
     mem = 0.35 + np.cumsum(rng.normal(0.0, MEM_NOISE, (ticks, core.view.num_nodes)), axis=0)
-    mem[LEAK_START:, 5] += SLOWEST_LEAK * np.arange(1, ticks - LEAK_START + 1)
+    mem[LEAK_START:, leaking] += SLOWEST_LEAK * np.arange(1, ticks - LEAK_START + 1)
     acted = []
     for tick in range(ticks):
         features = _features(False)
@@ -71,3 +75,12 @@ def test_a_resumed_controller_keeps_the_memory_spreads_it_learned() -> None:
     assert resumed.restored_tick == LEAK_START - 1
     assert np.array_equal(resumed.leaks.variance, core.leaks.variance)
     assert resumed.leaks.alarms.sum() == 0 and (resumed.leaks.learned >= resumed.leaks.warmup_ticks).all()
+
+
+def test_a_real_hosts_memory_held_between_polls_is_left_to_the_trend_check() -> None:
+    """Host rows are polled every few ticks and held in between: a tick's increment means nothing."""
+    mesh = _view()
+    watch_only = MeshView(mesh.num_nodes, mesh.pairs, mesh.gateways, np.arange(mesh.num_nodes) != 6)
+    core, acted = _run("learning", LEAK_START + 12, watch_only, leaking=6)
+    assert acted == [] and core.incidents == []
+    assert core.leaks.learned[6] == 0 and core.leaks.learned[5] > 0
