@@ -204,8 +204,8 @@ class ControllerCore:
         self.mem_history[-1] = mem
         self.mem_filled = min(self.mem_filled + 1, self.config.trend_ticks)
         if self._watches_leaks:
-            f = np.nan_to_num(features)
-            down = (f[:, FEATURE_INDEX["links_up"]] == 0) & (f[:, FEATURE_INDEX["cpu_util"]] == 0)
+            links = np.nan_to_num(features[:, FEATURE_INDEX["links_up"]])
+            down = (links == 0) & (np.nan_to_num(features[:, FEATURE_INDEX["cpu_util"]]) == 0)
             # Real hosts are left out: their rows are polled every few ticks and held in between,
             # so their increments are not a tick's (they keep the trend check).
             reporting = ~down & np.isfinite(mem) & self.view.actionable
