@@ -325,6 +325,9 @@ def disconnect_ray(conn: RayConnection) -> None:
 #: Where :func:`free_local_port` looks: above Ray's default worker ports (10002-19999), below the
 #: kernel's ephemeral range (where it falls back to when that range starts lower).
 _FREE_PORTS = (20_000, 32_768)
+#: Ports :func:`free_local_port` has handed out in this process: none is handed out twice, so a
+#: caller taking several in a row (a `ray start` names six) never gets the same one twice.
+_handed_out: set[int] = set()
 
 
 def _ephemeral_ports() -> tuple[int, int]:
@@ -341,7 +344,8 @@ def free_local_port() -> int:
     Not one the kernel hands out for port 0: those come from the ephemeral range, where any outgoing
     connection of any process (Ray opens many) can take the port as its source port before the
     server binds it ("Failed to bind"). A random free port between Ray's worker ports and that
-    range is far less contended.
+    range is far less contended. None is handed out twice in one process: a port picked a moment
+    ago is free again until its caller binds it.
     """
     import random
     import socket
@@ -349,12 +353,15 @@ def free_local_port() -> int:
     low, high = _FREE_PORTS[0], min(_FREE_PORTS[1], _ephemeral_ports()[0])
     for _ in range(200 if high - low >= 1_000 else 0):
         port = random.randrange(low, high)
+        if port in _handed_out:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
+        _handed_out.add(port)
+        return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

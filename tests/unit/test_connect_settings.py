@@ -31,3 +31,9 @@ def test_free_ports_are_bindable_and_outside_the_kernels_ephemeral_range():
         assert port < low or low <= 20_000
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))
+
+
+def test_ports_taken_in_a_row_are_never_the_same_one():
+    """A `ray start` names six ports at once: a repeat made ci fail ("used by other components")."""
+    ports = [free_local_port() for _ in range(2_000)]
+    assert len(set(ports)) == len(ports)
